@@ -1,0 +1,45 @@
+# hss-pu: two commands do everything on a fresh Debian machine: `make run`, `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.setup-stamp
+# A Raspberry Pi gets a venv that sees apt's picamera2/lgpio and the `pi` extra.
+IS_PI  := $(shell grep -qas "Raspberry Pi" /proc/device-tree/model && echo 1)
+comma  := ,
+EXTRAS := dev$(if $(IS_PI),$(comma)pi)
+CONFIG ?=
+
+.PHONY: setup system-deps test lint typecheck pytest run install clean
+
+setup: system-deps $(STAMP)
+
+system-deps:
+	@PYTHON=$(PYTHON) scripts/setup-system.sh
+
+$(STAMP): pyproject.toml | system-deps
+	$(PYTHON) -m venv $(if $(IS_PI),--system-site-packages) $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
+	@touch $@
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy
+
+pytest: setup
+	$(BIN)/pytest
+
+test: lint typecheck pytest
+
+run: setup
+	$(BIN)/hss-pu run $(if $(CONFIG),--config $(CONFIG))
+
+# On a Pi (or any systemd host): the package into /opt/hss-pu, the unit, a config.
+install:
+	scripts/install.sh
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist

@@ -1,0 +1,150 @@
+"""``hss-pu`` command line.
+
+Exit status: 0 success or clean stop, 1 runtime failure, 2 bad configuration or usage
+(systemd's Restart=on-failure then retries 1 but a person must fix 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from hss_pu import __version__
+from hss_pu.config import (
+    ConfigDoc,
+    DeviceSection,
+    PlatformSection,
+    StorageSection,
+    default_storage_dir,
+    load_config,
+    make_config,
+)
+from hss_pu.daemon import Daemon
+from hss_pu.logsetup import setup_logging
+from hss_pu.profiles import load_profile, profile_names
+from hss_pu.reference_platform.server import PlatformOptions, ReferencePlatform
+from hss_pu.schema import SchemaError
+
+__all__ = ["EMBEDDED_DEVICE", "main"]
+
+log = logging.getLogger("hss_pu")
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+# The embedded default's device: a demo identity on a loopback-only platform.
+EMBEDDED_DEVICE = DeviceSection(
+    id="PU-0001",
+    password="embedded-demo-pass",  # noqa: S106 - only ever sent to our own loopback server
+    mac="02:00:00:00:00:01",
+    profile="emulated",
+)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hss-pu", description="H.627.2 premises-unit agent (camera side)."
+    )
+    p.add_argument("--version", action="version", version=f"hss-pu {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser(
+        "run",
+        help="run the daemon in the foreground",
+        description="Run the daemon. Without --config: an emulated camera against the "
+        "built-in reference platform on loopback.",
+    )
+    run.add_argument("--config", "-c", type=Path, help="config file (TOML)")
+    run.add_argument(
+        "--log-level", choices=["debug", "info", "warning", "error"], help="override log.level"
+    )
+    chk = sub.add_parser("check-config", help="validate a config file and exit")
+    chk.add_argument("path", type=Path)
+    prof = sub.add_parser("profiles", help="list firmware profiles, or show one's GetCap")
+    prof.add_argument("name", nargs="?")
+    return p
+
+
+def _config_error(exc: SchemaError) -> int:
+    print(f"hss-pu: config error: {exc}", file=sys.stderr)
+    return EXIT_CONFIG
+
+
+def cmd_check_config(path: Path) -> int:
+    try:
+        cfg = load_config(path)
+    except SchemaError as exc:
+        return _config_error(exc)
+    print(
+        f"{cfg.path}: OK (device {cfg.device.id}, profile {cfg.profile.name}, "
+        f"Vs {cfg.platform.schedule_url}, camera {cfg.camera_source} "
+        f"{cfg.camera.width}x{cfg.camera.height}@{cfg.camera.fps})"
+    )
+    return EXIT_OK
+
+
+def cmd_profiles(name: str | None) -> int:
+    if name is None:
+        for n in profile_names():
+            prof = load_profile(n)
+            print(f"{n:20} {prof.hardware_model:16} {prof.doc.description}")
+        return EXIT_OK
+    try:
+        prof = load_profile(name)
+    except SchemaError as exc:
+        return _config_error(exc)
+    print(json.dumps(prof.capabilities(), indent=2))
+    return EXIT_OK
+
+
+async def _run_file(path: Path, level: str | None) -> int:
+    try:
+        cfg = load_config(path)
+    except SchemaError as exc:
+        setup_logging(level or "info")
+        log.error("config error: %s", exc)
+        return EXIT_CONFIG
+    setup_logging(level or cfg.doc.log.level)
+    return await Daemon(cfg).run()
+
+
+async def _run_embedded(level: str | None) -> int:
+    setup_logging(level or "info")
+    state = default_storage_dir() / "embedded"
+    log.info("no --config: embedded default (emulated camera, reference platform on loopback)")
+    platform = ReferencePlatform(PlatformOptions(state_dir=state / "platform"))
+    await platform.start()
+    try:
+        ca = platform.ca_file
+        doc = ConfigDoc(
+            device=EMBEDDED_DEVICE,
+            platform=PlatformSection(
+                schedule_url=platform.schedule_url, ca_file=str(ca) if ca else None
+            ),
+            storage=StorageSection(dir=str(state / "pu")),
+        )
+        cfg = make_config(doc)
+        log.info("reference platform: Vs %s, CA %s", platform.schedule_url, ca)
+        return await Daemon(cfg).run()
+    finally:
+        await platform.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "check-config":
+        return cmd_check_config(args.path)
+    if args.command == "profiles":
+        return cmd_profiles(args.name)
+    if args.command == "run":
+        coro = (
+            _run_file(args.config, args.log_level) if args.config else _run_embedded(args.log_level)
+        )
+        try:
+            return asyncio.run(coro)
+        except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+            return EXIT_OK
+    return EXIT_FAILURE

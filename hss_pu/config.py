@@ -1,0 +1,317 @@
+"""The daemon's configuration: one TOML file, validated into typed, frozen objects.
+
+Checks run in two passes: msgspec checks types and ranges (so every key gets the same
+wording), then :func:`_check` applies the rules that span keys or touch the filesystem
+(password file permissions, the camera against the profile's limits). Each failure is
+one :class:`~hss_pu.schema.SchemaError` line naming the file and the key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+from pathlib import Path
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+import msgspec
+
+from hss_pu.profiles import Profile, load_profile
+from hss_pu.schema import SchemaError, convert, key_error, load_toml
+
+__all__ = [
+    "CameraSection",
+    "Config",
+    "ConfigDoc",
+    "DeviceSection",
+    "LogSection",
+    "PlatformSection",
+    "SchemaError",
+    "Secret",
+    "StorageSection",
+    "default_storage_dir",
+    "load_config",
+    "make_config",
+    "parse_config_doc",
+]
+
+_MAC = r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$"
+_DEVICE_ID = r"^[A-Za-z0-9._:-]+$"
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    pass
+
+
+class DeviceSection(_Section, frozen=True, kw_only=True):
+    id: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=_DEVICE_ID)]
+    password: str | None = None
+    password_file: str | None = None
+    mac: Annotated[str, msgspec.Meta(pattern=_MAC)]
+    profile: Annotated[str, msgspec.Meta(min_length=1)] = "emulated"
+    bind_id: str | None = None
+
+    def __repr__(self) -> str:
+        # The inline password must not reach a log line through a stray repr().
+        pw = None if self.password is None else "***"
+        return (
+            f"DeviceSection(id={self.id!r}, password={pw!r}, password_file="
+            f"{self.password_file!r}, mac={self.mac!r}, profile={self.profile!r}, "
+            f"bind_id={self.bind_id!r})"
+        )
+
+
+class PlatformSection(_Section, frozen=True, kw_only=True):
+    schedule_url: Annotated[str, msgspec.Meta(min_length=1)]
+    ca_file: str | None = None
+    allow_insecure: bool = False
+    keepalive_interval: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
+    backoff_scale: Annotated[float, msgspec.Meta(ge=0, le=100)] = 1.0
+
+
+class CameraSection(_Section, frozen=True, kw_only=True):
+    source: Annotated[str, msgspec.Meta(min_length=1)] = "emulated"
+    width: Annotated[int, msgspec.Meta(ge=16, le=8192)] = 1280
+    height: Annotated[int, msgspec.Meta(ge=16, le=8192)] = 720
+    fps: Annotated[int, msgspec.Meta(ge=1, le=120)] = 30
+    # bit/s; absent: the profile's default_bitrate.
+    bitrate: Annotated[int, msgspec.Meta(ge=64_000, le=100_000_000)] | None = None
+
+
+class StorageSection(_Section, frozen=True, kw_only=True):
+    dir: Annotated[str, msgspec.Meta(min_length=1)] = "/var/lib/hss-pu"
+
+
+class LogSection(_Section, frozen=True, kw_only=True):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class ConfigDoc(_Section, frozen=True, kw_only=True):
+    device: DeviceSection
+    platform: PlatformSection
+    camera: CameraSection = CameraSection()
+    storage: StorageSection = StorageSection()
+    log: LogSection = LogSection()
+
+
+class Secret:
+    """A string that will not print itself, so a stray ``%r`` cannot leak it."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True):
+    """Everything the daemon needs, resolved: paths absolute, password read, profile loaded."""
+
+    path: str | None  # None for the embedded default
+    doc: ConfigDoc
+    profile: Profile
+    password: Secret
+    ca_file: str | None
+    storage_dir: str
+    camera_source: str
+
+    @property
+    def device(self) -> DeviceSection:
+        return self.doc.device
+
+    @property
+    def platform(self) -> PlatformSection:
+        return self.doc.platform
+
+    @property
+    def camera(self) -> CameraSection:
+        return self.doc.camera
+
+    @property
+    def bitrate(self) -> int:
+        return self.doc.camera.bitrate or self.profile.channels[0].default_bitrate
+
+
+def default_storage_dir() -> Path:
+    """systemd's StateDirectory when run as a unit, else the user's XDG state directory."""
+    state = os.environ.get("STATE_DIRECTORY")
+    if state:
+        return Path(state.split(":")[0])
+    xdg = os.environ.get("XDG_STATE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".local" / "state"
+    return base / "hss-pu"
+
+
+def _readable_by_others(path: Path) -> int | None:
+    """The mode bits when group/others can read (or write) ``path``, else None."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    return mode if mode & 0o077 else None
+
+
+def _resolve(base: Path | None, value: str) -> Path:
+    p = Path(value).expanduser()
+    return p if p.is_absolute() or base is None else base / p
+
+
+def _read_password(doc: DeviceSection, path: Path | None, base: Path | None) -> Secret:
+    if doc.password is not None and doc.password_file is not None:
+        raise key_error(path, "device.password", "give password or password_file, not both")
+    if doc.password is not None:
+        if not doc.password:
+            raise key_error(path, "device.password", "empty")
+        if path is not None:
+            mode = _readable_by_others(path)
+            if mode is not None:
+                raise key_error(
+                    path,
+                    "device.password",
+                    f"the file holding the password is readable by group/others (mode "
+                    f"{mode:04o}); run 'chmod 600 {path}' or use password_file",
+                )
+        return Secret(doc.password)
+    if doc.password_file is None:
+        raise key_error(path, "device.password", "missing (set password or password_file)")
+    pf = _resolve(base, doc.password_file)
+    try:
+        mode = _readable_by_others(pf)
+        raw = pf.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise key_error(path, "device.password_file", f"{pf} does not exist") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise key_error(path, "device.password_file", f"cannot read {pf}: {exc}") from None
+    if mode is not None:
+        raise key_error(
+            path,
+            "device.password_file",
+            f"{pf} is readable by group/others (mode {mode:04o}); run 'chmod 600 {pf}'",
+        )
+    secret = raw.rstrip("\r\n")
+    if not secret:
+        raise key_error(path, "device.password_file", f"{pf} is empty")
+    return Secret(secret)
+
+
+_V4L2 = re.compile(r"^v4l2:/dev/video\d+$")
+
+
+def _check_source(source: str, profile: Profile, path: Path | None, base: Path | None) -> str:
+    """Validate ``camera.source``; returns it with a ``file:`` path made absolute."""
+    key = "camera.source"
+    backend = profile.channels[0].backend
+    if source == "emulated":
+        return source
+    if source == "picamera2":
+        if backend != "picamera2":
+            raise key_error(
+                path, key, f"picamera2, but profile {profile.name!r} has no Pi camera ({backend})"
+            )
+        return source
+    if source.startswith("file:"):
+        media = _resolve(base, source[5:])
+        if not source[5:]:
+            raise key_error(path, key, "file: needs a path, e.g. file:/srv/clip.mp4")
+        if not media.is_file():
+            raise key_error(path, key, f"{media} does not exist")
+        return f"file:{media}"
+    if source.startswith("v4l2:"):
+        if not _V4L2.match(source):
+            raise key_error(path, key, f"{source!r}: expected v4l2:/dev/videoN")
+        return source
+    if source.startswith(("rtsp://", "rtsps://")):
+        if not urlsplit(source).hostname:
+            raise key_error(path, key, f"{source!r}: RTSP URL without a host")
+        return source
+    raise key_error(
+        path,
+        key,
+        f"{source!r}: expected emulated, picamera2, file:PATH, v4l2:/dev/videoN or rtsp://...",
+    )
+
+
+def _check_camera(cam: CameraSection, profile: Profile, path: Path | None) -> None:
+    ch = profile.channels[0]
+    if (cam.width, cam.height) not in {tuple(r) for r in ch.resolutions}:
+        sizes = ", ".join(f"{w}x{h}" for w, h in ch.resolutions)
+        raise key_error(
+            path,
+            "camera.width",
+            f"{cam.width}x{cam.height} is not supported by profile {profile.name!r} ({sizes})",
+        )
+    if cam.fps > ch.max_fps:
+        raise key_error(
+            path, "camera.fps", f"{cam.fps} is above profile {profile.name!r}'s {ch.max_fps}"
+        )
+    if cam.bitrate is not None and cam.bitrate > ch.max_bitrate:
+        raise key_error(
+            path,
+            "camera.bitrate",
+            f"{cam.bitrate} is above profile {profile.name!r}'s max_bitrate {ch.max_bitrate}",
+        )
+
+
+def _check_platform(p: PlatformSection, path: Path | None, base: Path | None) -> str | None:
+    url = urlsplit(p.schedule_url)
+    if url.scheme not in ("https", "http") or not url.hostname:
+        raise key_error(
+            path, "platform.schedule_url", f"{p.schedule_url!r}: expected https://host[:port]"
+        )
+    if url.scheme == "http" and not p.allow_insecure:
+        raise key_error(
+            path,
+            "platform.schedule_url",
+            "plain http:// is refused; use https:// or set platform.allow_insecure = true",
+        )
+    if url.username or url.password:
+        raise key_error(path, "platform.schedule_url", "credentials do not belong in the URL")
+    if p.ca_file is None:
+        return None
+    ca = _resolve(base, p.ca_file)
+    if not ca.is_file():
+        raise key_error(path, "platform.ca_file", f"{ca} does not exist")
+    return str(ca)
+
+
+def make_config(doc: ConfigDoc, path: Path | None = None) -> Config:
+    """Apply the cross-key rules to a typed document and resolve what it refers to."""
+    base = path.parent if path is not None else None
+    profile = load_profile(doc.device.profile, config_path=path)
+    password = _read_password(doc.device, path, base)
+    ca_file = _check_platform(doc.platform, path, base)
+    source = _check_source(doc.camera.source, profile, path, base)
+    _check_camera(doc.camera, profile, path)
+    storage = _resolve(base, doc.storage.dir)
+    return Config(
+        path=str(path) if path is not None else None,
+        doc=doc,
+        profile=profile,
+        password=password,
+        ca_file=ca_file,
+        storage_dir=str(storage),
+        camera_source=source,
+    )
+
+
+def load_config(path: Path | str) -> Config:
+    """Read and validate a config file; raises SchemaError with a one-line message."""
+    p = Path(path).expanduser().absolute()
+    data = load_toml(p)
+    doc = convert(data, ConfigDoc, p)
+    return make_config(doc, p)
+
+
+def parse_config_doc(data: dict[str, object], path: Path | str | None = None) -> ConfigDoc:
+    return convert(data, ConfigDoc, path)

@@ -1,0 +1,332 @@
+"""Firmware profiles: what one hardware model can do, and so what ``GetCap`` reports.
+
+A profile is a TOML file in ``firmware_profiles/`` (shipped inside the wheel as
+``hss_pu/_firmware_profiles``). Camera makers add a file per model instead of code, so
+the schema is strict: a typo in a GPIO pin must fail at start-up, not at the first alarm.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from hss_pu import __version__
+from hss_pu.schema import SchemaError, convert, key_error, load_toml
+
+__all__ = [
+    "ALARM_TYPE_OF_SENSOR",
+    "AudioSpec",
+    "BatterySpec",
+    "ChannelSpec",
+    "LedSpec",
+    "Profile",
+    "ProfileDoc",
+    "PtzSpec",
+    "RecordingSpec",
+    "SensorSpec",
+    "load_profile",
+    "profile_names",
+    "profiles_dir",
+]
+
+# BCM numbering; the 40-pin header exposes GPIO 0-27.
+Pin = Annotated[int, msgspec.Meta(ge=0, le=27)]
+Backend = Literal["emulated", "picamera2", "v4l2", "file", "rtsp"]
+# picamera2-h264: the VideoCore hardware encoder through picamera2 (Pi Zero 2 W .. Pi 4);
+# h264_v4l2m2m: the same block through FFmpeg; libx264: software (Pi 5, laptops);
+# passthrough: the source already delivers H.264 (RTSP cameras, H.264 files).
+Encoder = Literal["picamera2-h264", "h264_v4l2m2m", "libx264", "passthrough"]
+SensorKind = Literal["pir", "bell", "lock", "external"]
+
+# H.627.2 Table I.2-16 alarm type values for the sensors a profile can wire up.
+ALARM_TYPE_OF_SENSOR: dict[str, int] = {"external": 2, "lock": 9, "bell": 10, "pir": 12}
+
+_ENCODERS_FOR_BACKEND: dict[str, frozenset[str]] = {
+    "emulated": frozenset({"libx264", "h264_v4l2m2m"}),
+    "picamera2": frozenset({"picamera2-h264", "libx264"}),
+    "v4l2": frozenset({"libx264", "h264_v4l2m2m", "passthrough"}),
+    "file": frozenset({"libx264", "passthrough"}),
+    "rtsp": frozenset({"passthrough", "libx264"}),
+}
+
+
+class _Spec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
+    pass
+
+
+class AudioSpec(_Spec, frozen=True, kw_only=True):
+    input: bool = False
+    output: bool = False
+    codec: Literal["aac"] = "aac"
+    sample_rate: Annotated[int, msgspec.Meta(ge=8000, le=48000)] = 48000
+
+
+class ChannelSpec(_Spec, frozen=True, kw_only=True):
+    id: Annotated[int, msgspec.Meta(ge=0, le=15)]
+    name: str = ""
+    backend: Backend
+    encoder: Encoder
+    sensor: str = ""
+    resolutions: Annotated[
+        list[
+            tuple[
+                Annotated[int, msgspec.Meta(ge=16, le=8192)],
+                Annotated[int, msgspec.Meta(ge=16, le=8192)],
+            ]
+        ],
+        msgspec.Meta(min_length=1),
+    ]
+    max_fps: Annotated[int, msgspec.Meta(ge=1, le=120)]
+    max_bitrate: Annotated[int, msgspec.Meta(ge=64_000, le=100_000_000)]
+    default_bitrate: Annotated[int, msgspec.Meta(ge=64_000, le=100_000_000)]
+    gop_seconds: Annotated[float, msgspec.Meta(gt=0, le=2.0)] = 1.0
+    audio: AudioSpec = AudioSpec()
+    motion_detection: bool = False
+    image_flip: bool = True
+
+    @property
+    def max_resolution(self) -> tuple[int, int]:
+        return max(self.resolutions, key=lambda r: r[0] * r[1])
+
+
+class PtzSpec(_Spec, frozen=True, kw_only=True):
+    type: Literal["none", "servos", "digital"] = "none"
+    pan_pin: Pin | None = None
+    tilt_pin: Pin | None = None
+    pan_range: tuple[int, int] = (-90, 90)
+    tilt_range: tuple[int, int] = (-45, 45)
+    # Servo pulse widths in microseconds (SG90-class defaults).
+    min_pulse_us: Annotated[int, msgspec.Meta(ge=200, le=3000)] = 500
+    max_pulse_us: Annotated[int, msgspec.Meta(ge=200, le=3000)] = 2500
+    max_zoom: Annotated[float, msgspec.Meta(ge=1.0, le=16.0)] = 1.0
+    presets: Annotated[int, msgspec.Meta(ge=0, le=255)] = 0
+
+
+class SensorSpec(_Spec, frozen=True, kw_only=True):
+    kind: SensorKind
+    pin: Pin
+    channel: Annotated[int, msgspec.Meta(ge=0, le=15)] = 0
+    # True: the pin reads high while the sensor is active (HC-SR501 PIR output).
+    active_high: bool = True
+    pull_up: bool | None = None
+    bounce_ms: Annotated[int, msgspec.Meta(ge=0, le=5000)] = 50
+
+    @property
+    def alarm_type(self) -> int:
+        return ALARM_TYPE_OF_SENSOR[self.kind]
+
+
+class LedSpec(_Spec, frozen=True, kw_only=True):
+    role: Literal["status", "ir", "record"]
+    pin: Pin
+    active_high: bool = True
+
+
+class BatterySpec(_Spec, frozen=True, kw_only=True):
+    present: bool = False
+    low_percent: Annotated[int, msgspec.Meta(ge=0, le=100)] = 15
+
+
+class RecordingSpec(_Spec, frozen=True, kw_only=True):
+    # "dir": a directory under storage.dir; "mount": its own filesystem at ``path``
+    # (an SD card or USB disk) that FormatDisk may format.
+    store: Literal["none", "dir", "mount"] = "dir"
+    path: str = ""
+    max_mb: Annotated[int, msgspec.Meta(ge=0)] = 1024
+    max_prerecord_seconds: Annotated[int, msgspec.Meta(ge=0, le=60)] = 10
+
+
+class ProfileDoc(_Spec, frozen=True, kw_only=True):
+    hardware_model: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    firmware_model: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    description: str = ""
+    # RebootDevice: "host" asks systemd-logind to reboot; "daemon" restarts only us.
+    reboot: Literal["host", "daemon"] = "daemon"
+    channels: Annotated[list[ChannelSpec], msgspec.Meta(min_length=1, max_length=16)]
+    ptz: PtzSpec = PtzSpec()
+    sensors: list[SensorSpec] = []
+    leds: list[LedSpec] = []
+    battery: BatterySpec = BatterySpec()
+    recording: RecordingSpec = RecordingSpec()
+
+
+class Profile(msgspec.Struct, frozen=True, kw_only=True):
+    """A validated profile plus where it came from."""
+
+    name: str
+    path: str
+    doc: ProfileDoc
+
+    @property
+    def hardware_model(self) -> str:
+        return self.doc.hardware_model
+
+    @property
+    def firmware_model(self) -> str:
+        """The firmware version reported to the platform: the model line plus our version."""
+        return f"{self.doc.firmware_model}-{__version__}"
+
+    @property
+    def channels(self) -> list[ChannelSpec]:
+        return self.doc.channels
+
+    def channel(self, channel_id: int) -> ChannelSpec | None:
+        return next((c for c in self.doc.channels if c.id == channel_id), None)
+
+    def capabilities(self) -> dict[str, Any]:
+        """The ``GetCap`` reply, with the origin protocol's keys (wire-notes)."""
+        d = self.doc
+        kinds = {s.kind for s in d.sensors}
+        motion = any(c.motion_detection for c in d.channels)
+        return {
+            "ptz": d.ptz.type != "none",
+            "battery": d.battery.present,
+            "media_protocol": "srt",
+            "audio_out": any(c.audio.output for c in d.channels),
+            "voice_out": any(c.audio.output for c in d.channels),
+            "cloud_record": True,
+            "trace": False,
+            "alarms": {
+                "io": bool(kinds & {"external", "bell", "lock"}),
+                "face": False,
+                "cry": False,
+                "voice": False,
+                "motion": motion,
+                "body": "pir" in kinds,
+                "cross": False,
+            },
+            "pic_upload_https": True,
+            "log_upload_https": True,
+            "firmware_download_https": True,
+            "video_encrypt": True,
+            "switch": True,
+            "led": bool(d.leds),
+            "auto_reboot": True,
+            # Ours, after the standard keys.
+            "channels": [
+                {
+                    "channel": c.id,
+                    "resolutions": [f"{w}x{h}" for w, h in c.resolutions],
+                    "max_fps": c.max_fps,
+                    "max_bitrate": c.max_bitrate,
+                    "audio_in": c.audio.input,
+                    "encoder": c.encoder,
+                }
+                for c in d.channels
+            ],
+            "ptz_type": d.ptz.type,
+            "ptz_presets": d.ptz.presets,
+            "sensors": sorted(kinds),
+        }
+
+
+def profiles_dir() -> Path:
+    """Where the shipped profiles are: inside the wheel, else the source checkout."""
+    override = os.environ.get("HSS_PU_PROFILES_DIR")
+    if override:
+        return Path(override)
+    here = Path(__file__).resolve().parent
+    packaged = here / "_firmware_profiles"
+    return packaged if packaged.is_dir() else here.parent / "firmware_profiles"
+
+
+def profile_names() -> list[str]:
+    return sorted(p.stem for p in profiles_dir().glob("*.toml"))
+
+
+def _looks_like_path(ref: str) -> bool:
+    return "/" in ref or ref.endswith(".toml")
+
+
+def resolve_profile(ref: str) -> Path | None:
+    """A profile name or path to its file; None when no such profile exists."""
+    if _looks_like_path(ref):
+        p = Path(ref).expanduser()
+        return p if p.is_file() else None
+    if not ref.replace("-", "").replace("_", "").isalnum():
+        return None
+    p = profiles_dir() / f"{ref}.toml"
+    return p if p.is_file() else None
+
+
+def _check(doc: ProfileDoc, path: Path) -> None:
+    """Cross-field rules the type system cannot say."""
+    ids = [c.id for c in doc.channels]
+    if sorted(ids) != list(range(len(ids))):
+        raise key_error(path, "channels", f"channel ids must be 0..{len(ids) - 1}, got {ids}")
+    for i, c in enumerate(doc.channels):
+        key = f"channels[{i}]"
+        if c.encoder not in _ENCODERS_FOR_BACKEND[c.backend]:
+            allowed = ", ".join(sorted(_ENCODERS_FOR_BACKEND[c.backend]))
+            raise key_error(
+                path,
+                f"{key}.encoder",
+                f"{c.encoder!r} cannot encode a {c.backend} source ({allowed})",
+            )
+        if c.default_bitrate > c.max_bitrate:
+            raise key_error(path, f"{key}.default_bitrate", "above max_bitrate")
+    used: dict[int, str] = {}
+
+    def claim(pin: int | None, key: str) -> None:
+        if pin is None:
+            return
+        if pin in used:
+            raise key_error(path, key, f"GPIO {pin} is already used by {used[pin]}")
+        used[pin] = key
+
+    p = doc.ptz
+    if p.type == "servos":
+        if p.pan_pin is None and p.tilt_pin is None:
+            raise key_error(path, "ptz.pan_pin", "servo PTZ needs pan_pin and/or tilt_pin")
+        if p.min_pulse_us >= p.max_pulse_us:
+            raise key_error(path, "ptz.min_pulse_us", "must be below max_pulse_us")
+    elif p.pan_pin is not None or p.tilt_pin is not None:
+        raise key_error(path, "ptz.type", f"pins given but type is {p.type!r} (want 'servos')")
+    if p.type == "digital" and p.max_zoom <= 1.0:
+        raise key_error(path, "ptz.max_zoom", "digital zoom needs max_zoom above 1.0")
+    for name, (lo, hi) in (("pan_range", p.pan_range), ("tilt_range", p.tilt_range)):
+        if not -180 <= lo < hi <= 180:
+            raise key_error(
+                path, f"ptz.{name}", f"want -180 <= low < high <= 180, got [{lo}, {hi}]"
+            )
+    claim(p.pan_pin, "ptz.pan_pin")
+    claim(p.tilt_pin, "ptz.tilt_pin")
+    for i, s in enumerate(doc.sensors):
+        if s.channel not in ids:
+            raise key_error(path, f"sensors[{i}].channel", f"no channel {s.channel}")
+        claim(s.pin, f"sensors[{i}].pin")
+    for i, led in enumerate(doc.leds):
+        claim(led.pin, f"leds[{i}].pin")
+    roles = [led.role for led in doc.leds]
+    for role in set(roles):
+        if roles.count(role) > 1:
+            raise key_error(path, "leds", f"more than one {role!r} LED")
+    r = doc.recording
+    if r.store == "mount" and not r.path.startswith("/"):
+        raise key_error(path, "recording.path", "a 'mount' store needs an absolute path")
+
+
+def load_profile_file(path: Path, name: str | None = None) -> Profile:
+    data = load_toml(path)
+    doc = convert(data, ProfileDoc, path)
+    _check(doc, path)
+    return Profile(name=name or path.stem, path=str(path), doc=doc)
+
+
+def load_profile(ref: str, *, config_path: Path | str | None = None) -> Profile:
+    """Load a profile by name or path; errors name ``device.profile`` in the config."""
+    path = resolve_profile(ref)
+    if path is None:
+        known = ", ".join(profile_names()) or "none installed"
+        what = "no such profile file" if _looks_like_path(ref) else "unknown profile"
+        raise SchemaError(config_path, "device.profile", f"{what} {ref!r} (known: {known})")
+    return load_profile_file(path, None if _looks_like_path(ref) else ref)
+
+
+def iter_profiles() -> Iterator[Profile]:
+    for name in profile_names():
+        yield load_profile(name)

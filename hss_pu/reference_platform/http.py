@@ -1,0 +1,153 @@
+"""A small HTTP/1.1 server over h11 for the reference platform's Vs and Vr endpoints.
+
+websockets' server speaks only GET, and Vr needs POST and PUT; h11 (already under httpx)
+gives a correct, keep-alive capable parser without pulling in a web framework.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from urllib.parse import parse_qs, urlsplit
+
+import h11
+
+__all__ = ["HttpServer", "Request", "Response", "json_response"]
+
+log = logging.getLogger("hss_pu.platform.http")
+
+MAX_BODY = 64 * 1024 * 1024
+IDLE_TIMEOUT = 30.0
+
+
+@dataclass
+class Request:
+    method: str
+    target: str
+    headers: dict[str, str]
+    body: bytes
+    peer: str
+
+    @property
+    def path(self) -> str:
+        return urlsplit(self.target).path
+
+    @property
+    def query(self) -> dict[str, str]:
+        return {k: v[-1] for k, v in parse_qs(urlsplit(self.target).query).items()}
+
+    def form(self) -> dict[str, str]:
+        return {k: v[-1] for k, v in parse_qs(self.body.decode("utf-8", "replace")).items()}
+
+
+@dataclass
+class Response:
+    status: int = 200
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def json_response(status: int, body: bytes) -> Response:
+    return Response(status, body, {"content-type": "application/json"})
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+class HttpServer:
+    def __init__(self, handler: Handler, ssl_context: ssl.SSLContext | None) -> None:
+        self._handler = handler
+        self._ssl = ssl_context
+        self._server: asyncio.Server | None = None
+        self._conns: set[asyncio.Task[None]] = set()
+
+    async def start(self, host: str, port: int) -> int:
+        self._server = await asyncio.start_server(self._serve, host, port, ssl=self._ssl)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for t in list(self._conns):
+            t.cancel()
+        if self._conns:
+            await asyncio.gather(*self._conns, return_exceptions=True)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._conns.add(task)
+        peer = str(writer.get_extra_info("peername"))
+        conn = h11.Connection(h11.SERVER)
+        try:
+            while True:
+                req = await self._read_request(conn, reader, peer)
+                if req is None:
+                    return
+                try:
+                    resp = await self._handler(req)
+                except Exception:
+                    log.exception("handler failed for %s %s", req.method, req.path)
+                    resp = json_response(500, b'{"info": "internal error"}')
+                await self._send(conn, writer, resp)
+                if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
+                    return
+                conn.start_next_cycle()
+        except (h11.RemoteProtocolError, ConnectionError, TimeoutError, ssl.SSLError) as exc:
+            log.debug("connection from %s ended: %s", peer, exc)
+            with contextlib.suppress(Exception):
+                if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+                    await self._send(conn, writer, json_response(400, b'{"info": "bad request"}'))
+        finally:
+            self._conns.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def _read_request(
+        self, conn: h11.Connection, reader: asyncio.StreamReader, peer: str
+    ) -> Request | None:
+        head: h11.Request | None = None
+        body = bytearray()
+        while True:
+            event = conn.next_event()
+            if event is h11.NEED_DATA:
+                async with asyncio.timeout(IDLE_TIMEOUT):
+                    data = await reader.read(65536)
+                conn.receive_data(data)
+                continue
+            if isinstance(event, h11.ConnectionClosed):
+                return None
+            if isinstance(event, h11.Request):
+                head = event
+            elif isinstance(event, h11.Data):
+                body += event.data
+                if len(body) > MAX_BODY:
+                    raise h11.RemoteProtocolError("body too large", error_status_hint=413)
+            elif isinstance(event, h11.EndOfMessage):
+                assert head is not None
+                headers = {k.decode().lower(): v.decode("latin-1") for k, v in head.headers}
+                return Request(
+                    method=head.method.decode(),
+                    target=head.target.decode("latin-1"),
+                    headers=headers,
+                    body=bytes(body),
+                    peer=peer,
+                )
+
+    async def _send(self, conn: h11.Connection, writer: asyncio.StreamWriter, r: Response) -> None:
+        headers = [(k, v) for k, v in r.headers.items()]
+        headers.append(("content-length", str(len(r.body))))
+        out = conn.send(h11.Response(status_code=r.status, headers=headers)) or b""
+        if r.body:
+            out += conn.send(h11.Data(data=r.body)) or b""
+        out += conn.send(h11.EndOfMessage()) or b""
+        writer.write(out)
+        await writer.drain()

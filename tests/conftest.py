@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+BASE_CONFIG = """\
+[device]
+id = "PU-0001"
+{password_line}
+mac = "02:00:00:00:00:01"
+profile = "{profile}"
+
+[platform]
+schedule_url = "{schedule_url}"
+{ca_line}
+backoff_scale = 0.01
+
+[camera]
+source = "emulated"
+width = {width}
+height = 720
+fps = 30
+
+[storage]
+dir = "{storage}"
+"""
+
+WriteConfig = Callable[..., Path]
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> WriteConfig:
+    """Write a config file (mode 0600 unless told otherwise) and return its path."""
+
+    def write(
+        *,
+        password_line: str = 'password = "s3cret-Pa55word"',
+        profile: str = "emulated",
+        schedule_url: str = "https://127.0.0.1:8443",
+        ca_line: str = "",
+        width: str = "1280",
+        mode: int = 0o600,
+        extra: str = "",
+        name: str = "config.toml",
+    ) -> Path:
+        path = tmp_path / name
+        path.write_text(
+            BASE_CONFIG.format(
+                password_line=password_line,
+                profile=profile,
+                schedule_url=schedule_url,
+                ca_line=ca_line,
+                width=width,
+                storage=tmp_path / "state",
+            )
+            + extra
+        )
+        os.chmod(path, mode)
+        assert stat.S_IMODE(path.stat().st_mode) == mode
+        return path
+
+    return write

@@ -1,0 +1,237 @@
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hss_pu.config import Secret, load_config
+from hss_pu.schema import SchemaError
+
+from .conftest import WriteConfig
+
+
+def check_config(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hss_pu", "check-config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def assert_one_line_error(path: Path, key: str, *words: str) -> str:
+    r = check_config(path)
+    assert r.returncode == 2, r
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    line = lines[0]
+    assert str(path) in line
+    assert f": {key}: " in line
+    for w in words:
+        assert w in line, line
+    assert r.stdout == ""
+    return line
+
+
+def test_valid_config_loads(write_config: WriteConfig) -> None:
+    path = write_config()
+    cfg = load_config(path)
+    assert cfg.device.id == "PU-0001"
+    assert cfg.device.mac == "02:00:00:00:00:01"
+    assert cfg.profile.name == "emulated"
+    assert cfg.password.reveal() == "s3cret-Pa55word"
+    assert "s3cret" not in repr(cfg)
+    assert cfg.platform.keepalive_interval == 10.0
+    assert cfg.platform.allow_insecure is False
+    assert cfg.bitrate == cfg.profile.channels[0].default_bitrate
+    r = check_config(path)
+    assert r.returncode == 0, r.stderr
+    assert "OK" in r.stdout and "s3cret" not in r.stdout
+
+
+def test_wrong_type_names_key(write_config: WriteConfig) -> None:
+    line = assert_one_line_error(
+        write_config(width='"wide"'), "camera.width", "expected int", "str"
+    )
+    assert "Traceback" not in line
+
+
+def test_out_of_range(write_config: WriteConfig) -> None:
+    path = write_config(extra='[log]\nlevel = "loud"\n')
+    assert_one_line_error(path, "log.level", "expected one of")
+
+
+def test_unknown_profile(write_config: WriteConfig) -> None:
+    assert_one_line_error(
+        write_config(profile="toaster-3000"),
+        "device.profile",
+        "unknown profile",
+        "toaster-3000",
+        "emulated",
+    )
+
+
+def test_world_readable_inline_password(write_config: WriteConfig) -> None:
+    path = write_config(mode=0o644)
+    line = assert_one_line_error(
+        path, "device.password", "readable by group/others", "0644", "chmod 600"
+    )
+    assert "s3cret" not in line
+
+
+def test_group_readable_password_file(write_config: WriteConfig, tmp_path: Path) -> None:
+    pw = tmp_path / "password"
+    pw.write_text("file-secret-123\n")
+    os.chmod(pw, 0o640)
+    path = write_config(password_line=f'password_file = "{pw}"', mode=0o644)
+    line = assert_one_line_error(path, "device.password_file", "readable by group/others", "0640")
+    assert "file-secret" not in line
+
+
+def test_password_file_ok_and_relative(write_config: WriteConfig, tmp_path: Path) -> None:
+    pw = tmp_path / "password"
+    pw.write_text("file-secret-123\n")
+    os.chmod(pw, 0o600)
+    # A config without an inline password may be world-readable.
+    cfg = load_config(write_config(password_line='password_file = "password"', mode=0o644))
+    assert cfg.password == Secret("file-secret-123")
+
+
+def test_missing_password_file(write_config: WriteConfig) -> None:
+    assert_one_line_error(
+        write_config(password_line='password_file = "/nonexistent/pw"'),
+        "device.password_file",
+        "does not exist",
+    )
+
+
+def test_password_and_file_both(write_config: WriteConfig) -> None:
+    assert_one_line_error(
+        write_config(password_line='password = "abc123"\npassword_file = "/x"'),
+        "device.password",
+        "not both",
+    )
+
+
+def test_no_password(write_config: WriteConfig) -> None:
+    assert_one_line_error(write_config(password_line=""), "device.password", "missing")
+
+
+def test_unknown_key(write_config: WriteConfig) -> None:
+    assert_one_line_error(write_config(extra="[camera2]\nx = 1\n"), "camera2", "unknown key")
+
+
+def test_missing_required_key(write_config: WriteConfig, tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[device]\nid = "a"\npassword = "abcdef"\n[platform]\nschedule_url = "https://x"\n'
+    )
+    os.chmod(path, 0o600)
+    assert_one_line_error(path, "device.mac", "missing required key")
+
+
+def test_bad_mac(write_config: WriteConfig) -> None:
+    path = write_config()
+    path.write_text(path.read_text().replace("02:00:00:00:00:01", "02-00-00"))
+    assert_one_line_error(path, "device.mac", "expected str matching")
+
+
+def test_plain_http_refused_unless_allowed(write_config: WriteConfig) -> None:
+    assert_one_line_error(
+        write_config(schedule_url="http://127.0.0.1:8080"),
+        "platform.schedule_url",
+        "allow_insecure",
+    )
+    path = write_config(schedule_url="http://127.0.0.1:8080", name="insecure.toml")
+    path.write_text(
+        path.read_text().replace("backoff_scale", "allow_insecure = true\nbackoff_scale")
+    )
+    assert load_config(path).platform.allow_insecure is True
+
+
+def test_missing_ca_file(write_config: WriteConfig) -> None:
+    assert_one_line_error(
+        write_config(ca_line='ca_file = "/nonexistent/ca.pem"'),
+        "platform.ca_file",
+        "does not exist",
+    )
+
+
+def test_resolution_outside_profile(write_config: WriteConfig) -> None:
+    assert_one_line_error(write_config(width="1281"), "camera.width", "1281x720", "1280x720")
+
+
+def test_picamera2_source_needs_pi_profile(write_config: WriteConfig) -> None:
+    path = write_config()
+    path.write_text(path.read_text().replace('source = "emulated"', 'source = "picamera2"'))
+    assert_one_line_error(path, "camera.source", "picamera2")
+
+
+@pytest.mark.parametrize(
+    ("source", "ok"),
+    [
+        ("v4l2:/dev/video0", True),
+        ("v4l2:/dev/sda", False),
+        ("rtsp://192.0.2.10:554/stream1", True),
+        ("rtsp://", False),
+        ("file:/nonexistent.mp4", False),
+        ("webcam", False),
+    ],
+)
+def test_sources(write_config: WriteConfig, source: str, ok: bool) -> None:
+    path = write_config()
+    path.write_text(path.read_text().replace('source = "emulated"', f'source = "{source}"'))
+    if ok:
+        assert load_config(path).camera_source == source
+    else:
+        with pytest.raises(SchemaError) as ei:
+            load_config(path)
+        assert ei.value.key == "camera.source"
+
+
+def test_file_source_made_absolute(write_config: WriteConfig, tmp_path: Path) -> None:
+    (tmp_path / "clip.mp4").write_bytes(b"\0")
+    path = write_config()
+    path.write_text(path.read_text().replace('source = "emulated"', 'source = "file:clip.mp4"'))
+    assert load_config(path).camera_source == f"file:{tmp_path / 'clip.mp4'}"
+
+
+def test_toml_syntax_error(tmp_path: Path) -> None:
+    path = tmp_path / "broken.toml"
+    path.write_text("[device\nid = 1\n")
+    r = check_config(path)
+    assert r.returncode == 2
+    assert "TOML syntax error" in r.stderr and str(path) in r.stderr
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    r = check_config(tmp_path / "nope.toml")
+    assert r.returncode == 2
+    assert "cannot read" in r.stderr
+
+
+def test_profile_by_path(write_config: WriteConfig, tmp_path: Path) -> None:
+    src = Path(__file__).parent.parent / "firmware_profiles" / "usb-webcam.toml"
+    custom = tmp_path / "my-model.toml"
+    custom.write_text(src.read_text())
+    cfg = load_config(write_config(profile=str(custom)))
+    assert cfg.profile.hardware_model == "USB-UVC"
+
+
+def test_example_config_is_valid(tmp_path: Path) -> None:
+    """The example shipped in docs/ (installed by make install) must stay loadable."""
+    example = Path(__file__).parent.parent / "docs" / "config.example.toml"
+    text = example.read_text()
+    assert 'password_file = "/etc/hss-pu/password"' in text
+    pw = tmp_path / "password"
+    pw.write_text("example-pass\n")
+    os.chmod(pw, 0o600)
+    copy = tmp_path / "config.toml"
+    text = re.sub(r"(?m)^ca_file = .*$", "", text.replace("/etc/hss-pu/password", str(pw)))
+    copy.write_text(text)
+    cfg = load_config(copy)
+    assert cfg.device.id

@@ -1,0 +1,164 @@
+"""The daemon as a real process: steps logged, READY/STOPPING, clean stop, secrets kept."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from hss_pu.reference_platform.server import PlatformOptions, ReferencePlatform
+
+from .conftest import WriteConfig
+
+PASSWORD = "s3cret-Pa55word"
+
+
+class Proc:
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+
+    async def wait_for(self, text: str, timeout: float = 20.0) -> str:
+        assert self.proc.stderr is not None
+        async with asyncio.timeout(timeout):
+            for line in self.lines:
+                if text in line:
+                    return line
+            while True:
+                raw = await self.proc.stderr.readline()
+                if not raw:
+                    raise AssertionError(f"exited before {text!r}: {self.lines}")
+                line = raw.decode().rstrip("\n")
+                self.lines.append(line)
+                if text in line:
+                    return line
+
+    async def stop(self, sig: signal.Signals = signal.SIGTERM) -> tuple[int, float]:
+        assert self.proc.stderr is not None
+        t0 = time.monotonic()
+        self.proc.send_signal(sig)
+        rest = await asyncio.wait_for(self.proc.stderr.read(), 10)
+        rc = await asyncio.wait_for(self.proc.wait(), 10)
+        self.lines += rest.decode().splitlines()
+        return rc, time.monotonic() - t0
+
+
+async def start(*args: str, env: dict[str, str] | None = None) -> Proc:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "hss_pu",
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    return Proc(proc)
+
+
+@pytest.fixture
+async def platform(tmp_path: Path) -> AsyncIterator[ReferencePlatform]:
+    p = ReferencePlatform(PlatformOptions(state_dir=tmp_path / "platform", clock_offset=3600))
+    await p.start()
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+async def test_embedded_default_runs_and_stops(tmp_path: Path, sig: signal.Signals) -> None:
+    env = {"XDG_STATE_HOME": str(tmp_path / "state"), "NOTIFY_SOCKET": ""}
+    p = await start("run", env=env)
+    await p.wait_for("embedded default")
+    await p.wait_for("reference platform: Vs https://127.0.0.1:")
+    await p.wait_for("profile emulated")
+    await p.wait_for("storage: ")
+    await p.wait_for("ready")
+    await p.wait_for("Vs: scheduled to Vd at wss://127.0.0.1:")
+    rc, took = await p.stop(sig)
+    assert rc == 0, p.lines
+    assert took < 5.0
+    assert any(f"{sig.name} received: stopping" in line for line in p.lines)
+    assert p.lines[-1].endswith("stopped")
+    assert not any("Traceback" in line for line in p.lines)
+    assert not any("embedded-demo-pass" in line for line in p.lines)
+
+
+async def test_config_file_run_notify_and_clock(
+    tmp_path: Path, write_config: WriteConfig, platform: ReferencePlatform
+) -> None:
+    path = write_config(
+        schedule_url=platform.schedule_url, ca_line=f'ca_file = "{platform.ca_file}"'
+    )
+    path.write_text(path.read_text() + '[log]\nlevel = "debug"\n')
+    notify = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(notify))
+    sock.setblocking(False)
+    try:
+        p = await start("run", "--config", str(path), env={"NOTIFY_SOCKET": str(notify)})
+        await p.wait_for("Vs: scheduled")
+        line = await p.wait_for("clock: platform time adopted, offset ")
+        assert float(line.rsplit("offset ", 1)[1].split()[0]) == pytest.approx(3600, abs=2)
+        loop = asyncio.get_running_loop()
+        ready = await asyncio.wait_for(loop.sock_recv(sock, 4096), 5)
+        assert b"READY=1" in ready
+        rc, took = await p.stop()
+        stopping = await asyncio.wait_for(loop.sock_recv(sock, 4096), 5)
+        assert b"STOPPING=1" in stopping
+    finally:
+        sock.close()
+    assert rc == 0 and took < 5.0
+    assert platform.vs_requests[-1].headers["mac-identity"] == "02:00:00:00:00:01"
+    # Debug level logs the most; the password is still nowhere.
+    assert not any(PASSWORD in line for line in p.lines), p.lines
+
+
+async def test_unreachable_vs_backs_off_and_still_stops(write_config: WriteConfig) -> None:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    path = write_config(schedule_url=f"https://127.0.0.1:{port}")
+    p = await start("run", "--config", str(path))
+    await p.wait_for("attempt 1 failed")
+    await p.wait_for("attempt 3 failed")
+    rc, took = await p.stop()
+    assert rc == 0 and took < 5.0
+
+
+async def test_bad_config_exits_2(write_config: WriteConfig) -> None:
+    path = write_config(mode=0o644)
+    p = await start("run", "--config", str(path))
+    rc = await asyncio.wait_for(p.proc.wait(), 20)
+    assert p.proc.stderr is not None
+    err = (await p.proc.stderr.read()).decode()
+    assert rc == 2
+    assert "device.password" in err and len(err.strip().splitlines()) == 1
+    assert PASSWORD not in err
+
+
+def test_version_and_profiles_commands() -> None:
+    import subprocess
+
+    from hss_pu import __version__
+
+    r = subprocess.run(
+        [sys.executable, "-m", "hss_pu", "--version"], capture_output=True, text=True
+    )
+    assert r.returncode == 0 and r.stdout.strip() == f"hss-pu {__version__}"
+    r = subprocess.run([sys.executable, "-m", "hss_pu", "profiles"], capture_output=True, text=True)
+    assert r.returncode == 0 and "pi5-cam3-ptz" in r.stdout
+    r = subprocess.run(
+        [sys.executable, "-m", "hss_pu", "profiles", "pi5-cam3-ptz"], capture_output=True, text=True
+    )
+    assert r.returncode == 0 and '"ptz": true' in r.stdout

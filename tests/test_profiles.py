@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hss_pu.profiles import (
+    ALARM_TYPE_OF_SENSOR,
+    load_profile,
+    load_profile_file,
+    profile_names,
+    profiles_dir,
+)
+from hss_pu.schema import SchemaError
+
+REQUIRED = {"emulated", "pi-zero-2w-cam3", "pi4-hq", "pi5-cam3-ptz", "usb-webcam"}
+GETCAP_KEYS = {
+    "ptz", "battery", "media_protocol", "audio_out", "voice_out", "cloud_record", "trace",
+    "alarms", "pic_upload_https", "log_upload_https", "firmware_download_https",
+    "video_encrypt", "switch", "led", "auto_reboot",
+}  # fmt: skip
+
+
+def test_required_profiles_ship() -> None:
+    assert set(profile_names()) >= REQUIRED
+
+
+@pytest.mark.parametrize("name", sorted(REQUIRED | {"emulated-dual"}))
+def test_profile_loads_and_reports_getcap(name: str) -> None:
+    p = load_profile(name)
+    cap = p.capabilities()
+    assert cap.keys() >= GETCAP_KEYS
+    assert cap["media_protocol"] == "srt"
+    assert set(cap["alarms"]) == {"io", "face", "cry", "voice", "motion", "body", "cross"}
+    assert all(
+        isinstance(v, bool)
+        for k, v in cap.items()
+        if k in GETCAP_KEYS - {"alarms", "media_protocol"}
+    )
+    assert p.firmware_model.startswith(p.doc.firmware_model)
+    assert [c.id for c in p.channels] == list(range(len(p.channels)))
+
+
+def test_capabilities_follow_hardware() -> None:
+    pi5 = load_profile("pi5-cam3-ptz")
+    assert pi5.capabilities()["ptz"] is True
+    assert pi5.capabilities()["alarms"]["body"] is True  # PIR
+    assert pi5.channels[0].encoder == "libx264"  # no hardware H.264 on a Pi 5
+    z2w = load_profile("pi-zero-2w-cam3")
+    assert z2w.capabilities()["ptz"] is False
+    assert z2w.channels[0].encoder == "picamera2-h264"
+    hq = load_profile("pi4-hq")
+    assert hq.capabilities()["alarms"]["io"] is True  # bell / lock / external
+    assert {s.alarm_type for s in hq.doc.sensors} == {
+        ALARM_TYPE_OF_SENSOR[k] for k in ("bell", "lock", "external")
+    }
+    assert load_profile("usb-webcam").doc.ptz.type == "digital"
+
+
+BASE = """
+hardware_model = "X"
+firmware_model = "x"
+[[channels]]
+id = 0
+backend = "emulated"
+encoder = "libx264"
+resolutions = [[640, 360]]
+max_fps = 30
+max_bitrate = 1000000
+default_bitrate = 500000
+"""
+
+
+def _bad(tmp_path: Path, extra: str, key: str, words: str) -> None:
+    f = tmp_path / "p.toml"
+    f.write_text(BASE + extra)
+    with pytest.raises(SchemaError) as ei:
+        load_profile_file(f)
+    assert ei.value.key == key, str(ei.value)
+    assert words in ei.value.problem
+    assert str(f) in str(ei.value)
+
+
+def test_pin_used_twice(tmp_path: Path) -> None:
+    _bad(
+        tmp_path,
+        '[[sensors]]\nkind = "pir"\npin = 17\n[[leds]]\nrole = "status"\npin = 17\n',
+        "leds[0].pin",
+        "GPIO 17 is already used by sensors[0].pin",
+    )
+
+
+def test_pin_out_of_header(tmp_path: Path) -> None:
+    _bad(tmp_path, '[[sensors]]\nkind = "pir"\npin = 40\n', "sensors[0].pin", "<= 27")
+
+
+def test_encoder_backend_mismatch(tmp_path: Path) -> None:
+    f = tmp_path / "p.toml"
+    f.write_text(BASE.replace('encoder = "libx264"', 'encoder = "picamera2-h264"'))
+    with pytest.raises(SchemaError) as ei:
+        load_profile_file(f)
+    assert ei.value.key == "channels[0].encoder"
+
+
+def test_servo_ptz_needs_pins(tmp_path: Path) -> None:
+    _bad(tmp_path, '[ptz]\ntype = "servos"\n', "ptz.pan_pin", "needs pan_pin")
+
+
+def test_unknown_sensor_kind(tmp_path: Path) -> None:
+    _bad(tmp_path, '[[sensors]]\nkind = "laser"\npin = 4\n', "sensors[0].kind", "expected one of")
+
+
+def test_unknown_key_in_profile(tmp_path: Path) -> None:
+    _bad(tmp_path, "colour = 1\n", "channels[0].colour", "unknown key")
+
+
+def test_channel_ids_contiguous(tmp_path: Path) -> None:
+    f = tmp_path / "p.toml"
+    f.write_text(BASE.replace("id = 0", "id = 1"))
+    with pytest.raises(SchemaError, match=r"channel ids must be 0\.\.0"):
+        load_profile_file(f)
+
+
+def test_profiles_dir_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "only.toml").write_text(BASE)
+    monkeypatch.setenv("HSS_PU_PROFILES_DIR", str(tmp_path))
+    assert profiles_dir() == tmp_path
+    assert profile_names() == ["only"]
+
+
+def test_profile_name_cannot_escape_dir() -> None:
+    with pytest.raises(SchemaError, match="unknown profile"):
+        load_profile("..")
