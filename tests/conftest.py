@@ -64,3 +64,20 @@ def write_config(tmp_path: Path) -> WriteConfig:
         return path
 
     return write
+
+
+def on_raspberry_pi() -> bool:
+    try:
+        return "Raspberry Pi" in Path("/proc/device-tree/model").read_text(errors="replace")
+    except OSError:
+        return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Hardware-in-the-loop tests run only on a real Pi; elsewhere they skip, saying why."""
+    if on_raspberry_pi():
+        return
+    skip = pytest.mark.skip(reason="hil: needs a Raspberry Pi (no /proc/device-tree/model)")
+    for item in items:
+        if "hil" in item.keywords:
+            item.add_marker(skip)
