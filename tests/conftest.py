@@ -2,10 +2,12 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
+
+from hss_pu.reference_platform.server import PlatformOptions, ReferencePlatform
 
 BASE_CONFIG = """\
 [device]
@@ -64,6 +66,17 @@ def write_config(tmp_path: Path) -> WriteConfig:
         return path
 
     return write
+
+
+@pytest.fixture
+async def platform(tmp_path: Path) -> AsyncIterator[ReferencePlatform]:
+    """A reference platform over TLS on loopback whose clock runs one hour ahead."""
+    p = ReferencePlatform(PlatformOptions(state_dir=tmp_path / "platform", clock_offset=3600))
+    await p.start()
+    try:
+        yield p
+    finally:
+        await p.close()
 
 
 def on_raspberry_pi() -> bool:

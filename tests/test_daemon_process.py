@@ -8,12 +8,11 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from hss_pu.reference_platform.server import PlatformOptions, ReferencePlatform
+from hss_pu.reference_platform.server import ReferencePlatform
 
 from .conftest import WriteConfig
 
@@ -62,16 +61,6 @@ async def start(*args: str, env: dict[str, str] | None = None) -> Proc:
         env={**os.environ, **(env or {})},
     )
     return Proc(proc)
-
-
-@pytest.fixture
-async def platform(tmp_path: Path) -> AsyncIterator[ReferencePlatform]:
-    p = ReferencePlatform(PlatformOptions(state_dir=tmp_path / "platform", clock_offset=3600))
-    await p.start()
-    try:
-        yield p
-    finally:
-        await p.close()
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])

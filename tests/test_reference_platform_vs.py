@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ssl
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -12,20 +11,10 @@ import pytest
 
 from hss_pu.clients.vs import VsError, fetch_server_addr, make_http_client
 from hss_pu.reference_platform.pki import ensure_pki
-from hss_pu.reference_platform.server import PlatformOptions, ReferencePlatform
+from hss_pu.reference_platform.server import ReferencePlatform
 from hss_pu.wire.vs import vd_base_url
 
 MAC = "02:00:00:00:00:01"
-
-
-@pytest.fixture
-async def platform(tmp_path: Path) -> AsyncIterator[ReferencePlatform]:
-    p = ReferencePlatform(PlatformOptions(state_dir=tmp_path / "platform", clock_offset=3600))
-    await p.start()
-    try:
-        yield p
-    finally:
-        await p.close()
 
 
 async def test_schedule_over_verified_tls(platform: ReferencePlatform) -> None:
