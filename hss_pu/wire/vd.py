@@ -109,7 +109,7 @@ def parse_frame(data: str | bytes) -> Frame:
         return Malformed(f"bad JSON: {exc}")
     if not isinstance(obj, dict):
         return Malformed(f"not a JSON object: {type(obj).__name__}")
-    raw_seq = obj.get("seq")
+    raw_seq: Any = obj.get("seq")
     seq: int | None = raw_seq if _is_int(raw_seq) and 0 <= raw_seq <= MAX_SEQ else None
     params = obj.get("params")
     if "req" in obj:
