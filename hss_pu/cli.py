@@ -27,6 +27,7 @@ from hss_pu.config import (
 from hss_pu.daemon import Daemon
 from hss_pu.logsetup import setup_logging
 from hss_pu.profiles import load_profile, profile_names
+from hss_pu.reference_platform.cli import add_platform_commands, run_platform_command
 from hss_pu.reference_platform.server import PlatformOptions, ReferencePlatform
 from hss_pu.schema import SchemaError
 
@@ -65,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     chk.add_argument("path", type=Path)
     prof = sub.add_parser("profiles", help="list firmware profiles, or show one's GetCap")
     prof.add_argument("name", nargs="?")
+    add_platform_commands(sub)
     return p
 
 
@@ -139,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_check_config(args.path)
     if args.command == "profiles":
         return cmd_profiles(args.name)
+    if args.command == "platform":
+        return run_platform_command(args)
     if args.command == "run":
         coro = (
             _run_file(args.config, args.log_level) if args.config else _run_embedded(args.log_level)
