@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,12 +31,14 @@ from hss_pu.profiles import load_profile, profile_names
 from hss_pu.reference_platform.cli import add_platform_commands, run_platform_command
 from hss_pu.reference_platform.server import PlatformOptions, ReferencePlatform
 from hss_pu.schema import SchemaError
+from hss_pu.services.localctl import send_command
 
 __all__ = ["EMBEDDED_DEVICE", "main"]
 
 log = logging.getLogger("hss_pu")
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+EXIT_RESTART = -1  # internal: re-exec ourselves
 
 # The embedded default's device: a demo identity on a loopback-only platform.
 EMBEDDED_DEVICE = DeviceSection(
@@ -66,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     chk.add_argument("path", type=Path)
     prof = sub.add_parser("profiles", help="list firmware profiles, or show one's GetCap")
     prof.add_argument("name", nargs="?")
+    bind = sub.add_parser("bind", help="send a Bind report through the running daemon")
+    bind.add_argument("bind_id")
+    bind.add_argument("--config", "-c", type=Path, help="the running daemon's config")
+    status = sub.add_parser("status", help="ask the running daemon how it is")
+    status.add_argument("--config", "-c", type=Path, help="the running daemon's config")
     add_platform_commands(sub)
     return p
 
@@ -102,6 +110,15 @@ def cmd_profiles(name: str | None) -> int:
     return EXIT_OK
 
 
+def embedded_storage() -> Path:
+    return default_storage_dir() / "embedded"
+
+
+async def _run_daemon(daemon: Daemon) -> int:
+    rc = await daemon.run()
+    return EXIT_RESTART if daemon.restart_requested else rc
+
+
 async def _run_file(path: Path, level: str | None) -> int:
     try:
         cfg = load_config(path)
@@ -110,14 +127,14 @@ async def _run_file(path: Path, level: str | None) -> int:
         log.error("config error: %s", exc)
         return EXIT_CONFIG
     setup_logging(level or cfg.doc.log.level)
-    return await Daemon(cfg).run()
+    return await _run_daemon(Daemon(cfg))
 
 
 async def _run_embedded(level: str | None) -> int:
     setup_logging(level or "info")
-    state = default_storage_dir() / "embedded"
+    state = embedded_storage()
     log.info("no --config: embedded default (emulated camera, reference platform on loopback)")
-    platform = ReferencePlatform(PlatformOptions(state_dir=state / "platform"))
+    platform = ReferencePlatform(PlatformOptions(state_dir=state / "platform", admin_port=0))
     await platform.start()
     try:
         ca = platform.ca_file
@@ -130,9 +147,39 @@ async def _run_embedded(level: str | None) -> int:
         )
         cfg = make_config(doc)
         log.info("reference platform: Vs %s, CA %s", platform.schedule_url, ca)
-        return await Daemon(cfg).run()
+        log.info(
+            "try: hss-pu platform call %s DevStatus --state-dir %s",
+            EMBEDDED_DEVICE.id,
+            state / "platform",
+        )
+        return await _run_daemon(Daemon(cfg))
     finally:
         await platform.close()
+
+
+def cmd_local(command: dict[str, object], config: Path | None) -> int:
+    """Talk to the running daemon over its control socket in storage.dir."""
+    if config is not None:
+        try:
+            directory = Path(load_config(config).storage_dir)
+        except SchemaError as exc:
+            return _config_error(exc)
+    else:
+        directory = embedded_storage() / "pu"
+    try:
+        reply = asyncio.run(send_command(directory, command))
+    except (OSError, TimeoutError, ValueError) as exc:
+        print(f"hss-pu: no running daemon answers at {directory} ({exc})", file=sys.stderr)
+        return EXIT_FAILURE
+    print(json.dumps(reply, indent=2))
+    return EXIT_OK if reply.get("ok") else EXIT_FAILURE
+
+
+def _restart() -> None:
+    """RebootDevice in daemon mode: the same command again, in the same process (same PID
+    for systemd's Type=notify)."""
+    logging.shutdown()
+    os.execv(sys.executable, [sys.executable, "-m", "hss_pu", *sys.argv[1:]])  # noqa: S606
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -143,12 +190,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_profiles(args.name)
     if args.command == "platform":
         return run_platform_command(args)
+    if args.command == "bind":
+        return cmd_local({"cmd": "bind", "bind_id": args.bind_id}, args.config)
+    if args.command == "status":
+        return cmd_local({"cmd": "status"}, args.config)
     if args.command == "run":
         coro = (
             _run_file(args.config, args.log_level) if args.config else _run_embedded(args.log_level)
         )
         try:
-            return asyncio.run(coro)
+            rc = asyncio.run(coro)
         except KeyboardInterrupt:  # a second Ctrl-C during shutdown
             return EXIT_OK
+        if rc == EXIT_RESTART:
+            _restart()
+        return rc
     return EXIT_FAILURE

@@ -51,6 +51,8 @@ class DeviceSection(_Section, frozen=True, kw_only=True):
     mac: Annotated[str, msgspec.Meta(pattern=_MAC)]
     profile: Annotated[str, msgspec.Meta(min_length=1)] = "emulated"
     bind_id: str | None = None
+    # Let time sync (Vs, Settime) set the host clock; needs CAP_SYS_TIME (docs/systemd.md).
+    set_system_clock: bool = False
 
     def __repr__(self) -> str:
         # The inline password must not reach a log line through a stray repr().
@@ -58,7 +60,7 @@ class DeviceSection(_Section, frozen=True, kw_only=True):
         return (
             f"DeviceSection(id={self.id!r}, password={pw!r}, password_file="
             f"{self.password_file!r}, mac={self.mac!r}, profile={self.profile!r}, "
-            f"bind_id={self.bind_id!r})"
+            f"bind_id={self.bind_id!r}, set_system_clock={self.set_system_clock!r})"
         )
 
 

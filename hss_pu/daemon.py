@@ -9,33 +9,61 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
+import shutil
 import signal
 from collections.abc import Awaitable
+from pathlib import Path
+from typing import Any
+
+import msgspec
 
 from hss_pu import __version__
-from hss_pu.clients.vs import VsError, fetch_server_addr, make_http_client
+from hss_pu.clients.vd import RPC_TIMEOUT, VdSession
 from hss_pu.clock import OffsetClock
 from hss_pu.config import Config
-from hss_pu.fsutil import ensure_private_dir
+from hss_pu.fsutil import atomic_write, ensure_private_dir
 from hss_pu.logsetup import add_secret
-from hss_pu.retry import retry_delay
 from hss_pu.sdnotify import SdNotifier
-from hss_pu.wire.vs import ServerAddr, VsFormatError, vd_base_url
+from hss_pu.services.channels import ChannelRegistry
+from hss_pu.services.control import DeviceContext, Dispatcher
+from hss_pu.services.devconfig import DevConfigStore
+from hss_pu.services.link import PlatformLink
+from hss_pu.services.localctl import LocalControl
+from hss_pu.wire.vd import BindParams, KeepaliveParams
 
 __all__ = ["STOP_TIMEOUT", "Daemon"]
 
 log = logging.getLogger("hss_pu.daemon")
 
 STOP_TIMEOUT = 4.0  # leaves a margin inside the 5 s promise (and TimeoutStopSec)
+FIRMWARE_STATE = "firmware.json"
+
+
+class _FirmwareState(msgspec.Struct):
+    version: str
+    since: float
 
 
 class Daemon:
-    def __init__(self, config: Config, *, notifier: SdNotifier | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        notifier: SdNotifier | None = None,
+        rng: random.Random | None = None,
+        rpc_timeout: float = RPC_TIMEOUT,
+    ) -> None:
         self.config = config
+        self.rpc_timeout = rpc_timeout
         self.notifier = notifier or SdNotifier.from_env()
-        self.clock = OffsetClock()
-        self.server_addr: ServerAddr | None = None
-        self.vd_url: str | None = None
+        self.clock = OffsetClock(set_host=config.device.set_system_clock)
+        self.rng = rng
+        self.restart_requested = False
+        self.channels = ChannelRegistry(config.profile)
+        self.link: PlatformLink | None = None
+        self.dispatcher: Dispatcher | None = None
+        self._pending_bind = config.device.bind_id
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         add_secret(config.password.reveal())
@@ -83,23 +111,125 @@ class Daemon:
         log.info("%s received: stopping", sig.name)
         self._stop.set()
 
+    def _upgraded_at(self, storage: Path) -> float:
+        """When this hss-pu version first ran here: DevStatus's last_upgrade_datetime."""
+        path = storage / FIRMWARE_STATE
+        try:
+            st = msgspec.json.decode(path.read_bytes(), type=_FirmwareState)
+            if st.version == __version__:
+                return st.since
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+            pass
+        now = self.clock.now()
+        atomic_write(path, msgspec.json.encode(_FirmwareState(__version__, now)))
+        return now
+
     async def _run(self) -> int:
         self._describe()
         try:
             storage = ensure_private_dir(self.config.storage_dir)
+            upgraded_at = self._upgraded_at(storage)
         except OSError as exc:
             log.error("storage: %s is not usable: %s", self.config.storage_dir, exc)
             return 1
         log.info("storage: %s ready", storage)
-        self._spawn(self._control_plane(), "control")
+        devconfig = DevConfigStore(self.config)
+        ctx = DeviceContext(
+            config=self.config,
+            clock=self.clock,
+            channels=self.channels,
+            devconfig=devconfig,
+            reboot_device=self._reboot_device,
+            upgraded_at=upgraded_at,
+        )
+        self.dispatcher = Dispatcher(ctx)
+        self.link = link = PlatformLink(
+            self.config,
+            self.clock,
+            self.dispatcher,
+            self._keepalive,
+            rng=self.rng,
+            rpc_timeout=self.rpc_timeout,
+        )
+        ctx.reschedule = link.reschedule
+        ctx.local_address = link.local_address
+        link.on_login(self._after_login)
+        control = LocalControl(storage, {"bind": self._cmd_bind, "status": self._cmd_status})
+        try:
+            await control.start()
+        except OSError as exc:
+            log.warning("control socket unavailable (%s): hss-pu bind/status will not work", exc)
         self._spawn(self.notifier.watchdog_loop(), "watchdog")
+        self._spawn(link.run(), "platform-link")
         self.notifier.ready(f"running as {self.config.device.id}")
         log.info("ready")
         await self._stop.wait()
         self.notifier.stopping("stopping")
         await self._cancel_all()
+        await control.close()
         log.info("stopped")
         return 0
+
+    def _keepalive(self) -> KeepaliveParams:
+        return KeepaliveParams(
+            mac_id=self.config.device.mac, state=1, channels=self.channels.keepalive()
+        )
+
+    async def _after_login(self, session: VdSession) -> None:
+        if self._pending_bind:
+            await self._send_bind(self._pending_bind)
+
+    async def _send_bind(self, bind_id: str) -> bool:
+        assert self.link is not None
+        params = BindParams(mac_id=self.config.device.mac, bind_id=bind_id)
+        sent = await self.link.send_event("Bind", params)
+        if sent:
+            log.info("Bind sent (bind_id %s)", bind_id)
+            self._pending_bind = None
+        else:
+            self._pending_bind = bind_id
+            log.info("Bind queued until the next login (bind_id %s)", bind_id)
+        return sent
+
+    async def _cmd_bind(self, req: dict[str, Any]) -> dict[str, Any]:
+        bind_id = req.get("bind_id")
+        if not isinstance(bind_id, str) or not 0 < len(bind_id) <= 256:
+            return {"ok": False, "error": "bind_id must be a non-empty string"}
+        return {"ok": True, "sent": await self._send_bind(bind_id)}
+
+    async def _cmd_status(self, req: dict[str, Any]) -> dict[str, Any]:
+        link = self.link
+        return {
+            "ok": True,
+            "device": self.config.device.id,
+            "online": bool(link and link.session),
+            "logins": link.logins if link else 0,
+            "channels": [msgspec.to_builtins(c) for c in self.channels.keepalive()],
+        }
+
+    async def _reboot_device(self) -> None:
+        """RebootDevice: the host through logind where the profile allows, else restart us."""
+        if self.config.profile.doc.reboot == "host":
+            busctl = shutil.which("busctl")
+            if busctl:
+                proc = await asyncio.create_subprocess_exec(
+                    busctl, "call", "org.freedesktop.login1", "/org/freedesktop/login1",
+                    "org.freedesktop.login1.Manager", "Reboot", "b", "false",
+                    stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+                )  # fmt: skip
+                _, err = await proc.communicate()
+                if proc.returncode == 0:
+                    log.warning("RebootDevice: host reboot requested from systemd-logind")
+                    return
+                log.error(
+                    "RebootDevice: logind refused (%s); restarting the daemon instead",
+                    err.decode(errors="replace").strip()[:200],
+                )
+            else:
+                log.error("RebootDevice: no busctl; restarting the daemon instead")
+        log.warning("RebootDevice: restarting the daemon")
+        self.restart_requested = True
+        self._stop.set()
 
     def _spawn(self, coro: Awaitable[None], name: str) -> None:
         async def guarded() -> None:
@@ -121,32 +251,3 @@ class Daemon:
         for t in pending:
             log.warning("task %s did not stop within %.0f s", t.get_name(), STOP_TIMEOUT)
         self._tasks.clear()
-
-    async def _control_plane(self) -> None:
-        await self._schedule()
-        log.info("Vd session: not in this build yet (control-plane issue); idling")
-
-    async def _schedule(self) -> None:
-        """Vs scheduling with the 9.3.1.3 retry schedule, until we have a Vd address."""
-        c = self.config
-        failures = 0
-        async with make_http_client(c.device.mac, c.ca_file) as http:
-            while True:
-                try:
-                    addr, received = await fetch_server_addr(
-                        http, c.platform.schedule_url, c.device.mac
-                    )
-                    self.vd_url = vd_base_url(addr, allow_insecure=c.platform.allow_insecure)
-                except (VsError, VsFormatError) as exc:
-                    failures += 1
-                    delay = retry_delay(failures, c.platform.backoff_scale)
-                    log.warning("Vs: %s; attempt %d failed, retry in %.1f s", exc, failures, delay)
-                    await asyncio.sleep(delay)
-                    continue
-                self.server_addr = addr
-                if addr.platform_time is not None and self.clock.sync(
-                    addr.platform_time, received_at=received
-                ):
-                    log.info("clock: platform time adopted, offset %+.3f s", self.clock.offset)
-                log.info("Vs: scheduled to Vd at %s", self.vd_url)
-                return

@@ -14,7 +14,15 @@ import sys
 import threading
 from typing import TextIO
 
-__all__ = ["REDACTED", "OneLineFormatter", "add_secret", "redact", "setup_logging"]
+__all__ = [
+    "REDACTED",
+    "OneLineFormatter",
+    "RedactingFilter",
+    "add_secret",
+    "redact",
+    "redacted_logger",
+    "setup_logging",
+]
 
 REDACTED = "***"
 
@@ -47,6 +55,25 @@ def redact(text: str) -> str:
     text = _SECRET_PARAMS.sub(lambda m: m.group("key") + REDACTED, text)
     pat = _secrets_re
     return pat.sub(REDACTED, text) if pat is not None else text
+
+
+class RedactingFilter(logging.Filter):
+    """Redacts a record at its source, for loggers known to print secrets (a library
+    logging the request line of the Vd URL): then no handler, ours or not, sees them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        clean = redact(msg)
+        if clean != msg:
+            record.msg, record.args = clean, None
+        return True
+
+
+def redacted_logger(name: str) -> logging.Logger:
+    logger = logging.getLogger(name)
+    if not any(isinstance(f, RedactingFilter) for f in logger.filters):
+        logger.addFilter(RedactingFilter())
+    return logger
 
 
 # syslog priorities, understood by journald as a "<N>" prefix (sd-daemon(3)).

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from hss_pu.reference_platform.server import ReferencePlatform
+from hss_pu.reference_platform.server import PlatformOptions, ReferencePlatform
 
 from .conftest import WriteConfig
 
@@ -151,3 +154,66 @@ def test_version_and_profiles_commands() -> None:
         [sys.executable, "-m", "hss_pu", "profiles", "pi5-cam3-ptz"], capture_output=True, text=True
     )
     assert r.returncode == 0 and '"ptz": true' in r.stdout
+
+
+@pytest.fixture
+async def vd_platform(tmp_path: Path) -> AsyncIterator[ReferencePlatform]:
+    p = ReferencePlatform(
+        PlatformOptions(state_dir=tmp_path / "vdplatform", devices={"PU-0001": PASSWORD})
+    )
+    await p.start()
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "hss_pu", *args], capture_output=True, text=True, timeout=30
+    )
+
+
+async def test_bind_and_status_through_the_running_daemon(
+    write_config: WriteConfig, vd_platform: ReferencePlatform
+) -> None:
+    path = write_config(
+        schedule_url=vd_platform.schedule_url, ca_line=f'ca_file = "{vd_platform.ca_file}"'
+    )
+    p = await start("run", "--config", str(path))
+    try:
+        await p.wait_for("Vd: online")
+        r = await asyncio.to_thread(_cli, "bind", "BIND-42", "--config", str(path))
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout) == {"ok": True, "sent": True}
+        ev = await vd_platform.wait_record(lambda rec: rec.name == "Bind")
+        assert ev.params == {"mac_id": "02:00:00:00:00:01", "bind_id": "BIND-42"}
+        r = await asyncio.to_thread(_cli, "status", "--config", str(path))
+        status = json.loads(r.stdout)
+        assert status["online"] is True and status["device"] == "PU-0001"
+    finally:
+        rc, _ = await p.stop()
+    assert rc == 0
+    r = await asyncio.to_thread(_cli, "bind", "X", "--config", str(path))
+    assert r.returncode == 1 and "no running daemon" in r.stderr
+
+
+async def test_reboot_device_restarts_the_daemon(
+    write_config: WriteConfig, vd_platform: ReferencePlatform
+) -> None:
+    path = write_config(
+        schedule_url=vd_platform.schedule_url, ca_line=f'ca_file = "{vd_platform.ca_file}"'
+    )
+    p = await start("run", "--config", str(path))
+    try:
+        await p.wait_for("Vd: online")
+        first = vd_platform.logins[-1]
+        await vd_platform.send_event("PU-0001", "RebootDevice")
+        await p.wait_for("RebootDevice: restarting the daemon")
+        await p.wait_for("starting: device PU-0001")  # the same PID, started afresh
+        again = await vd_platform.wait_login(lambda r: r.accepted and r is not first, timeout=15)
+        assert again.params["reconnect"] == "0"  # a fresh start, as after a reboot
+        assert p.proc.returncode is None
+    finally:
+        rc, took = await p.stop()
+    assert rc == 0 and took < 5.0

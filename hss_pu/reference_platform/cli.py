@@ -1,13 +1,328 @@
-"""``hss-pu platform ...``: run the reference platform, and call devices through it."""
+"""``hss-pu platform ...``: run the reference platform, and call devices through it.
+
+``serve`` runs the platform in the foreground; the other commands find it through
+``<state-dir>/platform.json`` and talk to its admin API, so a person can drive a camera
+(``hss-pu platform call PU-0001 GetCap``) while the daemon runs elsewhere.
+
+Exit status: 0 success, 1 failure (including an ``err`` reply), 2 usage.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
+import logging
+import shlex
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from hss_pu.config import default_storage_dir
+from hss_pu.logsetup import add_secret, setup_logging
+from hss_pu.reference_platform.admin import MAX_CALL_TIMEOUT
+from hss_pu.reference_platform.server import (
+    DEMO_DEVICES,
+    STATE_FILE,
+    PlatformOptions,
+    ReferencePlatform,
+)
+
+__all__ = ["add_platform_commands", "run_platform_command"]
+
+log = logging.getLogger("hss_pu.platform")
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+class CliError(Exception):
+    """A failure worth one line on stderr."""
+
+
+def _default_state_dir() -> Path:
+    return default_storage_dir() / "platform"
+
+
+def _device(text: str) -> tuple[str, str]:
+    # The message never echoes the value: it holds a password.
+    dev, sep, pw = text.partition(":")
+    if not sep or not dev or not pw:
+        raise argparse.ArgumentTypeError("expected ID:PASSWORD (both non-empty)")
+    return dev, pw
+
+
+def _positive(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < v <= MAX_CALL_TIMEOUT:
+        raise argparse.ArgumentTypeError(f"must be in (0, {MAX_CALL_TIMEOUT:g}]")
+    return v
 
 
 def add_platform_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    sub.add_parser("platform", help="the reference platform (serve, call)")
+    plat = sub.add_parser(
+        "platform",
+        help="the reference platform (serve, call, event, devices, records, kick)",
+        description="Run the reference platform, or drive devices through its admin API.",
+    )
+    psub = plat.add_subparsers(dest="platform_command", required=True)
+
+    def with_state_dir(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument(
+            "--state-dir",
+            type=Path,
+            default=None,
+            help="platform state (PKI, platform.json); default: <storage dir>/platform",
+        )
+        return p
+
+    serve = with_state_dir(psub.add_parser("serve", help="run the platform in the foreground"))
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--vs-port", type=int, default=0, help="0: any free port")
+    serve.add_argument("--vd-port", type=int, default=0, help="0: any free port")
+    serve.add_argument("--admin-port", type=int, default=0, help="0: any free port")
+    serve.add_argument("--plain", action="store_true", help="http/ws instead of https/wss")
+    serve.add_argument(
+        "--device",
+        type=_device,
+        action="append",
+        metavar="ID:PASSWORD",
+        help="a device allowed to log in (repeatable); default: the embedded demo device",
+    )
+    serve.add_argument("--hb-interval", type=int, help="hb_interval in GetServerInfo replies")
+    serve.add_argument("--hb-token", help="hb_token in GetServerInfo replies")
+    serve.add_argument(
+        "--clock-offset", type=float, default=0.0, help="seconds added to the Vs time"
+    )
+    serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+
+    call = with_state_dir(psub.add_parser("call", help="an RPC to a device; prints the reply"))
+    call.add_argument("device")
+    call.add_argument("method")
+    call.add_argument("params", nargs="?", help="a JSON object")
+    call.add_argument("--timeout", type=_positive, help="seconds (default: the platform's)")
+
+    event = with_state_dir(psub.add_parser("event", help="send an event to a device"))
+    event.add_argument("device")
+    event.add_argument("name")
+    event.add_argument("params", nargs="?", help="a JSON object")
+
+    with_state_dir(psub.add_parser("devices", help="list devices, online or not"))
+
+    records = with_state_dir(psub.add_parser("records", help="what devices have sent"))
+    records.add_argument("device", nargs="?")
+    records.add_argument("--since", type=int, default=0, help="first record index wanted")
+
+    kick = with_state_dir(psub.add_parser("kick", help="close a device's Vd session"))
+    kick.add_argument("device")
 
 
 def run_platform_command(args: argparse.Namespace) -> int:
-    raise SystemExit("hss-pu platform: not implemented yet")
+    state_dir: Path = args.state_dir or _default_state_dir()
+    if args.platform_command == "serve":
+        return _cmd_serve(args, state_dir)
+    try:
+        return _client_command(args, state_dir)
+    except CliError as exc:
+        print(f"hss-pu platform: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+# --- serve --------------------------------------------------------------------------
+
+
+def _cmd_serve(args: argparse.Namespace, state_dir: Path) -> int:
+    setup_logging(args.log_level)
+    devices = dict(args.device) if args.device else dict(DEMO_DEVICES)
+    for pw in devices.values():
+        add_secret(pw)  # a second line of defence; nothing here logs them anyway
+    opts = PlatformOptions(
+        host=args.host,
+        vs_port=args.vs_port,
+        vd_port=args.vd_port,
+        admin_port=args.admin_port,
+        tls=not args.plain,
+        state_dir=state_dir,
+        clock_offset=args.clock_offset,
+        devices=devices,
+        hb_interval=args.hb_interval,
+        hb_token=args.hb_token,
+    )
+    try:
+        return asyncio.run(_serve(opts))
+    except KeyboardInterrupt:  # a second Ctrl-C during shutdown
+        return EXIT_OK
+
+
+async def _serve(opts: PlatformOptions) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    received: list[str] = []
+
+    def on_signal(sig: signal.Signals) -> None:
+        received.append(sig.name)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, on_signal, sig)
+    platform = ReferencePlatform(opts)
+    try:
+        await platform.start()
+    except OSError as exc:
+        log.error("cannot start the reference platform: %s", exc)
+        return EXIT_FAILURE
+    try:
+        _banner(platform)
+        log.info("reference platform ready")
+        await stop.wait()
+        log.info("%s received: stopping", received[0])
+    finally:
+        await platform.close()
+    log.info("stopped")
+    return EXIT_OK
+
+
+def _banner(p: ReferencePlatform) -> None:
+    first = next(iter(p.options.devices), "PU-0001")
+    state = shlex.quote(str(p.options.state_dir))
+    lines = [
+        "hss-pu reference platform",
+        f"  schedule URL: {p.schedule_url}",
+        f"  Vd:           {p.vd_url}",
+        f"  CA file:      {p.ca_file or '(none: plain transport)'}",
+        f"  admin API:    {p.admin_url} (token in {p.state_file})",
+        f"  devices:      {', '.join(p.options.devices)}",
+        f"try: hss-pu platform call {shlex.quote(first)} GetCap --state-dir {state}",
+    ]
+    print("\n".join(lines), flush=True)
+
+
+# --- the admin API's clients ----------------------------------------------------------
+
+
+def _params_arg(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise _UsageError(f"PARAMS_JSON is not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise _UsageError("PARAMS_JSON must be a JSON object")
+    return value
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _load_state(state_dir: Path) -> tuple[str, str]:
+    path = state_dir / STATE_FILE
+    try:
+        state = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CliError(
+            f"no {path}: is `hss-pu platform serve` running with this --state-dir?"
+        ) from None
+    except (OSError, ValueError) as exc:
+        raise CliError(f"cannot read {path}: {exc}") from None
+    url, token = state.get("admin_url"), state.get("token")
+    if not isinstance(url, str) or not isinstance(token, str):
+        raise CliError(f"{path}: this platform runs without an admin API")
+    return url, token
+
+
+def _request(
+    state_dir: Path,
+    method: str,
+    path: str,
+    *,
+    body: Any = None,
+    timeout: float = 10.0,
+    query: dict[str, str] | None = None,
+) -> tuple[int, Any]:
+    url, token = _load_state(state_dir)
+    try:
+        with httpx.Client(
+            base_url=url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=httpx.Timeout(timeout, connect=5.0),
+            trust_env=False,
+        ) as http:
+            r = http.request(method, path, json=body, params=query)
+    except httpx.ConnectError:
+        raise CliError(
+            f"cannot reach the admin API at {url}: is `hss-pu platform serve` running?"
+        ) from None
+    except httpx.HTTPError as exc:
+        raise CliError(f"admin API request failed: {type(exc).__name__}: {exc}") from None
+    try:
+        data = r.json()
+    except ValueError:
+        raise CliError(f"admin API answered {r.status_code} with a body that is not JSON") from None
+    if r.status_code == 401:
+        raise CliError(f"admin API refused the token: is {state_dir / STATE_FILE} stale?")
+    if r.status_code != 200:
+        info = data.get("info") if isinstance(data, dict) else None
+        raise CliError(str(info) if info else f"admin API answered {r.status_code}")
+    return r.status_code, data
+
+
+def _print(data: Any) -> None:
+    print(json.dumps(data, indent=2), flush=True)
+
+
+def _client_command(args: argparse.Namespace, state_dir: Path) -> int:
+    cmd = args.platform_command
+    try:
+        params = _params_arg(args.params) if cmd in ("call", "event") else None
+    except _UsageError as exc:
+        print(f"hss-pu platform: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if cmd == "call":
+        body: dict[str, Any] = {"device": args.device, "method": args.method}
+        if params is not None:
+            body["params"] = params
+        if args.timeout is not None:
+            body["timeout"] = args.timeout
+        # The platform answers within the RPC timeout; the margin covers the HTTP hop.
+        wait = (args.timeout or MAX_CALL_TIMEOUT) + 5.0
+        _, data = _request(state_dir, "POST", "/admin/call", body=body, timeout=wait)
+        _print(data)
+        err = data.get("err") if isinstance(data, dict) else None
+        if isinstance(err, dict):
+            print(
+                f"hss-pu platform: {args.device} answered {args.method} with error "
+                f"{err.get('code')}: {err.get('msg')}",
+                file=sys.stderr,
+            )
+            return EXIT_FAILURE
+        return EXIT_OK
+    if cmd == "event":
+        body = {"device": args.device, "event": args.name}
+        if params is not None:
+            body["params"] = params
+        _, data = _request(state_dir, "POST", "/admin/event", body=body)
+        _print(data)
+        return EXIT_OK
+    if cmd == "devices":
+        _, data = _request(state_dir, "GET", "/admin/devices")
+        _print(data)
+        return EXIT_OK
+    if cmd == "records":
+        query = {"since": str(args.since)}
+        if args.device:
+            query["device"] = args.device
+        _, data = _request(state_dir, "GET", "/admin/records", query=query)
+        _print(data)
+        return EXIT_OK
+    if cmd == "kick":
+        _, data = _request(state_dir, "POST", "/admin/kick", body={"device": args.device})
+        _print(data)
+        return EXIT_OK
+    raise CliError(f"unknown command {cmd}")

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
@@ -31,6 +32,7 @@ class Request:
     headers: dict[str, str]
     body: bytes
     peer: str
+    time: float = field(default_factory=time.time)
 
     @property
     def path(self) -> str:
@@ -63,7 +65,7 @@ class HttpServer:
         self._handler = handler
         self._ssl = ssl_context
         self._server: asyncio.Server | None = None
-        self._conns: set[asyncio.Task[None]] = set()
+        self._conns: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
 
     async def start(self, host: str, port: int) -> int:
         self._server = await asyncio.start_server(self._serve, host, port, ssl=self._ssl)
@@ -72,10 +74,16 @@ class HttpServer:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        for t in list(self._conns):
-            t.cancel()
+        for w in list(self._conns.values()):
+            # abort, not close: a TLS close waits up to 30 s for the peer's close_notify,
+            # and an idle keep-alive client never sends it. The aborted connection's read
+            # fails and its task ends by itself (cancelling it makes asyncio's stream
+            # callback print a CancelledError traceback on 3.11).
+            w.transport.abort()
         if self._conns:
-            await asyncio.gather(*self._conns, return_exceptions=True)
+            _, stuck = await asyncio.wait(list(self._conns), timeout=2)
+            for t in stuck:
+                t.cancel()
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await self._server.wait_closed()
@@ -83,7 +91,7 @@ class HttpServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._conns.add(task)
+        self._conns[task] = writer
         peer = str(writer.get_extra_info("peername"))
         conn = h11.Connection(h11.SERVER)
         try:
@@ -106,10 +114,10 @@ class HttpServer:
                 if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                     await self._send(conn, writer, json_response(400, b'{"info": "bad request"}'))
         finally:
-            self._conns.discard(task)
+            self._conns.pop(task, None)
             writer.close()
             with contextlib.suppress(Exception):
-                await writer.wait_closed()
+                await asyncio.wait_for(writer.wait_closed(), 2)
 
     async def _read_request(
         self, conn: h11.Connection, reader: asyncio.StreamReader, peer: str

@@ -1,27 +1,39 @@
-"""The reference platform process: Vs over HTTPS (Vd, Vm and Vr join in later issues)."""
+"""The reference platform process: Vs over HTTPS, Vd over WSS, and an admin API.
+
+Vm and Vr join in later issues. Tests drive it in-process through the methods below;
+people drive it through ``hss-pu platform serve`` and the admin API (``platform call``).
+"""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
+import os
 import re
+import secrets
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from http import HTTPStatus
 from pathlib import Path
+from typing import Any
 
-from websockets.asyncio.server import Server, ServerConnection, serve
-from websockets.http11 import Request as WsRequest
-from websockets.http11 import Response as WsResponse
-
+from hss_pu.fsutil import atomic_write
+from hss_pu.reference_platform.admin import AdminApi
 from hss_pu.reference_platform.http import HttpServer, Request, Response, json_response
 from hss_pu.reference_platform.pki import Pki, ensure_pki
+from hss_pu.reference_platform.vd import LoginRecord, Record, VdServer
+from hss_pu.wire.vd import Reply
 from hss_pu.wire.vs import ServerAddr, encode_server_addr
 
-__all__ = ["PlatformOptions", "ReferencePlatform"]
+__all__ = ["LoginRecord", "PlatformOptions", "Record", "ReferencePlatform"]
 
 log = logging.getLogger("hss_pu.platform")
 
 _MAC = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
+
+STATE_FILE = "platform.json"
+DEMO_DEVICES = {"PU-0001": "embedded-demo-pass"}  # the embedded default's identity
 
 
 @dataclass
@@ -33,6 +45,20 @@ class PlatformOptions:
     # Added to the platform's clock in Vs replies: tests of the PU's time sync.
     clock_offset: float = 0.0
     vd_port: int = 0  # 0: any free port
+    # Vd logins: device id -> password. Read at each login, so tests may change it live.
+    devices: dict[str, str] = field(default_factory=lambda: dict(DEMO_DEVICES))
+    # GetServerInfo reply fields; each is left out of the reply while None.
+    hb_interval: int | None = None
+    hb_token: str | None = None
+    hibernation: str | None = None
+    # This many consecutive wrong passwords for one id lock it out (even with the right
+    # password) for lockout_seconds: a brute-force brake a real platform would have.
+    lockout_after: int = 5
+    lockout_seconds: float = 60.0
+    admin_port: int | None = None  # None: no admin API; 0: any free port (loopback only)
+    rpc_timeout: float = 20.0  # wire-notes: an RPC unanswered for 20 s means a dead link
+    # False simulates a platform that has stopped answering (Keepalives go unanswered).
+    answer_keepalive: bool = True
 
 
 class ReferencePlatform:
@@ -40,9 +66,12 @@ class ReferencePlatform:
         self.options = options
         self.pki: Pki | None = None
         self._vs: HttpServer | None = None
-        self._vd: Server | None = None
+        self._vd = VdServer(options)
+        self._admin: HttpServer | None = None
         self.vs_port = 0
         self.vd_port = 0
+        self.admin_port: int | None = None
+        self.admin_token = secrets.token_urlsafe(32)
         self.vs_requests: list[Request] = []
 
     @property
@@ -57,42 +86,146 @@ class ReferencePlatform:
     def ca_file(self) -> Path | None:
         return self.pki.ca_file if self.pki else None
 
+    @property
+    def vd_url(self) -> str:
+        return f"{'wss' if self.options.tls else 'ws'}://{self.options.host}:{self.vd_port}/Vd"
+
+    @property
+    def admin_url(self) -> str | None:
+        return None if self.admin_port is None else f"http://127.0.0.1:{self.admin_port}"
+
+    @property
+    def state_file(self) -> Path:
+        return self.options.state_dir / STATE_FILE
+
     def now(self) -> float:
         return time.time() + self.options.clock_offset
 
     async def start(self) -> None:
         ctx = None
+        self.options.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if self.options.tls:
             self.pki = ensure_pki(self.options.state_dir / "pki")
             ctx = self.pki.server_context()
-        self._vd = await serve(
-            self._vd_session,
-            self.options.host,
-            self.options.vd_port,
-            ssl=ctx,
-            process_request=self._vd_handshake,
+        try:
+            self.vd_port = await self._vd.start(ctx)
+            self._vs = HttpServer(self._handle_vs, ctx)
+            self.vs_port = await self._vs.start(self.options.host, self.options.vs_port)
+            if self.options.admin_port is not None:
+                api = AdminApi(self, self.admin_token)
+                self._admin = HttpServer(api.handle, None)
+                # Loopback whatever the host: the token is the only thing guarding it.
+                self.admin_port = await self._admin.start("127.0.0.1", self.options.admin_port)
+            self._write_state()
+        except BaseException:
+            await self.close()
+            raise
+        log.info(
+            "Vs listening on %s, Vd on %s%s",
+            self.schedule_url,
+            self.vd_url,
+            f", admin API on {self.admin_url}" if self.admin_url else "",
         )
-        self.vd_port = int(next(iter(self._vd.sockets)).getsockname()[1])
-        self._vs = HttpServer(self._handle_vs, ctx)
-        self.vs_port = await self._vs.start(self.options.host, self.options.vs_port)
-        log.info("Vs listening on %s, Vd on port %d", self.schedule_url, self.vd_port)
+
+    def _write_state(self) -> None:
+        """platform.json: where ``hss-pu platform call`` finds us (0600: it holds the token)."""
+        state = {
+            "schedule_url": self.schedule_url,
+            "vd_port": self.vd_port,
+            "admin_url": self.admin_url,
+            "token": self.admin_token if self.admin_url else None,
+            "ca_file": str(self.ca_file) if self.ca_file else None,
+        }
+        atomic_write(self.state_file, json.dumps(state, indent=2).encode() + b"\n", 0o600)
+
+    def _remove_state(self) -> None:
+        """Remove platform.json if it is still ours, so the CLI does not call a dead port."""
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            state = json.loads(self.state_file.read_text())
+            token = self.admin_token if self.admin_url else None
+            if state.get("vd_port") == self.vd_port and state.get("token") == token:
+                os.unlink(self.state_file)
 
     async def close(self) -> None:
+        if self._admin is not None:
+            await self._admin.close()
+            self._admin = None
         if self._vs is not None:
             await self._vs.close()
             self._vs = None
-        if self._vd is not None:
-            self._vd.close()
-            await self._vd.wait_closed()
-            self._vd = None
+        await self._vd.close()
+        self._remove_state()
 
-    def _vd_handshake(self, conn: ServerConnection, request: WsRequest) -> WsResponse | None:
-        # The Vd session (login, RPCs) is the control-plane work; until it lands the
-        # platform says so plainly instead of pretending to accept a login.
-        return conn.respond(HTTPStatus.SERVICE_UNAVAILABLE, "Vd sessions are not served yet\n")
+    # --- Vd: see hss_pu.reference_platform.vd ----------------------------------------
 
-    async def _vd_session(self, conn: ServerConnection) -> None:
-        await conn.close(1013, "not served yet")
+    @property
+    def logins(self) -> list[LoginRecord]:
+        """Every Vd connection attempt (without the password), oldest first; bounded."""
+        return self._vd.logins
+
+    @property
+    def records(self) -> list[Record]:
+        """Every RPC request and event devices sent, oldest first; bounded."""
+        return self._vd.records
+
+    @property
+    def malformed(self) -> dict[str, int]:
+        """Per device id, frames that did not parse."""
+        return self._vd.malformed
+
+    def online(self, device_id: str) -> bool:
+        return self._vd.online(device_id)
+
+    def online_ids(self) -> list[str]:
+        return self._vd.online_ids()
+
+    def session_info(self, device_id: str) -> dict[str, Any] | None:
+        return self._vd.session_info(device_id)
+
+    def last_keepalive(self, device_id: str) -> dict[str, Any] | None:
+        return self._vd.last_keepalive(device_id)
+
+    def last_keepalive_time(self, device_id: str) -> float | None:
+        return self._vd.last_keepalive_time(device_id)
+
+    async def wait_online(self, device_id: str, timeout: float = 10.0) -> None:
+        await self._vd.wait_online(device_id, timeout)
+
+    async def wait_offline(self, device_id: str, timeout: float = 10.0) -> None:
+        await self._vd.wait_offline(device_id, timeout)
+
+    async def wait_record(
+        self, predicate: Callable[[Record], bool], timeout: float = 10.0
+    ) -> Record:
+        return await self._vd.wait_record(predicate, timeout)
+
+    async def wait_login(
+        self, predicate: Callable[[LoginRecord], bool], timeout: float = 10.0
+    ) -> LoginRecord:
+        return await self._vd.wait_login(predicate, timeout)
+
+    async def call(
+        self,
+        device_id: str,
+        method: str,
+        params: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> Reply:
+        """RPC to the device (seq 1, 2, ... per connection). LookupError: offline;
+        TimeoutError: no reply in ``timeout`` (default options.rpc_timeout);
+        ConnectionError: the session ended first. An ``err`` reply is returned, not raised."""
+        return await self._vd.call(device_id, method, params, timeout)
+
+    async def send_event(
+        self, device_id: str, name: str, params: Mapping[str, Any] | None = None
+    ) -> None:
+        await self._vd.send_event(device_id, name, params)
+
+    async def send_raw(self, device_id: str, data: str | bytes) -> None:
+        await self._vd.send_raw(device_id, data)
+
+    async def kick(self, device_id: str) -> None:
+        await self._vd.kick(device_id)
 
     async def _handle_vs(self, req: Request) -> Response:
         self.vs_requests.append(req)

@@ -6,6 +6,7 @@ ignored; a missing, ill-typed or out-of-range field is error 12.
 
 from __future__ import annotations
 
+import datetime as _dt
 import re
 from enum import IntEnum
 from typing import Annotated, Any, Literal
@@ -107,6 +108,12 @@ def parse_frame(data: str | bytes) -> Frame:
         obj = _decoder.decode(data)
     except msgspec.DecodeError as exc:
         return Malformed(f"bad JSON: {exc}")
+    except RecursionError:
+        # msgspec recurses per nesting level: a frame of 10^5 "[" must not kill the session.
+        return Malformed("bad JSON: nested too deeply")
+    except UnicodeError:
+        # A str with lone surrogates cannot be UTF-8 encoded for the decoder.
+        return Malformed("bad JSON: not valid Unicode")
     if not isinstance(obj, dict):
         return Malformed(f"not a JSON object: {type(obj).__name__}")
     raw_seq: Any = obj.get("seq")
@@ -212,8 +219,24 @@ Channel = Annotated[int, msgspec.Meta(ge=0, le=255)]
 Percent = Annotated[int, msgspec.Meta(ge=0, le=100)]
 NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
 Url = Annotated[str, msgspec.Meta(min_length=1, max_length=2048)]
-DateTime = Annotated[str, msgspec.Meta(pattern=r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}$")]
+# Field ranges in the pattern too (and \Z, as "$" lets a trailing newline through):
+# "2024-13-01T25:00:00" is a parameter error (12), not a crash in whatever parses it later.
+DateTime = Annotated[
+    str,
+    msgspec.Meta(
+        pattern=r"^\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):[0-5]\d:[0-5]\d\Z"
+    ),
+]
 Tz = Annotated[int, msgspec.Meta(ge=-12, le=14)]
+
+
+def _calendar(**fields: str) -> None:
+    """What the pattern cannot see (2023-02-29); msgspec turns the ValueError into 12."""
+    for name, value in fields.items():
+        try:
+            _dt.datetime.strptime(value, "%Y-%m-%dT%H:%M:%S")
+        except ValueError:
+            raise ValueError(f"params.{name}: {value!r} is not a calendar date") from None
 
 
 class _Body(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -282,6 +305,9 @@ class LogDoneParams(_Body, kw_only=True):
     url: Url
     size: Annotated[int, msgspec.Meta(ge=0)]
 
+    def __post_init__(self) -> None:
+        _calendar(start=self.start, end=self.end)
+
 
 # platform -> PU
 
@@ -306,10 +332,16 @@ class SettimeParams(_Body, kw_only=True):
     tz: Tz | None = None
     offset: Annotated[int, msgspec.Meta(ge=0)]
 
+    def __post_init__(self) -> None:
+        _calendar(datetime=self.datetime)
+
 
 class QueryTimeResp(_Body, kw_only=True):
     datetime: DateTime
     tz: Tz
+
+    def __post_init__(self) -> None:
+        _calendar(datetime=self.datetime)
 
 
 class DevStatusResp(_Body, kw_only=True):
@@ -407,6 +439,9 @@ class LogUploadAsyncParams(_Body, kw_only=True):
     start: DateTime
     end: DateTime
     url: Url
+
+    def __post_init__(self) -> None:
+        _calendar(start=self.start, end=self.end)
 
 
 class GetDiskInfoResp(_Body, kw_only=True):

@@ -1,0 +1,186 @@
+"""The platform's admin API: what a person (``hss-pu platform call``) uses to drive devices.
+
+Plain HTTP on loopback, guarded by a bearer token that only the owner of platform.json
+(mode 0600) can read: anyone else on the host could otherwise reboot the camera.
+
+- ``GET /admin/devices`` -> ``{"devices": [{"id", "online", "peer", "since", "login",
+  "last_keepalive", "last_keepalive_time"}]}``, every configured or connected id.
+- ``POST /admin/call`` ``{"device", "method", "params"?, "timeout"?}`` -> 200 ``{"resp": {}}``
+  or 200 ``{"err": {"code", "msg"}}`` (the device answered); 404 offline, 504 no answer in
+  time, 502 the session ended first.
+- ``POST /admin/event`` ``{"device", "event", "params"?}`` -> 200 ``{}``; 404 offline.
+- ``POST /admin/kick`` ``{"device"}`` -> 200 ``{}`` (also when it was offline).
+- ``GET /admin/records?device=ID&since=N`` -> ``{"records": [...], "next": N}``; ``since``
+  is a record ``index`` (the first one wanted), ``next`` the one to ask for next time.
+
+Every failure is ``{"info": TEXT}`` (wire-notes' error body); 401 without the token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import json
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+from hss_pu.reference_platform.http import Request, Response, json_response
+
+if TYPE_CHECKING:
+    from hss_pu.reference_platform.server import ReferencePlatform
+
+__all__ = ["MAX_CALL_TIMEOUT", "AdminApi"]
+
+log = logging.getLogger("hss_pu.platform.admin")
+
+MAX_CALL_TIMEOUT = 600.0
+
+
+class _BadRequest(Exception):
+    pass
+
+
+def _json(status: int, body: Any) -> Response:
+    return json_response(status, json.dumps(body).encode())
+
+
+def _info(status: int, text: str) -> Response:
+    return _json(status, {"info": text})
+
+
+def _body(req: Request) -> dict[str, Any]:
+    try:
+        body = json.loads(req.body or b"{}")
+    except ValueError as exc:
+        raise _BadRequest(f"body is not JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise _BadRequest("body is not a JSON object")
+    return body
+
+
+def _str(body: dict[str, Any], *keys: str) -> str:
+    for key in keys:
+        v = body.get(key)
+        if isinstance(v, str) and v:
+            return v
+    raise _BadRequest(f"{keys[0]} missing or not a non-empty string")
+
+
+def _params(body: dict[str, Any]) -> dict[str, Any] | None:
+    p = body.get("params")
+    if p is not None and not isinstance(p, dict):
+        raise _BadRequest("params is not a JSON object")
+    return p
+
+
+class AdminApi:
+    def __init__(self, platform: ReferencePlatform, token: str) -> None:
+        self.platform = platform
+        self._token = f"Bearer {token}".encode()
+
+    def _authorized(self, req: Request) -> bool:
+        given = req.headers.get("authorization", "").encode("latin-1", "replace")
+        return hmac.compare_digest(given, self._token)
+
+    async def handle(self, req: Request) -> Response:
+        if not self._authorized(req):
+            r = _info(401, "missing or wrong bearer token (see platform.json)")
+            r.headers["www-authenticate"] = "Bearer"
+            return r
+        routes = {
+            "/admin/devices": ("GET", self._devices),
+            "/admin/records": ("GET", self._records),
+            "/admin/call": ("POST", self._call),
+            "/admin/event": ("POST", self._event),
+            "/admin/kick": ("POST", self._kick),
+        }
+        route = routes.get(req.path)
+        if route is None:
+            return _info(404, "no such endpoint")
+        method, handler = route
+        if req.method != method:
+            return _info(405, f"{method} only")
+        try:
+            return await handler(req)
+        except _BadRequest as exc:
+            return _info(400, str(exc))
+
+    async def _devices(self, req: Request) -> Response:
+        p = self.platform
+        ids = sorted(set(p.options.devices) | set(p.online_ids()))
+        devices = []
+        for i in ids:
+            info = p.session_info(i) or {}
+            devices.append(
+                {
+                    "id": i,
+                    "online": p.online(i),
+                    "peer": info.get("peer"),
+                    "since": info.get("since"),
+                    "login": info.get("login"),
+                    "last_keepalive": p.last_keepalive(i),
+                    "last_keepalive_time": p.last_keepalive_time(i),
+                }
+            )
+        return _json(200, {"devices": devices})
+
+    async def _records(self, req: Request) -> Response:
+        q = req.query
+        device = q.get("device") or None
+        try:
+            since = int(q.get("since", "0"))
+        except ValueError:
+            raise _BadRequest("since is not an integer") from None
+        recs = [
+            dataclasses.asdict(r)
+            for r in list(self.platform.records)
+            if r.index >= since and (device is None or r.device_id == device)
+        ]
+        last = self.platform.records[-1].index + 1 if self.platform.records else since
+        return _json(200, {"records": recs, "next": max(last, since)})
+
+    async def _call(self, req: Request) -> Response:
+        body = _body(req)
+        device = _str(body, "device")
+        method = _str(body, "method")
+        params = _params(body)
+        timeout = body.get("timeout")
+        if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not math.isfinite(timeout)
+            or not 0 < timeout <= MAX_CALL_TIMEOUT
+        ):
+            raise _BadRequest(f"timeout must be a number in (0, {MAX_CALL_TIMEOUT:g}]")
+        log.info("admin: call %s %s", device, method)
+        try:
+            reply = await self.platform.call(device, method, params, timeout)
+        except LookupError as exc:
+            return _info(404, str(exc))
+        except TimeoutError as exc:
+            return _info(504, str(exc))
+        except (ConnectionError, RuntimeError) as exc:
+            return _info(502, str(exc))
+        if reply.err is not None:
+            return _json(200, {"err": {"code": reply.err.code, "msg": reply.err.msg}})
+        return _json(200, {"resp": reply.resp or {}})
+
+    async def _event(self, req: Request) -> Response:
+        body = _body(req)
+        device = _str(body, "device")
+        name = _str(body, "event", "name")
+        log.info("admin: event %s %s", device, name)
+        try:
+            await self.platform.send_event(device, name, _params(body))
+        except LookupError as exc:
+            return _info(404, str(exc))
+        except ConnectionError as exc:
+            return _info(502, str(exc))
+        return _json(200, {})
+
+    async def _kick(self, req: Request) -> Response:
+        device = _str(_body(req), "device")
+        log.info("admin: kick %s", device)
+        await self.platform.kick(device)
+        return _json(200, {})

@@ -1,0 +1,92 @@
+"""Per-channel live state: what Keepalive reports and what services update."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+
+from hss_pu.profiles import Profile
+from hss_pu.wire.vd import Code, KeepaliveChannel, RpcError
+
+__all__ = ["ChannelRegistry", "ChannelState"]
+
+log = logging.getLogger("hss_pu.channels")
+
+OFFLINE, ONLINE, ERROR, DISABLED = 0, 1, 3, 4
+
+
+@dataclass
+class ChannelState:
+    channel: int
+    state: int = ONLINE
+    stream_id: str | None = None
+    record_session: str | None = None
+    alarms: int = 0  # bit T set while alarm type T is active (wire-notes)
+    awake_until: float = 0.0  # monotonic deadline set by KeepAwaken
+    reboots: int = 0
+    restart_hooks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    def keepalive(self) -> KeepaliveChannel:
+        return KeepaliveChannel(
+            channel=self.channel,
+            state=self.state,  # type: ignore[arg-type]
+            stream_id=self.stream_id,
+            record_session=self.record_session,
+            alarm=self.alarms,
+        )
+
+
+class ChannelRegistry:
+    def __init__(self, profile: Profile) -> None:
+        self._channels = {c.id: ChannelState(c.id) for c in profile.channels}
+
+    def __iter__(self) -> Iterator[ChannelState]:
+        return iter(self._channels.values())
+
+    def get(self, channel: int) -> ChannelState:
+        """The channel, or RpcError 102 (wire-notes: channel does not exist)."""
+        ch = self._channels.get(channel)
+        if ch is None:
+            raise RpcError(Code.NO_CHANNEL, f"channel {channel} does not exist")
+        return ch
+
+    def keepalive(self) -> list[KeepaliveChannel]:
+        return [c.keepalive() for c in self._channels.values()]
+
+    def set_enabled(self, channel: int, on: bool) -> None:
+        ch = self.get(channel)
+        if not on:
+            ch.state = DISABLED
+        elif ch.state == DISABLED:
+            ch.state = ONLINE
+
+    def keep_awake(self, channel: int, seconds: int) -> None:
+        ch = self.get(channel)
+        ch.awake_until = max(ch.awake_until, time.monotonic() + seconds)
+
+    def awake(self, channel: int) -> bool:
+        return self.get(channel).awake_until > time.monotonic()
+
+    async def reboot(self, channel: int) -> None:
+        """Take the channel offline, restart what runs on it, bring it back."""
+        ch = self.get(channel)
+        ch.reboots += 1
+        before = ch.state
+        ch.state = OFFLINE
+        log.info(
+            "channel %d: rebooting (%d hook%s)",
+            channel,
+            len(ch.restart_hooks),
+            "" if len(ch.restart_hooks) == 1 else "s",
+        )
+        try:
+            for hook in ch.restart_hooks:
+                await hook()
+        except Exception:
+            log.exception("channel %d: restart failed", channel)
+            ch.state = ERROR
+            return
+        ch.state = before if before != OFFLINE else ONLINE
+        log.info("channel %d: back online", channel)

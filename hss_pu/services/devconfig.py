@@ -1,0 +1,94 @@
+"""The device configuration document, persisted atomically under storage.dir."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from hss_pu.config import Config
+from hss_pu.fsutil import atomic_write
+from hss_pu.wire import devconfig as wire
+from hss_pu.wire.vd import RpcError
+
+__all__ = ["DevConfigStore"]
+
+log = logging.getLogger("hss_pu.devconfig")
+
+FILENAME = "devconfig.json"
+
+
+class DevConfigStore:
+    """GetConfig/SetConfig/ResetConfig state that survives restarts (and power cuts)."""
+
+    def __init__(self, config: Config) -> None:
+        self.profile = config.profile
+        cam = config.camera
+        self.base = wire.Base(
+            width=cam.width, height=cam.height, fps=cam.fps, bitrate=config.bitrate
+        )
+        self.path = Path(config.storage_dir) / FILENAME
+        self.doc = self._load()
+
+    def _defaults(self) -> dict[str, Any]:
+        return wire.default_document(self.profile, self.base)
+
+    def _load(self) -> dict[str, Any]:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return self._defaults()
+        except OSError as exc:
+            log.error("devconfig: cannot read %s (%s); using factory settings", self.path, exc)
+            return self._defaults()
+        try:
+            return wire.validate_stored(msgspec.json.decode(raw), self.profile, self.base)
+        except (msgspec.DecodeError, RpcError) as exc:
+            bad = self.path.with_suffix(".json.bad")
+            with contextlib.suppress(OSError):
+                os.replace(self.path, bad)
+            log.error(
+                "devconfig: %s is unusable (%s); kept as %s, using factory settings",
+                self.path,
+                exc,
+                bad.name,
+            )
+            return self._defaults()
+
+    def _save(self) -> None:
+        atomic_write(self.path, msgspec.json.format(msgspec.json.encode(self.doc)) + b"\n")
+
+    def get(self) -> dict[str, Any]:
+        return self.doc
+
+    def set(self, patch: Any) -> dict[str, Any]:
+        """Merge, validate, persist; the document stays as it was if any of it fails."""
+        new = wire.merge(self.doc, patch, self.profile, self.base)
+        old, self.doc = self.doc, new
+        try:
+            self._save()
+        except OSError as exc:
+            self.doc = old
+            raise RpcError(1, f"cannot save configuration: {exc.strerror or exc}") from None
+        return self.doc
+
+    def reset(self) -> dict[str, Any]:
+        self.doc = self._defaults()
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise RpcError(1, f"cannot reset configuration: {exc.strerror or exc}") from None
+        return self.doc
+
+    @property
+    def tz(self) -> int:
+        return int(self.doc["tz"])
+
+    def set_tz(self, tz: int) -> None:
+        self.set({"tz": tz})

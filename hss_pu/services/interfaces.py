@@ -1,0 +1,89 @@
+"""Small interfaces the dispatcher calls for services that live in their own modules.
+
+A service that is not there (not built yet, or not on this hardware) is ``None`` in
+:class:`Services`, and the dispatcher answers a clear error instead of a fake success.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from hss_pu.wire.vd import (
+    CtrlPTZParams,
+    CtrlVideoParams,
+    GetDiskInfoResp,
+    LogUploadAsyncParams,
+    PlayVideoParams,
+    PushLiveParams,
+    QueryUpgradeResp,
+    QueryVideoStatusResp,
+    SnapshotParams,
+    StartRecordParams,
+    StopLiveParams,
+    StopRecordParams,
+    UpgradeFirmwareParams,
+)
+
+__all__ = [
+    "DiskService",
+    "LiveService",
+    "LogService",
+    "PlaybackService",
+    "PtzService",
+    "RecordService",
+    "Services",
+    "SnapshotService",
+    "UpgradeService",
+]
+
+
+class LiveService(Protocol):
+    async def push_live(self, p: PushLiveParams) -> None: ...
+    async def stop_live(self, p: StopLiveParams) -> None: ...
+
+
+class RecordService(Protocol):
+    async def start_record(self, p: StartRecordParams) -> None: ...
+    async def stop_record(self, p: StopRecordParams) -> None: ...
+
+
+class SnapshotService(Protocol):
+    async def snapshot(self, p: SnapshotParams) -> None: ...
+
+
+class PtzService(Protocol):
+    async def control(self, p: CtrlPTZParams) -> None: ...
+    def presets(self, channel: int) -> list[int]: ...
+
+
+class UpgradeService(Protocol):
+    async def upgrade(self, p: UpgradeFirmwareParams) -> None: ...
+    def status(self) -> QueryUpgradeResp: ...
+
+
+class PlaybackService(Protocol):
+    async def play(self, p: PlayVideoParams) -> None: ...
+    async def control(self, p: CtrlVideoParams) -> None: ...
+    def status(self, channel: int) -> QueryVideoStatusResp: ...
+
+
+class LogService(Protocol):
+    async def upload_async(self, p: LogUploadAsyncParams) -> None: ...
+
+
+class DiskService(Protocol):
+    def info(self) -> GetDiskInfoResp: ...
+    async def format(self) -> None: ...
+
+
+@dataclass
+class Services:
+    live: LiveService | None = None
+    record: RecordService | None = None
+    snapshot: SnapshotService | None = None
+    ptz: PtzService | None = None
+    upgrade: UpgradeService | None = None
+    playback: PlaybackService | None = None
+    logs: LogService | None = None
+    disk: DiskService | None = None

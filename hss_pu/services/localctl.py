@@ -1,0 +1,97 @@
+"""Local control socket: ``hss-pu bind`` and ``hss-pu status`` talk to the running daemon.
+
+A Unix socket in storage.dir, mode 0600: only the daemon's user (and root) can use it, so
+it needs no authentication of its own. One JSON object per line each way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+__all__ = ["SOCKET_NAME", "LocalControl", "send_command"]
+
+log = logging.getLogger("hss_pu.localctl")
+
+SOCKET_NAME = "control.sock"
+MAX_LINE = 4096
+
+Command = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+
+
+class LocalControl:
+    def __init__(self, directory: Path | str, commands: dict[str, Command]) -> None:
+        self.path = Path(directory) / SOCKET_NAME
+        self.commands = commands
+        self._server: asyncio.Server | None = None
+
+    async def start(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()  # a stale socket from a killed daemon
+        old = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(self._serve, self.path, limit=MAX_LINE)
+        finally:
+            os.umask(old)
+        os.chmod(self.path, 0o600)
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1)
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(10):
+                line = await reader.readline()
+                reply = await self._handle(line)
+                writer.write(json.dumps(reply).encode() + b"\n")
+                await writer.drain()
+        except (TimeoutError, ConnectionError, ValueError) as exc:
+            log.debug("control socket client dropped: %s", exc)
+        finally:
+            writer.close()
+
+    async def _handle(self, line: bytes) -> dict[str, Any]:
+        try:
+            req = json.loads(line)
+        except ValueError:
+            return {"ok": False, "error": "not JSON"}
+        if not isinstance(req, dict) or not isinstance(req.get("cmd"), str):
+            return {"ok": False, "error": 'expected {"cmd": ...}'}
+        cmd = self.commands.get(req["cmd"])
+        if cmd is None:
+            return {"ok": False, "error": f"unknown command {req['cmd']!r}"}
+        try:
+            return await cmd(req)
+        except Exception as exc:
+            log.exception("control command %s failed", req["cmd"])
+            return {"ok": False, "error": str(exc)}
+
+
+async def send_command(
+    directory: Path | str, request: dict[str, Any], timeout: float = 10.0
+) -> dict[str, Any]:
+    """Client side, for the CLI. Raises OSError when no daemon listens there."""
+    path = Path(directory) / SOCKET_NAME
+    async with asyncio.timeout(timeout):
+        reader, writer = await asyncio.open_unix_connection(path, limit=MAX_LINE)
+        try:
+            writer.write(json.dumps(request).encode() + b"\n")
+            await writer.drain()
+            line = await reader.readline()
+        finally:
+            writer.close()
+    reply = json.loads(line or b"{}")
+    if not isinstance(reply, dict):
+        raise ValueError("bad reply from the daemon")
+    return reply

@@ -1,0 +1,281 @@
+"""The device configuration document of GetConfig / SetConfig / ResetConfig. Pure.
+
+Shape (wire-notes, from the origin protocol)::
+
+    {"channels": {"0": {"on", "video_encoding": {"encoder", "quality", "fps", "bitrate",
+     "width", "height", "gop"}, "image": {"horflip", "verflip"}, "alarms": {KIND: {"on",
+     "sensitivity"}}, "osd": {"text", "font", "pos"}, "extension": {}}},
+     "log_level", "tz", "led", "auto_reboot": {"on", "time"}, "extension": {}}
+
+SetConfig carries only what changes (a merge). Errors: a channel we do not have → 102,
+a feature the device lacks → 13, a bad value → 12. Read-only fields (fps, bitrate, width,
+height, gop) are reported, never set: a SetConfig that carries them has them ignored.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from typing import Any
+
+import msgspec
+
+from hss_pu.profiles import Profile
+from hss_pu.wire.vd import Code, RpcError
+
+__all__ = [
+    "ALARM_KINDS",
+    "QUALITIES",
+    "Base",
+    "default_document",
+    "merge",
+    "quality_resolution",
+    "validate_stored",
+]
+
+ALARM_KINDS = ("io", "motion", "body", "cry", "voice", "face", "cross")
+QUALITIES = ("ld", "sd", "hd", "fhd")
+OSD_POSITIONS = ("topleft", "topright", "bottomleft", "bottomright")
+READ_ONLY = frozenset({"fps", "bitrate", "width", "height", "gop"})
+MAX_EXTENSION_BYTES = 4096
+_HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
+
+
+def _band(height: int) -> str:
+    if height >= 1080:
+        return "fhd"
+    if height >= 720:
+        return "hd"
+    if height >= 360:
+        return "sd"
+    return "ld"
+
+
+def quality_resolution(profile: Profile, channel: int, quality: str) -> tuple[int, int] | None:
+    """The largest resolution of the channel in the quality's height band, if any."""
+    ch = profile.channel(channel)
+    if ch is None:
+        return None
+    fits = [r for r in ch.resolutions if _band(r[1]) == quality]
+    return max(fits, key=lambda r: r[0] * r[1]) if fits else None
+
+
+def supported_alarms(profile: Profile) -> list[str]:
+    caps = profile.capabilities()["alarms"]
+    return [k for k in ALARM_KINDS if caps.get(k)]
+
+
+def _encoding(
+    profile: Profile, channel: int, quality: str, fps: int, bitrate: int
+) -> dict[str, Any]:
+    ch = profile.channel(channel)
+    assert ch is not None
+    res = quality_resolution(profile, channel, quality) or ch.max_resolution
+    fps = min(fps, ch.max_fps)
+    return {
+        "encoder": "h264",
+        "quality": quality,
+        "fps": fps,
+        "bitrate": min(bitrate, ch.max_bitrate) // 1000,  # kbit/s
+        "width": res[0],
+        "height": res[1],
+        "gop": max(1, round(fps * ch.gop_seconds)),
+    }
+
+
+class Base(msgspec.Struct, frozen=True):
+    """Channel 0's settings from the config file: the bit budget qualities scale from."""
+
+    width: int
+    height: int
+    fps: int
+    bitrate: int
+
+
+def _budget(profile: Profile, cid: int, base: Base) -> tuple[int, int]:
+    """(bitrate, pixels) a channel's bitrate is scaled from when its quality changes."""
+    if cid == 0:
+        return base.bitrate, base.width * base.height
+    ch = profile.channel(cid)
+    assert ch is not None
+    w, h = ch.max_resolution
+    return ch.default_bitrate, w * h
+
+
+def default_document(profile: Profile, base: Base) -> dict[str, Any]:
+    """Factory settings: what ResetConfig restores. Channel 0 follows the config file."""
+    channels: dict[str, Any] = {}
+    alarms = supported_alarms(profile)
+    for ch in profile.channels:
+        if ch.id == 0:
+            q, f, b = _band(base.height), base.fps, base.bitrate
+        else:
+            q, f, b = _band(ch.max_resolution[1]), ch.max_fps, ch.default_bitrate
+        channels[str(ch.id)] = {
+            "on": True,
+            "video_encoding": _encoding(profile, ch.id, q, f, b),
+            "image": {"horflip": False, "verflip": False},
+            "alarms": {k: {"on": False, "sensitivity": 50} for k in alarms},
+            "osd": {"text": "", "font": 16, "pos": "topleft"},
+            "extension": {},
+        }
+    return {
+        "channels": channels,
+        "log_level": 3,
+        "tz": 0,
+        "led": bool(profile.doc.leds),
+        "auto_reboot": {"on": False, "time": "03:30"},
+        "extension": {},
+    }
+
+
+def _bad(path: str, what: str) -> RpcError:
+    return RpcError(Code.PARAM, f"{path}: {what}")
+
+
+def _lacks(path: str, what: str) -> RpcError:
+    return RpcError(Code.UNSUPPORTED_CONFIG, f"{path}: {what}")
+
+
+def _obj(v: Any, path: str) -> dict[str, Any]:
+    if not isinstance(v, dict):
+        raise _bad(path, f"expected an object, got {type(v).__name__}")
+    return v
+
+
+def _bool(v: Any, path: str) -> bool:
+    if not isinstance(v, bool):
+        raise _bad(path, f"expected true/false, got {v!r}"[:120])
+    return v
+
+
+def _int(v: Any, path: str, lo: int, hi: int) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        raise _bad(path, f"expected an integer {lo}..{hi}, got {v!r}"[:120])
+    return v
+
+
+def _choice(v: Any, path: str, choices: tuple[str, ...]) -> str:
+    if v not in choices or not isinstance(v, str):
+        raise _bad(path, f"expected one of {', '.join(choices)}, got {v!r}"[:160])
+    return v
+
+
+def _extension(v: Any, path: str) -> dict[str, Any]:
+    obj = _obj(v, path)
+    if len(msgspec.json.encode(obj)) > MAX_EXTENSION_BYTES:
+        raise _bad(path, f"larger than {MAX_EXTENSION_BYTES} bytes")
+    return obj
+
+
+def _merge_channel(
+    doc: dict[str, Any], patch: dict[str, Any], profile: Profile, cid: int, base: Base
+) -> None:
+    p = f"channels.{cid}"
+    ch = profile.channel(cid)
+    assert ch is not None
+    if "on" in patch:
+        doc["on"] = _bool(patch["on"], f"{p}.on")
+    if "video_encoding" in patch:
+        ve = _obj(patch["video_encoding"], f"{p}.video_encoding")
+        cur = doc["video_encoding"]
+        if "encoder" in ve and ve["encoder"] != "h264":
+            raise _lacks(f"{p}.video_encoding.encoder", f"only h264, not {ve['encoder']!r}"[:120])
+        if "quality" in ve:
+            q = _choice(ve["quality"], f"{p}.video_encoding.quality", QUALITIES)
+            if quality_resolution(profile, cid, q) is None:
+                raise _lacks(f"{p}.video_encoding.quality", f"channel {cid} has no {q} resolution")
+            bitrate, pixels = _budget(profile, cid, base)
+            new = _encoding(profile, cid, q, cur["fps"], bitrate)
+            # Keep the configured bits per pixel at the new size.
+            scaled = bitrate * new["width"] * new["height"] // max(1, pixels)
+            new["bitrate"] = min(max(scaled, 64_000), ch.max_bitrate) // 1000
+            doc["video_encoding"] = new
+    if "image" in patch:
+        im = _obj(patch["image"], f"{p}.image")
+        for k in ("horflip", "verflip"):
+            if k in im:
+                v = _bool(im[k], f"{p}.image.{k}")
+                if v and not ch.image_flip:
+                    raise _lacks(f"{p}.image.{k}", "this camera cannot flip the image")
+                doc["image"][k] = v
+    if "alarms" in patch:
+        al = _obj(patch["alarms"], f"{p}.alarms")
+        for kind, body in al.items():
+            ap = f"{p}.alarms.{kind}"
+            if kind not in ALARM_KINDS:
+                raise _bad(ap, f"unknown alarm kind (expected {', '.join(ALARM_KINDS)})")
+            if kind not in doc["alarms"]:
+                raise _lacks(ap, f"this device has no {kind} detection")
+            b = _obj(body, ap)
+            if "on" in b:
+                doc["alarms"][kind]["on"] = _bool(b["on"], f"{ap}.on")
+            if "sensitivity" in b:
+                doc["alarms"][kind]["sensitivity"] = _int(
+                    b["sensitivity"], f"{ap}.sensitivity", 0, 100
+                )
+    if "osd" in patch:
+        osd = _obj(patch["osd"], f"{p}.osd")
+        if "text" in osd:
+            t = osd["text"]
+            if not isinstance(t, str) or len(t) > 64 or any(c in t for c in "\r\n\0"):
+                raise _bad(f"{p}.osd.text", "expected one line of at most 64 characters")
+            doc["osd"]["text"] = t
+        if "font" in osd:
+            doc["osd"]["font"] = _int(osd["font"], f"{p}.osd.font", 8, 72)
+        if "pos" in osd:
+            doc["osd"]["pos"] = _choice(osd["pos"], f"{p}.osd.pos", OSD_POSITIONS)
+    if "extension" in patch:
+        doc["extension"] = _extension(patch["extension"], f"{p}.extension")
+
+
+def merge(current: dict[str, Any], patch: Any, profile: Profile, base: Base) -> dict[str, Any]:
+    """Apply a SetConfig patch; returns the new document, or raises RpcError (12/13/102).
+
+    All-or-nothing: the patch is applied to a copy, so a bad field leaves nothing half-set.
+    """
+    patch = _obj(patch, "params")
+    doc = copy.deepcopy(current)
+    if "channels" in patch:
+        chans = _obj(patch["channels"], "channels")
+        for key, body in chans.items():
+            try:
+                cid = int(key)
+            except ValueError:
+                raise _bad(f"channels.{key}", "channel ids are integers") from None
+            if str(cid) not in doc["channels"]:
+                raise RpcError(Code.NO_CHANNEL, f"channel {key} does not exist")
+            _merge_channel(
+                doc["channels"][str(cid)], _obj(body, f"channels.{key}"), profile, cid, base
+            )
+    if "log_level" in patch:
+        doc["log_level"] = _int(patch["log_level"], "log_level", 0, 5)
+    if "tz" in patch:
+        doc["tz"] = _int(patch["tz"], "tz", -12, 14)
+    if "led" in patch:
+        led = _bool(patch["led"], "led")
+        if led and not profile.doc.leds:
+            raise _lacks("led", "this device has no LED")
+        doc["led"] = led
+    if "auto_reboot" in patch:
+        ar = _obj(patch["auto_reboot"], "auto_reboot")
+        if "on" in ar:
+            doc["auto_reboot"]["on"] = _bool(ar["on"], "auto_reboot.on")
+        if "time" in ar:
+            t = ar["time"]
+            if not isinstance(t, str) or not _HHMM.match(t):
+                raise _bad("auto_reboot.time", f"expected HH:MM, got {t!r}"[:80])
+            doc["auto_reboot"]["time"] = t
+    if "extension" in patch:
+        doc["extension"] = _extension(patch["extension"], "extension")
+    return doc
+
+
+def validate_stored(stored: Any, profile: Profile, base: Base) -> dict[str, Any]:
+    """Re-apply a document read from disk onto the factory settings.
+
+    The profile may have changed since it was saved (fewer channels, no LED): whatever no
+    longer applies is an RpcError, which the caller turns into "start from defaults".
+    """
+    # Read-only encoding values are recomputed from quality, like any SetConfig.
+    return merge(default_document(profile, base), _obj(stored, "stored"), profile, base)

@@ -1,0 +1,444 @@
+"""The daemon against the reference platform over TLS: login, Keepalive, every handled RPC."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import io
+import itertools
+import logging
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hss_pu.config import ConfigDoc, DeviceSection, PlatformSection, StorageSection, make_config
+from hss_pu.daemon import Daemon
+from hss_pu.logsetup import OneLineFormatter
+from hss_pu.reference_platform.server import PlatformOptions, ReferencePlatform
+from hss_pu.retry import retry_delay
+from hss_pu.wire.vd import MESSAGES, Code, decode_result
+
+DEVICE = "PU-0001"
+PASSWORD = "Corr3ct-Horse!Battery"
+MAC = "02:00:00:00:00:01"
+
+
+@dataclass
+class Rig:
+    platform: ReferencePlatform
+    daemon: Daemon
+    task: asyncio.Task[int]
+    storage: Path
+
+    async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        return await self.platform.call(DEVICE, method, params, timeout=5)
+
+
+def make_daemon(
+    platform: ReferencePlatform,
+    storage: Path,
+    *,
+    password: str = PASSWORD,
+    backoff_scale: float = 0.01,
+    keepalive: float = 10.0,
+    seed: int = 1,
+    rpc_timeout: float = 20.0,
+    bind_id: str | None = None,
+) -> Daemon:
+    doc = ConfigDoc(
+        device=DeviceSection(
+            id=DEVICE, password=password, mac=MAC, profile="emulated", bind_id=bind_id
+        ),
+        platform=PlatformSection(
+            schedule_url=platform.schedule_url,
+            ca_file=str(platform.ca_file),
+            backoff_scale=backoff_scale,
+            keepalive_interval=keepalive,
+        ),
+        storage=StorageSection(dir=str(storage)),
+    )
+    return Daemon(make_config(doc), rng=random.Random(seed), rpc_timeout=rpc_timeout)
+
+
+async def stop(daemon: Daemon, task: asyncio.Task[int]) -> int:
+    daemon.stop()
+    return await asyncio.wait_for(task, 5)
+
+
+def new_platform(tmp_path: Path, **kw: Any) -> ReferencePlatform:
+    opts = PlatformOptions(state_dir=tmp_path / "platform", devices={DEVICE: PASSWORD}, **kw)
+    return ReferencePlatform(opts)
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    platform = new_platform(tmp_path, clock_offset=3600)
+    await platform.start()
+    daemon = make_daemon(platform, tmp_path / "pu")
+    task = asyncio.create_task(daemon.run())
+    try:
+        await platform.wait_online(DEVICE, timeout=10)
+        yield Rig(platform, daemon, task, tmp_path / "pu")
+    finally:
+        if not task.done():
+            await stop(daemon, task)
+        await platform.close()
+
+
+async def test_login_url_and_first_keepalive(rig: Rig) -> None:
+    login = await rig.platform.wait_login(lambda r: r.accepted)
+    p = login.params
+    assert p["login_code"] == DEVICE
+    assert p["hardware_model"] == "HSS-PU-EMU"
+    assert p["firmware_model"].startswith("hss-pu-emulated-")
+    assert p["sdk"].startswith("hss-pu/")
+    assert p["reconnect"] == "0"
+    assert "login_passwd" not in p
+    ka = await rig.platform.wait_record(lambda r: r.name == "Keepalive")
+    assert ka.time - login.time < 1.0
+    assert ka.params["mac_id"] == MAC and ka.params["state"] == 1
+    assert ka.params["channels"] == [{"channel": 0, "state": 1, "alarm": 0}]
+    gsi = await rig.platform.wait_record(lambda r: r.name == "GetServerInfo")
+    assert gsi.params == {"mac_id": MAC, "state": 1}
+
+
+async def test_handled_rpcs_answer_with_the_right_shape(rig: Rig) -> None:
+    for name in ("QueryTime", "DevStatus"):
+        reply = await rig.call(name)
+        assert reply.err is None, reply
+        decode_result(name, reply.resp)  # validates against the message's reply type
+    status = (await rig.call("DevStatus")).resp
+    assert status["dev_id"] == DEVICE and status["mac_addr"] == MAC
+    assert status["ip_addr"] == "127.0.0.1"
+    dt.datetime.strptime(status["last_upgrade_datetime"], "%Y-%m-%dT%H:%M:%S")
+    cap = (await rig.call("GetCap")).resp
+    assert cap["media_protocol"] == "srt" and cap["ptz"] is True
+    conf = (await rig.call("GetConfig")).resp
+    assert conf["channels"]["0"]["video_encoding"]["width"] == 1280
+    for name, params in (
+        ("Settime", {"datetime": "2030-01-01T08:00:00", "tz": 8, "offset": 5}),
+        ("KeepAwaken", {"channel": 0, "expired": 30}),
+        ("ResetConfig", None),
+    ):
+        reply = await rig.call(name, params)
+        assert reply.err is None and reply.resp == {}, (name, reply)
+    assert rig.daemon.channels.awake(0)
+
+
+async def test_settime_and_querytime_follow_tz_and_offset(rig: Rig) -> None:
+    # Vs said the platform is one hour ahead: QueryTime reports the platform's time.
+    q = (await rig.call("QueryTime")).resp
+    reported = dt.datetime.strptime(q["datetime"], "%Y-%m-%dT%H:%M:%S").replace(
+        tzinfo=dt.timezone(dt.timedelta(hours=q["tz"]))
+    )
+    assert reported.timestamp() == pytest.approx(time.time() + 3600, abs=2)
+    # Settime in UTC+8 to a time 10 minutes from the device's: the device adopts it and tz.
+    target = rig.daemon.clock.now() + 600
+    local = dt.datetime.fromtimestamp(target, dt.timezone(dt.timedelta(hours=8)))
+    stamp = local.strftime("%Y-%m-%dT%H:%M:%S")
+    assert (await rig.call("Settime", {"datetime": stamp, "tz": 8, "offset": 5})).err is None
+    q = (await rig.call("QueryTime")).resp
+    assert q["tz"] == 8
+    got = dt.datetime.strptime(q["datetime"], "%Y-%m-%dT%H:%M:%S").replace(
+        tzinfo=dt.timezone(dt.timedelta(hours=8))
+    )
+    assert got.timestamp() == pytest.approx(target, abs=2)
+    # Within `offset`: nothing changes.
+    before = rig.daemon.clock.offset
+    near = dt.datetime.fromtimestamp(rig.daemon.clock.now() + 3, dt.timezone(dt.timedelta(hours=8)))
+    await rig.call(
+        "Settime", {"datetime": near.strftime("%Y-%m-%dT%H:%M:%S"), "tz": 8, "offset": 10}
+    )
+    assert rig.daemon.clock.offset == before
+
+
+async def test_host_clock_untouched(rig: Rig) -> None:
+    wall0, mono0 = time.time(), time.monotonic()
+    await rig.call("Settime", {"datetime": "2001-02-03T04:05:06", "offset": 0})
+    assert abs((time.time() - wall0) - (time.monotonic() - mono0)) < 1.0
+    assert rig.daemon.clock.offset < -1e8  # the daemon's clock moved, the host's did not
+
+
+async def test_error_codes(rig: Rig) -> None:
+    r = await rig.call("NoSuchMethod", {"x": 1})
+    assert r.err is not None and r.err.code == Code.UNSUPPORTED_METHOD
+    r = await rig.call("KeepAwaken", {"channel": 0})
+    assert r.err is not None and r.err.code == Code.PARAM and "expired" in r.err.msg
+    r = await rig.call("KeepAwaken", {"channel": 7, "expired": 1})
+    assert r.err is not None and r.err.code == Code.NO_CHANNEL
+    r = await rig.call(
+        "PushLive", {"channel": 7, "url": "srt://h:1", "stream_id": "s", "max_bitrate": 0}
+    )
+    assert r.err is not None and r.err.code == Code.NO_CHANNEL
+    r = await rig.call("Settime", {"datetime": "2030-02-30T00:00:00", "offset": 1})
+    assert r.err is not None and r.err.code == Code.PARAM
+    # A PU->platform RPC name sent to the PU is not something it serves.
+    r = await rig.call("Keepalive", {"mac_id": MAC, "state": 1})
+    assert r.err is not None and r.err.code == Code.UNSUPPORTED_METHOD
+
+
+SERVICE_LATER: dict[str, dict[str, Any] | None] = {
+    "PushLive": {
+        "channel": 0,
+        "url": "srt://127.0.0.1:9?streamid=x",
+        "stream_id": "s1",
+        "max_bitrate": 0,
+    },
+    "StartRecord": {
+        "session_id": "r1",
+        "channel": 0,
+        "max_bitrate": 0,
+        "seg_duration": 4,
+        "seg_max_size": 1 << 20,
+        "seg_max_count": 4,
+        "start_ts": 0,
+        "cbk_url": "https://127.0.0.1/live/cseg/0",
+    },
+    "Snapshot": {"channel": 0, "url": "https://127.0.0.1/snap.jpg"},
+    "GetPTZPresetList": {"channel": 0},
+    "QueryUpgrade": None,
+    "QueryVideoStatus": {"channel": 0},
+    "LogUploadAsync": {
+        "trans_id": 1,
+        "start": "2030-01-01T00:00:00",
+        "end": "2030-01-01T01:00:00",
+        "url": "https://127.0.0.1/log",
+    },
+    "GetDiskInfo": None,
+    "FormatDisk": None,
+}
+
+
+async def test_services_of_later_issues_answer_a_clear_error(rig: Rig) -> None:
+    for name, params in SERVICE_LATER.items():
+        r = await rig.call(name, params)
+        assert r.err is not None, f"{name} must not fake success: {r}"
+        assert r.err.code == Code.UNSUPPORTED_METHOD and "not supported" in r.err.msg, r
+    # Stopping what cannot be running is true as stated (wire-notes: succeeds either way).
+    assert (await rig.call("StopLive", {"stream_id": "nope"})).resp == {}
+    assert (await rig.call("StopRecord", {"session_id": "nope", "channel": 0})).resp == {}
+
+
+async def test_every_platform_message_has_a_handler(rig: Rig) -> None:
+    d = rig.daemon.dispatcher
+    assert d is not None
+    for spec in MESSAGES.values():
+        if spec.direction == "platform->pu":
+            prefix = "rpc_" if spec.kind == "rpc" else "ev_"
+            assert callable(getattr(d, prefix + spec.name, None)), spec.name
+
+
+async def test_bad_frames_keep_the_session(rig: Rig) -> None:
+    logins = len(rig.platform.logins)
+    await rig.platform.send_raw(DEVICE, "{not json")
+    await rig.platform.send_raw(DEVICE, b"\x00\x01binary")
+    await rig.platform.send_raw(DEVICE, '{"req": 5, "seq": 900}')  # malformed, but a 400 is owed
+    await rig.platform.send_raw(DEVICE, "[1, 2, 3]")
+    r = await rig.call("QueryTime")
+    assert r.err is None
+    assert len(rig.platform.logins) == logins  # same session
+    link = rig.daemon.link
+    assert link is not None and link.session is not None
+    assert link.session.stats.malformed == 4
+
+
+async def test_set_config_persists_and_survives_restart(rig: Rig, tmp_path: Path) -> None:
+    patch = {
+        "channels": {
+            "0": {"video_encoding": {"quality": "sd", "fps": 5}, "osd": {"text": "Front door"}}
+        },
+        "tz": 2,
+    }
+    r = await rig.call("SetConfig", patch)
+    assert r.err is None
+    enc = r.resp["channels"]["0"]["video_encoding"]
+    assert (enc["width"], enc["height"], enc["fps"]) == (640, 360, 30)  # fps is read-only
+    bad = await rig.call("SetConfig", {"channels": {"3": {"on": False}}})
+    assert bad.err is not None and bad.err.code == Code.NO_CHANNEL
+    bad = await rig.call("SetConfig", {"channels": {"0": {"alarms": {"face": {"on": True}}}}})
+    assert bad.err is not None and bad.err.code == Code.UNSUPPORTED_CONFIG
+    bad = await rig.call("SetConfig", {"log_level": 9})
+    assert bad.err is not None and bad.err.code == Code.PARAM
+    # Restart the daemon on the same storage: the change is still there.
+    await stop(rig.daemon, rig.task)
+    daemon = make_daemon(rig.platform, rig.storage)
+    task = asyncio.create_task(daemon.run())
+    try:
+        await rig.platform.wait_login(
+            lambda r: (
+                r.accepted and r.params["reconnect"] == "0" and r is not rig.platform.logins[0]
+            )
+        )
+        await rig.platform.wait_online(DEVICE)
+        conf = (await rig.call("GetConfig")).resp
+        assert conf["channels"]["0"]["osd"]["text"] == "Front door" and conf["tz"] == 2
+        assert (await rig.call("ResetConfig")).err is None
+        conf = (await rig.call("GetConfig")).resp
+        assert conf["channels"]["0"]["osd"]["text"] == "" and conf["tz"] == 0
+        assert not (rig.storage / "devconfig.json").exists()
+    finally:
+        await stop(daemon, task)
+
+
+async def test_reboot_channel_and_keepalive_state(tmp_path: Path) -> None:
+    platform = new_platform(tmp_path, hb_interval=1)
+    await platform.start()
+    daemon = make_daemon(platform, tmp_path / "pu", keepalive=30)
+    task = asyncio.create_task(daemon.run())
+    try:
+        await platform.wait_online(DEVICE)
+        # hb_interval from GetServerInfo (1 s) overrides the configured 30 s.
+        first = await platform.wait_record(lambda r: r.name == "Keepalive")
+        third = await platform.wait_record(
+            lambda r: r.name == "Keepalive" and r.index >= first.index + 2, timeout=5
+        )
+        assert third.time - first.time < 3.5
+        await platform.send_event(DEVICE, "RebootChannel", {"channel": 0})
+        await platform.wait_record(lambda r: r.name == "Keepalive" and r.time > third.time)
+        assert daemon.channels.get(0).reboots == 1
+        await platform.call(DEVICE, "SetConfig", {"channels": {"0": {"on": False}}})
+        ka = await platform.wait_record(
+            lambda r: r.name == "Keepalive" and r.params["channels"][0]["state"] == 4, timeout=5
+        )
+        assert ka.params["channels"][0]["channel"] == 0
+    finally:
+        await stop(daemon, task)
+        await platform.close()
+
+
+def _capture_logs() -> tuple[io.StringIO, logging.Handler]:
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    handler.setFormatter(OneLineFormatter(journald=False))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    for name in ("websockets", "httpx", "httpcore", "hss_pu"):
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    return buf, handler
+
+
+async def test_wrong_password_backs_off_per_schedule(tmp_path: Path) -> None:
+    buf, handler = _capture_logs()
+    raw: list[str] = []
+
+    class Raw(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            raw.append(record.getMessage())
+
+    raw_handler = Raw()
+    logging.getLogger().addHandler(raw_handler)
+    platform = new_platform(tmp_path, lockout_after=100)
+    await platform.start()
+    scale, window = 0.05, 3.0
+    daemon = make_daemon(
+        platform, tmp_path / "pu", password="Wr0ng-Password!", backoff_scale=scale, seed=7
+    )
+    task = asyncio.create_task(daemon.run())
+    try:
+        await asyncio.sleep(window)
+        attempts = [r for r in platform.logins if r.device_id == DEVICE]
+    finally:
+        await stop(daemon, task)
+        await platform.close()
+        logging.getLogger().removeHandler(handler)
+        logging.getLogger().removeHandler(raw_handler)
+    assert attempts and not any(a.accepted for a in attempts)
+    assert all(a.status == 401 for a in attempts)
+    # The same seeded schedule: attempt k+1 starts after the sum of the first k delays.
+    rng = random.Random(7)
+    t, allowed = 0.0, 0
+    for n in range(1, 100):
+        if t > window:
+            break
+        allowed += 1
+        t += retry_delay(n, scale, rng)
+    assert allowed - 3 <= len(attempts) <= allowed, (len(attempts), allowed)
+    gaps = [b.time - a.time for a, b in itertools.pairwise(attempts)]
+    rng = random.Random(7)
+    for n, gap in enumerate(gaps, start=1):
+        assert gap >= retry_delay(n, scale, rng) - 0.05
+    text = buf.getvalue()
+    assert "login refused: HTTP 401" in text
+    assert "Wr0ng-Password!" not in text
+    # Not even a handler without our formatter sees it (the source logger redacts).
+    assert not any("Wr0ng-Password" in m for m in raw), [m for m in raw if "Wr0ng" in m][:3]
+
+
+async def test_more_than_15_failures_reschedules_through_vs(tmp_path: Path) -> None:
+    platform = new_platform(tmp_path, lockout_after=100)
+    await platform.start()
+    daemon = make_daemon(platform, tmp_path / "pu", password="Wr0ng-Password!", backoff_scale=0.001)
+    task = asyncio.create_task(daemon.run())
+    try:
+        await platform.wait_login(lambda r: len(platform.vs_requests) >= 2, timeout=15)
+        before_second_vs = [r for r in platform.logins if r.time <= platform.vs_requests[1].time]
+    finally:
+        await stop(daemon, task)
+        await platform.close()
+    assert len(before_second_vs) == 16
+
+
+async def test_platform_restart_reconnects_with_reconnect_1(tmp_path: Path) -> None:
+    platform = new_platform(tmp_path)
+    await platform.start()
+    vs_port, vd_port = platform.vs_port, platform.vd_port
+    daemon = make_daemon(platform, tmp_path / "pu")
+    task = asyncio.create_task(daemon.run())
+    try:
+        await platform.wait_online(DEVICE)
+        await platform.close()
+        await asyncio.sleep(0.5)
+        platform = new_platform(tmp_path, vs_port=vs_port, vd_port=vd_port)
+        await platform.start()
+        login = await platform.wait_login(lambda r: r.accepted, timeout=15)
+        assert login.params["reconnect"] == "1"
+        await platform.wait_online(DEVICE)
+        assert (await platform.call(DEVICE, "QueryTime", timeout=5)).err is None
+    finally:
+        await stop(daemon, task)
+        await platform.close()
+
+
+async def test_reschedule_event_goes_back_to_vs(rig: Rig) -> None:
+    vs_before = len(rig.platform.vs_requests)
+    logins_before = len(rig.platform.logins)
+    await rig.platform.send_event(DEVICE, "Reschedule")
+    await rig.platform.wait_login(
+        lambda r: r.accepted and len(rig.platform.logins) > logins_before, timeout=10
+    )
+    assert len(rig.platform.vs_requests) == vs_before + 1
+    assert rig.platform.logins[-1].params["reconnect"] == "1"
+
+
+async def test_dead_link_detected_when_keepalives_go_unanswered(tmp_path: Path) -> None:
+    platform = new_platform(tmp_path, answer_keepalive=False, hb_interval=1)
+    await platform.start()
+    daemon = make_daemon(platform, tmp_path / "pu", rpc_timeout=1.0)
+    task = asyncio.create_task(daemon.run())
+    try:
+        await platform.wait_online(DEVICE)
+        first = platform.logins[-1]
+        again = await platform.wait_login(lambda r: r.accepted and r is not first, timeout=10)
+        assert again.params["reconnect"] == "1"
+    finally:
+        await stop(daemon, task)
+        await platform.close()
+
+
+async def test_bind_configured_is_sent_after_login(tmp_path: Path) -> None:
+    platform = new_platform(tmp_path)
+    await platform.start()
+    daemon = make_daemon(platform, tmp_path / "pu", bind_id="BIND-CFG-1")
+    task = asyncio.create_task(daemon.run())
+    try:
+        ev = await platform.wait_record(lambda r: r.name == "Bind")
+        assert ev.kind == "event" and ev.params == {"mac_id": MAC, "bind_id": "BIND-CFG-1"}
+    finally:
+        await stop(daemon, task)
+        await platform.close()
