@@ -17,13 +17,14 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-from websockets.exceptions import InvalidHandshake, InvalidStatus
+from websockets.exceptions import InvalidStatus, WebSocketException
 
 from hss_pu import __version__
 from hss_pu.clients.vd import RPC_TIMEOUT, DeadLinkError, RequestHandler, VdSession, open_vd
 from hss_pu.clients.vs import VsError, fetch_server_addr, make_http_client, tls_verify
 from hss_pu.clock import OffsetClock
 from hss_pu.config import Config
+from hss_pu.logsetup import redact
 from hss_pu.retry import MAX_FAILURES_BEFORE_RESCHEDULE, retry_delay
 from hss_pu.wire.vd import (
     GetServerInfoParams,
@@ -181,8 +182,11 @@ class PlatformLink:
             ws = await open_vd(self._url(), self._ssl)
         except InvalidStatus as exc:
             raise _LoginFailed(f"login refused: HTTP {exc.response.status_code}") from None
-        except (OSError, TimeoutError, InvalidHandshake) as exc:
-            raise _LoginFailed(f"cannot connect: {type(exc).__name__}: {exc}") from None
+        except (OSError, TimeoutError, WebSocketException) as exc:
+            # Some websockets errors quote the URL, and the URL carries the password.
+            raise _LoginFailed(
+                f"cannot connect: {type(exc).__name__}: {redact(str(exc))}"
+            ) from None
         session = VdSession(ws, self.handler, rpc_timeout=self.rpc_timeout)
         self.logins += 1
         self.vd_failures = 0
