@@ -21,6 +21,7 @@ from typing import Any
 from hss_pu.fsutil import atomic_write
 from hss_pu.reference_platform.admin import AdminApi
 from hss_pu.reference_platform.http import HttpServer, Request, Response, json_response
+from hss_pu.reference_platform.live import LiveReceiver
 from hss_pu.reference_platform.pki import Pki, ensure_pki
 from hss_pu.reference_platform.vd import LoginRecord, Record, VdServer
 from hss_pu.wire.vd import Reply
@@ -61,6 +62,19 @@ class PlatformOptions:
     answer_keepalive: bool = True
 
 
+_NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+@dataclass(frozen=True)
+class Upload:
+    name: str
+    content_type: str
+    size: int
+    path: Path
+    time: float
+    mac: str
+
+
 class ReferencePlatform:
     def __init__(self, options: PlatformOptions) -> None:
         self.options = options
@@ -73,6 +87,9 @@ class ReferencePlatform:
         self.admin_port: int | None = None
         self.admin_token = secrets.token_urlsafe(32)
         self.vs_requests: list[Request] = []
+        self.uploads: list[Upload] = []
+        self.upload_failures: dict[str, int] = {}  # name -> further PUTs to answer 503
+        self.receivers: dict[str, LiveReceiver] = {}
 
     @property
     def scheme(self) -> str:
@@ -109,7 +126,7 @@ class ReferencePlatform:
             ctx = self.pki.server_context()
         try:
             self.vd_port = await self._vd.start(ctx)
-            self._vs = HttpServer(self._handle_vs, ctx)
+            self._vs = HttpServer(self._handle_http, ctx)
             self.vs_port = await self._vs.start(self.options.host, self.options.vs_port)
             if self.options.admin_port is not None:
                 api = AdminApi(self, self.admin_token)
@@ -147,6 +164,9 @@ class ReferencePlatform:
                 os.unlink(self.state_file)
 
     async def close(self) -> None:
+        for rx in list(self.receivers.values()):
+            await rx.close()
+        self.receivers.clear()
         if self._admin is not None:
             await self._admin.close()
             self._admin = None
@@ -226,6 +246,80 @@ class ReferencePlatform:
 
     async def kick(self, device_id: str) -> None:
         await self._vd.kick(device_id)
+
+    # --- uploads (Snapshot, alarm pictures, logs) -------------------------------------
+
+    def upload_url(self, name: str) -> str:
+        """Where a PU may PUT a file: the platform's HTTPS port, /upload/<name>."""
+        return f"{self.schedule_url}/upload/{name}"
+
+    async def _handle_http(self, req: Request) -> Response:
+        if req.path.startswith("/upload/"):
+            return self._handle_upload(req)
+        return await self._handle_vs(req)
+
+    def _handle_upload(self, req: Request) -> Response:
+        name = req.path.removeprefix("/upload/")
+        if req.method != "PUT":
+            return json_response(405, b'{"info": "PUT only"}')
+        if not _NAME.match(name):
+            return json_response(400, b'{"info": "bad upload name"}')
+        if self.upload_failures.get(name, 0) > 0:
+            self.upload_failures[name] -= 1
+            return json_response(503, b'{"info": "told to fail"}')
+        directory = self.options.state_dir / "uploads"
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / name
+        atomic_write(path, req.body, 0o644)
+        up = Upload(name, req.headers.get("content-type", ""), len(req.body), path, time.time(),
+                    req.headers.get("mac-identity", ""))  # fmt: skip
+        self.uploads.append(up)
+        del self.uploads[:-1000]
+        log.info("upload: %s (%d bytes, %s)", name, up.size, up.content_type)
+        return Response(200, b"")
+
+    # --- Vm: live receivers -------------------------------------------------------------
+
+    async def open_live(
+        self,
+        stream_id: str,
+        *,
+        latency_ms: int = 200,
+        passphrase: str | None = None,
+        viewer: bool = False,
+        port: int = 0,
+    ) -> LiveReceiver:
+        """A new srt-live-transmit listener for one stream (its URL goes into PushLive)."""
+        from hss_pu.reference_platform.live import free_udp_port
+
+        old = self.receivers.pop(stream_id, None)
+        if old is not None:
+            await old.close()
+        rx = LiveReceiver(
+            self.options.state_dir / "live",
+            stream_id=stream_id,
+            host=self.options.host,
+            port=port,
+            latency_ms=latency_ms,
+            passphrase=passphrase,
+            viewer_port=free_udp_port(self.options.host) if viewer else None,
+        )
+        await rx.start()
+        self.receivers[stream_id] = rx
+        return rx
+
+    async def push_live(
+        self, device_id: str, channel: int, stream_id: str, *, max_bitrate: int = 0, **kw: Any
+    ) -> tuple[LiveReceiver, Reply]:
+        """open_live + PushLive: what a platform does when a viewer asks for the camera."""
+        rx = await self.open_live(stream_id, **kw)
+        reply = await self.call(
+            device_id,
+            "PushLive",
+            {"channel": channel, "url": rx.url, "stream_id": stream_id, "max_bitrate": max_bitrate},
+            timeout=20,
+        )
+        return rx, reply
 
     async def _handle_vs(self, req: Request) -> Response:
         self.vs_requests.append(req)

@@ -1,0 +1,181 @@
+"""Vm on the platform side: receive a PU's SRT push with the real ``srt-live-transmit``.
+
+Each receiver is one ``srt-live-transmit`` listener writing the TS to its stdout, which we
+read, store (one file per connection) and, for demos, forward to a second
+``srt-live-transmit`` listening for a viewer (``ffplay srt://...``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import shutil
+import socket
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+__all__ = ["LiveReceiver", "free_udp_port"]
+
+log = logging.getLogger("hss_pu.platform.live")
+
+READ_CHUNK = 1316 * 32
+VIEWER_BACKLOG = 4 << 20  # bytes buffered towards a slow viewer before we skip data
+
+
+def free_udp_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _slt() -> str:
+    exe = shutil.which("srt-live-transmit")
+    if exe is None:
+        raise RuntimeError(
+            "srt-live-transmit not found (Debian package srt-tools; make setup installs it)"
+        )
+    return exe
+
+
+class LiveReceiver:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        stream_id: str,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        latency_ms: int = 200,
+        passphrase: str | None = None,
+        viewer_port: int | None = None,
+    ) -> None:
+        self.directory = directory
+        self.stream_id = stream_id
+        self.host = host
+        self.port = port or free_udp_port(host)
+        self.latency_ms = latency_ms
+        self.passphrase = passphrase
+        self.viewer_port = viewer_port
+        self.bytes_received = 0
+        self.connections = 0  # receiver (re)starts
+        self.files: list[Path] = []
+        self._proc: asyncio.subprocess.Process | None = None
+        self._viewer: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._stats_path = directory / f"{_safe(stream_id)}.stats.json"
+        self.growing = asyncio.Event()
+
+    @property
+    def url(self) -> str:
+        """What the platform puts in PushLive: the PU calls this listener."""
+        q: dict[str, Any] = {"latency": self.latency_ms}
+        if self.passphrase:
+            q["passphrase"] = self.passphrase
+        return f"srt://{self.host}:{self.port}?{urlencode(q)}"
+
+    @property
+    def viewer_url(self) -> str | None:
+        return f"srt://{self.host}:{self.viewer_port}" if self.viewer_port else None
+
+    def _listener_uri(self, port: int) -> str:
+        q: dict[str, Any] = {"mode": "listener", "latency": self.latency_ms}
+        if self.passphrase and port == self.port:
+            q["passphrase"] = self.passphrase
+        return f"srt://{self.host}:{port}?{urlencode(q)}"
+
+    async def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"{_safe(self.stream_id)}-{self.connections}.ts"
+        self.files.append(path)
+        self.connections += 1
+        self._proc = await asyncio.create_subprocess_exec(
+            _slt(), "-q", "-s", "200", "-pf", "json", "-statsout", str(self._stats_path),
+            self._listener_uri(self.port), "file://con",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        if self.viewer_port and self._viewer is None:
+            self._viewer = await asyncio.create_subprocess_exec(
+                _slt(), "-q", "file://con", self._listener_uri(self.viewer_port),
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.DEVNULL,
+            )  # fmt: skip
+        self._reader = asyncio.create_task(self._read(self._proc, path))
+        log.info("live: listening for %s on srt://%s:%d", self.stream_id, self.host, self.port)
+
+    async def _read(self, proc: asyncio.subprocess.Process, path: Path) -> None:
+        assert proc.stdout is not None
+        with path.open("wb") as f:
+            while True:
+                chunk = await proc.stdout.read(READ_CHUNK)
+                if not chunk:
+                    return
+                f.write(chunk)
+                self.bytes_received += len(chunk)
+                self.growing.set()
+                self._to_viewer(chunk)
+
+    def _to_viewer(self, chunk: bytes) -> None:
+        v = self._viewer
+        if v is None or v.stdin is None or v.stdin.is_closing():
+            return
+        transport = v.stdin.transport
+        if transport.get_write_buffer_size() > VIEWER_BACKLOG:
+            return  # a stalled viewer must not grow our memory
+        v.stdin.write(chunk)
+
+    async def _kill(self, proc: asyncio.subprocess.Process | None) -> None:
+        if proc is None or proc.returncode is not None:
+            return
+        proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), 2)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+    async def restart(self) -> None:
+        """Kill the listener and start a new one on the same port (a receiver restart)."""
+        await self._stop_listener()
+        await self.start()
+
+    async def _stop_listener(self) -> None:
+        await self._kill(self._proc)
+        if self._reader is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._reader, 2)
+            self._reader = None
+        self._proc = None
+
+    async def close(self) -> None:
+        await self._stop_listener()
+        await self._kill(self._viewer)
+        self._viewer = None
+
+    def stats(self) -> dict[str, Any]:
+        """The last statistics record srt-live-transmit wrote (receiver side)."""
+        try:
+            lines = self._stats_path.read_text().strip().splitlines()
+        except OSError:
+            return {}
+        for line in reversed(lines):
+            with contextlib.suppress(ValueError):
+                obj = json.loads(line.rstrip(","))
+                if isinstance(obj, dict):
+                    return obj
+        return {}
+
+    async def wait_bytes(self, n: int, timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while self.bytes_received < n:
+                self.growing.clear()
+                await self.growing.wait()
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:64] or "stream"
