@@ -152,9 +152,28 @@ async def _run_embedded(level: str | None) -> int:
             EMBEDDED_DEVICE.id,
             state / "platform",
         )
-        return await _run_daemon(Daemon(cfg))
+        demo = asyncio.create_task(_demo_live(platform))
+        try:
+            return await _run_daemon(Daemon(cfg))
+        finally:
+            demo.cancel()
     finally:
         await platform.close()
+
+
+async def _demo_live(platform: ReferencePlatform) -> None:
+    """The embedded default shows a live stream: PushLive as soon as the camera is online."""
+    try:
+        await platform.wait_online(EMBEDDED_DEVICE.id, timeout=60)
+        rx, reply = await platform.push_live(EMBEDDED_DEVICE.id, 0, "demo-live", viewer=True)
+    except (TimeoutError, LookupError, ConnectionError, RuntimeError) as exc:
+        log.warning("demo live stream not started: %s", exc)
+        return
+    if reply.err is not None:
+        log.warning("demo live stream refused: %d %s", reply.err.code, reply.err.msg)
+        return
+    log.info("watch the camera: ffplay -fflags nobuffer %s", rx.viewer_url)
+    log.info("received stream is recorded to %s", rx.files[-1])
 
 
 def cmd_local(command: dict[str, object], config: Path | None) -> int:

@@ -21,15 +21,20 @@ import msgspec
 from hss_pu import __version__
 from hss_pu.clients.vd import RPC_TIMEOUT, VdSession
 from hss_pu.clock import OffsetClock
-from hss_pu.config import Config
+from hss_pu.config import CameraSection, Config
 from hss_pu.fsutil import atomic_write, ensure_private_dir
 from hss_pu.logsetup import add_secret
+from hss_pu.media.channel import MediaChannel
+from hss_pu.media.encoder import EncodeSettings, MediaError
 from hss_pu.sdnotify import SdNotifier
 from hss_pu.services.channels import ChannelRegistry
 from hss_pu.services.control import DeviceContext, Dispatcher
 from hss_pu.services.devconfig import DevConfigStore
+from hss_pu.services.interfaces import Services
 from hss_pu.services.link import PlatformLink
+from hss_pu.services.live import LiveService
 from hss_pu.services.localctl import LocalControl
+from hss_pu.services.snapshot import SnapshotService
 from hss_pu.wire.vd import BindParams, KeepaliveParams
 
 __all__ = ["STOP_TIMEOUT", "Daemon"]
@@ -53,9 +58,14 @@ class Daemon:
         notifier: SdNotifier | None = None,
         rng: random.Random | None = None,
         rpc_timeout: float = RPC_TIMEOUT,
+        start_media: bool = True,
     ) -> None:
         self.config = config
         self.rpc_timeout = rpc_timeout
+        self.start_media = start_media
+        self.media: dict[int, MediaChannel] = {}
+        self.live: LiveService | None = None
+        self.snapshot: SnapshotService | None = None
         self.notifier = notifier or SdNotifier.from_env()
         self.clock = OffsetClock(set_host=config.device.set_system_clock)
         self.rng = rng
@@ -134,6 +144,7 @@ class Daemon:
             return 1
         log.info("storage: %s ready", storage)
         devconfig = DevConfigStore(self.config)
+        services = self._media_services()
         ctx = DeviceContext(
             config=self.config,
             clock=self.clock,
@@ -141,6 +152,7 @@ class Daemon:
             devconfig=devconfig,
             reboot_device=self._reboot_device,
             upgraded_at=upgraded_at,
+            services=services,
         )
         self.dispatcher = Dispatcher(ctx)
         self.link = link = PlatformLink(
@@ -165,10 +177,57 @@ class Daemon:
         log.info("ready")
         await self._stop.wait()
         self.notifier.stopping("stopping")
+        if self.live is not None:
+            await self.live.close()  # flushes the last partial TS message of each push
         await self._cancel_all()
+        for media in self.media.values():
+            await media.stop()
+        if self.snapshot is not None:
+            await self.snapshot.close()
         await control.close()
         log.info("stopped")
         return 0
+
+    def _media_services(self) -> Services:
+        """One capture+encode per channel, consumed by live and snapshot (encode once)."""
+        if not self.start_media:
+            return Services()
+        c = self.config
+        for spec in c.profile.channels:
+            if spec.id == 0:
+                settings = EncodeSettings.from_config(spec, c.camera, c.bitrate)
+                source = c.camera_source
+            else:
+                w, h = spec.max_resolution
+                cam = CameraSection(width=w, height=h, fps=spec.max_fps)
+                settings = EncodeSettings.from_config(spec, cam, spec.default_bitrate)
+                source = "emulated" if spec.backend == "emulated" else c.camera_source
+            media = MediaChannel(spec.id, source, settings, self.clock.now)
+            self.media[spec.id] = media
+            self._spawn(self._run_media(media), f"media-{spec.id}")
+        p = c.platform
+        self.live = LiveService(
+            self.media, self.channels, backoff_scale=p.backoff_scale, rng=self.rng
+        )
+        self.snapshot = SnapshotService(
+            self.media, mac=c.device.mac, ca_file=c.ca_file, allow_insecure=p.allow_insecure
+        )
+        return Services(live=self.live, snapshot=self.snapshot)
+
+    async def _run_media(self, media: MediaChannel) -> None:
+        """Start a channel's camera; a camera that cannot work marks the channel, not us."""
+        state = self.channels.get(media.channel_id)
+        try:
+            await media.start()
+        except MediaError as exc:
+            state.state = 3  # error, reported in Keepalive
+            log.error("camera ch%d: %s", media.channel_id, exc)
+            return
+        log.info(
+            "camera ch%d: running (%s)",
+            media.channel_id,
+            "passthrough" if media.stats.passthrough else "encoding",
+        )
 
     def _keepalive(self) -> KeepaliveParams:
         return KeepaliveParams(

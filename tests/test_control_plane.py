@@ -62,7 +62,10 @@ def make_daemon(
         ),
         storage=StorageSection(dir=str(storage)),
     )
-    return Daemon(make_config(doc), rng=random.Random(seed), rpc_timeout=rpc_timeout)
+    # The control plane alone: no cameras (so PushLive/Snapshot answer "not available").
+    return Daemon(
+        make_config(doc), rng=random.Random(seed), rpc_timeout=rpc_timeout, start_media=False
+    )
 
 
 async def stop(daemon: Daemon, task: asyncio.Task[int]) -> int:
@@ -218,7 +221,7 @@ async def test_services_of_later_issues_answer_a_clear_error(rig: Rig) -> None:
     for name, params in SERVICE_LATER.items():
         r = await rig.call(name, params)
         assert r.err is not None, f"{name} must not fake success: {r}"
-        assert r.err.code == Code.UNSUPPORTED_METHOD and "not supported" in r.err.msg, r
+        assert r.err.code == Code.UNSUPPORTED_METHOD and "not available" in r.err.msg, r
     # Stopping what cannot be running is true as stated (wire-notes: succeeds either way).
     assert (await rig.call("StopLive", {"stream_id": "nope"})).resp == {}
     assert (await rig.call("StopRecord", {"session_id": "nope", "channel": 0})).resp == {}

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Literal
 
-__all__ = ["EncodedPacket", "PacketHub", "StreamInfo", "Subscription", "TIME_BASE"]
+__all__ = ["TIME_BASE", "EncodedPacket", "PacketHub", "StreamInfo", "Subscription"]
 
 log = logging.getLogger("hss_pu.media.hub")
 
@@ -91,7 +91,9 @@ class Subscription:
         self.dropped_gops += gops
         self.dropped_packets += len(self._queue)
         if self.dropped_gops == gops or self.dropped_gops % 100 == 0:
-            log.warning("%s fell behind: dropped %d GOP(s) (%d in all)", self.name, gops, self.dropped_gops)
+            log.warning(
+                "%s fell behind: dropped %d GOP(s) (%d in all)", self.name, gops, self.dropped_gops
+            )
         self._queue.clear()
         self._bytes = 0
         self.waiting_keyframe = True
@@ -148,8 +150,12 @@ class PacketHub:
         self.published = 0
         self.last_keyframe: EncodedPacket | None = None
 
-    def subscribe(self, name: str, *, max_packets: int = 300, max_bytes: int = 8 << 20) -> Subscription:
-        sub = Subscription(name=f"{self.name}/{name}", max_packets=max_packets, max_bytes=max_bytes, hub=self)
+    def subscribe(
+        self, name: str, *, max_packets: int = 300, max_bytes: int = 8 << 20
+    ) -> Subscription:
+        sub = Subscription(
+            name=f"{self.name}/{name}", max_packets=max_packets, max_bytes=max_bytes, hub=self
+        )
         self._subs.add(sub)
         return sub
 

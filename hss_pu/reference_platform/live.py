@@ -92,7 +92,7 @@ class LiveReceiver:
         self.files.append(path)
         self.connections += 1
         self._proc = await asyncio.create_subprocess_exec(
-            _slt(), "-q", "-s", "200", "-pf", "json", "-statsout", str(self._stats_path),
+            _slt(), "-q", "-s", "200", "-f", "-pf", "json", "-statsout", str(self._stats_path),
             self._listener_uri(self.port), "file://con",
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
@@ -158,7 +158,7 @@ class LiveReceiver:
         self._viewer = None
 
     def stats(self) -> dict[str, Any]:
-        """The last statistics record srt-live-transmit wrote (receiver side)."""
+        """The receiver-side counters of the last (cumulative, -f) statistics record."""
         try:
             lines = self._stats_path.read_text().strip().splitlines()
         except OSError:
@@ -167,7 +167,8 @@ class LiveReceiver:
             with contextlib.suppress(ValueError):
                 obj = json.loads(line.rstrip(","))
                 if isinstance(obj, dict):
-                    return obj
+                    recv = obj.get("recv", obj)
+                    return recv if isinstance(recv, dict) else {}
         return {}
 
     async def wait_bytes(self, n: int, timeout: float = 10.0) -> None:

@@ -50,7 +50,7 @@ def format_local(epoch: float, tz: int) -> str:
 
 
 def _no_service(what: str) -> RpcError:
-    return RpcError(Code.UNSUPPORTED_METHOD, f"{what} is not supported by this build of hss-pu yet")
+    return RpcError(Code.UNSUPPORTED_METHOD, f"{what} is not available on this device")
 
 
 @dataclass

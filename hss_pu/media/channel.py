@@ -1,0 +1,457 @@
+"""One camera channel: capture and encode on a worker thread, publish into a PacketHub.
+
+Capture and encode share ONE thread per channel (PyAV releases the GIL while encoding),
+so a frame is never queued between them and the capture→packet latency is one encode.
+Packets cross to the event loop with ``call_soon_threadsafe``; the hub drops for slow
+consumers, and a bound on callbacks in flight keeps a stalled loop from piling up
+frames. A failing source puts the channel in the ``error`` state and is retried with a
+capped backoff: a camera coming and going never takes the daemon down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from fractions import Fraction
+from typing import Literal
+
+import av
+import av.error
+from av.video.frame import VideoFrame
+
+from hss_pu.media.encoder import (
+    AudioEncoder,
+    EncodeSettings,
+    MediaError,
+    SourceUnavailable,
+    VideoEncoder,
+)
+from hss_pu.media.packets import TIME_BASE, EncodedPacket, PacketHub, StreamInfo
+from hss_pu.media.sources import RawAudio, RawVideo, Source, make_source, redact_url
+
+__all__ = [
+    "ChannelStats",
+    "EncodeSettings",
+    "MediaChannel",
+    "MediaError",
+    "SourceUnavailable",
+    "encode_jpeg",
+    "jpeg_size",
+]
+
+log = logging.getLogger("hss_pu.media.channel")
+
+State = Literal["stopped", "starting", "running", "error"]
+HZ = TIME_BASE.denominator
+START_PTS = HZ  # the first packet is stamped 1 s: AAC priming never goes negative
+STOP_TIMEOUT = 3.0
+MAX_IN_FLIGHT = 256  # packets handed to the loop and not yet published
+
+
+@dataclass
+class ChannelStats:
+    state: State = "stopped"
+    source: str = ""
+    passthrough: bool = False
+    frames_captured: int = 0
+    frames_encoded: int = 0
+    frames_dropped: int = 0  # skipped by the source, or lost to a stalled event loop
+    packets_published: int = 0
+    encode_ms_avg: float = 0.0  # moving average (alpha 0.05) per video frame
+    retries: int = 0
+    last_error: str | None = None
+
+
+class _Timeline:
+    """Maps each source run's own timestamps onto one monotonic TIME_BASE line.
+
+    A (re)opened source starts where the wall clock says it should (so timestamps keep
+    tracking real time across an outage), and never before what was already published.
+    """
+
+    def __init__(self) -> None:
+        self.mono0 = time.monotonic()
+        self.offset: int | None = None
+        self.last_dts: dict[str, int] = {}
+
+    def new_run(self) -> None:
+        self.offset = None
+
+    def map(self, ts: int) -> int:
+        if self.offset is None:
+            wall = START_PTS + round((time.monotonic() - self.mono0) * HZ)
+            floor = max(self.last_dts.values(), default=-1) + HZ // 10
+            self.offset = max(wall, floor) - ts
+        return ts + self.offset
+
+
+class MediaChannel:
+    def __init__(
+        self,
+        channel_id: int,
+        source: str,
+        settings: EncodeSettings,
+        clock: Callable[[], float],
+        *,
+        retry_backoff: tuple[float, float] = (1.0, 30.0),
+    ) -> None:
+        self.channel_id = channel_id
+        self.source_spec = source
+        self.settings = settings
+        self.clock = clock
+        self.retry_backoff = retry_backoff
+        self.hub = PacketHub(f"ch{channel_id}")
+        self.stats = ChannelStats(source=redact_url(source))
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._venc: VideoEncoder | None = None
+        self._aenc: AudioEncoder | None = None
+        self._timeline = _Timeline()
+        self._latest: VideoFrame | None = None
+        self._sent = 0  # written by the worker only
+        self._handed = 0  # written by the loop only
+        self._lost_to_loop = False
+        self._key_after_drain = False
+        self._keyframe_wanted = False
+        self._delivered = False
+        self._dropped_base = 0
+        self._dropped_loop = 0
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
+
+    async def wait_running(self, timeout: float = 5.0) -> bool:
+        """True once frames flow; a request that arrives while the camera is still
+        starting (right after boot) waits for it instead of failing."""
+        steps = max(1, int(timeout / 0.05))
+        for _ in range(steps):
+            if self.running and self.stats.state == "running":
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Open the source and start the worker. Raises MediaError when the source cannot
+        be used at all (no such device, picamera2 missing, unsupported codec); a source
+        that is only unreachable for now (RTSP camera down) starts in the error state and
+        is retried."""
+        if self.running:
+            return
+        await self._join_old()
+        self._loop = asyncio.get_running_loop()
+        stop = self._stop = threading.Event()
+        self.stats.state = "starting"
+        source: Source | None = None
+        try:
+            source = self._make_source(stop)
+            await _open_in_thread(source)
+        except SourceUnavailable as exc:
+            self._failed(exc)
+            source = None
+        except MediaError as exc:
+            self.stats.state = "error"
+            self.stats.last_error = str(exc)
+            raise
+        self._thread = threading.Thread(
+            target=self._run,
+            args=(source, stop),
+            name=f"media-ch{self.channel_id}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        await self._join_old()
+        self.stats.state = "stopped"
+
+    async def restart(self) -> None:
+        """Reopen source and encoder; subscribers stay and resume at the next key frame."""
+        await self.stop()
+        await self.start()
+
+    async def _join_old(self) -> None:
+        t = self._thread
+        if t is None:
+            return
+        self._stop.set()
+        if t.is_alive():
+            await asyncio.to_thread(t.join, STOP_TIMEOUT)
+        if t.is_alive():
+            log.warning(
+                "channel %d: worker did not stop within %.0f s", self.channel_id, STOP_TIMEOUT
+            )
+        else:
+            self._thread = None
+
+    def request_keyframe(self) -> None:
+        """An IDR as soon as possible (a viewer reconnected). Passthrough sources cannot
+        be asked; their next key frame comes on their own GOP."""
+        self._keyframe_wanted = True
+        venc = self._venc
+        if venc is not None:
+            venc.request_keyframe()
+
+    # -- the worker ----------------------------------------------------------------------
+
+    def _make_source(self, stop: threading.Event) -> Source:
+        label = f"CH{self.channel_id}"
+        return make_source(self.source_spec, self.settings, self.clock, stop, label=label)
+
+    def _failed(self, exc: BaseException) -> None:
+        msg = str(exc) or type(exc).__name__
+        if self.stats.last_error != msg or self.stats.state != "error":
+            log.warning("channel %d: %s", self.channel_id, msg)
+        self.stats.state = "error"
+        self.stats.last_error = msg
+
+    def _run(self, source: Source | None, stop: threading.Event) -> None:
+        delay = self.retry_backoff[0]
+        try:
+            while not stop.is_set():
+                if source is None:
+                    if stop.wait(delay):
+                        break
+                    delay = min(delay * 2, self.retry_backoff[1])
+                    self.stats.retries += 1
+                    source = self._make_source(stop)
+                    try:
+                        source.open()
+                    except MediaError as exc:
+                        self._failed(exc)
+                        source = None
+                        continue
+                    log.info("channel %d: %s is back", self.channel_id, source.name)
+                self._delivered = False
+                try:
+                    self._pump(source, stop)
+                except MediaError as exc:
+                    self._failed(exc)
+                except (av.error.FFmpegError, OSError, ValueError) as exc:
+                    self._failed(MediaError(f"{source.name}: {exc}"))
+                finally:
+                    self._dropped_base += source.dropped
+                    source.close()
+                    source = None
+                if self._delivered:
+                    delay = self.retry_backoff[0]
+        except Exception:  # a bug: keep the daemon, report the channel broken
+            log.exception("channel %d: worker crashed", self.channel_id)
+            self.stats.state = "error"
+            self.stats.last_error = "internal error (see log)"
+        finally:
+            if source is not None:
+                source.close()
+            self._close_encoders()
+
+    def _close_encoders(self) -> None:
+        if self._venc is not None:
+            self._venc.close()
+        self._venc = None
+        self._aenc = None
+
+    def _pump(self, source: Source, stop: threading.Event) -> None:
+        """Run one opened source until stop or failure."""
+        # Fresh encoders per run: the source's clock restarted, and the AAC encoder's
+        # sample count must not carry the gap.
+        self._close_encoders()
+        self._timeline.new_run()
+        self.stats.passthrough = source.passthrough
+        self._keyframe_wanted = True  # a new run starts with a key frame for everyone
+        st = self.stats
+        while not stop.is_set():
+            item = source.read()
+            st.frames_dropped = self._dropped_base + source.dropped + self._dropped_loop
+            if item is None:
+                continue
+            if not self._delivered:
+                self._delivered = True
+                st.state = "running"
+                st.last_error = None
+            if isinstance(item, RawVideo):
+                self._encode_video(item)
+            elif isinstance(item, RawAudio):
+                self._encode_audio(item)
+            else:
+                st.frames_captured += 1
+                pkt = replace(
+                    item, pts=self._timeline.map(item.pts), dts=self._timeline.map(item.dts)
+                )
+                self._publish(pkt, source.video_info)
+
+    def _encode_video(self, item: RawVideo) -> None:
+        s = self.settings
+        st = self.stats
+        st.frames_captured += 1
+        if self._venc is None:
+            self._venc = VideoEncoder(s)
+            if s.audio:
+                self._aenc = AudioEncoder(s.audio_rate)
+        if self._keyframe_wanted:
+            self._keyframe_wanted = False
+            self._venc.request_keyframe()
+        self._latest = item.frame
+        t = time.perf_counter()
+        pkts = self._venc.encode(item.frame, self._timeline.map(item.pts), item.capture_time)
+        ms = (time.perf_counter() - t) * 1000
+        st.encode_ms_avg = ms if st.frames_encoded == 0 else st.encode_ms_avg * 0.95 + ms * 0.05
+        st.frames_encoded += 1
+        for p in pkts:
+            self._publish(p, self._venc.info)
+
+    def _encode_audio(self, item: RawAudio) -> None:
+        if self._aenc is None or self._venc is None or self._venc.info is None:
+            return  # audio starts with the first video key frame
+        for p in self._aenc.encode(item.samples, self._timeline.map(item.pts), item.capture_time):
+            self._publish(p, self._venc.info)
+
+    def _publish(self, pkt: EncodedPacket, video: StreamInfo | None) -> None:
+        last = self._timeline.last_dts.get(pkt.kind)
+        if last is not None and pkt.dts <= last:
+            log.debug("channel %d: dropping non-monotonic %s packet", self.channel_id, pkt.kind)
+            return
+        self._timeline.last_dts[pkt.kind] = pkt.dts
+        in_flight = self._sent - self._handed
+        if in_flight >= MAX_IN_FLIGHT and not self._lost_to_loop:
+            log.warning(
+                "channel %d: event loop stalled; dropping to the next key frame", self.channel_id
+            )
+            self._lost_to_loop = True
+            self._key_after_drain = False
+        if self._lost_to_loop:
+            drained = in_flight < MAX_IN_FLIGHT // 2
+            if drained and pkt.kind == "video" and pkt.keyframe:
+                self._lost_to_loop = False
+            else:
+                if drained and not self._key_after_drain:
+                    self._key_after_drain = True  # one IDR once the loop is back, not per frame
+                    self.request_keyframe()
+                if pkt.kind == "video":
+                    self._dropped_loop += 1
+                return
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        audio = self._aenc.info if self._aenc is not None else None
+        try:
+            loop.call_soon_threadsafe(self._deliver, pkt, video, audio)
+            self._sent += 1
+        except RuntimeError:  # the loop closed under us (shutdown)
+            pass
+
+    def _deliver(
+        self, pkt: EncodedPacket, video: StreamInfo | None, audio: StreamInfo | None
+    ) -> None:
+        """On the loop: stream info first, then the packet, so consumers see both."""
+        self._handed += 1
+        hub = self.hub
+        if video is not None and hub.video != video:
+            hub.video = video
+        if audio is not None and hub.audio != audio:
+            hub.audio = audio
+        if hub.video is None:
+            return
+        self.stats.packets_published += 1
+        hub.publish(pkt)
+
+    # -- snapshots -----------------------------------------------------------------------
+
+    async def snapshot_jpeg(self, quality: int = 85, *, wait: float = 2.0) -> bytes:
+        """A JPEG of the latest frame at the configured size. For passthrough sources the
+        last key frame is decoded (a frame up to one GOP old)."""
+        deadline = time.monotonic() + wait
+        while True:
+            frame = self._latest
+            key = self.hub.last_keyframe
+            if not self.stats.passthrough and frame is not None:
+                return await asyncio.to_thread(self._jpeg, frame, None, quality)
+            if self.stats.passthrough and key is not None:
+                return await asyncio.to_thread(self._jpeg, None, key.data, quality)
+            if time.monotonic() >= deadline:
+                raise MediaError(f"channel {self.channel_id}: no frame captured yet")
+            await asyncio.sleep(0.05)
+
+    def _jpeg(self, frame: VideoFrame | None, h264: bytes | None, quality: int) -> bytes:
+        if frame is None:
+            assert h264 is not None
+            frame = _decode_keyframe(h264)
+        return encode_jpeg(frame, self.settings.width, self.settings.height, quality)
+
+
+async def _open_in_thread(source: Source) -> None:
+    """Open off the loop; if we are cancelled meanwhile, close it once the open is done
+    (a picamera2 camera left open stays busy until the process exits)."""
+    task = asyncio.ensure_future(asyncio.to_thread(source.open))
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+
+        def close_if_opened(t: asyncio.Future[None]) -> None:
+            if not t.cancelled() and t.exception() is None:
+                source.close()
+
+        task.add_done_callback(close_if_opened)
+        raise
+
+
+def _decode_keyframe(data: bytes) -> VideoFrame:
+    ctx = av.CodecContext.create("h264", "r")
+    try:
+        frames = ctx.decode(av.Packet(data)) + ctx.decode(None)
+    except av.error.FFmpegError as exc:
+        raise MediaError(f"cannot decode the last key frame: {exc}") from exc
+    if not frames:
+        raise MediaError("the last key frame did not decode")
+    return frames[0]
+
+
+def _jpeg_qscale(quality: int) -> int:
+    """libjpeg-style quality (1-100) to FFmpeg's MJPEG qscale (2 best .. 31 worst)."""
+    q = max(1, min(100, quality))
+    scale = (200 - 2 * q) / 100 if q >= 50 else 50 / q
+    return max(2, min(31, round(scale * 8)))
+
+
+def encode_jpeg(frame: VideoFrame, width: int, height: int, quality: int = 85) -> bytes:
+    """Baseline JPEG (yuvj420p) through PyAV's mjpeg encoder; no PIL needed."""
+    ctx = av.CodecContext.create("mjpeg", "w")
+    ctx.width, ctx.height, ctx.pix_fmt = width, height, "yuvj420p"
+    ctx.time_base = Fraction(1, 25)
+    q = _jpeg_qscale(quality)
+    ctx.options = {"qmin": str(q), "qmax": str(q)}
+    f = frame.reformat(width=width, height=height, format="yuvj420p")
+    f.pts = 0
+    f.time_base = ctx.time_base
+    data = b"".join(bytes(p) for p in ctx.encode(f) + ctx.encode(None))
+    if not data.startswith(b"\xff\xd8"):
+        raise MediaError("mjpeg encoder produced no JPEG")
+    return data
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's SOF header, or None when there is none."""
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if marker in (0xC0, 0xC1, 0xC2) and i + 9 <= len(data):
+            h = int.from_bytes(data[i + 5 : i + 7], "big")
+            w = int.from_bytes(data[i + 7 : i + 9], "big")
+            return w, h
+        i += 2 + length
+    return None

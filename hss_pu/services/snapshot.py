@@ -1,0 +1,91 @@
+"""Snapshot (and the alarm picture): a JPEG of the current frame, HTTP PUT to a URL.
+
+The reply is sent only after the upload has succeeded (wire-notes); any failure is a
+clear error naming what went wrong, never a silent success.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+import httpx
+
+from hss_pu.logsetup import redact
+from hss_pu.media.channel import MediaChannel
+from hss_pu.wire.vd import Code, RpcError, SnapshotParams
+
+__all__ = ["SnapshotService", "upload_context"]
+
+log = logging.getLogger("hss_pu.snapshot")
+
+UPLOAD_TIMEOUT = 10.0
+
+
+def upload_context(ca_file: str | None) -> ssl.SSLContext:
+    """Upload URLs point at cloud storage (public CAs) or at the platform (its own CA):
+    trust the system store and, when configured, the platform's CA as well."""
+    ctx = ssl.create_default_context()
+    if ca_file:
+        ctx.load_verify_locations(cafile=ca_file)
+    return ctx
+
+
+class SnapshotService:
+    def __init__(
+        self,
+        media: Mapping[int, MediaChannel],
+        *,
+        mac: str,
+        ca_file: str | None,
+        allow_insecure: bool,
+    ) -> None:
+        self.media = media
+        self.allow_insecure = allow_insecure
+        self._http = httpx.AsyncClient(
+            verify=upload_context(ca_file),
+            headers={"Mac-Identity": mac},
+            timeout=UPLOAD_TIMEOUT,
+            trust_env=False,
+        )
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    def _check_url(self, url: str) -> None:
+        u = urlsplit(url)
+        if (u.scheme == "https" or (u.scheme == "http" and self.allow_insecure)) and u.hostname:
+            return
+        if u.scheme == "http":
+            raise RpcError(
+                Code.PARAM,
+                "params.url: plain http:// upload refused (platform.allow_insecure is off)",
+            )
+        raise RpcError(Code.PARAM, "params.url: expected an https:// URL")
+
+    async def take(self, channel: int) -> bytes:
+        media = self.media.get(channel)
+        if media is None or not await media.wait_running():
+            raise RpcError(Code.CHANNEL_OFFLINE, f"channel {channel} has no running camera")
+        try:
+            return await media.snapshot_jpeg()
+        except Exception as exc:
+            raise RpcError(Code.INTERNAL, f"no picture from channel {channel}: {exc}") from None
+
+    async def put(self, url: str, jpeg: bytes) -> None:
+        self._check_url(url)
+        try:
+            r = await self._http.put(url, content=jpeg, headers={"Content-Type": "image/jpeg"})
+        except httpx.HTTPError as exc:
+            raise RpcError(
+                Code.INTERNAL, f"upload failed: {type(exc).__name__}: {redact(str(exc))}"
+            ) from None
+        if not 200 <= r.status_code < 300:
+            raise RpcError(Code.INTERNAL, f"upload failed: HTTP {r.status_code}")
+
+    async def snapshot(self, p: SnapshotParams) -> None:
+        jpeg = await self.take(p.channel)
+        await self.put(p.url, jpeg)
+        log.info("snapshot ch%d: %d bytes uploaded", p.channel, len(jpeg))

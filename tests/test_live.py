@@ -1,0 +1,260 @@
+"""Vm end to end: the daemon's emulated camera pushed over SRT to a real srt-live-transmit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import subprocess
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hss_pu.config import (
+    CameraSection,
+    ConfigDoc,
+    DeviceSection,
+    PlatformSection,
+    StorageSection,
+    make_config,
+)
+from hss_pu.daemon import Daemon
+from hss_pu.media.tscheck import check_ts
+from hss_pu.reference_platform.server import PlatformOptions, ReferencePlatform
+from hss_pu.wire.vd import Code
+
+from .support.udp_relay import UdpRelay
+
+DEVICE = "PU-0001"
+PASSWORD = "Live-Test-Pass1"
+MAC = "02:00:00:00:00:01"
+W, H, FPS = 640, 360, 30
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class LiveRig:
+    platform: ReferencePlatform
+    daemon: Daemon
+    task: asyncio.Task[int]
+
+    async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        return await self.platform.call(DEVICE, method, params, timeout=20)
+
+    def keepalive_channels(self) -> list[dict[str, Any]]:
+        ka = self.platform.last_keepalive(DEVICE)
+        assert ka is not None
+        channels: list[dict[str, Any]] = ka["channels"]
+        return channels
+
+
+async def start_rig(
+    tmp_path: Path,
+    profile: str = "emulated",
+    size: tuple[int, int] = (W, H),
+    bitrate: int = 800_000,
+) -> LiveRig:
+    platform = ReferencePlatform(
+        PlatformOptions(state_dir=tmp_path / "platform", devices={DEVICE: PASSWORD}, hb_interval=1)
+    )
+    await platform.start()
+    doc = ConfigDoc(
+        device=DeviceSection(id=DEVICE, password=PASSWORD, mac=MAC, profile=profile),
+        platform=PlatformSection(
+            schedule_url=platform.schedule_url, ca_file=str(platform.ca_file), backoff_scale=0.02
+        ),
+        camera=CameraSection(width=size[0], height=size[1], fps=FPS, bitrate=bitrate),
+        storage=StorageSection(dir=str(tmp_path / "pu")),
+    )
+    daemon = Daemon(make_config(doc), rng=random.Random(3), start_media=True)
+    task = asyncio.create_task(daemon.run())
+    await platform.wait_online(DEVICE)
+    return LiveRig(platform, daemon, task)
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[LiveRig]:
+    r = await start_rig(tmp_path)
+    try:
+        yield r
+    finally:
+        r.daemon.stop()
+        await asyncio.wait_for(r.task, 10)
+        await r.platform.close()
+
+
+def ffprobe_frames(path: Path) -> dict[str, Any]:
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_frames", "-show_entries",
+         "stream=codec_name,width,height,nb_read_frames", "-of", "json", str(path)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    stream: dict[str, Any] = json.loads(out.stdout)["streams"][0]
+    return stream
+
+
+def decode_errors(path: Path) -> str:
+    r = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(path), "-f", "null", "-"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    return r.stderr.strip()
+
+
+async def test_push_live_10s_then_stop(rig: LiveRig) -> None:
+    rx, reply = await rig.platform.push_live(DEVICE, 0, "live-0-a")
+    assert reply.err is None, reply
+    await rx.wait_bytes(50_000, timeout=10)
+    media = rig.daemon.media[0]
+    sent0 = media.stats.frames_encoded
+    await asyncio.sleep(10)
+    sent = media.stats.frames_encoded - sent0
+    # Keepalive shows the stream while it is wanted.
+    assert rig.keepalive_channels()[0].get("stream_id") == "live-0-a"
+    reply = await rig.call("StopLive", {"stream_id": "live-0-a"})
+    assert reply.err is None
+    await asyncio.sleep(1.0)
+    size = rx.bytes_received
+    await asyncio.sleep(2.0)
+    assert rx.bytes_received == size, "bytes still growing after StopLive"
+    await rx.close()
+    info = ffprobe_frames(rx.files[0])
+    assert info["codec_name"] == "h264" and (info["width"], info["height"]) == (W, H)
+    assert int(info["nb_read_frames"]) >= 0.9 * sent, (info, sent)
+    assert decode_errors(rx.files[0]) == ""
+    await rig.platform.wait_record(
+        lambda r: r.name == "Keepalive" and "stream_id" not in r.params["channels"][0]
+    )
+
+
+async def test_push_live_rules(rig: LiveRig) -> None:
+    rx, reply = await rig.platform.push_live(DEVICE, 0, "s1")
+    assert reply.err is None
+    again = await rig.call(
+        "PushLive", {"channel": 0, "url": rx.url, "stream_id": "s1", "max_bitrate": 0}
+    )
+    assert again.err is None and rig.daemon.live is not None
+    push = rig.daemon.live.pushes[0]
+    assert push.stats.connects == 1  # the repeat left the stream alone
+    r = await rig.call(
+        "PushLive", {"channel": 0, "url": rx.url, "stream_id": "s2", "max_bitrate": 100_000}
+    )
+    assert r.err is not None and r.err.code == Code.STREAM_TOO_LARGE
+    r = await rig.call(
+        "PushLive", {"channel": 7, "url": rx.url, "stream_id": "s2", "max_bitrate": 0}
+    )
+    assert r.err is not None and r.err.code == Code.NO_CHANNEL
+    r = await rig.call(
+        "PushLive", {"channel": 0, "url": "http://x", "stream_id": "s2", "max_bitrate": 0}
+    )
+    assert r.err is not None and r.err.code == Code.PARAM
+    rx2, reply = await rig.platform.push_live(DEVICE, 0, "s2")
+    assert reply.err is None
+    assert rig.daemon.live.pushes[0].stream_id == "s2"  # replaced
+    await rx2.wait_bytes(20_000)
+    assert (await rig.call("StopLive", {"stream_id": "nope"})).err is None
+
+
+async def test_listener_restart_resumes(rig: LiveRig) -> None:
+    rx, reply = await rig.platform.push_live(DEVICE, 0, "restart-me")
+    assert reply.err is None
+    await rx.wait_bytes(30_000)
+    await rx.restart()  # a new srt-live-transmit on the same port
+    before = rx.bytes_received
+    await rx.wait_bytes(before + 30_000, timeout=20)
+    assert len(rx.files) == 2 and rx.files[1].stat().st_size > 0
+    info = ffprobe_frames(rx.files[1])
+    assert (info["width"], info["height"]) == (W, H) and int(info["nb_read_frames"]) > 0
+
+
+async def test_snapshot_uploads_a_jpeg_of_the_configured_size(rig: LiveRig) -> None:
+    url = rig.platform.upload_url("snap-1.jpg")
+    r = await rig.call("Snapshot", {"channel": 0, "url": url})
+    assert r.err is None, r
+    up = rig.platform.uploads[-1]
+    assert up.name == "snap-1.jpg" and up.content_type == "image/jpeg" and up.mac == MAC
+    assert jpeg_size(up.path.read_bytes()) == (W, H)
+    rig.platform.upload_failures["snap-2.jpg"] = 5
+    r = await rig.call("Snapshot", {"channel": 0, "url": rig.platform.upload_url("snap-2.jpg")})
+    assert r.err is not None and "503" in r.err.msg
+
+
+def jpeg_size(data: bytes) -> tuple[int, int]:
+    """Width and height from the SOF marker of a baseline/progressive JPEG."""
+    assert data[:2] == b"\xff\xd8" and data[-2:] == b"\xff\xd9"
+    i = 2
+    while i < len(data):
+        assert data[i] == 0xFF
+        marker = data[i + 1]
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if marker in (0xC0, 0xC1, 0xC2):
+            h = int.from_bytes(data[i + 5 : i + 7], "big")
+            w = int.from_bytes(data[i + 7 : i + 9], "big")
+            return w, h
+        i += 2 + length
+    raise AssertionError("no SOF marker")
+
+
+async def test_two_channels_push_at_once(tmp_path: Path) -> None:
+    r = await start_rig(tmp_path, profile="emulated-dual")
+    try:
+        rx0, a = await r.platform.push_live(DEVICE, 0, "dual-0")
+        rx1, b = await r.platform.push_live(DEVICE, 1, "dual-1")
+        assert a.err is None and b.err is None
+        await rx0.wait_bytes(40_000)
+        await rx1.wait_bytes(40_000)
+        await r.platform.wait_record(
+            lambda rec: (
+                rec.name == "Keepalive"
+                and [c.get("stream_id") for c in rec.params["channels"]] == ["dual-0", "dual-1"]
+            )
+        )
+    finally:
+        r.daemon.stop()
+        await asyncio.wait_for(r.task, 10)
+        await r.platform.close()
+
+
+async def test_lossy_link_loses_nothing(tmp_path: Path) -> None:
+    """5% loss one way, 2% the other, SRT latency 200 ms: every packet recovered."""
+    r = await start_rig(tmp_path, size=(1280, 720), bitrate=2_000_000)
+    try:
+        rx = await r.platform.open_live("lossy", latency_ms=200)
+        async with UdpRelay(("127.0.0.1", rx.port), drop=0.05, drop_back=0.02, seed=11) as relay:
+            url = f"srt://127.0.0.1:{relay.port}?latency=200"
+            reply = await r.call(
+                "PushLive", {"channel": 0, "url": url, "stream_id": "lossy", "max_bitrate": 0}
+            )
+            assert reply.err is None, reply
+            await rx.wait_bytes(100_000, timeout=10)
+            await asyncio.sleep(8)
+            assert r.daemon.live is not None
+            sender = r.daemon.live.pushes[0].sender
+            assert sender is not None
+            st = sender.stats()
+            mid = rx.stats()
+            assert (await r.call("StopLive", {"stream_id": "lossy"})).err is None
+            await asyncio.sleep(1.5)  # the receiver's latency window and stats tick
+            counts = relay.counts
+        await rx.close()
+    finally:
+        r.daemon.stop()
+        await asyncio.wait_for(r.task, 10)
+        await r.platform.close()
+    recv = rx.stats()
+    print(
+        f"lossy link: relay {counts}; sender retransmitted {st.packets_retransmitted}, "
+        f"dropped {st.packets_dropped}; receiver lost {recv.get('packetsLost')}, "
+        f"dropped {recv.get('packetsDropped')} (before StopLive {mid.get('packetsDropped')})"
+    )
+    assert counts.dropped > 50 and counts.dropped_back > 0, counts  # loss really happened
+    assert st.packets_retransmitted > 0
+    assert recv["packetsDropped"] == 0, recv  # nothing unrecovered
+    report = check_ts(rx.files[0].read_bytes())
+    assert report.packets > 5000
+    assert report.cc_errors == 0 and report.sync_errors == 0, report
+    assert decode_errors(rx.files[0]) == ""
