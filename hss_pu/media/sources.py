@@ -259,12 +259,33 @@ class EmulatedSource(Source):
         self._bg_u[: self._band // 2] = 128
         self._bg_v[: self._band // 2] = 128
         self._box = max(8, (h // 6) & ~1)
+        self._graph = self._testsrc(w, h, s.fps)
         self._k = 0
         self._t0 = time.monotonic()
         self._samples = 0
         rate = s.audio_rate
         period = rate // math.gcd(rate, 1000)
         self._tone = (0.25 * np.sin(2 * np.pi * 1000 * np.arange(period) / rate)).astype(np.float32)
+
+    @staticmethod
+    def _testsrc(w: int, h: int, fps: int) -> tuple[Any, Any] | None:
+        """FFmpeg's testsrc2 as the moving picture: the same content ``ffmpeg -f lavfi -i
+        testsrc2`` encodes, so benchmarks against ffmpeg compare like with like (x264's
+        cost depends on the picture). None where the filter is missing: numpy fallback."""
+        try:
+            import av.filter
+
+            g = av.filter.Graph()
+            src = g.add("testsrc2", f"size={w}x{h}:rate={fps}")
+            fmt = g.add("format", "pix_fmts=yuv420p")
+            sink = g.add("buffersink")
+            src.link_to(fmt)
+            fmt.link_to(sink)
+            g.configure()
+            return g, sink  # the sink does not keep its graph alive: hold both
+        except Exception as exc:  # any FFmpeg build without lavfi/testsrc2
+            log.debug("testsrc2 unavailable (%s): drawing the picture with numpy", exc)
+            return None
 
     def read(self) -> SourceItem | None:
         if self._pending:
@@ -302,12 +323,25 @@ class EmulatedSource(Source):
 
     def draw(self, k: int, capture_time: float) -> VideoFrame:
         s = self.settings
-        w, h, b = s.width, s.height, self._b
-        frame = VideoFrame(w, h, "yuv420p")
+        w, h = s.width, s.height
+        frame = self._graph[1].pull() if self._graph is not None else VideoFrame(w, h, "yuv420p")
+        frame.pts = None
         yp, up, vp = frame.planes
         y = np.frombuffer(memoryview(yp), np.uint8).reshape(h, yp.line_size)[:, :w]
         u = np.frombuffer(memoryview(up), np.uint8).reshape(h // 2, up.line_size)[:, : w // 2]
         v = np.frombuffer(memoryview(vp), np.uint8).reshape(h // 2, vp.line_size)[:, : w // 2]
+        if self._graph is not None:
+            # testsrc2 moves by itself; clear the band that carries the codes.
+            y[: self._band] = _BAND_Y
+            u[: self._band // 2] = 128
+            v[: self._band // 2] = 128
+        else:
+            self._draw_pattern(k, y, u, v)
+        self._draw_codes(k, capture_time, y)
+        return frame
+
+    def _draw_pattern(self, k: int, y: np.ndarray, u: np.ndarray, v: np.ndarray) -> None:
+        w, h = self.settings.width, self.settings.height
         off = (4 * k) % self._period
         y[:] = self._bg_y[:, off : off + w]
         u[:] = self._bg_u[:, off // 2 : off // 2 + w // 2]
@@ -320,6 +354,9 @@ class EmulatedSource(Source):
         y[by : by + box, bx : bx + box] = _WHITE
         u[by // 2 : (by + box) // 2, bx // 2 : (bx + box) // 2] = 90
         v[by // 2 : (by + box) // 2, bx // 2 : (bx + box) // 2] = 200
+
+    def _draw_codes(self, k: int, capture_time: float, y: np.ndarray) -> None:
+        w, h, b = self.settings.width, self.settings.height, self._b
         # The machine-readable capture time.
         if (CODE_BITS + 2) * b <= w and 2 * b <= h:
             levels = np.where(np.array(timecode_bits(capture_time)) > 0, _WHITE, _BLACK)
@@ -334,7 +371,7 @@ class EmulatedSource(Source):
         sc = self._scale
         ty, cell = self._text_y, 6 * sc
         if ty + 7 * sc > h:
-            return frame
+            return
         for i, ch in enumerate(text):
             x = b + i * cell
             if x + 5 * sc > w:
@@ -342,7 +379,6 @@ class EmulatedSource(Source):
             g = self._glyphs.get(ch)
             if g is not None:
                 y[ty : ty + 7 * sc, x : x + 5 * sc] = g
-        return frame
 
 
 def _bounce(pos: int, span: int) -> int:

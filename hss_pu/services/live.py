@@ -37,9 +37,10 @@ SEND_STALL_LIMIT = 200
 # packets of a stream could not be recovered.
 NULL_MESSAGE = (b"\x47\x1f\xff\x10" + b"\xff" * 184) * 7
 TAIL_MESSAGES = 3
-# Before the stream, ~0.3 s of null packets: both ends' RTT estimates start at 100 ms and
-# converge only with traffic; until then a retransmission that is itself lost is asked
-# for again too late for a 200 ms latency. Priming the link costs 0.3 s of start-up.
+# Before the stream, ~0.3 s of null packets. libsrt 1.5.1's receiver repeats its first loss
+# report only ~300 ms after the first loss of a connection: a loss in that first episode
+# whose retransmission is lost too misses a 200 ms latency. A loss among these null
+# packets spends that episode on padding instead of video. Costs 0.3 s of start-up.
 WARMUP_MESSAGES, WARMUP_SPACING = (
     10,
     0.03,

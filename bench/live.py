@@ -1,0 +1,233 @@
+"""Live push cost and latency: hss-pu against ffmpeg doing the same encode + SRT push.
+
+For 1280x720@30 (2 Mbit/s, x264 ultrafast/zerolatency, 1 s GOP, AAC tone) on the emulated
+source and on a file source, prints CPU seconds per minute of video for the hss-pu
+daemon and for ffmpeg pushing to the same srt-live-transmit listener, their ratio, the
+daemon's RSS, and glass-to-glass latency (p50/p99) read from the time code the emulated
+source draws into each frame, measured where the receiver decodes it.
+
+Run: .venv/bin/python bench/live.py [--seconds 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import av
+
+from hss_pu.media.sources import read_timecode
+from hss_pu.reference_platform.live import free_udp_port
+from hss_pu.reference_platform.server import PlatformOptions, ReferencePlatform
+
+W, H, FPS, BITRATE, LATENCY = 1280, 720, 30, 2_000_000, 200
+TICKS = os.sysconf("SC_CLK_TCK")
+DEVICE, PASSWORD = "PU-BENCH", "bench-password-1"
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Receiver:
+    """srt-live-transmit listener; its output decoded live to read the time codes."""
+
+    def __init__(self) -> None:
+        self.port = free_udp_port()
+        self.proc = subprocess.Popen(
+            [shutil.which("srt-live-transmit") or "srt-live-transmit", "-q",
+             f"srt://127.0.0.1:{self.port}?mode=listener&latency={LATENCY}", "file://con"],
+            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, bufsize=0,
+        )  # fmt: skip
+        self.latencies: list[float] = []
+        self.frames = 0
+        self.thread = threading.Thread(target=self._decode, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"srt://127.0.0.1:{self.port}?latency={LATENCY}"
+
+    def _decode(self) -> None:
+        assert self.proc.stdout is not None
+        try:
+            # An unbuffered pipe and a small AVIO buffer: a 32 KiB read that waits to fill
+            # would add ~130 ms at 2 Mbit/s to what we measure.
+            with av.open(
+                self.proc.stdout, format="mpegts", buffer_size=1316, options={"fflags": "nobuffer"}
+            ) as c:
+                assert isinstance(c, av.container.InputContainer)
+                c.streams.video[0].thread_type = "SLICE"
+                for frame in c.decode(video=0):
+                    now = time.time()
+                    self.frames += 1
+                    tc = read_timecode(frame)
+                    if tc is not None:
+                        self.latencies.append(now - tc)
+        except (av.FFmpegError, OSError, ValueError):
+            pass
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(5)
+        self.thread.join(5)
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def write_config(tmp: Path, platform: ReferencePlatform, source: str) -> Path:
+    pw = tmp / "password"
+    pw.write_text(PASSWORD)
+    pw.chmod(0o600)
+    cfg = tmp / "config.toml"
+    cfg.write_text(
+        f"""[device]
+id = "{DEVICE}"
+password_file = "{pw}"
+mac = "02:00:00:00:0b:01"
+profile = "emulated"
+[platform]
+schedule_url = "{platform.schedule_url}"
+ca_file = "{platform.ca_file}"
+[camera]
+source = "{source}"
+width = {W}
+height = {H}
+fps = {FPS}
+bitrate = {BITRATE}
+[storage]
+dir = "{tmp / "state"}"
+[log]
+level = "warning"
+"""
+    )
+    cfg.chmod(0o600)
+    return cfg
+
+
+async def run_hss_pu(tmp: Path, source: str, seconds: float) -> dict[str, float]:
+    platform = ReferencePlatform(
+        PlatformOptions(state_dir=tmp / "platform", devices={DEVICE: PASSWORD})
+    )
+    await platform.start()
+    cfg = write_config(tmp, platform, source)
+    proc = subprocess.Popen(  # noqa: ASYNC220 - a benchmark, started once
+        [sys.executable, "-m", "hss_pu", "run", "--config", str(cfg)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    rx = Receiver()
+    try:
+        await platform.wait_online(DEVICE, timeout=30)
+        reply = await platform.call(
+            DEVICE, "PushLive",
+            {"channel": 0, "url": rx.url, "stream_id": "bench", "max_bitrate": 0}, timeout=20,
+        )  # fmt: skip
+        assert reply.err is None, reply
+        await asyncio.sleep(3)  # settle
+        rx.latencies.clear()
+        c0, t0 = cpu_seconds(proc.pid), time.monotonic()
+        await asyncio.sleep(seconds)
+        c1, t1 = cpu_seconds(proc.pid), time.monotonic()
+        rss = rss_mb(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        rx.close()
+        await platform.close()
+    return {
+        "cpu_per_min": (c1 - c0) * 60 / (t1 - t0),
+        "rss_mb": rss,
+        "p50": pct(rx.latencies, 0.5),
+        "p99": pct(rx.latencies, 0.99),
+        "frames": rx.frames,
+    }
+
+
+def run_ffmpeg(inputs: list[str], encode: list[str], seconds: float) -> dict[str, float]:
+    rx = Receiver()
+    cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", *inputs, *encode,
+           "-f", "mpegts", rx.url + "&pkt_size=1316"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+    try:
+        time.sleep(3)
+        c0, t0 = cpu_seconds(proc.pid), time.monotonic()
+        time.sleep(seconds)
+        c1, t1 = cpu_seconds(proc.pid), time.monotonic()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+        rx.close()
+    return {"cpu_per_min": (c1 - c0) * 60 / (t1 - t0), "frames": rx.frames}
+
+
+X264 = ["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", str(FPS),
+        "-keyint_min", str(FPS), "-sc_threshold", "0", "-b:v", str(BITRATE),
+        "-maxrate", str(BITRATE), "-bufsize", str(BITRATE * 5 // FPS),
+        "-x264-params", "repeat-headers=1", "-pix_fmt", "yuv420p"]  # fmt: skip
+AAC = ["-c:a", "aac", "-b:a", "64k"]
+
+
+def make_clip(path: Path) -> None:
+    subprocess.run(
+        ["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
+         f"testsrc2=size={W}x{H}:rate={FPS}", "-t", "20", *X264, str(path)],
+        check=True,
+    )  # fmt: skip
+
+
+def report(name: str, ours: dict[str, float], theirs: dict[str, float]) -> None:
+    ratio = ours["cpu_per_min"] / theirs["cpu_per_min"] if theirs["cpu_per_min"] else float("nan")
+    print(
+        f"{name}: hss-pu {ours['cpu_per_min']:.2f} CPU s/min, "
+        f"ffmpeg {theirs['cpu_per_min']:.2f} CPU s/min, ratio {ratio:.2f}; "
+        f"hss-pu RSS {ours['rss_mb']:.0f} MB; latency p50 {ours['p50'] * 1000:.0f} ms, "
+        f"p99 {ours['p99'] * 1000:.0f} ms (SRT latency {LATENCY} ms); "
+        f"frames received {ours['frames']:.0f} / {theirs['frames']:.0f}"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=30.0)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        ours = asyncio.run(run_hss_pu(tmp / "emu", "emulated", args.seconds))
+        theirs = run_ffmpeg(
+            ["-re", "-f", "lavfi", "-i", f"testsrc2=size={W}x{H}:rate={FPS}",
+             "-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=48000"],
+            [*X264, *AAC], args.seconds,
+        )  # fmt: skip
+        report("emulated 1280x720@30", ours, theirs)
+        clip = tmp / "clip.mp4"
+        make_clip(clip)
+        ours = asyncio.run(run_hss_pu(tmp / "file", f"file:{clip}", args.seconds))
+        theirs = run_ffmpeg(
+            ["-re", "-stream_loop", "-1", "-i", str(clip)], ["-c", "copy"], args.seconds
+        )
+        report("file 1280x720@30 (H.264 passed through by both)", ours, theirs)
+
+
+if __name__ == "__main__":
+    main()
