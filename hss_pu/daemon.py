@@ -264,7 +264,23 @@ class Daemon:
             "online": bool(link and link.session),
             "logins": link.logins if link else 0,
             "channels": [msgspec.to_builtins(c) for c in self.channels.keepalive()],
+            "media": {ch: msgspec.to_builtins(m.stats) for ch, m in self.media.items()},
+            "live": self._live_status(),
         }
+
+    def _live_status(self) -> dict[int, dict[str, Any]]:
+        """Per push: our counters and libsrt's (RTT, retransmissions, losses, drops)."""
+        out: dict[int, dict[str, Any]] = {}
+        for ch, push in (self.live.pushes if self.live else {}).items():
+            entry: dict[str, Any] = {"stream_id": push.stream_id, **msgspec.to_builtins(push.stats)}
+            sender = push.sender
+            if sender is not None:
+                try:
+                    entry["srt"] = msgspec.to_builtins(sender.stats())
+                except OSError as exc:
+                    entry["srt"] = {"error": str(exc)}
+            out[ch] = entry
+        return out
 
     async def _reboot_device(self) -> None:
         """RebootDevice: the host through logind where the profile allows, else restart us."""

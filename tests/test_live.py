@@ -157,6 +157,12 @@ async def test_push_live_rules(rig: LiveRig) -> None:
     assert rig.daemon.live.pushes[0].stream_id == "s2"  # replaced
     await rx2.wait_bytes(20_000)
     assert (await rig.call("StopLive", {"stream_id": "nope"})).err is None
+    # Connection statistics reach the daemon (and `hss-pu status`).
+    status = await rig.daemon._cmd_status({})
+    live = status["live"][0]
+    assert live["stream_id"] == "s2" and live["bytes"] > 0
+    assert live["srt"]["packets_sent"] > 0 and live["srt"]["rtt_ms"] >= 0
+    assert status["media"][0]["frames_encoded"] > 0
 
 
 async def test_listener_restart_resumes(rig: LiveRig) -> None:
