@@ -2,10 +2,11 @@
 
 Capture and encode share ONE thread per channel (PyAV releases the GIL while encoding),
 so a frame is never queued between them and the capture→packet latency is one encode.
-Packets cross to the event loop with ``call_soon_threadsafe``; the hub drops for slow
-consumers, and a bound on callbacks in flight keeps a stalled loop from piling up
-frames. A failing source puts the channel in the ``error`` state and is retried with a
-capped backoff: a camera coming and going never takes the daemon down.
+Packets cross to the event loop with ``call_soon_threadsafe``, one callback for what a
+capture produced (a frame's packet and the audio made with it); the hub drops for slow
+consumers, and a bound on packets in flight keeps a stalled loop from piling up frames.
+A failing source puts the channel in the ``error`` state and is retried with a capped
+backoff: a camera coming and going never takes the daemon down.
 """
 
 from __future__ import annotations
@@ -114,6 +115,7 @@ class MediaChannel:
         self._timeline = _Timeline()
         self._latest: VideoFrame | None = None
         self._sent = 0  # written by the worker only
+        self._outbox: list[tuple[EncodedPacket, StreamInfo | None, StreamInfo | None]] = []
         self._handed = 0  # written by the loop only
         self._lost_to_loop = False
         self._key_after_drain = False
@@ -267,25 +269,32 @@ class MediaChannel:
         self.stats.passthrough = source.passthrough
         self._keyframe_wanted = True  # a new run starts with a key frame for everyone
         st = self.stats
-        while not stop.is_set():
-            item = source.read()
-            st.frames_dropped = self._dropped_base + source.dropped + self._dropped_loop
-            if item is None:
-                continue
-            if not self._delivered:
-                self._delivered = True
-                st.state = "running"
-                st.last_error = None
-            if isinstance(item, RawVideo):
-                self._encode_video(item)
-            elif isinstance(item, RawAudio):
-                self._encode_audio(item)
-            else:
-                st.frames_captured += 1
-                pkt = replace(
-                    item, pts=self._timeline.map(item.pts), dts=self._timeline.map(item.dts)
-                )
-                self._publish(pkt, source.video_info)
+        try:
+            while not stop.is_set():
+                item = source.read()
+                st.frames_dropped = self._dropped_base + source.dropped + self._dropped_loop
+                if item is not None:
+                    if not self._delivered:
+                        self._delivered = True
+                        st.state = "running"
+                        st.last_error = None
+                    if isinstance(item, RawVideo):
+                        self._encode_video(item)
+                    elif isinstance(item, RawAudio):
+                        self._encode_audio(item)
+                    else:
+                        st.frames_captured += 1
+                        pkt = replace(
+                            item, pts=self._timeline.map(item.pts), dts=self._timeline.map(item.dts)
+                        )
+                        self._publish(pkt, source.video_info)
+                # Each callback wakes the event loop, and on small machines a wake-up
+                # costs more CPU than the packets it carries: what the source has ready
+                # at once (a frame and the audio made with it) goes in one callback.
+                if not source.has_ready():
+                    self._flush()
+        finally:
+            self._flush()
 
     def _encode_video(self, item: RawVideo) -> None:
         s = self.settings
@@ -337,30 +346,39 @@ class MediaChannel:
                 if pkt.kind == "video":
                     self._dropped_loop += 1
                 return
+        audio = self._aenc.info if self._aenc is not None else None
+        self._outbox.append((pkt, video, audio))
+
+    def _flush(self) -> None:
+        """Hand the packets gathered since the last flush to the loop, in one callback."""
+        batch = self._outbox
+        if not batch:
+            return
+        self._outbox = []
         loop = self._loop
         if loop is None or loop.is_closed():
             return
-        audio = self._aenc.info if self._aenc is not None else None
         try:
-            loop.call_soon_threadsafe(self._deliver, pkt, video, audio)
-            self._sent += 1
+            loop.call_soon_threadsafe(self._deliver, batch)
+            self._sent += len(batch)
         except RuntimeError:  # the loop closed under us (shutdown)
             pass
 
     def _deliver(
-        self, pkt: EncodedPacket, video: StreamInfo | None, audio: StreamInfo | None
+        self, batch: list[tuple[EncodedPacket, StreamInfo | None, StreamInfo | None]]
     ) -> None:
         """On the loop: stream info first, then the packet, so consumers see both."""
-        self._handed += 1
         hub = self.hub
-        if video is not None and hub.video != video:
-            hub.video = video
-        if audio is not None and hub.audio != audio:
-            hub.audio = audio
-        if hub.video is None:
-            return
-        self.stats.packets_published += 1
-        hub.publish(pkt)
+        for pkt, video, audio in batch:
+            self._handed += 1
+            if video is not None and hub.video != video:
+                hub.video = video
+            if audio is not None and hub.audio != audio:
+                hub.audio = audio
+            if hub.video is None:
+                continue
+            self.stats.packets_published += 1
+            hub.publish(pkt)
 
     # -- snapshots -----------------------------------------------------------------------
 

@@ -294,9 +294,10 @@ class AudioEncoder:
             raw = bytes(p)
             ts = _to_90k(p.pts, p.time_base)
             ct = capture_time
-            for t, c in self._times:  # the chunk these samples came from
+            for t, c in reversed(self._times):  # the chunk these samples came from
                 if t <= ts:
                     ct = c
+                    break
             out.append(
                 EncodedPacket(
                     kind="audio",

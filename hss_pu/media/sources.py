@@ -65,6 +65,11 @@ STALL_SECONDS = 5.0  # a live source silent this long is treated as gone
 # TS interleaver always holds audio past the newest video frame and never video waiting
 # for audio: audio on costs no picture latency.
 TONE_LEAD_SAMPLES = 4096
+# The tone is made (and AAC-encoded) in chunks of this many samples rather than a bit per
+# video frame: each encode call has a fixed cost (PyAV's re-framing filter graph, Python,
+# caches gone cold during the frame wait) several times that of the samples themselves.
+# The lead then varies between TONE_LEAD_SAMPLES and that plus a chunk.
+TONE_CHUNK_SAMPLES = 4800
 
 
 @dataclass(slots=True)
@@ -100,8 +105,31 @@ class Source(abc.ABC):
     def read(self) -> SourceItem | None:
         """The next item, paced in real time; None when nothing came (check for stop)."""
 
+    def has_ready(self) -> bool:
+        """True when the next :meth:`read` returns at once, with no pacing wait."""
+        return False
+
     def close(self) -> None:  # noqa: B027 - most sources have nothing to release
         pass
+
+
+STOP_POLL = 0.1  # a pacing wait notices stop within this many seconds
+
+
+def _pause(stop: threading.Event, seconds: float) -> bool:
+    """Wait ``seconds`` for the next item's time; True if ``stop`` was set meanwhile.
+
+    ``time.sleep`` rather than ``stop.wait(seconds)``: a timed Event.wait (a Condition, a
+    fresh lock, a timed semaphore wait) cost ~1.8x the CPU of a sleep per wake-up here,
+    and sources wait once per frame.
+    """
+    end = time.monotonic() + seconds
+    while not stop.is_set():
+        left = end - time.monotonic()
+        if left <= 0:
+            return False
+        time.sleep(min(left, STOP_POLL))
+    return True
 
 
 # --- the emulated camera ----------------------------------------------------------------
@@ -198,13 +226,15 @@ def read_timecode(image: VideoFrame | np.ndarray) -> float | None:
     return ms / 1000
 
 
-def _scaled_glyphs(scale: int) -> dict[str, np.ndarray]:
-    out = {}
+def _glyph_cells(scale: int) -> np.ndarray:
+    """(256, 7 * scale, 6 * scale): each byte's glyph and the gap after it, on the band's
+    grey; bytes without a glyph are blank cells."""
+    cells = np.full((256, 7 * scale, 6 * scale), _BAND_Y, dtype=np.uint8)
     for ch, rows in _FONT.items():
         g = np.array([[int(c) for c in r] for r in rows], dtype=np.uint8)
         g = np.kron(g, np.ones((scale, scale), dtype=np.uint8))
-        out[ch] = np.where(g > 0, _WHITE, _BAND_Y).astype(np.uint8)
-    return out
+        cells[ord(ch), :, : 5 * scale] = np.where(g > 0, _WHITE, _BAND_Y)
+    return cells
 
 
 class EmulatedSource(Source):
@@ -252,7 +282,7 @@ class EmulatedSource(Source):
         self._bg_u = np.repeat(u_row[None, :], h // 2, axis=0)
         self._bg_v = np.repeat(v_row[None, :], h // 2, axis=0)
         self._scale = max(1, b // 4)
-        self._glyphs = _scaled_glyphs(self._scale)
+        self._cells = _glyph_cells(self._scale)
         self._text_y = 3 * b
         self._band = min(h, (self._text_y + 7 * self._scale + b + 1) & ~1)
         self._bg_y[: self._band] = _BAND_Y
@@ -287,6 +317,9 @@ class EmulatedSource(Source):
             log.debug("testsrc2 unavailable (%s): drawing the picture with numpy", exc)
             return None
 
+    def has_ready(self) -> bool:
+        return bool(self._pending)  # the audio made with the frame just read
+
     def read(self) -> SourceItem | None:
         if self._pending:
             return self._pending.popleft()
@@ -295,7 +328,7 @@ class EmulatedSource(Source):
             due = self._t0 + self._k / fps
             now = time.monotonic()
             if now < due:
-                if self.stop.wait(due - now):
+                if _pause(self.stop, due - now):
                     return None
             else:
                 behind = int((now - due) * fps)
@@ -310,13 +343,15 @@ class EmulatedSource(Source):
         self.draw_seconds += time.perf_counter() - t
         pts = round(k * HZ / fps)
         if self.settings.audio:
-            self._pending.append(self._audio(k + 1, capture_time))
+            lead = round((k + 1) * self.settings.audio_rate / fps) + TONE_LEAD_SAMPLES
+            if self._samples < lead:
+                self._pending.append(self._audio(lead + TONE_CHUNK_SAMPLES, capture_time))
         return RawVideo(frame, pts, capture_time)
 
-    def _audio(self, upto_frame: int, capture_time: float) -> RawAudio:
+    def _audio(self, end: int, capture_time: float) -> RawAudio:
+        """The tone from where the last chunk ended up to sample ``end``."""
         rate = self.settings.audio_rate
         start = self._samples
-        end = round(upto_frame * rate / self.settings.fps) + TONE_LEAD_SAMPLES
         idx = np.arange(start, max(end, start + 1)) % len(self._tone)
         self._samples = start + len(idx)
         return RawAudio(self._tone[idx][None, :], round(start * HZ / rate), capture_time)
@@ -370,15 +405,14 @@ class EmulatedSource(Source):
         )
         sc = self._scale
         ty, cell = self._text_y, 6 * sc
-        if ty + 7 * sc > h:
+        if ty + 7 * sc > h or b + 5 * sc > w:
             return
-        for i, ch in enumerate(text):
-            x = b + i * cell
-            if x + 5 * sc > w:
-                break
-            g = self._glyphs.get(ch)
-            if g is not None:
-                y[ty : ty + 7 * sc, x : x + 5 * sc] = g
+        # One gather of glyph cells instead of a copy per character: this runs per frame.
+        n = min(len(text), (w - b - 5 * sc) // cell + 1)  # characters that fit whole
+        codes = np.frombuffer(text[:n].encode("ascii", "replace"), np.uint8)
+        row = self._cells[codes].transpose(1, 0, 2).reshape(7 * sc, n * cell)
+        x1 = min(w, b + n * cell)
+        y[ty : ty + 7 * sc, b:x1] = row[:, : x1 - b]
 
 
 def _bounce(pos: int, span: int) -> int:
@@ -687,7 +721,7 @@ class DemuxSource(Source):
         if self.realtime:
             due = self._t0 + ts / HZ
             if due > now:
-                if self.stop.wait(due - now):
+                if _pause(self.stop, due - now):
                     self._pending.appendleft(item)
                     return None
             elif now - due > 1.0:  # we were stalled: do not race to catch up

@@ -18,11 +18,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from hss_pu.media.channel import MediaChannel
-from hss_pu.media.packets import Subscription
+from hss_pu.media.packets import EncodedPacket, Subscription
 from hss_pu.media.tsmux import TsMuxer
 from hss_pu.retry import retry_delay
 from hss_pu.services.channels import ChannelRegistry
-from hss_pu.srt import SrtError, SrtSender, SrtUrl, maxbw_for_bitrate, parse_srt_url
+from hss_pu.srt import (
+    LIVE_PAYLOAD_SIZE,
+    SrtError,
+    SrtSender,
+    SrtUrl,
+    maxbw_for_bitrate,
+    parse_srt_url,
+)
 from hss_pu.wire.vd import Code, PushLiveParams, RpcError, StopLiveParams
 
 __all__ = ["LivePush", "LiveService", "PushStats"]
@@ -32,6 +39,7 @@ log = logging.getLogger("hss_pu.live")
 FIRST_CONNECT_TIMEOUT = 8.0  # inside the dispatcher's 15 s handler budget
 MAXBW_FACTOR = 3  # absolute SRT MAXBW = 3 x the stream's bytes/s (field notes: 2-4x)
 SEND_STALL_LIMIT = 200
+MESSAGE = LIVE_PAYLOAD_SIZE  # what the TS muxer's writes fit in (whole TS packets)
 # Null TS packets (PID 0x1FFF, ignored by every demuxer) sent after the last real data:
 # SRT learns of a lost packet only from the ones after it, so without a tail the last
 # packets of a stream could not be recovered.
@@ -161,13 +169,21 @@ class LivePush:
         stalled = 0
         try:
             while True:
-                pkt = await sub.get()
+                pkt: EncodedPacket | None = await sub.get()
                 if mux is None:
                     # The hub knows its streams by the time it hands out a packet.
                     video = self.media.hub.video
                     assert video is not None
                     mux = TsMuxer(video, self.media.hub.audio, out.append)
-                mux.mux(pkt)
+                # Mux everything that is queued (a frame and its audio arrive together),
+                # then send it in full messages: the muxer ends each packet's output with
+                # a short message, and every SRT packet costs the same to send and pace.
+                while pkt is not None:
+                    mux.mux(pkt)
+                    pkt = sub.get_nowait()
+                if len(out) > 1:
+                    data = b"".join(out)
+                    out[:] = [data[i : i + MESSAGE] for i in range(0, len(data), MESSAGE)]
                 for msg in out:
                     if sender.send_nowait(msg):
                         stalled = 0
