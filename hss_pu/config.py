@@ -19,6 +19,7 @@ import msgspec
 
 from hss_pu.profiles import Profile, load_profile
 from hss_pu.schema import SchemaError, convert, key_error, load_toml
+from hss_pu.wire.vs import MAC_PATTERN
 
 __all__ = [
     "CameraSection",
@@ -36,7 +37,6 @@ __all__ = [
     "parse_config_doc",
 ]
 
-_MAC = r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$"
 _DEVICE_ID = r"^[A-Za-z0-9._:-]+$"
 
 
@@ -48,7 +48,7 @@ class DeviceSection(_Section, frozen=True, kw_only=True):
     id: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=_DEVICE_ID)]
     password: str | None = None
     password_file: str | None = None
-    mac: Annotated[str, msgspec.Meta(pattern=_MAC)]
+    mac: Annotated[str, msgspec.Meta(pattern=MAC_PATTERN)]
     profile: Annotated[str, msgspec.Meta(min_length=1)] = "emulated"
     bind_id: str | None = None
     # Let time sync (Vs, Settime) set the host clock; needs CAP_SYS_TIME (docs/systemd.md).

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-__all__ = ["SchemaError", "convert", "key_error", "load_toml"]
+__all__ = ["SchemaError", "convert", "key_error", "load_toml", "split_validation_error"]
 
 T = TypeVar("T")
 
@@ -33,9 +33,16 @@ _AT = re.compile(r" - at `\$(?P<path>[^`]*)`$")
 _BACKTICK = re.compile(r"`([^`]*)`")
 
 
-def _dotted(path: str) -> str:
-    # msgspec paths look like ".camera.width" or ".channels[1].encoder".
-    return path.lstrip(".")
+def split_validation_error(err: msgspec.ValidationError) -> tuple[str, str]:
+    """msgspec's "<message> - at `$.a.b[1]`" as (dotted path "a.b[1]", message).
+
+    Shared by the config/profile errors here and the Vd error 12 texts in wire.vd.
+    """
+    text = str(err)
+    m = _AT.search(text)
+    if m is None:
+        return "", text
+    return m.group("path").lstrip("."), text[: m.start()]
 
 
 def _join(parent: str, child: str) -> str:
@@ -44,10 +51,7 @@ def _join(parent: str, child: str) -> str:
 
 def _translate(err: msgspec.ValidationError) -> tuple[str, str]:
     """Turn msgspec's message into (dotted key, lower-case problem)."""
-    text = str(err)
-    m = _AT.search(text)
-    key = _dotted(m.group("path")) if m else ""
-    msg = text[: m.start()] if m else text
+    key, msg = split_validation_error(err)
     if msg.startswith("Object contains unknown field"):
         field = _BACKTICK.search(msg)
         return _join(key, field.group(1) if field else "?"), "unknown key"

@@ -22,6 +22,7 @@ from hss_pu.config import (
     make_config,
 )
 from hss_pu.daemon import Daemon
+from hss_pu.media.channel import jpeg_size
 from hss_pu.media.tscheck import check_ts
 from hss_pu.reference_platform.server import PlatformOptions, ReferencePlatform
 from hss_pu.wire.vd import Code
@@ -183,26 +184,12 @@ async def test_snapshot_uploads_a_jpeg_of_the_configured_size(rig: LiveRig) -> N
     assert r.err is None, r
     up = rig.platform.uploads[-1]
     assert up.name == "snap-1.jpg" and up.content_type == "image/jpeg" and up.mac == MAC
-    assert jpeg_size(up.path.read_bytes()) == (W, H)
+    data = up.path.read_bytes()
+    assert data[:2] == b"\xff\xd8" and data[-2:] == b"\xff\xd9"  # SOI ... EOI
+    assert jpeg_size(data) == (W, H)
     rig.platform.upload_failures["snap-2.jpg"] = 5
     r = await rig.call("Snapshot", {"channel": 0, "url": rig.platform.upload_url("snap-2.jpg")})
     assert r.err is not None and "503" in r.err.msg
-
-
-def jpeg_size(data: bytes) -> tuple[int, int]:
-    """Width and height from the SOF marker of a baseline/progressive JPEG."""
-    assert data[:2] == b"\xff\xd8" and data[-2:] == b"\xff\xd9"
-    i = 2
-    while i < len(data):
-        assert data[i] == 0xFF
-        marker = data[i + 1]
-        length = int.from_bytes(data[i + 2 : i + 4], "big")
-        if marker in (0xC0, 0xC1, 0xC2):
-            h = int.from_bytes(data[i + 5 : i + 7], "big")
-            w = int.from_bytes(data[i + 7 : i + 9], "big")
-            return w, h
-        i += 2 + length
-    raise AssertionError("no SOF marker")
 
 
 async def test_two_channels_push_at_once(tmp_path: Path) -> None:

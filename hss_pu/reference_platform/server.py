@@ -21,17 +21,17 @@ from typing import Any
 from hss_pu.fsutil import atomic_write
 from hss_pu.reference_platform.admin import AdminApi
 from hss_pu.reference_platform.http import HttpServer, Request, Response, json_response
-from hss_pu.reference_platform.live import LiveReceiver
+from hss_pu.reference_platform.live import LiveReceiver, free_udp_port
 from hss_pu.reference_platform.pki import Pki, ensure_pki
 from hss_pu.reference_platform.vd import LoginRecord, Record, VdServer
 from hss_pu.wire.vd import Reply
-from hss_pu.wire.vs import ServerAddr, encode_server_addr
+from hss_pu.wire.vs import MAC_PATTERN, ServerAddr, encode_server_addr
 
 __all__ = ["LoginRecord", "PlatformOptions", "Record", "ReferencePlatform"]
 
 log = logging.getLogger("hss_pu.platform")
 
-_MAC = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
+_MAC = re.compile(MAC_PATTERN)
 
 STATE_FILE = "platform.json"
 DEMO_DEVICES = {"PU-0001": "embedded-demo-pass"}  # the embedded default's identity
@@ -290,8 +290,6 @@ class ReferencePlatform:
         port: int = 0,
     ) -> LiveReceiver:
         """A new srt-live-transmit listener for one stream (its URL goes into PushLive)."""
-        from hss_pu.reference_platform.live import free_udp_port
-
         old = self.receivers.pop(stream_id, None)
         if old is not None:
             await old.close()

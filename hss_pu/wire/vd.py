@@ -14,6 +14,8 @@ from urllib.parse import urlencode
 
 import msgspec
 
+from hss_pu.schema import split_validation_error
+
 __all__ = [
     "MESSAGES",
     "Code",
@@ -509,15 +511,11 @@ MESSAGES: dict[str, MessageSpec] = {
     )
 }
 
-_AT = re.compile(r" - at `\$(?P<path>[^`]*)`$")
-
 
 def _describe(exc: msgspec.ValidationError) -> str:
     """msgspec's message with the path written as a field name ('params.channel')."""
-    text = str(exc)
-    m = _AT.search(text)
-    where = m.group("path").lstrip(".") if m else ""
-    msg = (text[: m.start()] if m else text).replace("`", "")
+    where, msg = split_validation_error(exc)
+    msg = msg.replace("`", "")
     missing = re.match(r"Object missing required field (\S+)", msg)
     if missing:
         field = f"{where}.{missing.group(1)}" if where else missing.group(1)

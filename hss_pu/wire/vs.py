@@ -8,6 +8,7 @@ from urllib.parse import urlencode
 import msgspec
 
 __all__ = [
+    "MAC_PATTERN",
     "ServerAddr",
     "VsFormatError",
     "encode_server_addr",
@@ -17,6 +18,9 @@ __all__ = [
 ]
 
 Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+
+# A device MAC as macid / Mac-Identity carry it: six colon-separated hex pairs.
+MAC_PATTERN = r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$"
 
 
 class VsFormatError(ValueError):
