@@ -27,7 +27,10 @@ import av
 from hss_pu.media.sources import read_timecode
 from hss_pu.reference_platform.live import free_udp_port
 from hss_pu.reference_platform.server import PlatformOptions, ReferencePlatform
+from hss_pu.services.live import MAXBW_FACTOR
+from hss_pu.srt import maxbw_for_bitrate
 
+THREADS = False  # --threads: print the daemon's CPU per thread
 W, H, FPS, BITRATE, LATENCY = 1280, 720, 30, 2_000_000, 200
 TICKS = os.sysconf("SC_CLK_TCK")
 DEVICE, PASSWORD = "PU-BENCH", "bench-password-1"
@@ -36,6 +39,28 @@ DEVICE, PASSWORD = "PU-BENCH", "bench-password-1"
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds per thread name (threads of the same name summed)."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / TICKS
+    return out
+
+
+def print_threads(who: str, th0: dict[str, float], th1: dict[str, float], dt: float) -> None:
+    if not THREADS:
+        return
+    per_min = {n: (v - th0.get(n, 0.0)) * 60 / dt for n, v in th1.items()}
+    print(f"  {who} per thread (CPU s/min):", ", ".join(
+        f"{n} {v:.2f}" for n, v in sorted(per_min.items(), key=lambda kv: -kv[1]) if v > 0
+    ))  # fmt: skip
 
 
 def rss_mb(pid: int) -> float:
@@ -146,15 +171,16 @@ async def run_hss_pu(tmp: Path, source: str, seconds: float) -> dict[str, float]
         assert reply.err is None, reply
         await asyncio.sleep(3)  # settle
         rx.latencies.clear()
-        c0, t0 = cpu_seconds(proc.pid), time.monotonic()
+        c0, t0, th0 = cpu_seconds(proc.pid), time.monotonic(), thread_cpu(proc.pid)
         await asyncio.sleep(seconds)
-        c1, t1 = cpu_seconds(proc.pid), time.monotonic()
+        c1, t1, th1 = cpu_seconds(proc.pid), time.monotonic(), thread_cpu(proc.pid)
         rss = rss_mb(proc.pid)
     finally:
         proc.terminate()
         proc.wait(10)
         rx.close()
         await platform.close()
+    print_threads("hss-pu", th0, th1, t1 - t0)
     return {
         "cpu_per_min": (c1 - c0) * 60 / (t1 - t0),
         "rss_mb": rss,
@@ -164,16 +190,19 @@ async def run_hss_pu(tmp: Path, source: str, seconds: float) -> dict[str, float]
     }
 
 
-def run_ffmpeg(inputs: list[str], encode: list[str], seconds: float) -> dict[str, float]:
+def run_ffmpeg(
+    inputs: list[str], encode: list[str], seconds: float, srt_opts: str = ""
+) -> dict[str, float]:
     rx = Receiver()
     cmd = ["ffmpeg", "-hide_banner", "-loglevel", "error", *inputs, *encode,
-           "-f", "mpegts", rx.url + "&pkt_size=1316"]  # fmt: skip
+           "-f", "mpegts", rx.url + "&pkt_size=1316" + srt_opts]  # fmt: skip
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
     try:
         time.sleep(3)
-        c0, t0 = cpu_seconds(proc.pid), time.monotonic()
+        c0, t0, th0 = cpu_seconds(proc.pid), time.monotonic(), thread_cpu(proc.pid)
         time.sleep(seconds)
-        c1, t1 = cpu_seconds(proc.pid), time.monotonic()
+        c1, t1, th1 = cpu_seconds(proc.pid), time.monotonic(), thread_cpu(proc.pid)
+        print_threads("ffmpeg", th0, th1, t1 - t0)
     finally:
         proc.terminate()
         proc.wait(10)
@@ -181,6 +210,9 @@ def run_ffmpeg(inputs: list[str], encode: list[str], seconds: float) -> dict[str
     return {"cpu_per_min": (c1 - c0) * 60 / (t1 - t0), "frames": rx.frames}
 
 
+# ffmpeg with libsrt's defaults, and with the absolute MAXBW hss-pu sets for loss recovery
+# (the same SRT push; libsrt's send thread paces packets at that rate in both).
+SRT_VARIANTS = ["", f"&maxbw={maxbw_for_bitrate(BITRATE, MAXBW_FACTOR)}"]
 X264 = ["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", str(FPS),
         "-keyint_min", str(FPS), "-sc_threshold", "0", "-b:v", str(BITRATE),
         "-maxrate", str(BITRATE), "-bufsize", str(BITRATE * 5 // FPS),
@@ -210,23 +242,33 @@ def report(name: str, ours: dict[str, float], theirs: dict[str, float]) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--threads", action="store_true", help="hss-pu CPU per thread")
+    ap.add_argument("--only", choices=["emulated", "file"], help="run one of the two")
     args = ap.parse_args()
+    global THREADS
+    THREADS = args.threads
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        ours = asyncio.run(run_hss_pu(tmp / "emu", "emulated", args.seconds))
-        theirs = run_ffmpeg(
-            ["-re", "-f", "lavfi", "-i", f"testsrc2=size={W}x{H}:rate={FPS}",
-             "-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=48000"],
-            [*X264, *AAC], args.seconds,
-        )  # fmt: skip
-        report("emulated 1280x720@30", ours, theirs)
-        clip = tmp / "clip.mp4"
-        make_clip(clip)
-        ours = asyncio.run(run_hss_pu(tmp / "file", f"file:{clip}", args.seconds))
-        theirs = run_ffmpeg(
-            ["-re", "-stream_loop", "-1", "-i", str(clip)], ["-c", "copy"], args.seconds
-        )
-        report("file 1280x720@30 (H.264 passed through by both)", ours, theirs)
+        if args.only in (None, "emulated"):
+            ours = asyncio.run(run_hss_pu(tmp / "emu", "emulated", args.seconds))
+            inputs = ["-re", "-f", "lavfi", "-i", f"testsrc2=size={W}x{H}:rate={FPS}",
+                      "-f", "lavfi", "-i", "sine=frequency=1000:sample_rate=48000"]  # fmt: skip
+            for srt_opts in SRT_VARIANTS:
+                theirs = run_ffmpeg(inputs, [*X264, *AAC], args.seconds, srt_opts)
+                report(f"emulated 1280x720@30, ffmpeg {srt_opts or 'SRT defaults'}", ours, theirs)
+        if args.only in (None, "file"):
+            clip = tmp / "clip.mp4"
+            make_clip(clip)
+            ours = asyncio.run(run_hss_pu(tmp / "file", f"file:{clip}", args.seconds))
+            inputs = ["-re", "-stream_loop", "-1", "-i", str(clip)]
+            for srt_opts in SRT_VARIANTS:
+                theirs = run_ffmpeg(inputs, ["-c", "copy"], args.seconds, srt_opts)
+                report(
+                    f"file 1280x720@30 (H.264 passed through by both), ffmpeg "
+                    f"{srt_opts or 'SRT defaults'}",
+                    ours,
+                    theirs,
+                )
 
 
 if __name__ == "__main__":

@@ -2,8 +2,9 @@
 
 Capture and encode share ONE thread per channel (PyAV releases the GIL while encoding),
 so a frame is never queued between them and the capture→packet latency is one encode.
-Packets cross to the event loop with ``call_soon_threadsafe``, one callback for what a
-capture produced (a frame's packet and the audio made with it); the hub drops for slow
+Capture-thread sinks (the live push) get each packet right there. Packets cross to the
+event loop only while it has subscribers, with ``call_soon_threadsafe``, one callback for
+what a capture produced (a frame's packet and the audio made with it); the hub drops for slow
 consumers, and a bound on packets in flight keeps a stalled loop from piling up frames.
 A failing source puts the channel in the ``error`` state and is retried with a capped
 backoff: a camera coming and going never takes the daemon down.
@@ -16,7 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal
 
@@ -33,6 +34,7 @@ from hss_pu.media.encoder import (
 )
 from hss_pu.media.packets import TIME_BASE, EncodedPacket, PacketHub, StreamInfo
 from hss_pu.media.sources import RawAudio, RawVideo, Source, make_source, redact_url
+from hss_pu.threadname import set_native_name
 
 __all__ = [
     "ChannelStats",
@@ -216,6 +218,7 @@ class MediaChannel:
         self.stats.last_error = msg
 
     def _run(self, source: Source | None, stop: threading.Event) -> None:
+        set_native_name(f"media-ch{self.channel_id}")
         delay = self.retry_backoff[0]
         try:
             while not stop.is_set():
@@ -284,8 +287,15 @@ class MediaChannel:
                         self._encode_audio(item)
                     else:
                         st.frames_captured += 1
-                        pkt = replace(
-                            item, pts=self._timeline.map(item.pts), dts=self._timeline.map(item.dts)
+                        tl = self._timeline  # (not dataclasses.replace: per packet, slow)
+                        pkt = EncodedPacket(
+                            item.kind,
+                            item.data,
+                            tl.map(item.pts),
+                            tl.map(item.dts),
+                            item.duration,
+                            item.keyframe,
+                            item.capture_time,
                         )
                         self._publish(pkt, source.video_info)
                 # Each callback wakes the event loop, and on small machines a wake-up
@@ -328,6 +338,30 @@ class MediaChannel:
             log.debug("channel %d: dropping non-monotonic %s packet", self.channel_id, pkt.kind)
             return
         self._timeline.last_dts[pkt.kind] = pkt.dts
+        hub = self.hub
+        audio = self._aenc.info if self._aenc is not None else None
+        # Stream info and the last key frame are plain attribute writes: the loop reads
+        # them (muxer set-up, snapshots) whichever thread wrote last.
+        if video is not None and hub.video != video:
+            hub.video = video
+        if audio is not None and hub.audio != audio:
+            hub.audio = audio
+        if hub.video is None:
+            return
+        self.stats.packets_published += 1
+        if pkt.kind == "video" and pkt.keyframe:
+            hub.last_keyframe = pkt
+        for sink in hub.sinks:
+            try:
+                sink.on_packet(pkt, hub.video, hub.audio)
+            except Exception:  # a sink bug must not stop the camera
+                log.exception("channel %d: packet sink failed", self.channel_id)
+        if hub.subscribers:
+            self._to_loop(pkt, video, audio)
+
+    def _to_loop(
+        self, pkt: EncodedPacket, video: StreamInfo | None, audio: StreamInfo | None
+    ) -> None:
         in_flight = self._sent - self._handed
         if in_flight >= MAX_IN_FLIGHT and not self._lost_to_loop:
             log.warning(
@@ -346,11 +380,16 @@ class MediaChannel:
                 if pkt.kind == "video":
                     self._dropped_loop += 1
                 return
-        audio = self._aenc.info if self._aenc is not None else None
         self._outbox.append((pkt, video, audio))
 
     def _flush(self) -> None:
-        """Hand the packets gathered since the last flush to the loop, in one callback."""
+        """Tell the sinks a capture is complete; hand the packets gathered since the last
+        flush to the loop, in one callback."""
+        for sink in self.hub.sinks:
+            try:
+                sink.on_flush()
+            except Exception:
+                log.exception("channel %d: packet sink failed", self.channel_id)
         batch = self._outbox
         if not batch:
             return
@@ -377,7 +416,6 @@ class MediaChannel:
                 hub.audio = audio
             if hub.video is None:
                 continue
-            self.stats.packets_published += 1
             hub.publish(pkt)
 
     # -- snapshots -----------------------------------------------------------------------

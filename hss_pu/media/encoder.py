@@ -23,7 +23,7 @@ from av.video.codeccontext import VideoCodecContext
 from av.video.frame import PictureType, VideoFrame
 
 from hss_pu.media.h264 import ParameterSetCache
-from hss_pu.media.packets import TIME_BASE, EncodedPacket, StreamInfo
+from hss_pu.media.packets import TIME_BASE, EncodedPacket, StreamInfo, to_90k
 
 if TYPE_CHECKING:
     from hss_pu.config import CameraSection
@@ -193,8 +193,8 @@ class VideoEncoder:
         for p in pkts:
             if p.pts is None:
                 continue
-            pts = _to_90k(p.pts, p.time_base)
-            dts = pts if p.dts is None else _to_90k(p.dts, p.time_base)
+            pts = to_90k(p.pts, p.time_base)
+            dts = pts if p.dts is None else to_90k(p.dts, p.time_base)
             key = bool(p.is_keyframe)
             data = self._params.process(bytes(p), key)
             ct = self._times.pop(pts, fallback)
@@ -227,12 +227,6 @@ class VideoEncoder:
 
     def close(self) -> None:
         self._times.clear()
-
-
-def _to_90k(ts: int, tb: Fraction | None) -> int:
-    if tb is None or tb == TIME_BASE:
-        return int(ts)
-    return round(ts * tb / TIME_BASE)
 
 
 _AAC_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000)
@@ -292,7 +286,7 @@ class AudioEncoder:
             if p.pts is None:
                 continue
             raw = bytes(p)
-            ts = _to_90k(p.pts, p.time_base)
+            ts = to_90k(p.pts, p.time_base)
             ct = capture_time
             for t, c in reversed(self._times):  # the chunk these samples came from
                 if t <= ts:
@@ -303,8 +297,8 @@ class AudioEncoder:
                     kind="audio",
                     data=adts_header(len(raw), self.sample_rate, self.channels) + raw,
                     pts=ts,
-                    dts=ts if p.dts is None else _to_90k(p.dts, p.time_base),
-                    duration=_to_90k(p.duration or 1024, p.time_base),
+                    dts=ts if p.dts is None else to_90k(p.dts, p.time_base),
+                    duration=to_90k(p.duration or 1024, p.time_base),
                     keyframe=True,
                     capture_time=ct,
                 )

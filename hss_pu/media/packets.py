@@ -6,6 +6,12 @@ consumer falls behind, everything it has queued is dropped and it resumes at the
 key frame, so it only ever sees whole GOPs, and capture and the other consumers never
 wait for it. The hub lives on the event loop thread; the encoder thread hands packets
 over with ``loop.call_soon_threadsafe(hub.publish, packet)``.
+
+A consumer whose work per packet is short and never blocks (the live push: mux, then a
+non-blocking SRT send) can instead attach a :class:`PacketSink`, called on the capture
+thread itself. That saves two thread wake-ups per frame, which on a small machine cost
+more CPU than the muxing; the sink bounds itself (libsrt's send buffer) and drops to the
+next key frame when that is full.
 """
 
 from __future__ import annotations
@@ -15,13 +21,33 @@ import collections
 import logging
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import Literal
+from typing import Literal, Protocol
 
-__all__ = ["TIME_BASE", "EncodedPacket", "PacketHub", "StreamInfo", "Subscription"]
+__all__ = [
+    "TIME_BASE",
+    "EncodedPacket",
+    "PacketHub",
+    "PacketSink",
+    "StreamInfo",
+    "Subscription",
+    "to_90k",
+]
 
 log = logging.getLogger("hss_pu.media.hub")
 
 TIME_BASE = Fraction(1, 90_000)  # MPEG-TS clock; every packet is stamped in it
+
+
+def to_90k(ts: int, tb: Fraction | None) -> int:
+    """``round(ts * tb / TIME_BASE)`` (half to even, like round() of a Fraction) in integer
+    arithmetic: this runs for every packet, and Fraction arithmetic costs microseconds."""
+    if tb is None:
+        return int(ts)
+    num, den = tb.numerator * TIME_BASE.denominator, tb.denominator
+    q, r = divmod(ts * num, den)
+    if 2 * r > den or (2 * r == den and q & 1):
+        q += 1
+    return q
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,12 +165,24 @@ class Subscription:
         return self is other
 
 
+class PacketSink(Protocol):
+    """A consumer called on the capture thread: must be quick, must not block or raise."""
+
+    def on_packet(self, pkt: EncodedPacket, video: StreamInfo, audio: StreamInfo | None) -> None:
+        """One packet, with the streams it belongs to."""
+
+    def on_flush(self) -> None:
+        """The capture produced nothing more for now (a frame and its audio are in)."""
+
+
 class PacketHub:
     """One per channel: the encoder publishes, every consumer subscribes."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self._subs: set[Subscription] = set()
+        # Replaced, never mutated: the capture thread iterates whatever tuple it read.
+        self.sinks: tuple[PacketSink, ...] = ()
         self.video: StreamInfo | None = None
         self.audio: StreamInfo | None = None
         self.published = 0
@@ -158,6 +196,14 @@ class PacketHub:
         )
         self._subs.add(sub)
         return sub
+
+    def attach(self, sink: PacketSink) -> None:
+        self.sinks = (*self.sinks, sink)
+
+    def detach(self, sink: PacketSink) -> None:
+        """After this returns the capture thread may still be inside one call of the sink
+        (it read the old tuple): a sink that closes must guard itself (a lock)."""
+        self.sinks = tuple(s for s in self.sinks if s is not sink)
 
     def publish(self, pkt: EncodedPacket) -> None:
         self.published += 1

@@ -33,7 +33,7 @@ from av.video.frame import VideoFrame
 
 from hss_pu.media.encoder import EncodeSettings, MediaError, SourceUnavailable
 from hss_pu.media.h264 import ParameterSetCache, has_picture, is_annexb
-from hss_pu.media.packets import TIME_BASE, EncodedPacket, StreamInfo
+from hss_pu.media.packets import TIME_BASE, EncodedPacket, StreamInfo, to_90k
 
 __all__ = [
     "PICAMERA2_MISSING",
@@ -114,6 +114,7 @@ class Source(abc.ABC):
 
 
 STOP_POLL = 0.1  # a pacing wait notices stop within this many seconds
+FILE_BURST = 0.1  # a file source sends what falls due within this many seconds at once
 
 
 def _pause(stop: threading.Event, seconds: float) -> bool:
@@ -434,12 +435,6 @@ def redact_url(url: str) -> str:
     return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, ""))
 
 
-def _to_90k(ts: int, tb: Fraction | None) -> int:
-    if tb is None or tb == TIME_BASE:
-        return int(ts)
-    return round(ts * tb / TIME_BASE)
-
-
 class DemuxSource(Source):
     """``file:PATH`` (looped, paced by its timestamps), ``v4l2:/dev/videoN``, ``rtsp://``.
 
@@ -478,6 +473,7 @@ class DemuxSource(Source):
         self._first: int | None = None  # first dts of the current loop
         self._last_end = 0  # end (dts + duration) of the last packet, TIME_BASE
         self._t0: float | None = None
+        self._burst_until = 0.0  # monotonic time: items due before it need no wait
         self._next_slot = 0
         self._fallback_ts = 0
         self._prev: int | None = None
@@ -655,7 +651,7 @@ class DemuxSource(Source):
         """A source timestamp mapped onto this source's monotonic TIME_BASE line."""
         if ts is None:
             return self._fallback_ts
-        t = _to_90k(ts, tb)
+        t = to_90k(ts, tb)
         if self._first is None:
             self._first = t
         out = self._loop_base + t - self._first
@@ -674,7 +670,7 @@ class DemuxSource(Source):
         dur90 = round(HZ / self._src_fps)
         dts = self._ts(p.dts if p.dts is not None else p.pts, tb)
         pts = self._ts(p.pts, tb) if p.pts is not None else dts
-        dur = _to_90k(p.duration, tb) if p.duration else dur90
+        dur = to_90k(p.duration, tb) if p.duration else dur90
         self._last_end = max(self._last_end, dts + dur)
         self._fallback_ts = dts + dur
         key = bool(p.is_keyframe)
@@ -720,10 +716,14 @@ class DemuxSource(Source):
             self._t0 = now - ts / HZ
         if self.realtime:
             due = self._t0 + ts / HZ
-            if due > now:
+            if due > now and due > self._burst_until:
                 if _pause(self.stop, due - now):
                     self._pending.appendleft(item)
                     return None
+                if self.kind == "file":
+                    # A file is not live: what falls due in the next FILE_BURST s goes out
+                    # now, one wake-up for several frames instead of one per frame.
+                    self._burst_until = due + FILE_BURST
             elif now - due > 1.0:  # we were stalled: do not race to catch up
                 self._t0 = now - ts / HZ
         ct = self.clock()

@@ -25,12 +25,13 @@ __all__ = ["TS_PACKET", "TsMuxer", "mux_to_file"]
 log = logging.getLogger("hss_pu.media.tsmux")
 
 TS_PACKET = 188
+AVIO_BUFFER = 256 * 1024
 
 
 class _Sink:
     """File-like object for PyAV: forwards whole TS packets, swallows callback errors."""
 
-    def __init__(self, write: Callable[[bytes], object], message_size: int) -> None:
+    def __init__(self, write: Callable[[bytes], object], message_size: int | None) -> None:
         self._write = write
         self._size = message_size
         self._pending = b""
@@ -44,8 +45,12 @@ class _Sink:
             buf = self._pending + bytes(data) if self._pending else bytes(data)
             whole = len(buf) - len(buf) % TS_PACKET
             self._pending = buf[whole:]
-            for i in range(0, whole, self._size):
-                self._emit(buf[i : min(i + self._size, whole)])
+            if self._size is None:
+                if whole:
+                    self._emit(buf[:whole] if whole < len(buf) else buf)
+            else:
+                for i in range(0, whole, self._size):
+                    self._emit(buf[i : min(i + self._size, whole)])
         except Exception:  # never let anything reach PyAV
             self.errors += 1
             if self.errors == 1 or self.errors % 1000 == 0:
@@ -74,7 +79,8 @@ class _Sink:
 
 class TsMuxer:
     """Packets in, MPEG-TS messages out through ``write`` (never called with a partial
-    TS packet). Packets must start at a video key frame (a Subscription does that).
+    TS packet, nor with more than ``message_size`` bytes unless that is None: then one
+    call per packet muxed). Packets must start at a video key frame (a Subscription does that).
 
     FFmpeg re-sends PAT/PMT in front of every video key frame (and every 100 ms), so the
     byte stream cut where a key frame's packet begins plays alone. (``pat_pmt_at_frames``
@@ -87,10 +93,10 @@ class TsMuxer:
         audio: StreamInfo | None,
         write: Callable[[bytes], object],
         *,
-        message_size: int = 1316,
+        message_size: int | None = 1316,
         max_delay_us: int = 0,
     ) -> None:
-        if message_size < TS_PACKET or message_size % TS_PACKET:
+        if message_size is not None and (message_size < TS_PACKET or message_size % TS_PACKET):
             raise ValueError(f"message_size must be a multiple of {TS_PACKET}")
         if video.codec != "h264":
             raise ValueError(f"TS muxer: unsupported video codec {video.codec!r}")
@@ -100,8 +106,10 @@ class TsMuxer:
             # With audio, the interleaver would otherwise hold video for up to 10 s.
             "max_interleave_delta": "100000",
         }
+        # A buffer larger than a frame: with custom IO the muxer flushes after every packet
+        # anyway, so this is one write() per packet instead of one per message.
         self._container: OutputContainer | None = av.open(
-            self._sink, "w", format="mpegts", buffer_size=message_size, options=options
+            self._sink, "w", format="mpegts", buffer_size=AVIO_BUFFER, options=options
         )
         c = self._container
         self._video = c.add_mux_stream(

@@ -14,11 +14,12 @@ import asyncio
 import contextlib
 import logging
 import random
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from hss_pu.media.channel import MediaChannel
-from hss_pu.media.packets import EncodedPacket, Subscription
+from hss_pu.media.packets import EncodedPacket, StreamInfo
 from hss_pu.media.tsmux import TsMuxer
 from hss_pu.retry import retry_delay
 from hss_pu.services.channels import ChannelRegistry
@@ -38,7 +39,7 @@ log = logging.getLogger("hss_pu.live")
 
 FIRST_CONNECT_TIMEOUT = 8.0  # inside the dispatcher's 15 s handler budget
 MAXBW_FACTOR = 3  # absolute SRT MAXBW = 3 x the stream's bytes/s (field notes: 2-4x)
-SEND_STALL_LIMIT = 200
+SEND_STALL_LIMIT = 200  # consecutive full-buffer messages before the link counts as dead
 MESSAGE = LIVE_PAYLOAD_SIZE  # what the TS muxer's writes fit in (whole TS packets)
 # Null TS packets (PID 0x1FFF, ignored by every demuxer) sent after the last real data:
 # SRT learns of a lost packet only from the ones after it, so without a tail the last
@@ -49,10 +50,7 @@ TAIL_MESSAGES = 3
 # report only ~300 ms after the first loss of a connection: a loss in that first episode
 # whose retransmission is lost too misses a 200 ms latency. A loss among these null
 # packets spends that episode on padding instead of video. Costs 0.3 s of start-up.
-WARMUP_MESSAGES, WARMUP_SPACING = (
-    10,
-    0.03,
-)  # consecutive full-buffer messages before the link counts as dead
+WARMUP_MESSAGES, WARMUP_SPACING = 10, 0.03
 
 
 class _LinkStalled(Exception):
@@ -65,11 +63,101 @@ class PushStats:
     messages: int = 0
     bytes: int = 0
     dropped_messages: int = 0  # send buffer full
+    dropped_gops: int = 0  # skipped to the next key frame after a full send buffer
     last_error: str = ""
 
 
+class _LiveSink:
+    """One connection's muxer and sends, run on the channel's capture thread.
+
+    Sends never block (libsrt's send buffer is this consumer's bounded queue): when it is
+    full the message is dropped and the sink waits for the next key frame, so the receiver
+    only ever gets whole GOPs. A broken connection is reported once through ``on_broken``
+    (thread-safe); the event loop then detaches the sink and reconnects.
+    """
+
+    def __init__(
+        self,
+        sender: SrtSender,
+        stats: PushStats,
+        on_broken: Callable[[BaseException], None],
+    ) -> None:
+        self._sender = sender
+        self._stats = stats
+        self._on_broken = on_broken
+        self._lock = threading.Lock()  # close() on the loop vs a call on the capture thread
+        self._mux: TsMuxer | None = None
+        self._out: list[bytes] = []
+        self._waiting_key = True  # every connection starts a fresh TS at a key frame
+        self._stalled = 0
+        self._dead = False
+
+    def on_packet(self, pkt: EncodedPacket, video: StreamInfo, audio: StreamInfo | None) -> None:
+        with self._lock:
+            if self._dead:
+                return
+            if self._waiting_key:
+                if not (pkt.kind == "video" and pkt.keyframe):
+                    return
+                self._waiting_key = False
+            if self._mux is None:
+                self._mux = TsMuxer(video, audio, self._out.append, message_size=None)
+            self._mux.mux(pkt)
+
+    def on_flush(self) -> None:
+        # A frame and its audio are muxed: send them in full messages (the muxer ends each
+        # packet's output with a short one, and every SRT packet costs the same to pace).
+        with self._lock:
+            if not self._dead and self._out:
+                self._send_out()
+
+    def _send_out(self) -> None:
+        out = self._out
+        data = b"".join(out) if len(out) > 1 else out[0]
+        if len(data) > MESSAGE or len(out) > 1:
+            out[:] = [data[i : i + MESSAGE] for i in range(0, len(data), MESSAGE)]
+        st = self._stats
+        try:
+            for msg in out:
+                if self._sender.send_nowait(msg):
+                    self._stalled = 0
+                    st.messages += 1
+                    st.bytes += len(msg)
+                    continue
+                # A full send buffer: the peer is gone or far too slow.
+                st.dropped_messages += 1
+                self._stalled += 1
+                if self._stalled >= SEND_STALL_LIMIT:
+                    raise _LinkStalled(f"send buffer full for {self._stalled} messages")
+                if not self._waiting_key:
+                    st.dropped_gops += 1
+                    self._waiting_key = True
+                break
+        except (SrtError, _LinkStalled) as exc:
+            self._dead = True
+            self._on_broken(exc)
+        finally:
+            out.clear()
+
+    def close(self) -> None:
+        """Flush what the muxer holds and the null tail (call after detaching)."""
+        with self._lock:
+            mux, self._mux = self._mux, None
+            if mux is not None:
+                with contextlib.suppress(Exception):
+                    mux.close()
+            if not self._dead and self._out:
+                self._send_out()  # the muxer's last bytes
+            self._out.clear()
+            if not self._dead:
+                with contextlib.suppress(SrtError):
+                    for _ in range(TAIL_MESSAGES):
+                        self._sender.send_nowait(NULL_MESSAGE)
+            self._dead = True
+
+
 class LivePush:
-    """One wanted push: a subscription to the channel's hub, muxed to TS, sent over SRT."""
+    """One wanted push: the channel's packets, muxed to TS, sent over SRT; reconnects."""
 
     def __init__(
         self,
@@ -88,7 +176,6 @@ class LivePush:
         self.stats = PushStats()
         self.sender: SrtSender | None = None
         self._task: asyncio.Task[None] | None = None
-        self._sub: Subscription | None = None
         self.connected = asyncio.Event()
 
     @property
@@ -103,9 +190,6 @@ class LivePush:
     async def start(self) -> None:
         """Connect once (so PushLive can answer truthfully), then keep pushing."""
         self.sender = await asyncio.wait_for(self._connect(), FIRST_CONNECT_TIMEOUT)
-        self._sub = self.media.hub.subscribe(
-            f"live:{self.stream_id}", max_packets=600, max_bytes=16 << 20
-        )
         self._task = asyncio.create_task(self._run(), name=f"live-{self.stream_id}")
 
     async def stop(self) -> None:
@@ -113,8 +197,6 @@ class LivePush:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
-        if self._sub is not None:
-            self._sub.close()
         await self._close_sender()
 
     async def _close_sender(self) -> None:
@@ -154,60 +236,32 @@ class LivePush:
             await asyncio.sleep(retry_delay(failures, self.backoff_scale, self.rng))
 
     async def _pump(self, sender: SrtSender) -> None:
-        """Mux packets into 1316-byte messages and send them until the connection breaks."""
-        assert self._sub is not None
-        sub = self._sub
+        """Hand the connection to a capture-thread sink until it breaks (or we stop)."""
         for _ in range(WARMUP_MESSAGES):
             sender.send_nowait(NULL_MESSAGE)
             await asyncio.sleep(WARMUP_SPACING)
-        # Every connection starts a fresh TS (PAT/PMT first) at a fresh key frame.
-        sub.restart_at_keyframe()
-        self.media.request_keyframe()
-        out: list[bytes] = []
-        mux: TsMuxer | None = None
-        self.connected.set()
-        stalled = 0
+        loop = asyncio.get_running_loop()
+        broken: asyncio.Future[BaseException] = loop.create_future()
+
+        def report(exc: BaseException) -> None:  # on the capture thread
+            with contextlib.suppress(RuntimeError):  # the loop is gone (shutdown)
+                loop.call_soon_threadsafe(_resolve, broken, exc)
+
+        sink = _LiveSink(sender, self.stats, report)
+        hub = self.media.hub
+        hub.attach(sink)
         try:
-            while True:
-                pkt: EncodedPacket | None = await sub.get()
-                if mux is None:
-                    # The hub knows its streams by the time it hands out a packet.
-                    video = self.media.hub.video
-                    assert video is not None
-                    mux = TsMuxer(video, self.media.hub.audio, out.append)
-                # Mux everything that is queued (a frame and its audio arrive together),
-                # then send it in full messages: the muxer ends each packet's output with
-                # a short message, and every SRT packet costs the same to send and pace.
-                while pkt is not None:
-                    mux.mux(pkt)
-                    pkt = sub.get_nowait()
-                if len(out) > 1:
-                    data = b"".join(out)
-                    out[:] = [data[i : i + MESSAGE] for i in range(0, len(data), MESSAGE)]
-                for msg in out:
-                    if sender.send_nowait(msg):
-                        stalled = 0
-                        self.stats.messages += 1
-                        self.stats.bytes += len(msg)
-                    else:
-                        # A full send buffer: the peer is gone or far too slow. Drop, and
-                        # start again at a key frame so the receiver gets whole GOPs.
-                        self.stats.dropped_messages += 1
-                        stalled += 1
-                        if stalled >= SEND_STALL_LIMIT:
-                            raise _LinkStalled(f"send buffer full for {stalled} messages")
-                        sub.restart_at_keyframe()
-                        break
-                out.clear()
+            self.media.request_keyframe()
+            self.connected.set()
+            raise await broken
         finally:
-            if mux is not None:
-                with contextlib.suppress(Exception):
-                    mux.close()
-                with contextlib.suppress(SrtError):
-                    for msg in out:  # the last partial message, flushed by close()
-                        sender.send_nowait(msg)
-                    for _ in range(TAIL_MESSAGES):
-                        sender.send_nowait(NULL_MESSAGE)
+            hub.detach(sink)
+            sink.close()
+
+
+def _resolve(fut: asyncio.Future[BaseException], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_result(exc)
 
 
 class LiveService:
