@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import itertools
 import threading
 from pathlib import Path
 
@@ -64,7 +65,7 @@ def test_segments_tile_time_and_decode_alone(
     segs = run(Segmenter(0, 4, 10 << 20), pkts, info)
     assert [round(s.duration, 3) for s in segs] == [4.0, 4.0, 4.0, 1.0]
     assert segs[0].start == pytest.approx(T0, abs=1e-6)  # capture time of the first frame
-    for a, b in zip(segs, segs[1:], strict=False):
+    for a, b in itertools.pairwise(segs):
         assert a.start + a.duration == pytest.approx(b.start, abs=1e-9)
         assert not b.discontinue
     assert segs[0].discontinue  # nothing before it in this run
@@ -102,7 +103,7 @@ def test_max_size_cuts_early_at_key_frames(
     assert len(segs) >= 5
     assert all(s.size <= limit for s in segs), [s.size for s in segs]
     assert seg.oversize == 0
-    for a, b in zip(segs, segs[1:], strict=False):
+    for a, b in itertools.pairwise(segs):
         assert a.start + a.duration == pytest.approx(b.start)
 
 
@@ -152,7 +153,7 @@ def test_spool_survives_reload_and_evicts_oldest(tmp_path: Path) -> None:
     for seq in (1, 2, 3):
         _, evicted = sp.put(meta(seq, 1000), bytes([seq]) * 1000)
         assert evicted == []
-    entry, evicted = sp.put(meta(4, 1000), b"\x04" * 1000)
+    _entry, evicted = sp.put(meta(4, 1000), b"\x04" * 1000)
     assert [e.meta.seq for e in evicted] == [1] and sp.used == 3000
     # A write cut short by a power failure: a .ts with no metadata, and a temp file.
     (tmp_path / "spool" / f"{9:016d}.ts").write_bytes(b"partial")
@@ -179,6 +180,6 @@ def test_spool_reports_a_full_or_read_only_disk(
         raise OSError(code, "simulated")
 
     monkeypatch.setattr(spool_mod, "atomic_write", refuse)
-    with pytest.raises(SpoolError, match="no space|read-only"):
+    with pytest.raises(SpoolError, match=r"no space|read-only"):
         sp.put(meta(1, 10), b"x" * 10)
     assert sp.errors == 1 and len(sp) == 0 and sp.last_error
