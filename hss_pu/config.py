@@ -79,10 +79,15 @@ class CameraSection(_Section, frozen=True, kw_only=True):
     fps: Annotated[int, msgspec.Meta(ge=1, le=120)] = 30
     # bit/s; absent: the profile's default_bitrate.
     bitrate: Annotated[int, msgspec.Meta(ge=64_000, le=100_000_000)] | None = None
+    # Keep this many seconds of video from start-up for recordings that ask for pre-record
+    # (a StartRecord asking for more raises it, up to the profile's cap, and it is kept).
+    prerecord_seconds: Annotated[int, msgspec.Meta(ge=0, le=60)] = 0
 
 
 class StorageSection(_Section, frozen=True, kw_only=True):
     dir: Annotated[str, msgspec.Meta(min_length=1)] = "/var/lib/hss-pu"
+    # The recording spool's bound in MiB; absent: the profile's recording.max_mb.
+    spool_max_mb: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
 
 
 class LogSection(_Section, frozen=True, kw_only=True):
@@ -262,6 +267,13 @@ def _check_camera(cam: CameraSection, profile: Profile, path: Path | None) -> No
             path,
             "camera.bitrate",
             f"{cam.bitrate} is above profile {profile.name!r}'s max_bitrate {ch.max_bitrate}",
+        )
+    cap = profile.doc.recording.max_prerecord_seconds
+    if cam.prerecord_seconds > cap:
+        raise key_error(
+            path,
+            "camera.prerecord_seconds",
+            f"{cam.prerecord_seconds} is above profile {profile.name!r}'s cap of {cap} s",
         )
 
 

@@ -16,6 +16,7 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgspec
 
 from hss_pu import __version__
@@ -34,7 +35,9 @@ from hss_pu.services.interfaces import Services
 from hss_pu.services.link import PlatformLink
 from hss_pu.services.live import LiveService
 from hss_pu.services.localctl import LocalControl
-from hss_pu.services.snapshot import SnapshotService
+from hss_pu.services.record import RecordService, Uploader
+from hss_pu.services.snapshot import SnapshotService, upload_context
+from hss_pu.services.spool import Spool
 from hss_pu.wire.vd import BindParams, KeepaliveParams
 
 __all__ = ["STOP_TIMEOUT", "Daemon"]
@@ -66,6 +69,7 @@ class Daemon:
         self.media: dict[int, MediaChannel] = {}
         self.live: LiveService | None = None
         self.snapshot: SnapshotService | None = None
+        self.record: RecordService | None = None
         self.notifier = notifier or SdNotifier.from_env()
         self.clock = OffsetClock(set_host=config.device.set_system_clock)
         self.rng = rng
@@ -173,12 +177,16 @@ class Daemon:
             log.warning("control socket unavailable (%s): hss-pu bind/status will not work", exc)
         self._spawn(self.notifier.watchdog_loop(), "watchdog")
         self._spawn(link.run(), "platform-link")
+        if self.record is not None:
+            self.record.uploader.resume()  # segments a previous run left in the spool
         self.notifier.ready(f"running as {self.config.device.id}")
         log.info("ready")
         await self._stop.wait()
         self.notifier.stopping("stopping")
         if self.live is not None:
             await self.live.close()  # flushes the last partial TS message of each push
+        if self.record is not None:
+            await self.record.close()  # partial segments and the memory queue to the spool
         await self._cancel_all()
         for media in self.media.values():
             await media.stop()
@@ -212,7 +220,47 @@ class Daemon:
         self.snapshot = SnapshotService(
             self.media, mac=c.device.mac, ca_file=c.ca_file, allow_insecure=p.allow_insecure
         )
-        return Services(live=self.live, snapshot=self.snapshot)
+        self.record = self._record_service()
+        return Services(live=self.live, snapshot=self.snapshot, record=self.record)
+
+    def _record_service(self) -> RecordService:
+        c = self.config
+        rec = c.profile.doc.recording
+        spool: Spool | None = None
+        max_mb = c.doc.storage.spool_max_mb or rec.max_mb
+        if rec.store != "none" and max_mb > 0:
+            base = Path(rec.path) if rec.store == "mount" else Path(c.storage_dir)
+            spool = Spool(base / "spool", max_mb * 1024 * 1024)
+        http = httpx.AsyncClient(
+            verify=upload_context(c.ca_file),
+            headers={"Mac-Identity": c.device.mac},
+            timeout=httpx.Timeout(30.0, connect=10.0),
+            follow_redirects=False,
+            trust_env=False,
+        )
+        uploader = Uploader(
+            http,
+            spool,
+            backoff_scale=c.platform.backoff_scale,
+            rng=self.rng,
+            on_platform_time=self._platform_time,
+        )
+        return RecordService(
+            self.media,
+            self.channels,
+            uploader,
+            clock=self.clock.now,
+            state_dir=Path(c.storage_dir),
+            prerecord_cap=rec.max_prerecord_seconds,
+            prerecord_default=c.doc.camera.prerecord_seconds,
+            allow_insecure=c.platform.allow_insecure,
+        )
+
+    def _platform_time(self, t: float) -> None:
+        """Vr getcurrenttime: the same 10 s rule as Vs (9.3.1.2 step 3)."""
+        skew = t - self.clock.now()
+        if self.clock.sync(t):
+            log.warning("clock: %.1f s off the platform's Vr time; adjusted", skew)
 
     async def _run_media(self, media: MediaChannel) -> None:
         """Start a channel's camera; a camera that cannot work marks the channel, not us."""
@@ -266,6 +314,7 @@ class Daemon:
             "channels": [msgspec.to_builtins(c) for c in self.channels.keepalive()],
             "media": {ch: msgspec.to_builtins(m.stats) for ch, m in self.media.items()},
             "live": self._live_status(),
+            "record": self.record.status() if self.record else None,
         }
 
     def _live_status(self) -> dict[int, dict[str, Any]]:

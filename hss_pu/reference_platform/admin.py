@@ -12,6 +12,9 @@ Plain HTTP on loopback, guarded by a bearer token that only the owner of platfor
 - ``POST /admin/kick`` ``{"device"}`` -> 200 ``{}`` (also when it was offline).
 - ``GET /admin/records?device=ID&since=N`` -> ``{"records": [...], "next": N}``; ``since``
   is a record ``index`` (the first one wanted), ``next`` the one to ask for next time.
+- ``GET /admin/vr/segments?channel=N&last=K`` -> ``{"segments": [...]}``: saved Vr
+  segments (``VrSegment.to_json``), by channel then save order; ``last``: the K most
+  recent of each channel.
 
 Every failure is ``{"info": TEXT}`` (wire-notes' error body); 401 without the token.
 """
@@ -94,6 +97,7 @@ class AdminApi:
             "/admin/call": ("POST", self._call),
             "/admin/event": ("POST", self._event),
             "/admin/kick": ("POST", self._kick),
+            "/admin/vr/segments": ("GET", self._vr_segments),
         }
         route = routes.get(req.path)
         if route is None:
@@ -184,3 +188,20 @@ class AdminApi:
         log.info("admin: kick %s", device)
         await self.platform.kick(device)
         return _json(200, {})
+
+    async def _vr_segments(self, req: Request) -> Response:
+        q = req.query
+        try:
+            channel = int(q["channel"]) if q.get("channel") else None
+            last = int(q.get("last", "0"))
+        except ValueError:
+            raise _BadRequest("channel and last must be integers") from None
+        if last < 0:
+            raise _BadRequest("last must be >= 0")
+        by_channel = self.platform.vr_segments
+        channels = sorted(by_channel) if channel is None else [channel]
+        segs = []
+        for ch in channels:
+            saved = list(by_channel.get(ch, ()))
+            segs += [s.to_json() for s in (saved[-last:] if last else saved)]
+        return _json(200, {"segments": segs})

@@ -16,6 +16,7 @@ import logging
 import shlex
 import signal
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from hss_pu.reference_platform.server import (
     PlatformOptions,
     ReferencePlatform,
 )
+from hss_pu.reference_platform.vr import CSEG_PREFIX
 
 __all__ = ["add_platform_commands", "run_platform_command"]
 
@@ -64,10 +66,20 @@ def _positive(text: str) -> float:
     return v
 
 
+def _non_negative(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return v
+
+
 def add_platform_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     plat = sub.add_parser(
         "platform",
-        help="the reference platform (serve, call, event, devices, records, kick)",
+        help="the reference platform (serve, call, event, devices, records, kick, segments)",
         description="Run the reference platform, or drive devices through its admin API.",
     )
     psub = plat.add_subparsers(dest="platform_command", required=True)
@@ -120,6 +132,13 @@ def add_platform_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
 
     kick = with_state_dir(psub.add_parser("kick", help="close a device's Vd session"))
     kick.add_argument("device")
+
+    segs = with_state_dir(psub.add_parser("segments", help="saved Vr recording segments"))
+    segs.add_argument("--channel", type=_non_negative, help="only this channel")
+    segs.add_argument(
+        "--last", type=_non_negative, default=0, help="the N most recent per channel (0: all)"
+    )
+    segs.add_argument("--json", action="store_true", help="the admin API's JSON, as is")
 
 
 def run_platform_command(args: argparse.Namespace) -> int:
@@ -196,6 +215,7 @@ def _banner(p: ReferencePlatform) -> None:
         f"  Vd:           {p.vd_url}",
         f"  CA file:      {p.ca_file or '(none: plain transport)'}",
         f"  admin API:    {p.admin_url} (token in {p.state_file})",
+        f"  Vr cbk_url:   {p.schedule_url}{CSEG_PREFIX}<channel>",
         f"  devices:      {', '.join(p.options.devices)}",
         f"try: hss-pu platform call {shlex.quote(first)} GetCap --state-dir {state}",
     ]
@@ -321,8 +341,53 @@ def _client_command(args: argparse.Namespace, state_dir: Path) -> int:
         _, data = _request(state_dir, "GET", "/admin/records", query=query)
         _print(data)
         return EXIT_OK
+    if cmd == "segments":
+        query = {"last": str(args.last)}
+        if args.channel is not None:
+            query["channel"] = str(args.channel)
+        _, data = _request(state_dir, "GET", "/admin/vr/segments", query=query)
+        if args.json:
+            _print(data)
+        else:
+            print(_segments_table(data.get("segments", [])), flush=True)
+        return EXIT_OK
     if cmd == "kick":
         _, data = _request(state_dir, "POST", "/admin/kick", body={"device": args.device})
         _print(data)
         return EXIT_OK
     raise CliError(f"unknown command {cmd}")
+
+
+def _segments_table(segments: list[dict[str, Any]]) -> str:
+    """One line per segment: what a person checks first (times, sizes, does it decode)."""
+    if not segments:
+        return "no saved segments"
+    rows = [("CH", "NAME", "START (UTC)", "DURATION", "SIZE", "CHECK")]
+    for s in segments:
+        start = datetime.fromtimestamp(s["start"], UTC).isoformat(timespec="milliseconds")
+        rows.append(
+            (
+                str(s["channel"]),
+                s["name"],
+                start.replace("+00:00", "Z"),
+                f"{s['duration']:.3f}",
+                str(s["size"]),
+                _check_text(s.get("check"), bool(s.get("discontinue"))),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1]
+        for r in rows
+    )
+
+
+def _check_text(check: dict[str, Any] | None, discontinue: bool) -> str:
+    flag = " (discontinue)" if discontinue else ""
+    if check is None:
+        return "not checked" + flag
+    size = f"{check.get('width')}x{check.get('height')}"
+    frames = f"{check.get('frames')} frames {size} {check.get('codec')}"
+    if check.get("error") is None:
+        return f"ok: {frames}{flag}"
+    return f"BAD: {check['error']} ({frames}){flag}"

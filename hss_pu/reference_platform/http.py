@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import h11
 
-__all__ = ["HttpServer", "Request", "Response", "json_response"]
+__all__ = ["AbortConnection", "HttpServer", "Request", "Response", "json_response"]
 
 log = logging.getLogger("hss_pu.platform.http")
 
@@ -55,6 +55,11 @@ class Response:
 
 def json_response(status: int, body: bytes) -> Response:
     return Response(status, body, {"content-type": "application/json"})
+
+
+class AbortConnection(Exception):
+    """Raised by a handler: drop the connection without a response (a platform that
+    vanished mid-request), rather than answer."""
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -101,6 +106,10 @@ class HttpServer:
                     return
                 try:
                     resp = await self._handler(req)
+                except AbortConnection as exc:
+                    log.debug("aborting the connection from %s: %s", peer, exc)
+                    writer.transport.abort()
+                    return
                 except Exception:
                     log.exception("handler failed for %s %s", req.method, req.path)
                     resp = json_response(500, b'{"info": "internal error"}')

@@ -1,7 +1,8 @@
-"""The reference platform process: Vs over HTTPS, Vd over WSS, and an admin API.
+"""The reference platform process: Vs and Vr over HTTPS, Vd over WSS, and an admin API.
 
-Vm and Vr join in later issues. Tests drive it in-process through the methods below;
-people drive it through ``hss-pu platform serve`` and the admin API (``platform call``).
+Vm joins in a later issue; Vr lives in :mod:`hss_pu.reference_platform.vr`. Tests drive
+it in-process through the methods below; people drive it through ``hss-pu platform serve``
+and the admin API (``platform call``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import re
 import secrets
 import time
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,10 +26,27 @@ from hss_pu.reference_platform.http import HttpServer, Request, Response, json_r
 from hss_pu.reference_platform.live import LiveReceiver, free_udp_port
 from hss_pu.reference_platform.pki import Pki, ensure_pki
 from hss_pu.reference_platform.vd import LoginRecord, Record, VdServer
+from hss_pu.reference_platform.vr import (
+    CSEG_PREFIX,
+    SEG_PREFIX,
+    FaultMode,
+    VrFailed,
+    VrSegment,
+    VrServer,
+    VrStat,
+)
 from hss_pu.wire.vd import Reply
 from hss_pu.wire.vs import MAC_PATTERN, ServerAddr, encode_server_addr
 
-__all__ = ["LoginRecord", "PlatformOptions", "Record", "ReferencePlatform"]
+__all__ = [
+    "LoginRecord",
+    "PlatformOptions",
+    "Record",
+    "ReferencePlatform",
+    "VrFailed",
+    "VrSegment",
+    "VrStat",
+]
 
 log = logging.getLogger("hss_pu.platform")
 
@@ -60,6 +79,10 @@ class PlatformOptions:
     rpc_timeout: float = 20.0  # wire-notes: an RPC unanswered for 20 s means a dead link
     # False simulates a platform that has stopped answering (Keepalives go unanswered).
     answer_keepalive: bool = True
+    # Vr: decode every saved segment before answering its save (VrSegment.check).
+    vr_decode_check: bool = True
+    # Vr: saved segments (records and files) kept per channel; older ones are deleted.
+    vr_keep_segments: int = 10_000
 
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -90,6 +113,7 @@ class ReferencePlatform:
         self.uploads: list[Upload] = []
         self.upload_failures: dict[str, int] = {}  # name -> further PUTs to answer 503
         self.receivers: dict[str, LiveReceiver] = {}
+        self.vr = VrServer(self)
 
     @property
     def scheme(self) -> str:
@@ -164,6 +188,7 @@ class ReferencePlatform:
                 os.unlink(self.state_file)
 
     async def close(self) -> None:
+        self.vr.close()
         for rx in list(self.receivers.values()):
             await rx.close()
         self.receivers.clear()
@@ -256,6 +281,8 @@ class ReferencePlatform:
     async def _handle_http(self, req: Request) -> Response:
         if req.path.startswith("/upload/"):
             return self._handle_upload(req)
+        if req.path.startswith((CSEG_PREFIX, SEG_PREFIX)):
+            return await self.vr.handle(req)
         return await self._handle_vs(req)
 
     def _handle_upload(self, req: Request) -> Response:
@@ -277,6 +304,85 @@ class ReferencePlatform:
         del self.uploads[:-1000]
         log.info("upload: %s (%d bytes, %s)", name, up.size, up.content_type)
         return Response(200, b"")
+
+    # --- Vr: see hss_pu.reference_platform.vr --------------------------------------------
+
+    def vr_cbk_url(self, channel: int) -> str:
+        """The ``cbk_url`` for StartRecord: this platform's /live/cseg/<channel>."""
+        return f"{self.schedule_url}{CSEG_PREFIX}{channel}"
+
+    @property
+    def vr_segments(self) -> defaultdict[int, list[VrSegment]]:
+        """channel -> saved segments, in save order (the last MAX_RECORDS / keep count)."""
+        return self.vr.segments
+
+    @property
+    def vr_failed(self) -> list[VrFailed]:
+        """Segments forgotten: ``op=fail``, or never saved in time; oldest first."""
+        return self.vr.failed
+
+    @property
+    def vr_stats(self) -> list[VrStat]:
+        return self.vr.stats
+
+    @property
+    def vr_requests(self) -> Counter[str]:
+        """Vr requests received per op (create, put, save, fail, stat, getcurrenttime),
+        faulted ones included; "invalid" for bad paths or forms, "down" while vr_down."""
+        return self.vr.requests
+
+    @property
+    def vr_body_bytes(self) -> int:
+        """Request body bytes of every Vr request (forms and PUT segments)."""
+        return self.vr.body_bytes
+
+    @property
+    def vr_header_bytes(self) -> int:
+        """Request line and header bytes of every Vr request (to a few bytes)."""
+        return self.vr.header_bytes
+
+    @property
+    def vr_down(self) -> bool:
+        """True: every Vr request is aborted without a response (platform unreachable)."""
+        return self.vr.down
+
+    @vr_down.setter
+    def vr_down(self, value: bool) -> None:
+        self.vr.down = value
+
+    @property
+    def vr_drop_next(self) -> int:
+        """The next N creates are answered with an empty name and url (drop the segment)."""
+        return self.vr.drop_next
+
+    @vr_drop_next.setter
+    def vr_drop_next(self, value: int) -> None:
+        self.vr.drop_next = value
+
+    def vr_fail(
+        self,
+        op: str,
+        count: int = 1,
+        *,
+        status: int = 503,
+        retry_after: int | str | None = None,
+        mode: FaultMode = "status",
+        hold: float = 30.0,
+    ) -> None:
+        """The next ``count`` requests of ``op`` (create, put, save, fail, stat,
+        getcurrenttime) answer ``status`` with ``{"info"}`` (and Retry-After when given);
+        mode "timeout" first holds each for ``hold`` s; mode "abort" closes the connection
+        without a response. Faults queue behind earlier ones for the same op."""
+        self.vr.fail(op, count, status=status, retry_after=retry_after, mode=mode, hold=hold)
+
+    def vr_clear_faults(self) -> None:
+        self.vr.clear_faults()
+
+    async def wait_vr_segments(
+        self, channel: int, n: int, timeout: float = 10.0
+    ) -> list[VrSegment]:
+        """The channel's saved segments once there are at least ``n``; TimeoutError else."""
+        return await self.vr.wait_segments(channel, n, timeout)
 
     # --- Vm: live receivers -------------------------------------------------------------
 

@@ -1,0 +1,354 @@
+"""Vr end to end: the daemon's emulated camera recorded to the reference platform."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import random
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hss_pu.config import (
+    CameraSection,
+    ConfigDoc,
+    DeviceSection,
+    PlatformSection,
+    StorageSection,
+    make_config,
+)
+from hss_pu.daemon import Daemon
+from hss_pu.reference_platform.server import PlatformOptions, ReferencePlatform
+from hss_pu.reference_platform.vr import VrSegment
+from hss_pu.wire.vd import Code
+
+DEVICE = "PU-0001"
+PASSWORD = "Record-Test-Pass1"
+MAC = "02:00:00:00:00:01"
+W, H, FPS = 320, 180, 15
+FRAME = 1 / FPS
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Rig:
+    platform: ReferencePlatform
+    daemon: Daemon
+    task: asyncio.Task[int]
+    tmp: Path
+
+    async def call(self, method: str, params: dict[str, Any]) -> Any:
+        return await self.platform.call(DEVICE, method, params, timeout=20)
+
+    async def start_record(self, session: str = "rec-1", **kw: Any) -> Any:
+        params = {
+            "session_id": session,
+            "channel": 0,
+            "max_bitrate": 0,
+            "seg_duration": 4,
+            "seg_max_size": 8 << 20,
+            "seg_max_count": 5,
+            "start_ts": self.platform.now(),
+            "cbk_url": self.platform.vr_cbk_url(0),
+            **kw,
+        }
+        return await self.call("StartRecord", params)
+
+    async def stop(self) -> None:
+        self.daemon.stop()
+        await asyncio.wait_for(self.task, 15)
+
+
+async def start_daemon(platform: ReferencePlatform, tmp: Path, **storage: Any) -> Rig:
+    doc = ConfigDoc(
+        device=DeviceSection(id=DEVICE, password=PASSWORD, mac=MAC, profile="emulated"),
+        platform=PlatformSection(
+            schedule_url=platform.schedule_url, ca_file=str(platform.ca_file), backoff_scale=0.05
+        ),
+        camera=CameraSection(width=W, height=H, fps=FPS, bitrate=300_000, prerecord_seconds=6),
+        storage=StorageSection(dir=str(tmp / "pu"), **storage),
+    )
+    daemon = Daemon(make_config(doc), rng=random.Random(5), start_media=True)
+    task = asyncio.create_task(daemon.run())
+    await platform.wait_online(DEVICE)
+    return Rig(platform, daemon, task, tmp)
+
+
+@pytest.fixture
+async def platform(tmp_path: Path) -> AsyncIterator[ReferencePlatform]:
+    p = ReferencePlatform(
+        PlatformOptions(state_dir=tmp_path / "platform", devices={DEVICE: PASSWORD}, hb_interval=1)
+    )
+    await p.start()
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+@pytest.fixture
+async def rig(platform: ReferencePlatform, tmp_path: Path) -> AsyncIterator[Rig]:
+    r = await start_daemon(platform, tmp_path)
+    try:
+        yield r
+    finally:
+        if not r.task.done():
+            await r.stop()
+
+
+def ffprobe(path: Path) -> dict[str, Any]:
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_frames", "-show_entries",
+         "stream=codec_name,width,height,nb_read_frames", "-of", "json", str(path)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    stream: dict[str, Any] = json.loads(out.stdout)["streams"][0]
+    return stream
+
+
+def decode_errors(path: Path) -> str:
+    r = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(path), "-f", "null", "-"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    return r.stderr.strip()
+
+
+async def until(pred: Callable[[], object], timeout: float) -> bool:
+    """Poll ``pred`` (state of another process or of the daemon) until true or timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if pred():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.1)
+
+
+def assert_tiles(segs: list[VrSegment]) -> None:
+    """Consecutive segments: each starts where the one before ended (one frame)."""
+    for a, b in itertools.pairwise(segs):
+        assert abs(b.start - a.end) <= FRAME, (a, b)
+        assert not b.discontinue, b
+
+
+async def test_sixty_seconds_in_four_second_segments(rig: Rig) -> None:
+    t0 = rig.platform.now()
+    reply = await rig.start_record()
+    assert reply.err is None, reply
+    ka = await wait_keepalive(rig, lambda ch: ch.get("record_session") == "rec-1")
+    assert ka
+    await asyncio.sleep(60)
+    assert (await rig.call("StopRecord", {"session_id": "rec-1", "channel": 0})).err is None
+    await wait_keepalive(rig, lambda ch: ch.get("record_session") is None)
+    segs = await rig.platform.vr.wait_segments(0, 15, timeout=20)
+    await asyncio.sleep(1)
+    segs = list(rig.platform.vr_segments[0])
+    total = sum(s.duration for s in segs)
+    assert 59 <= total <= 62.5, [s.duration for s in segs]
+    assert segs[0].start <= t0 + 1.5  # at once (a key frame is asked for)
+    assert all(abs(s.duration - 4) <= FRAME for s in segs[:-1]), [s.duration for s in segs]
+    assert_tiles(segs)
+    for s in segs:
+        assert s.check is not None and s.check.ok and s.check.key_first, s
+        probe = ffprobe(s.path)
+        assert (probe["codec_name"], probe["width"], probe["height"]) == ("h264", W, H)
+        assert abs(int(probe["nb_read_frames"]) - s.duration * FPS) <= 1, (probe, s)
+        assert s.mac == MAC and s.put_content_type == "video/mp2t"
+    whole = rig.tmp / "all.ts"
+    whole.write_bytes(b"".join(s.path.read_bytes() for s in segs))
+    assert decode_errors(whole) == ""
+    assert abs(int(ffprobe(whole)["nb_read_frames"]) - total * FPS) <= 2
+
+
+async def wait_keepalive(rig: Rig, pred: Any, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ka = rig.platform.last_keepalive(DEVICE)
+        if ka is not None and pred(ka["channels"][0]):
+            return True
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"keepalive never matched: {rig.platform.last_keepalive(DEVICE)}")
+
+
+async def test_start_record_rules(rig: Rig) -> None:
+    assert (await rig.start_record("a", seg_duration=2)).err is None
+    assert (await rig.start_record("a", seg_duration=2)).err is None  # idempotent
+    await asyncio.sleep(3)
+    assert (await rig.start_record("b", seg_duration=2)).err is None  # replaces "a"
+    await wait_keepalive(rig, lambda ch: ch.get("record_session") == "b")
+    bad = await rig.start_record("c", max_bitrate=100_000)
+    assert bad.err is not None and bad.err.code == Code.STREAM_TOO_LARGE
+    bad = await rig.start_record("c", channel=7)
+    assert bad.err is not None and bad.err.code == Code.NO_CHANNEL
+    bad = await rig.start_record("c", cbk_url="http://127.0.0.1:1/live/cseg/0")
+    assert bad.err is not None and bad.err.code == Code.PARAM and "http" in bad.err.msg
+    assert (await rig.call("StopRecord", {"session_id": "zzz", "channel": 0})).err is None
+    await wait_keepalive(rig, lambda ch: ch.get("record_session") == "b")
+    # "a" (3 s): one whole segment, and its partial one flushed when "b" replaced it.
+    segs = await rig.platform.vr.wait_segments(0, 2, timeout=10)
+    assert abs(segs[0].duration - 2) <= FRAME and 0.5 <= segs[1].duration < 2 - FRAME
+    assert_tiles(segs[:2])
+    assert all(s.check is not None and s.check.ok for s in segs)
+
+
+async def test_put_fails_three_times_then_saved_once(rig: Rig) -> None:
+    rig.platform.vr.fail("put", 3)
+    assert (await rig.start_record(seg_duration=2)).err is None
+    segs = await rig.platform.vr.wait_segments(0, 3, timeout=20)
+    assert rig.platform.vr_requests["put"] >= 3 + 3
+    names = [s.name for s in segs]
+    assert len(names) == len(set(names))
+    assert_tiles(segs)  # the retried one is in its place, once
+    assert rig.platform.vr_failed == [] and rig.platform.vr_stats == []
+
+
+async def test_put_always_failing_is_failed_and_reported(rig: Rig) -> None:
+    rig.platform.vr.fail("put", 5, status=500)  # PUT_ATTEMPTS for the first segment
+    assert (await rig.start_record(seg_duration=2)).err is None
+    await until(lambda: rig.platform.vr_stats, 20)
+    assert [f.reason for f in rig.platform.vr_failed] == ["fail"]
+    stat = rig.platform.vr_stats[0]
+    assert stat.dropped_nb == 1 and abs(stat.dropped_time - 2.0) <= FRAME
+    segs = await rig.platform.vr.wait_segments(0, 2, timeout=10)
+    assert segs[0].discontinue  # the one before it never arrived
+
+
+async def test_outage_loses_nothing(rig: Rig) -> None:
+    assert (await rig.start_record(seg_duration=2, seg_max_count=2)).err is None
+    await rig.platform.vr.wait_segments(0, 1, timeout=10)
+    rig.platform.vr_down = True
+    await asyncio.sleep(30)
+    spool = rig.tmp / "pu" / "spool"
+    assert len(list(spool.glob("*.json"))) >= 12  # the outage went to disk
+    rig.platform.vr_down = False
+    await asyncio.sleep(4)
+    assert (await rig.call("StopRecord", {"session_id": "rec-1", "channel": 0})).err is None
+    rec = rig.daemon.record
+    assert rec is not None
+    await until(lambda: rec.status()["queued_memory"] == rec.status()["queued_disk"] == 0, 40)
+    segs = list(rig.platform.vr_segments[0])
+    assert len(segs) >= 17
+    assert_tiles(segs)  # in order, no gap, nothing lost
+    assert all(s.check is not None and s.check.ok for s in segs)
+    assert rig.platform.vr_stats == [] and not list(spool.glob("*.ts"))
+
+
+async def test_full_spool_evicts_oldest_and_reports(
+    platform: ReferencePlatform, tmp_path: Path
+) -> None:
+    rig = await start_daemon(platform, tmp_path, spool_max_mb=1)
+    try:
+        assert (await rig.start_record(seg_duration=2, seg_max_count=1)).err is None
+        await platform.vr.wait_segments(0, 1, timeout=10)
+        platform.vr_down = True
+        await asyncio.sleep(45)  # ~1.7 MB of video for a 1 MiB spool
+        st = rig.daemon.record.status() if rig.daemon.record else {}
+        evicted = st["segments_evicted"]
+        assert isinstance(evicted, int) and evicted >= 3, st
+        platform.vr_down = False
+        await until(lambda: platform.vr_stats, 30)
+        assert sum(s.dropped_nb for s in platform.vr_stats) >= evicted
+        segs = platform.vr_segments[0]
+        assert segs[1].discontinue  # the first kept after the evicted ones
+        assert segs[1].start - segs[0].end >= 2 * evicted - 1
+    finally:
+        await rig.stop()
+
+
+async def test_prerecord_starts_before_start_ts(rig: Rig) -> None:
+    await asyncio.sleep(7)  # the ring fills (camera.prerecord_seconds = 6)
+    start_ts = rig.platform.now()
+    assert (await rig.start_record(prerecord_seconds=5, start_ts=start_ts)).err is None
+    segs = await rig.platform.vr.wait_segments(0, 1, timeout=15)
+    lead = start_ts - segs[0].start
+    assert 4.5 <= lead <= 6.1, lead  # at the key frame at or before start_ts - 5
+    assert segs[0].check is not None and segs[0].check.ok and segs[0].check.key_first
+
+
+CONFIG = """\
+[device]
+id = "{device}"
+password = "{password}"
+mac = "{mac}"
+profile = "emulated"
+[platform]
+schedule_url = "{url}"
+ca_file = "{ca}"
+backoff_scale = 0.05
+[camera]
+width = {w}
+height = {h}
+fps = {fps}
+bitrate = 300000
+[storage]
+dir = "{storage}"
+"""
+
+
+async def spawn(config: Path) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hss_pu", "run", "--config", str(config),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+async def test_sigkill_mid_upload_then_restart_delivers_the_spool(
+    platform: ReferencePlatform, tmp_path: Path
+) -> None:
+    cfg = tmp_path / "config.toml"
+    text = CONFIG.format(
+        device=DEVICE, password=PASSWORD, mac=MAC, url=platform.schedule_url,
+        ca=platform.ca_file, w=W, h=H, fps=FPS, storage=tmp_path / "pu",
+    )  # fmt: skip
+    cfg.write_text(text)
+    cfg.chmod(0o600)
+    spool = tmp_path / "pu" / "spool"
+    proc = await spawn(cfg)
+    try:
+        await platform.wait_online(DEVICE, timeout=30)
+        reply = await platform.call(
+            DEVICE, "StartRecord",
+            {"session_id": "k", "channel": 0, "max_bitrate": 0, "seg_duration": 2,
+             "seg_max_size": 8 << 20, "seg_max_count": 1, "start_ts": platform.now(),
+             "cbk_url": platform.vr_cbk_url(0)},
+            timeout=20,
+        )  # fmt: skip
+        assert reply.err is None, reply
+        await platform.vr.wait_segments(0, 1, timeout=15)
+        platform.vr_down = True
+        await asyncio.sleep(9)
+        # Back, but every PUT now hangs: the daemon is killed in the middle of one.
+        platform.vr.fail("put", 100, mode="timeout", hold=60)
+        platform.vr_down = False
+        puts = platform.vr_requests["put"]
+        await until(lambda: platform.vr_requests["put"] > puts, 20)
+        assert platform.vr_requests["put"] > puts, "no upload started"
+        proc.kill()
+        await proc.wait()
+        spooled = sorted(round(json.loads(p.read_text())["start"], 3) for p in spool.glob("*.json"))
+        assert len(spooled) >= 3, spooled
+        platform.vr.clear_faults()
+        saved_before = len(platform.vr_segments[0])
+        proc = await spawn(cfg)
+        await until(lambda: not list(spool.glob("*.json")), 30)
+        assert not list(spool.glob("*.json")), "the spool was not drained"
+        await asyncio.sleep(1)
+        after = [round(s.start, 3) for s in platform.vr_segments[0][saved_before:]]
+        assert after == spooled  # every spooled segment, in order, once
+        segs = platform.vr_segments[0]
+        assert all(s.check is not None and s.check.ok for s in segs)
+        assert_tiles(segs[: saved_before + len(spooled)])
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await asyncio.wait_for(proc.wait(), 15)
