@@ -165,6 +165,12 @@ def test_resolution_outside_profile(write_config: WriteConfig) -> None:
     assert_one_line_error(write_config(width="1281"), "camera.width", "1281x720", "1280x720")
 
 
+def test_prerecord_above_profile_cap(write_config: WriteConfig) -> None:
+    path = write_config()
+    path.write_text(path.read_text().replace("fps = 30", "fps = 30\nprerecord_seconds = 11"))
+    assert_one_line_error(path, "camera.prerecord_seconds", "11", "cap of 10 s")
+
+
 def test_picamera2_source_needs_pi_profile(write_config: WriteConfig) -> None:
     path = write_config()
     path.write_text(path.read_text().replace('source = "emulated"', 'source = "picamera2"'))

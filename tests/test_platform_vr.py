@@ -157,6 +157,7 @@ async def test_create_put_save_and_decode_check(pu: Pu, segment_ts: bytes) -> No
     assert (seg.start, seg.duration, seg.size) == (START, 2.0, len(segment_ts))
     assert not seg.discontinue and seg.https and seg.gap is None
     assert (seg.content_type, seg.put_content_type) == (CONTENT_TYPE_TS, CONTENT_TYPE_TS)
+    assert seg.put_mac == MAC
     assert seg.saved_at == pytest.approx(t0, abs=5) and seg.created_at <= seg.saved_at
     assert seg.saved_at - time.time() == pytest.approx(3600, abs=5)  # the platform clock
     check = seg.check

@@ -135,6 +135,7 @@ class VrSegment:
     created_at: float = 0.0  # platform clock
     content_type: str = ""  # declared in create
     put_content_type: str = ""  # the PUT's Content-Type header
+    put_mac: str = ""  # the PUT's Mac-Identity header ("" when absent: not required)
     https: bool = True  # what create asked for
     # start minus the previous saved segment's end on this channel; None for the first,
     # or when discontinue=1. Segments must tile time, so this is about 0 (one frame).
@@ -159,6 +160,7 @@ class VrSegment:
             "created_at": self.created_at,
             "content_type": self.content_type,
             "put_content_type": self.put_content_type,
+            "put_mac": self.put_mac,
             "https": self.https,
             "gap": self.gap,
             "check": None if check is None else {**check.__dict__, "ok": check.ok},
@@ -588,6 +590,7 @@ class VrServer:
             created_at=p.created_at,
             content_type=c.content_type,
             put_content_type=p.put_content_type,
+            put_mac=p.put_mac,
             https=c.https,
             gap=gap,
         )

@@ -656,5 +656,6 @@ class RecordService:
             "spool_bytes": self.uploader.spool.used if self.uploader.spool else 0,
             "platform_reachable": st.reachable,
             "close_to_save_ms_p50": lat[len(lat) // 2] if lat else None,
+            "close_to_save_ms_p99": lat[min(len(lat) - 1, len(lat) * 99 // 100)] if lat else None,
             "last_error": st.last_error,
         }

@@ -1,0 +1,176 @@
+"""Recording cost: upload overhead, close→save latency, backlog drain, RSS with live.
+
+At 1280x720@30 (2 Mbit/s, emulated camera) the daemon records 4 s segments to the
+reference platform while it also pushes live over SRT, and this prints:
+- upload overhead per segment: HTTP requests and bytes (headers + bodies) beyond the
+  segment itself, as counted by the platform;
+- time from a segment's close to its ``save`` succeeding (p50/p99, the daemon's figures);
+- the backlog drain rate after an outage of ``--outage`` seconds (default 300: the
+  platform refuses every Vr connection, the daemon spools to disk, then it comes back);
+- the daemon's RSS while recording + live.
+
+Run: .venv/bin/python bench/record.py [--seconds 60] [--outage 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from hss_pu.reference_platform.server import PlatformOptions, ReferencePlatform
+
+W, H, FPS, BITRATE, SEG = 1280, 720, 30, 2_000_000, 4
+DEVICE, PASSWORD = "PU-BENCH", "bench-password-1"
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def write_config(tmp: Path, platform: ReferencePlatform) -> Path:
+    pw = tmp / "password"
+    pw.write_text(PASSWORD)
+    pw.chmod(0o600)
+    cfg = tmp / "config.toml"
+    cfg.write_text(
+        f"""[device]
+id = "{DEVICE}"
+password_file = "{pw}"
+mac = "02:00:00:00:0b:02"
+profile = "emulated"
+[platform]
+schedule_url = "{platform.schedule_url}"
+ca_file = "{platform.ca_file}"
+[camera]
+width = {W}
+height = {H}
+fps = {FPS}
+bitrate = {BITRATE}
+[storage]
+dir = "{tmp / "state"}"
+spool_max_mb = 512
+[log]
+level = "warning"
+"""
+    )
+    cfg.chmod(0o600)
+    return cfg
+
+
+def status(cfg: Path) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-m", "hss_pu", "status", "--config", str(cfg)],
+        capture_output=True, text=True, timeout=30, check=True,
+    )  # fmt: skip
+    rec: dict[str, Any] = json.loads(out.stdout)["record"]
+    return rec
+
+
+async def main_async(seconds: float, outage: float) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        platform = ReferencePlatform(
+            PlatformOptions(state_dir=tmp / "platform", devices={DEVICE: PASSWORD})
+        )
+        await platform.start()
+        cfg = write_config(tmp, platform)
+        proc = subprocess.Popen(  # noqa: ASYNC220 - a benchmark, started once
+            [sys.executable, "-m", "hss_pu", "run", "--config", str(cfg)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            await platform.wait_online(DEVICE, timeout=30)
+            rx, reply = await platform.push_live(DEVICE, 0, "bench-live")
+            assert reply.err is None, reply
+            reply = await platform.call(
+                DEVICE, "StartRecord",
+                {"session_id": "bench", "channel": 0, "max_bitrate": 0, "seg_duration": SEG,
+                 "seg_max_size": 16 << 20, "seg_max_count": 5, "start_ts": platform.now(),
+                 "cbk_url": platform.vr_cbk_url(0)},
+                timeout=20,
+            )  # fmt: skip
+            assert reply.err is None, reply
+            await platform.vr.wait_segments(0, 1, timeout=30)
+            n0 = len(platform.vr_segments[0])
+            req0 = sum(platform.vr_requests.values())
+            hdr0, body0 = platform.vr_header_bytes, platform.vr_body_bytes
+            seg_bytes0 = sum(s.size for s in platform.vr_segments[0])
+            await asyncio.sleep(seconds)
+            rss = rss_mb(proc.pid)
+            segs = platform.vr_segments[0][n0:]
+            n = len(segs)
+            reqs = sum(platform.vr_requests.values()) - req0
+            hdr = platform.vr_header_bytes - hdr0
+            body = platform.vr_body_bytes - body0
+            seg_bytes = sum(s.size for s in platform.vr_segments[0]) - seg_bytes0
+            st = await asyncio.to_thread(status, cfg)
+            print(
+                f"steady state, {n} segments of {SEG} s at {W}x{H}@{FPS} {BITRATE // 1000} kbit/s "
+                f"(+ live SRT push): {reqs / n:.2f} requests/segment, overhead "
+                f"{(hdr + body - seg_bytes) / n:.0f} bytes/segment beyond the segment "
+                f"({(hdr + body - seg_bytes) / seg_bytes * 100:.2f} % of "
+                f"{seg_bytes / n / 1e6:.2f} MB); close→save p50 "
+                f"{st['close_to_save_ms_p50']:.0f} ms, p99 {st['close_to_save_ms_p99']:.0f} ms; "
+                f"RSS {rss:.0f} MB"
+            )
+            platform.vr_down = True
+            t_down = time.monotonic()
+            peak_rss = rss
+            while time.monotonic() - t_down < outage:
+                await asyncio.sleep(5)
+                peak_rss = max(peak_rss, rss_mb(proc.pid))
+            st = await asyncio.to_thread(status, cfg)
+            backlog, spool_mb = st["queued_disk"] + st["queued_memory"], st["spool_bytes"] / 1e6
+            before = len(platform.vr_segments[0])
+            platform.vr_down = False
+            t_up = time.monotonic()
+            t_first: float | None = None
+            while True:
+                await asyncio.sleep(0.5)
+                if t_first is None and len(platform.vr_segments[0]) > before:
+                    t_first = time.monotonic()
+                st = await asyncio.to_thread(status, cfg)
+                if st["queued_disk"] + st["queued_memory"] == 0:
+                    break
+                if time.monotonic() - t_up > 3 * outage + 60:
+                    print("backlog did not drain")
+                    break
+            drain = time.monotonic() - (t_first or t_up)
+            first = (t_first or t_up) - t_up
+            drained = len(platform.vr_segments[0]) - before
+            mb = sum(s.size for s in platform.vr_segments[0][before:]) / 1e6
+            print(
+                f"outage {outage:.0f} s: backlog {backlog} segments ({spool_mb:.1f} MB spooled); "
+                f"first save {first:.1f} s after the platform came back (outage back-off), then "
+                f"drained {drained} segments ({mb:.1f} MB) in {drain:.1f} s = "
+                f"{drained / drain:.2f} segments/s, {mb / drain:.2f} MB/s "
+                f"({drained * SEG / drain:.1f}x real time, while still recording); "
+                f"dropped {st['segments_dropped']}; peak RSS during the outage {peak_rss:.0f} MB"
+            )
+            await rx.close()
+        finally:
+            proc.terminate()
+            proc.wait(15)
+            await platform.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--outage", type=float, default=300.0)
+    args = ap.parse_args()
+    asyncio.run(main_async(args.seconds, args.outage))
+
+
+if __name__ == "__main__":
+    main()
