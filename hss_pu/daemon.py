@@ -179,6 +179,7 @@ class Daemon:
         self._spawn(link.run(), "platform-link")
         if self.record is not None:
             self.record.uploader.resume()  # segments a previous run left in the spool
+            self._spawn(self.record.resume(), "record-resume")  # and its sessions
         self.notifier.ready(f"running as {self.config.device.id}")
         log.info("ready")
         await self._stop.wait()

@@ -348,6 +348,21 @@ async def test_sigkill_mid_upload_then_restart_delivers_the_spool(
         segs = platform.vr_segments[0]
         assert all(s.check is not None and s.check.ok for s in segs)
         assert_tiles(segs[: saved_before + len(spooled)])
+        # The session itself was resumed: Keepalive shows it, and new segments follow.
+        ka = await until(
+            lambda: (
+                (platform.last_keepalive(DEVICE) or {})
+                .get("channels", [{}])[0]
+                .get("record_session")
+                == "k"
+            ),
+            15,
+        )
+        assert ka, platform.last_keepalive(DEVICE)
+        n = len(segs)
+        await platform.vr.wait_segments(0, n + 1, timeout=15)
+        new = platform.vr_segments[0][n]
+        assert new.start > spooled[-1] and new.discontinue
     finally:
         if proc.returncode is None:
             proc.terminate()

@@ -76,7 +76,7 @@ class RecordStats:
     )
 
 
-@dataclass
+@dataclass(eq=False)  # identity: a queue holds each segment once
 class _Item:
     meta: SegmentMeta
     data: bytes | None  # in memory, or None when on disk
@@ -342,6 +342,8 @@ class Uploader:
         return True
 
     async def _give_up(self, vr: VrClient, item: _Item, name: str, exc: Exception) -> bool:
+        if item not in self._queues[item.meta.channel]:
+            return True  # evicted from the spool meanwhile: already counted
         try:
             await retrying(
                 lambda: vr.fail(name),
@@ -488,6 +490,7 @@ class RecordService:
         self.uploader = uploader
         self.clock = clock
         self.state_file = state_dir / "prerecord.json"
+        self.sessions_file = state_dir / "record-sessions.json"
         self.prerecord_cap = prerecord_cap
         self.allow_insecure = allow_insecure
         self.sessions: dict[int, _Session] = {}
@@ -587,6 +590,7 @@ class RecordService:
             if ring is None:
                 media.request_keyframe()  # start at once, not at the next GOP
             self.sessions[p.channel] = _Session(p, sink, https)
+            self._save_sessions()
             state.record_session = p.session_id
             log.info(
                 "record ch%d: session %s, %d s segments to %s",
@@ -605,6 +609,7 @@ class RecordService:
             current = self.sessions.get(p.channel)
             if current is not None and current.params.session_id == p.session_id:
                 self._end(p.channel)
+                self._save_sessions()
                 log.info("record ch%d: %s stopped", p.channel, p.session_id)
         self._on_change()
 
@@ -631,7 +636,41 @@ class RecordService:
             )
         return parts.scheme == "https"
 
+    def _save_sessions(self) -> None:
+        """The running sessions, so that a restart (crash, upgrade, reboot) resumes them."""
+        doc = {str(ch): s.params for ch, s in self.sessions.items()}
+        try:
+            atomic_write(self.sessions_file, msgspec.json.encode(doc))
+        except OSError as exc:
+            log.warning("record: cannot save the running sessions (%s)", exc)
+
+    async def resume(self) -> None:
+        """Start again the sessions that ran when the daemon last stopped: the platform
+        still counts on them (and can always StopRecord, seeing them in Keepalive)."""
+        try:
+            raw = self.sessions_file.read_bytes()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.warning("record: cannot read %s (%s)", self.sessions_file, exc)
+            return
+        try:
+            saved = msgspec.json.decode(raw, type=dict[str, StartRecordParams])
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("record: ignoring %s (%s)", self.sessions_file, exc)
+            return
+        for p in saved.values():
+            resumed = msgspec.structs.replace(p, start_ts=0.0, prerecord_seconds=0)
+            try:
+                await self.start_record(resumed)
+                log.info("record ch%d: session %s resumed", p.channel, p.session_id)
+            except RpcError as exc:
+                log.warning("record ch%d: cannot resume %s: %s", p.channel, p.session_id, exc)
+            except Exception:  # a bug here must not stop the daemon
+                log.exception("record ch%d: cannot resume %s", p.channel, p.session_id)
+
     async def close(self) -> None:
+        """Stop recording; the sessions stay saved, to be resumed at the next start."""
         async with self._lock:
             for ch in list(self.sessions):
                 self._end(ch)
