@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import itertools
 import json
 import random
@@ -27,6 +28,7 @@ from hss_pu.config import (
 from hss_pu.daemon import Daemon
 from hss_pu.reference_platform.server import PlatformOptions, ReferencePlatform
 from hss_pu.reference_platform.vr import VrSegment
+from hss_pu.services import spool as spool_mod
 from hss_pu.wire.vd import Code
 
 DEVICE = "PU-0001"
@@ -367,3 +369,28 @@ async def test_sigkill_mid_upload_then_restart_delivers_the_spool(
         if proc.returncode is None:
             proc.terminate()
             await asyncio.wait_for(proc.wait(), 15)
+
+
+async def test_full_disk_is_reported_and_memory_keeps_what_it_can(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def disk_full(path: Path | str, data: bytes, mode: int = 0o600) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(spool_mod, "atomic_write", disk_full)  # an SD card that filled up
+    assert (await rig.start_record(seg_duration=2, seg_max_count=2)).err is None
+    await rig.platform.vr.wait_segments(0, 1, timeout=10)
+    rig.platform.vr_down = True
+    await asyncio.sleep(11)
+    rec = rig.daemon.record
+    assert rec is not None and not rig.task.done()
+    st = rec.status()
+    assert "no space left" in str(st["last_error"]), st
+    assert st["queued_disk"] == 0 and isinstance(st["queued_memory"], int)
+    assert st["queued_memory"] <= 2 + 1  # the bound (+ the one being uploaded)
+    dropped = st["segments_dropped"]
+    assert isinstance(dropped, int) and dropped >= 2
+    rig.platform.vr_down = False
+    assert await until(lambda: rig.platform.vr_stats, 20)
+    assert sum(s.dropped_nb for s in rig.platform.vr_stats) >= dropped
+    assert (await rig.call("StopRecord", {"session_id": "rec-1", "channel": 0})).err is None
