@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
+from hss_pu.media.channel import MediaChannel
 from hss_pu.profiles import Profile
 from hss_pu.wire.vd import Code, KeepaliveChannel, RpcError
 
-__all__ = ["ChannelRegistry", "ChannelState"]
+__all__ = ["ChannelRegistry", "ChannelState", "stream_for"]
 
 log = logging.getLogger("hss_pu.channels")
 
@@ -90,3 +91,22 @@ class ChannelRegistry:
             return
         ch.state = before if before != OFFLINE else ONLINE
         log.info("channel %d: back online", channel)
+
+
+async def stream_for(
+    media: Mapping[int, MediaChannel], channel: int, max_bitrate: int, what: str
+) -> MediaChannel:
+    """The checks PushLive and StartRecord share: a running camera (error 103; a request
+    right after boot waits for it), and a bitrate within ``max_bitrate`` (bit/s, 0 = no
+    limit; else error 11: we do not silently lower the encoder of a stream that other
+    consumers use too)."""
+    m = media.get(channel)
+    if m is None or not await m.wait_running():
+        raise RpcError(Code.CHANNEL_OFFLINE, f"channel {channel} has no running camera")
+    if max_bitrate and m.settings.bitrate > max_bitrate:
+        raise RpcError(
+            Code.STREAM_TOO_LARGE,
+            f"channel {channel} {what} at {m.settings.bitrate} bit/s, "
+            f"above max_bitrate {max_bitrate}",
+        )
+    return m

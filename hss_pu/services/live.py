@@ -22,7 +22,7 @@ from hss_pu.media.channel import MediaChannel
 from hss_pu.media.packets import EncodedPacket, StreamInfo
 from hss_pu.media.tsmux import TsMuxer
 from hss_pu.retry import retry_delay
-from hss_pu.services.channels import ChannelRegistry
+from hss_pu.services.channels import ChannelRegistry, stream_for
 from hss_pu.srt import (
     LIVE_PAYLOAD_SIZE,
     SrtError,
@@ -284,15 +284,7 @@ class LiveService:
 
     async def push_live(self, p: PushLiveParams) -> None:
         state = self.channels.get(p.channel)
-        media = self.media.get(p.channel)
-        if media is None or not await media.wait_running():
-            raise RpcError(Code.CHANNEL_OFFLINE, f"channel {p.channel} has no running camera")
-        if p.max_bitrate and media.settings.bitrate > p.max_bitrate:
-            raise RpcError(
-                Code.STREAM_TOO_LARGE,
-                f"channel {p.channel} streams at {media.settings.bitrate} bit/s, "
-                f"above max_bitrate {p.max_bitrate}",
-            )
+        media = await stream_for(self.media, p.channel, p.max_bitrate, "streams")
         try:
             url = parse_srt_url(p.url, default_streamid=p.stream_id)
         except ValueError as exc:

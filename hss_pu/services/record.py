@@ -36,7 +36,7 @@ from hss_pu.fsutil import atomic_write
 from hss_pu.media.channel import MediaChannel
 from hss_pu.media.packets import EncodedPacket, StreamInfo
 from hss_pu.media.segmenter import PrerecordRing, Segment, Segmenter
-from hss_pu.services.channels import ChannelRegistry
+from hss_pu.services.channels import ChannelRegistry, stream_for
 from hss_pu.services.spool import SegmentMeta, Spool, SpoolEntry, SpoolError
 from hss_pu.wire.vd import Code, RpcError, StartRecordParams, StopRecordParams
 
@@ -540,15 +540,7 @@ class RecordService:
     # -- RPCs ----------------------------------------------------------------------------
 
     async def start_record(self, p: StartRecordParams) -> None:
-        media = self.media.get(p.channel)
-        if media is None or not await media.wait_running():
-            raise RpcError(Code.CHANNEL_OFFLINE, f"channel {p.channel} has no running camera")
-        if p.max_bitrate and media.settings.bitrate > p.max_bitrate:
-            raise RpcError(
-                Code.STREAM_TOO_LARGE,
-                f"channel {p.channel} records at {media.settings.bitrate} bit/s, "
-                f"above max_bitrate {p.max_bitrate}",
-            )
+        media = await stream_for(self.media, p.channel, p.max_bitrate, "records")
         https = self._check_cbk_url(p.cbk_url)
         state = self.channels.get(p.channel)
         async with self._lock:
