@@ -123,10 +123,11 @@ class HttpServer:
                 if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
                     await self._send(conn, writer, json_response(400, b'{"info": "bad request"}'))
         finally:
-            self._conns.pop(task, None)
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 2)
+            # Only now: close() waits for the tasks it finds here, closing ones included.
+            self._conns.pop(task, None)
 
     async def _read_request(
         self, conn: h11.Connection, reader: asyncio.StreamReader, peer: str
