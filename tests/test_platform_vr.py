@@ -178,7 +178,7 @@ async def test_create_put_save_and_decode_check(pu: Pu, segment_ts: bytes) -> No
     await pu.upload(3, segment_ts, START + 2.0)
     await pu.upload(3, segment_ts, START + 10.0, discontinue=True)
     await pu.upload(3, segment_ts, START + 12.5)
-    segs = await p.wait_vr_segments(3, 4, timeout=1)
+    segs = await p.vr.wait_segments(3, 4, timeout=1)
     assert [s.gap for s in segs] == [None, 0.0, None, 0.5]
     assert [s.saved_at for s in segs] == sorted(s.saved_at for s in segs)
 
@@ -191,10 +191,10 @@ async def test_create_put_save_and_decode_check(pu: Pu, segment_ts: bytes) -> No
     assert 14 * 100 < p.vr_header_bytes < 14 * 400
 
 
-async def test_wait_vr_segments_waits_and_times_out(pu: Pu, segment_ts: bytes) -> None:
+async def test_wait_segments_waits_and_times_out(pu: Pu, segment_ts: bytes) -> None:
     with pytest.raises(TimeoutError, match=r"channel 0: 0 of 1 segments saved within 0\.1 s"):
-        await pu.platform.wait_vr_segments(0, 1, timeout=0.1)
-    waiter = asyncio.create_task(pu.platform.wait_vr_segments(0, 2, timeout=10))
+        await pu.platform.vr.wait_segments(0, 1, timeout=0.1)
+    waiter = asyncio.create_task(pu.platform.vr.wait_segments(0, 2, timeout=10))
     await pu.upload(0, segment_ts)
     assert not waiter.done()
     await pu.upload(0, segment_ts, START + 2)
@@ -416,15 +416,15 @@ async def test_pending_segments_are_bounded(
 
 async def test_fault_status_with_retry_after(pu: Pu, segment_ts: bytes) -> None:
     p = pu.platform
-    p.vr_fail("create", 2, status=503, retry_after=7)
-    p.vr_fail("create", 1, status=500)
+    p.vr.fail("create", 2, status=503, retry_after=7)
+    p.vr.fail("create", 1, status=500)
     for want, after in ((503, "7"), (503, "7"), (500, None)):
         r = await pu.post(0, encode_create(len(segment_ts), START, 2.0, False, True))
         assert r.status_code == want
         assert r.headers.get("retry-after") == after
         assert parse_error_info(r.content) == "injected fault on create"
-    p.vr_fail("put", 1, status=502)
-    p.vr_fail("save", 1)
+    p.vr.fail("put", 1, status=502)
+    p.vr.fail("save", 1)
     name, url = await pu.create(0, len(segment_ts))
     assert (await pu.put(url, segment_ts)).status_code == 502
     assert (await pu.put(url, segment_ts)).status_code == 200
@@ -432,17 +432,17 @@ async def test_fault_status_with_retry_after(pu: Pu, segment_ts: bytes) -> None:
     assert (await pu.save(0, name)).status_code == 200
     assert p.vr_requests == {"create": 4, "put": 2, "save": 2}
     with pytest.raises(ValueError, match="op must be one of"):
-        p.vr_fail("bogus", 1)
-    p.vr_fail("stat", 5)
-    p.vr_clear_faults()
+        p.vr.fail("bogus", 1)
+    p.vr.fail("stat", 5)
+    p.vr.clear_faults()
     assert (await pu.post(0, encode_stat(0, 0))).status_code == 200
 
 
 async def test_fault_abort_closes_without_a_response(pu: Pu, segment_ts: bytes) -> None:
     p = pu.platform
     name, url = await pu.create(0, len(segment_ts))
-    p.vr_fail("put", 1, mode="abort")
-    p.vr_fail("save", 1, mode="abort")
+    p.vr.fail("put", 1, mode="abort")
+    p.vr.fail("save", 1, mode="abort")
     with pytest.raises(httpx.TransportError):
         await pu.put(url, segment_ts)
     assert (await pu.put(url, segment_ts)).status_code == 200
@@ -453,7 +453,7 @@ async def test_fault_abort_closes_without_a_response(pu: Pu, segment_ts: bytes) 
 
 
 async def test_fault_timeout_holds_then_503(pu: Pu) -> None:
-    pu.platform.vr_fail("getcurrenttime", 1, mode="timeout", hold=0.3, retry_after=1)
+    pu.platform.vr.fail("getcurrenttime", 1, mode="timeout", hold=0.3, retry_after=1)
     t0 = time.monotonic()
     r = await pu.post(0, encode_getcurrenttime())
     assert time.monotonic() - t0 >= 0.3
@@ -463,7 +463,7 @@ async def test_fault_timeout_holds_then_503(pu: Pu) -> None:
 
 async def test_held_request_does_not_delay_close(make_platform: MakePlatform) -> None:
     p = await make_platform()
-    p.vr_fail("create", 1, mode="timeout", hold=60)
+    p.vr.fail("create", 1, mode="timeout", hold=60)
     async with _client(p, timeout=0.3) as http:
         with pytest.raises(httpx.ReadTimeout):
             await Pu(p, http).post(0, encode_create(10, START, 2.0, False, True))

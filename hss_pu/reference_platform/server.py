@@ -29,7 +29,6 @@ from hss_pu.reference_platform.vd import LoginRecord, Record, VdServer
 from hss_pu.reference_platform.vr import (
     CSEG_PREFIX,
     SEG_PREFIX,
-    FaultMode,
     VrFailed,
     VrSegment,
     VrServer,
@@ -358,31 +357,6 @@ class ReferencePlatform:
     @vr_drop_next.setter
     def vr_drop_next(self, value: int) -> None:
         self.vr.drop_next = value
-
-    def vr_fail(
-        self,
-        op: str,
-        count: int = 1,
-        *,
-        status: int = 503,
-        retry_after: int | str | None = None,
-        mode: FaultMode = "status",
-        hold: float = 30.0,
-    ) -> None:
-        """The next ``count`` requests of ``op`` (create, put, save, fail, stat,
-        getcurrenttime) answer ``status`` with ``{"info"}`` (and Retry-After when given);
-        mode "timeout" first holds each for ``hold`` s; mode "abort" closes the connection
-        without a response. Faults queue behind earlier ones for the same op."""
-        self.vr.fail(op, count, status=status, retry_after=retry_after, mode=mode, hold=hold)
-
-    def vr_clear_faults(self) -> None:
-        self.vr.clear_faults()
-
-    async def wait_vr_segments(
-        self, channel: int, n: int, timeout: float = 10.0
-    ) -> list[VrSegment]:
-        """The channel's saved segments once there are at least ``n``; TimeoutError else."""
-        return await self.vr.wait_segments(channel, n, timeout)
 
     # --- Vm: live receivers -------------------------------------------------------------
 
