@@ -117,7 +117,7 @@ class MediaChannel:
         self._timeline = _Timeline()
         self._latest: VideoFrame | None = None
         self._sent = 0  # written by the worker only
-        self._outbox: list[tuple[EncodedPacket, StreamInfo | None, StreamInfo | None]] = []
+        self._outbox: list[EncodedPacket] = []
         self._handed = 0  # written by the loop only
         self._lost_to_loop = False
         self._key_after_drain = False
@@ -357,11 +357,9 @@ class MediaChannel:
             except Exception:  # a sink bug must not stop the camera
                 log.exception("channel %d: packet sink failed", self.channel_id)
         if hub.subscribers:
-            self._to_loop(pkt, video, audio)
+            self._to_loop(pkt)
 
-    def _to_loop(
-        self, pkt: EncodedPacket, video: StreamInfo | None, audio: StreamInfo | None
-    ) -> None:
+    def _to_loop(self, pkt: EncodedPacket) -> None:
         in_flight = self._sent - self._handed
         if in_flight >= MAX_IN_FLIGHT and not self._lost_to_loop:
             log.warning(
@@ -380,7 +378,7 @@ class MediaChannel:
                 if pkt.kind == "video":
                     self._dropped_loop += 1
                 return
-        self._outbox.append((pkt, video, audio))
+        self._outbox.append(pkt)
 
     def _flush(self) -> None:
         """Tell the sinks a capture is complete; hand the packets gathered since the last
@@ -403,20 +401,12 @@ class MediaChannel:
         except RuntimeError:  # the loop closed under us (shutdown)
             pass
 
-    def _deliver(
-        self, batch: list[tuple[EncodedPacket, StreamInfo | None, StreamInfo | None]]
-    ) -> None:
-        """On the loop: stream info first, then the packet, so consumers see both."""
-        hub = self.hub
-        for pkt, video, audio in batch:
-            self._handed += 1
-            if video is not None and hub.video != video:
-                hub.video = video
-            if audio is not None and hub.audio != audio:
-                hub.audio = audio
-            if hub.video is None:
-                continue
-            hub.publish(pkt)
+    def _deliver(self, batch: list[EncodedPacket]) -> None:
+        """On the loop. The stream info was set on the capture thread before the packets
+        left it, so subscribers see it first."""
+        self._handed += len(batch)
+        for pkt in batch:
+            self.hub.publish(pkt)
 
     # -- snapshots -----------------------------------------------------------------------
 
