@@ -60,8 +60,6 @@ class Segmenter:
         channel: int,
         seg_duration: float,
         max_size: int,
-        *,
-        discontinue_first: bool = True,
     ) -> None:
         self.channel = channel
         self.seg_ticks = round(seg_duration * HZ)
@@ -69,8 +67,7 @@ class Segmenter:
         self.anchor: float | None = None  # epoch seconds at pts 0
         self.wants_keyframe = False
         self.oversize = 0
-        self.segments = 0
-        self._next_discontinue = discontinue_first
+        self._next_discontinue = True  # nothing before the first segment of a run
         self._mux: TsMuxer | None = None
         self._out: list[bytes] = []
         self._bytes = 0
@@ -81,10 +78,6 @@ class Segmenter:
         self._frame_ticks = 3000
         self._video: StreamInfo | None = None
         self._audio: StreamInfo | None = None
-
-    @property
-    def open(self) -> bool:
-        return self._mux is not None
 
     def epoch(self, pts: int) -> float:
         assert self.anchor is not None
@@ -184,7 +177,6 @@ class Segmenter:
             end_pts=end_pts,
         )
         self._next_discontinue = False
-        self.segments += 1
         return seg
 
 
@@ -253,8 +245,3 @@ class PrerecordRing:
         if not self._pkts:
             return 0.0
         return (self._pkts[-1].pts - self._pkts[0].pts) / HZ
-
-    def clear(self) -> None:
-        self._pkts.clear()
-        self._keys.clear()
-        self._bytes = 0
