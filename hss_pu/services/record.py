@@ -23,7 +23,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -67,8 +67,6 @@ class RecordStats:
     segments_skipped: int = 0  # the platform answered create with an empty name/url
     bytes_saved: int = 0
     spooled: int = 0  # segments written to disk
-    queued_memory: int = 0
-    queued_disk: int = 0
     reachable: bool = True
     last_error: str = ""
     close_to_save_ms: collections.deque[float] = field(
@@ -114,6 +112,7 @@ class Uploader:
         self._lost_before: dict[int, bool] = {}  # the channel's previous segment was lost
         self._dropped: dict[str, _Dropped] = {}  # per cbk_url, not yet reported by op=stat
         self._mem_limit: dict[int, int] = {}
+        self._inflight: dict[int, _Item] = {}  # per channel, the segment being delivered
         self._seq = 1
         self._closing = False
 
@@ -173,19 +172,21 @@ class Uploader:
 
     def _kick(self, channel: int) -> None:
         self._wake[channel].set()
-        self._count()
 
-    def _count(self) -> None:
+    def queued(self) -> tuple[int, int]:
+        """Segments waiting: (in memory, on disk)."""
         items = [i for q in self._queues.values() for i in q]
-        self.stats.queued_memory = sum(1 for i in items if i.data is not None)
-        self.stats.queued_disk = len(items) - self.stats.queued_memory
+        memory = sum(1 for i in items if i.data is not None)
+        return memory, len(items) - memory
 
     def _to_disk(self, item: _Item) -> None:
-        """Move an in-memory segment to the spool; on a spool failure it stays in memory
-        unless the channel's memory queue is over its bound, then it is dropped."""
-        if item.data is None or self.spool is None:
-            if item.data is not None:
-                self._enforce_memory_bound(item.meta.channel)
+        """Move an in-memory segment to the spool; without one (or when it fails) the
+        segment stays in memory unless the channel's memory queue is over its bound, then
+        the oldest are dropped."""
+        if item.data is None:
+            return
+        if self.spool is None:
+            self._enforce_memory_bound(item.meta.channel)
             return
         try:
             entry, evicted = self.spool.put(item.meta, item.data)
@@ -203,7 +204,9 @@ class Uploader:
         if q is None:
             return
         limit = self._mem_limit.get(channel, 1)
-        mem = [i for i in q if i.data is not None]
+        # The segment being delivered is not counted, nor dropped: it may be saved yet.
+        busy = self._inflight.get(channel)
+        mem = [i for i in q if i.data is not None and i is not busy]
         for item in mem[: max(0, len(mem) - limit)]:
             q.remove(item)
             self._drop(item.meta, "no room: the spool cannot take it and memory is full")
@@ -238,7 +241,6 @@ class Uploader:
             for item in list(q):
                 if item.data is not None:
                     self._to_disk(item)
-        self._count()
 
     # -- delivery ------------------------------------------------------------------------
 
@@ -250,17 +252,18 @@ class Uploader:
                 wake.clear()
                 await wake.wait()
                 continue
-            item = q[0]
+            item = self._inflight[channel] = q[0]
             try:
                 done = await self._deliver(item)
             except Exception:  # a bug: keep the segment, slow down, keep the daemon
                 log.exception("record ch%d: upload failed unexpectedly", channel)
                 done = False
                 await asyncio.sleep(5 * self.backoff_scale)
+            finally:
+                del self._inflight[channel]
             if done and q and q[0] is item:
                 q.popleft()
                 self._release(item)
-            self._count()
 
     def _release(self, item: _Item) -> None:
         if item.entry is not None and self.spool is not None:
@@ -318,20 +321,8 @@ class Uploader:
             )
             return True
         try:
-            await retrying(
-                lambda: vr.put(reply.url, self._body(item)),
-                attempts=PUT_ATTEMPTS,
-                base=self.backoff_scale,
-                cap=30 * self.backoff_scale,
-                rng=self.rng,
-            )
-            await retrying(
-                lambda: vr.save(reply.name),
-                attempts=SAVE_ATTEMPTS,
-                base=self.backoff_scale,
-                cap=30 * self.backoff_scale,
-                rng=self.rng,
-            )
+            await self._retrying(lambda: vr.put(reply.url, self._body(item)), PUT_ATTEMPTS, 30)
+            await self._retrying(lambda: vr.save(reply.name), SAVE_ATTEMPTS, 30)
         except (VrError, OSError) as exc:
             return await self._give_up(vr, item, reply.name, exc)
         self.stats.segments_saved += 1
@@ -341,17 +332,16 @@ class Uploader:
         await self._report(vr)
         return True
 
+    async def _retrying(self, op: Callable[[], Awaitable[None]], attempts: int, cap: float) -> None:
+        """``retrying`` with our back-off scale (1 s base, ``cap`` s, both scaled)."""
+        s = self.backoff_scale
+        await retrying(op, attempts=attempts, base=s, cap=cap * s, rng=self.rng)
+
     async def _give_up(self, vr: VrClient, item: _Item, name: str, exc: Exception) -> bool:
         if item not in self._queues[item.meta.channel]:
             return True  # evicted from the spool meanwhile: already counted
         try:
-            await retrying(
-                lambda: vr.fail(name),
-                attempts=FAIL_ATTEMPTS,
-                base=self.backoff_scale,
-                cap=10 * self.backoff_scale,
-                rng=self.rng,
-            )
+            await self._retrying(lambda: vr.fail(name), FAIL_ATTEMPTS, 10)
         except VrError as fexc:
             if fexc.transient:
                 # The platform is gone, not refusing: keep the segment for later.
@@ -386,9 +376,6 @@ class Uploader:
             return
         if self.on_platform_time is not None:
             self.on_platform_time(t)
-
-    def dropped_pending(self) -> dict[str, tuple[int, float]]:
-        return {k: (v.nb, v.time) for k, v in self._dropped.items()}
 
     async def close(self) -> None:
         """Stop uploading; what is still in memory goes to the spool for the next run."""
@@ -672,6 +659,7 @@ class RecordService:
 
     def status(self) -> dict[str, object]:
         st = self.uploader.stats
+        memory, disk = self.uploader.queued()
         lat = sorted(st.close_to_save_ms)
         return {
             "sessions": {str(ch): s.params.session_id for ch, s in self.sessions.items()},
@@ -682,8 +670,8 @@ class RecordService:
             "segments_evicted": st.segments_evicted,
             "segments_skipped": st.segments_skipped,
             "bytes_saved": st.bytes_saved,
-            "queued_memory": st.queued_memory,
-            "queued_disk": st.queued_disk,
+            "queued_memory": memory,
+            "queued_disk": disk,
             "spool_bytes": self.uploader.spool.used if self.uploader.spool else 0,
             "platform_reachable": st.reachable,
             "close_to_save_ms_p50": lat[len(lat) // 2] if lat else None,
