@@ -40,7 +40,7 @@ log = logging.getLogger("hss_pu.live")
 FIRST_CONNECT_TIMEOUT = 8.0  # inside the dispatcher's 15 s handler budget
 MAXBW_FACTOR = 3  # absolute SRT MAXBW = 3 x the stream's bytes/s (field notes: 2-4x)
 SEND_STALL_LIMIT = 200  # consecutive full-buffer messages before the link counts as dead
-MESSAGE = LIVE_PAYLOAD_SIZE  # what the TS muxer's writes fit in (whole TS packets)
+MESSAGE = LIVE_PAYLOAD_SIZE  # one SRT live message: 7 whole TS packets
 # Null TS packets (PID 0x1FFF, ignored by every demuxer) sent after the last real data:
 # SRT learns of a lost packet only from the ones after it, so without a tail the last
 # packets of a stream could not be recovered.
@@ -113,9 +113,8 @@ class _LiveSink:
 
     def _send_out(self) -> None:
         out = self._out
-        data = b"".join(out) if len(out) > 1 else out[0]
-        if len(data) > MESSAGE or len(out) > 1:
-            out[:] = [data[i : i + MESSAGE] for i in range(0, len(data), MESSAGE)]
+        data = b"".join(out)  # (one item: returned as is, and so is a slice of all of it)
+        out[:] = [data[i : i + MESSAGE] for i in range(0, len(data), MESSAGE)]
         st = self._stats
         try:
             for msg in out:
