@@ -13,12 +13,14 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from hss_pu.errors import ConfigError
+
 __all__ = ["SchemaError", "convert", "key_error", "load_toml", "split_validation_error"]
 
 T = TypeVar("T")
 
 
-class SchemaError(ValueError):
+class SchemaError(ConfigError, ValueError):
     """A file did not match its schema; ``str()`` is the one line to show."""
 
     def __init__(self, path: Path | str | None, key: str, problem: str) -> None:

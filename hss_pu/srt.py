@@ -32,6 +32,7 @@ from typing import Any, Final
 from urllib.parse import quote, unquote, urlsplit
 
 from hss_pu.config import Secret
+from hss_pu.errors import HssError
 from hss_pu.logsetup import add_secret, redact, redacted_logger
 
 __all__ = [
@@ -121,11 +122,11 @@ SRT_REJ_UNSECURE: Final = 11
 _SRTS_BROKEN: Final = 6  # SRT_SOCKSTATUS: BROKEN, CLOSING, CLOSED, NONEXIST follow
 
 
-class SrtUnavailable(RuntimeError):
+class SrtUnavailable(HssError, RuntimeError):
     """libsrt is missing or unusable; raised on first use, never at import."""
 
 
-class SrtError(OSError):
+class SrtError(HssError, OSError):
     """A libsrt failure: ``code`` is libsrt's SRT_ERRNO, ``reject_reason`` its
     SRT_REJECT_REASON for a refused connection (None otherwise)."""
 

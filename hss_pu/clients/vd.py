@@ -26,6 +26,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from hss_pu import __version__
+from hss_pu.errors import DeadLinkError
 from hss_pu.logsetup import redacted_logger
 from hss_pu.wire.vd import (
     Code,
@@ -49,10 +50,6 @@ RPC_TIMEOUT = 20.0  # wire-notes: an RPC of ours unanswered for 20 s means the l
 HANDLER_TIMEOUT = 15.0  # our reply must beat the platform's own 20 s
 INBOX_SIZE = 32
 MAX_FRAME = 1 << 20
-
-
-class DeadLinkError(ConnectionError):
-    """The connection is gone or unresponsive; reconnect."""
 
 
 class RequestHandler(Protocol):

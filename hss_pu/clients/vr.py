@@ -26,6 +26,7 @@ from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 import httpx
 
+from hss_pu.errors import LinkError
 from hss_pu.logsetup import REDACTED, redact
 from hss_pu.wire import vr as wire
 
@@ -58,7 +59,7 @@ T = TypeVar("T")
 # --- errors ---------------------------------------------------------------------------
 
 
-class VrError(Exception):
+class VrError(LinkError):
     """A Vr request failed. ``transient``: the same request may succeed later (network
     error, timeout, 5xx, 408, 429); ``retry_after``: the server's wish, in seconds.
     The message is safe to log: URLs lose their query strings (signed upload tokens)."""

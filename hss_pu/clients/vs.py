@@ -7,12 +7,13 @@ import time
 
 import httpx
 
+from hss_pu.errors import LinkError
 from hss_pu.wire.vs import ServerAddr, VsFormatError, parse_server_addr, server_addr_path
 
 __all__ = ["VsError", "fetch_server_addr", "make_http_client", "tls_verify"]
 
 
-class VsError(RuntimeError):
+class VsError(LinkError):
     """Scheduling failed; the message is safe to log."""
 
 

@@ -22,6 +22,7 @@ from av.audio.frame import AudioFrame
 from av.video.codeccontext import VideoCodecContext
 from av.video.frame import PictureType, VideoFrame
 
+from hss_pu.errors import HssError
 from hss_pu.media.h264 import ParameterSetCache
 from hss_pu.media.packets import TIME_BASE, EncodedPacket, StreamInfo, to_90k
 
@@ -50,7 +51,7 @@ AUDIO_BITRATE = 64_000
 _CAPTURE_TIMES = 64  # pts -> capture time entries kept for encoders that hold frames
 
 
-class MediaError(Exception):
+class MediaError(HssError):
     """A source or encoder cannot run; the message says what and how to fix it."""
 
 

@@ -7,9 +7,10 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
+from hss_pu.errors import ChannelOffline, NoSuchChannel, StreamTooLarge
 from hss_pu.media.channel import MediaChannel
 from hss_pu.profiles import Profile
-from hss_pu.wire.vd import Code, KeepaliveChannel, RpcError
+from hss_pu.wire.vd import KeepaliveChannel
 
 __all__ = ["ChannelRegistry", "ChannelState", "stream_for"]
 
@@ -47,10 +48,10 @@ class ChannelRegistry:
         return iter(self._channels.values())
 
     def get(self, channel: int) -> ChannelState:
-        """The channel, or RpcError 102 (wire-notes: channel does not exist)."""
+        """The channel, or NoSuchChannel (Vd 102)."""
         ch = self._channels.get(channel)
         if ch is None:
-            raise RpcError(Code.NO_CHANNEL, f"channel {channel} does not exist")
+            raise NoSuchChannel(f"channel {channel} does not exist")
         return ch
 
     def keepalive(self) -> list[KeepaliveChannel]:
@@ -102,10 +103,9 @@ async def stream_for(
     consumers use too)."""
     m = media.get(channel)
     if m is None or not await m.wait_running():
-        raise RpcError(Code.CHANNEL_OFFLINE, f"channel {channel} has no running camera")
+        raise ChannelOffline(f"channel {channel} has no running camera")
     if max_bitrate and m.settings.bitrate > max_bitrate:
-        raise RpcError(
-            Code.STREAM_TOO_LARGE,
+        raise StreamTooLarge(
             f"channel {channel} {what} at {m.settings.bitrate} bit/s, "
             f"above max_bitrate {max_bitrate}",
         )

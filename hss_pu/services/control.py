@@ -11,13 +11,30 @@ from typing import Any, TypeVar
 
 from hss_pu.clock import OffsetClock
 from hss_pu.config import Config
+from hss_pu.errors import (
+    ChannelOffline,
+    DeviceError,
+    DeviceFailure,
+    InvalidParam,
+    NoSuchChannel,
+    NotSupported,
+    StreamTooLarge,
+    UnsupportedConfig,
+)
 from hss_pu.services.channels import ChannelRegistry
 from hss_pu.services.devconfig import DevConfigStore
 from hss_pu.services.interfaces import Services
 from hss_pu.wire import vd
 from hss_pu.wire.vd import Code, RpcError, decode_params
 
-__all__ = ["LOG_LEVELS", "DeviceContext", "Dispatcher", "format_local", "parse_local"]
+__all__ = [
+    "LOG_LEVELS",
+    "DeviceContext",
+    "Dispatcher",
+    "format_local",
+    "parse_local",
+    "vd_code",
+]
 
 log = logging.getLogger("hss_pu.control")
 
@@ -41,7 +58,7 @@ def parse_local(text: str, tz: int) -> float:
     try:
         naive = dt.datetime.strptime(text, _FMT)
     except ValueError:
-        raise RpcError(Code.PARAM, f"params.datetime: not a valid date/time: {text!r}") from None
+        raise InvalidParam(f"params.datetime: not a valid date/time: {text!r}") from None
     return naive.replace(tzinfo=dt.timezone(dt.timedelta(hours=tz))).timestamp()
 
 
@@ -49,8 +66,29 @@ def format_local(epoch: float, tz: int) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.timezone(dt.timedelta(hours=tz))).strftime(_FMT)
 
 
-def _no_service(what: str) -> RpcError:
-    return RpcError(Code.UNSUPPORTED_METHOD, f"{what} is not available on this device")
+# The one place domain errors become Vd error codes (wire-notes' list).
+_CODES: dict[type[DeviceError], Code] = {
+    InvalidParam: Code.PARAM,
+    NoSuchChannel: Code.NO_CHANNEL,
+    ChannelOffline: Code.CHANNEL_OFFLINE,
+    StreamTooLarge: Code.STREAM_TOO_LARGE,
+    UnsupportedConfig: Code.UNSUPPORTED_CONFIG,
+    NotSupported: Code.UNSUPPORTED_METHOD,
+    DeviceFailure: Code.INTERNAL,
+}
+
+
+def vd_code(exc: DeviceError) -> Code:
+    """The Vd error code of a domain error (1 for a kind with no code of its own)."""
+    for kind in type(exc).__mro__:
+        code = _CODES.get(kind)
+        if code is not None:
+            return code
+    return Code.INTERNAL
+
+
+def _no_service(what: str) -> NotSupported:
+    return NotSupported(f"{what} is not available on this device")
 
 
 @dataclass
@@ -82,7 +120,10 @@ class Dispatcher:
             raise RpcError(Code.UNSUPPORTED_METHOD, f"unsupported RPC method {name!r}")
         p = decode_params(name, params)
         handler: Callable[[Any], Awaitable[Any]] = getattr(self, f"rpc_{name}")
-        return await handler(p)
+        try:
+            return await handler(p)
+        except DeviceError as exc:
+            raise RpcError(vd_code(exc), str(exc)) from None
 
     async def event(self, name: str, params: dict[str, Any] | None) -> None:
         spec = vd.MESSAGES.get(name)
@@ -90,7 +131,10 @@ class Dispatcher:
             raise RpcError(Code.UNSUPPORTED_METHOD, f"unsupported event {name!r}")
         p = decode_params(name, params)
         handler: Callable[[Any], Awaitable[None]] = getattr(self, f"ev_{name}")
-        await handler(p)
+        try:
+            await handler(p)
+        except DeviceError as exc:
+            raise RpcError(vd_code(exc), str(exc)) from None
 
     # --- helpers -----------------------------------------------------------------
 

@@ -11,9 +11,9 @@ from typing import Any
 import msgspec
 
 from hss_pu.config import Config
+from hss_pu.errors import DeviceError, DeviceFailure
 from hss_pu.fsutil import atomic_write
 from hss_pu.wire import devconfig as wire
-from hss_pu.wire.vd import RpcError
 
 __all__ = ["DevConfigStore"]
 
@@ -47,7 +47,7 @@ class DevConfigStore:
             return self._defaults()
         try:
             return wire.validate_stored(msgspec.json.decode(raw), self.profile, self.base)
-        except (msgspec.DecodeError, RpcError) as exc:
+        except (msgspec.DecodeError, DeviceError) as exc:
             bad = self.path.with_suffix(".json.bad")
             with contextlib.suppress(OSError):
                 os.replace(self.path, bad)
@@ -73,7 +73,7 @@ class DevConfigStore:
             self._save()
         except OSError as exc:
             self.doc = old
-            raise RpcError(1, f"cannot save configuration: {exc.strerror or exc}") from None
+            raise DeviceFailure(f"cannot save configuration: {exc.strerror or exc}") from None
         return self.doc
 
     def reset(self) -> dict[str, Any]:
@@ -83,7 +83,7 @@ class DevConfigStore:
         except FileNotFoundError:
             pass
         except OSError as exc:
-            raise RpcError(1, f"cannot reset configuration: {exc.strerror or exc}") from None
+            raise DeviceFailure(f"cannot reset configuration: {exc.strerror or exc}") from None
         return self.doc
 
     @property

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from hss_pu.errors import DeviceFailure, InvalidParam
 from hss_pu.media.channel import MediaChannel
 from hss_pu.media.packets import EncodedPacket, StreamInfo
 from hss_pu.media.tsmux import TsMuxer
@@ -31,7 +32,7 @@ from hss_pu.srt import (
     maxbw_for_bitrate,
     parse_srt_url,
 )
-from hss_pu.wire.vd import Code, PushLiveParams, RpcError, StopLiveParams
+from hss_pu.wire.vd import PushLiveParams, StopLiveParams
 
 __all__ = ["LivePush", "LiveService", "PushStats"]
 
@@ -287,7 +288,7 @@ class LiveService:
         try:
             url = parse_srt_url(p.url, default_streamid=p.stream_id)
         except ValueError as exc:
-            raise RpcError(Code.PARAM, f"params.url: {exc}") from None
+            raise InvalidParam(f"params.url: {exc}") from None
         async with self._lock:
             current = self.pushes.get(p.channel)
             if current is not None and current.stream_id == p.stream_id:
@@ -300,7 +301,7 @@ class LiveService:
                 await push.start()
             except (SrtError, TimeoutError, OSError) as exc:
                 await push.stop()
-                raise RpcError(Code.INTERNAL, f"cannot push to {url.redacted()}: {exc}") from None
+                raise DeviceFailure(f"cannot push to {url.redacted()}: {exc}") from None
             self.pushes[p.channel] = push
             state.stream_id = p.stream_id
             log.info("live ch%d: pushing %s to %s", p.channel, p.stream_id, url.redacted())

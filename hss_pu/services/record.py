@@ -32,13 +32,14 @@ import httpx
 import msgspec
 
 from hss_pu.clients.vr import SegmentBody, VrClient, VrError, retrying
+from hss_pu.errors import DeviceError, InvalidParam
 from hss_pu.fsutil import atomic_write
 from hss_pu.media.channel import MediaChannel
 from hss_pu.media.packets import EncodedPacket, StreamInfo
 from hss_pu.media.segmenter import PrerecordRing, Segment, Segmenter
 from hss_pu.services.channels import ChannelRegistry, stream_for
 from hss_pu.services.spool import SegmentMeta, Spool, SpoolEntry, SpoolError
-from hss_pu.wire.vd import Code, RpcError, StartRecordParams, StopRecordParams
+from hss_pu.wire.vd import StartRecordParams, StopRecordParams
 
 __all__ = ["RecordService", "RecordStats", "Uploader"]
 
@@ -607,11 +608,10 @@ class RecordService:
     def _check_cbk_url(self, url: str) -> bool:
         parts = urlsplit(url)
         if parts.scheme not in ("https", "http") or not parts.hostname:
-            raise RpcError(Code.PARAM, "params.cbk_url: not an http(s) URL")
+            raise InvalidParam("params.cbk_url: not an http(s) URL")
         if parts.scheme == "http" and not self.allow_insecure:
-            raise RpcError(
-                Code.PARAM,
-                "params.cbk_url: plain http is refused (platform.allow_insecure is off)",
+            raise InvalidParam(
+                "params.cbk_url: plain http is refused (platform.allow_insecure is off)"
             )
         return parts.scheme == "https"
 
@@ -643,7 +643,7 @@ class RecordService:
             try:
                 await self.start_record(resumed)
                 log.info("record ch%d: session %s resumed", p.channel, p.session_id)
-            except RpcError as exc:
+            except DeviceError as exc:
                 log.warning("record ch%d: cannot resume %s: %s", p.channel, p.session_id, exc)
             except Exception:  # a bug here must not stop the daemon
                 log.exception("record ch%d: cannot resume %s", p.channel, p.session_id)

@@ -13,9 +13,10 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from hss_pu.errors import ChannelOffline, DeviceFailure, InvalidParam
 from hss_pu.logsetup import redact
 from hss_pu.media.channel import MediaChannel
-from hss_pu.wire.vd import Code, RpcError, SnapshotParams
+from hss_pu.wire.vd import SnapshotParams
 
 __all__ = ["SnapshotService", "upload_context"]
 
@@ -59,31 +60,30 @@ class SnapshotService:
         if (u.scheme == "https" or (u.scheme == "http" and self.allow_insecure)) and u.hostname:
             return
         if u.scheme == "http":
-            raise RpcError(
-                Code.PARAM,
-                "params.url: plain http:// upload refused (platform.allow_insecure is off)",
+            raise InvalidParam(
+                "params.url: plain http:// upload refused (platform.allow_insecure is off)"
             )
-        raise RpcError(Code.PARAM, "params.url: expected an https:// URL")
+        raise InvalidParam("params.url: expected an https:// URL")
 
     async def take(self, channel: int) -> bytes:
         media = self.media.get(channel)
         if media is None or not await media.wait_running():
-            raise RpcError(Code.CHANNEL_OFFLINE, f"channel {channel} has no running camera")
+            raise ChannelOffline(f"channel {channel} has no running camera")
         try:
             return await media.snapshot_jpeg()
         except Exception as exc:
-            raise RpcError(Code.INTERNAL, f"no picture from channel {channel}: {exc}") from None
+            raise DeviceFailure(f"no picture from channel {channel}: {exc}") from None
 
     async def put(self, url: str, jpeg: bytes) -> None:
         self._check_url(url)
         try:
             r = await self._http.put(url, content=jpeg, headers={"Content-Type": "image/jpeg"})
         except httpx.HTTPError as exc:
-            raise RpcError(
-                Code.INTERNAL, f"upload failed: {type(exc).__name__}: {redact(str(exc))}"
+            raise DeviceFailure(
+                f"upload failed: {type(exc).__name__}: {redact(str(exc))}"
             ) from None
         if not 200 <= r.status_code < 300:
-            raise RpcError(Code.INTERNAL, f"upload failed: HTTP {r.status_code}")
+            raise DeviceFailure(f"upload failed: HTTP {r.status_code}")
 
     async def snapshot(self, p: SnapshotParams) -> None:
         jpeg = await self.take(p.channel)

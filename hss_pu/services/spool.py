@@ -19,6 +19,7 @@ from pathlib import Path
 
 import msgspec
 
+from hss_pu.errors import HssError
 from hss_pu.fsutil import atomic_write
 
 __all__ = ["SegmentMeta", "Spool", "SpoolEntry", "SpoolError"]
@@ -40,7 +41,7 @@ class SegmentMeta(msgspec.Struct, frozen=True, kw_only=True):
     discontinue: bool
 
 
-class SpoolError(Exception):
+class SpoolError(HssError):
     """The spool cannot take a segment (disk full, read-only filesystem, I/O error)."""
 
 

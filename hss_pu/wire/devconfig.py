@@ -20,8 +20,8 @@ from typing import Any
 
 import msgspec
 
+from hss_pu.errors import InvalidParam, NoSuchChannel, UnsupportedConfig
 from hss_pu.profiles import Profile
-from hss_pu.wire.vd import Code, RpcError
 
 __all__ = [
     "ALARM_KINDS",
@@ -129,12 +129,12 @@ def default_document(profile: Profile, base: Base) -> dict[str, Any]:
     }
 
 
-def _bad(path: str, what: str) -> RpcError:
-    return RpcError(Code.PARAM, f"{path}: {what}")
+def _bad(path: str, what: str) -> InvalidParam:
+    return InvalidParam(f"{path}: {what}")
 
 
-def _lacks(path: str, what: str) -> RpcError:
-    return RpcError(Code.UNSUPPORTED_CONFIG, f"{path}: {what}")
+def _lacks(path: str, what: str) -> UnsupportedConfig:
+    return UnsupportedConfig(f"{path}: {what}")
 
 
 def _obj(v: Any, path: str) -> dict[str, Any]:
@@ -230,7 +230,8 @@ def _merge_channel(
 
 
 def merge(current: dict[str, Any], patch: Any, profile: Profile, base: Base) -> dict[str, Any]:
-    """Apply a SetConfig patch; returns the new document, or raises RpcError (12/13/102).
+    """Apply a SetConfig patch; returns the new document, or raises a DeviceError
+    (InvalidParam, UnsupportedConfig, NoSuchChannel).
 
     All-or-nothing: the patch is applied to a copy, so a bad field leaves nothing half-set.
     """
@@ -244,7 +245,7 @@ def merge(current: dict[str, Any], patch: Any, profile: Profile, base: Base) -> 
             except ValueError:
                 raise _bad(f"channels.{key}", "channel ids are integers") from None
             if str(cid) not in doc["channels"]:
-                raise RpcError(Code.NO_CHANNEL, f"channel {key} does not exist")
+                raise NoSuchChannel(f"channel {key} does not exist")
             _merge_channel(
                 doc["channels"][str(cid)], _obj(body, f"channels.{key}"), profile, cid, base
             )
@@ -275,7 +276,7 @@ def validate_stored(stored: Any, profile: Profile, base: Base) -> dict[str, Any]
     """Re-apply a document read from disk onto the factory settings.
 
     The profile may have changed since it was saved (fewer channels, no LED): whatever no
-    longer applies is an RpcError, which the caller turns into "start from defaults".
+    longer applies is a DeviceError, which the caller turns into "start from defaults".
     """
     # Read-only encoding values are recomputed from quality, like any SetConfig.
     return merge(default_document(profile, base), _obj(stored, "stored"), profile, base)

@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 
 import msgspec
 
+from hss_pu.errors import HssError
 from hss_pu.schema import split_validation_error
 
 __all__ = [
@@ -50,7 +51,7 @@ class Code(IntEnum):
     INPUT = 400
 
 
-class RpcError(Exception):
+class RpcError(HssError):
     """An RPC failure to send back as ``{"seq": N, "err": {"code", "msg"}}``."""
 
     def __init__(self, code: int, msg: str) -> None:

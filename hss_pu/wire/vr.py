@@ -15,6 +15,8 @@ from urllib.parse import parse_qsl, urlencode
 
 import msgspec
 
+from hss_pu.errors import HssError
+
 __all__ = [
     "CONTENT_TYPE_FORM",
     "CONTENT_TYPE_TS",
@@ -47,7 +49,7 @@ CONTENT_TYPE_TS = "video/mp2t"
 _MAX_FIELDS = 32
 
 
-class VrFormatError(ValueError):
+class VrFormatError(HssError, ValueError):
     """A Vr body (form or reply) that does not parse; the message names the field."""
 
 

@@ -7,6 +7,8 @@ from urllib.parse import urlencode
 
 import msgspec
 
+from hss_pu.errors import HssError
+
 __all__ = [
     "MAC_PATTERN",
     "ServerAddr",
@@ -23,7 +25,7 @@ Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
 MAC_PATTERN = r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$"
 
 
-class VsFormatError(ValueError):
+class VsFormatError(HssError, ValueError):
     """The Vs reply is not something we can schedule on."""
 
 
