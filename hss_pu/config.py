@@ -69,7 +69,8 @@ class PlatformSection(_Section, frozen=True, kw_only=True):
     ca_file: str | None = None
     allow_insecure: bool = False
     keepalive_interval: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
-    backoff_scale: Annotated[float, msgspec.Meta(ge=0, le=100)] = 1.0
+    # > 0: a zero scale would let every retry loop spin without a delay.
+    backoff_scale: Annotated[float, msgspec.Meta(gt=0, le=100)] = 1.0
 
 
 class CameraSection(_Section, frozen=True, kw_only=True):

@@ -38,6 +38,7 @@ from hss_pu.services.localctl import LocalControl
 from hss_pu.services.record import RecordService, Uploader
 from hss_pu.services.snapshot import SnapshotService, upload_context
 from hss_pu.services.spool import Spool
+from hss_pu.tasks import TaskSet
 from hss_pu.wire.vd import BindParams, KeepaliveParams
 
 __all__ = ["STOP_TIMEOUT", "Daemon"]
@@ -79,7 +80,8 @@ class Daemon:
         self.dispatcher: Dispatcher | None = None
         self._pending_bind = config.device.bind_id
         self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks = TaskSet(log, self._task_failed)
+        self._failed: list[str] = []  # tasks that failed: the exit status is then 1
         add_secret(config.password.reveal())
 
     def stop(self) -> None:
@@ -176,7 +178,7 @@ class Daemon:
         except OSError as exc:
             log.warning("control socket unavailable (%s): hss-pu bind/status will not work", exc)
         self._spawn(self.notifier.watchdog_loop(), "watchdog")
-        self._spawn(link.run(), "platform-link")
+        self._spawn(link.run(), "platform-link", forever=True)
         if self.record is not None:
             self.record.uploader.resume()  # segments a previous run left in the spool
             self._spawn(self.record.resume(), "record-resume")  # and its sessions
@@ -194,6 +196,9 @@ class Daemon:
         if self.snapshot is not None:
             await self.snapshot.close()
         await control.close()
+        if self._failed:
+            log.error("stopped: exit status 1 (task %s failed)", ", ".join(self._failed))
+            return 1
         log.info("stopped")
         return 0
 
@@ -289,8 +294,9 @@ class Daemon:
 
     async def _send_bind(self, bind_id: str) -> bool:
         assert self.link is not None
-        params = BindParams(mac_id=self.config.device.mac, bind_id=bind_id)
-        sent = await self.link.send_event("Bind", params)
+        sent = await self.link.send_event(
+            BindParams(mac_id=self.config.device.mac, bind_id=bind_id)
+        )
         if sent:
             log.info("Bind sent (bind_id %s)", bind_id)
             self._pending_bind = None
@@ -356,23 +362,23 @@ class Daemon:
         self.restart_requested = True
         self._stop.set()
 
-    def _spawn(self, coro: Awaitable[None], name: str) -> None:
-        async def guarded() -> None:
-            try:
-                await coro
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                # A service that dies must not take the camera down silently.
-                log.exception("%s task failed; stopping the daemon", name)
-                self._stop.set()
+    def _spawn(self, coro: Awaitable[None], name: str, *, forever: bool = False) -> None:
+        """Run ``coro`` as a task; if it fails (or, ``forever``, ends at all) the daemon
+        stops with exit status 1, so systemd's Restart=on-failure brings it back."""
 
-        self._tasks.append(asyncio.create_task(guarded(), name=name))
+        async def run() -> None:
+            await coro
+            if forever and not self._stop.is_set():
+                raise RuntimeError(f"{name} ended")
+
+        self._tasks.spawn(run(), name)
+
+    def _task_failed(self, name: str, exc: BaseException) -> None:
+        # TaskSet has logged the traceback.
+        log.error("%s task failed; stopping the daemon", name)
+        self._failed.append(name)
+        self._stop.set()
 
     async def _cancel_all(self) -> None:
-        for t in self._tasks:
-            t.cancel()
-        _, pending = await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT)
-        for t in pending:
-            log.warning("task %s did not stop within %.0f s", t.get_name(), STOP_TIMEOUT)
-        self._tasks.clear()
+        for name in await self._tasks.cancel_all(STOP_TIMEOUT):
+            log.warning("task %s did not stop within %.0f s", name, STOP_TIMEOUT)

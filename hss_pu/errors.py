@@ -16,6 +16,7 @@ Pure: no I/O, importable from ``wire/``.
 from __future__ import annotations
 
 __all__ = [
+    "BadReply",
     "ChannelOffline",
     "ConfigError",
     "DeadLinkError",
@@ -24,8 +25,10 @@ __all__ = [
     "HssError",
     "InvalidParam",
     "LinkError",
+    "LoginRefused",
     "NoSuchChannel",
     "NotSupported",
+    "RpcRefused",
     "StreamTooLarge",
     "UnsupportedConfig",
 ]
@@ -48,6 +51,27 @@ class LinkError(HssError):
 
 class DeadLinkError(LinkError, ConnectionError):
     """The Vd connection is gone or unresponsive: reconnect."""
+
+
+class LoginRefused(LinkError):
+    """The platform answered the Vd login with an HTTP status (401 wrong password, ...)."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"login refused: HTTP {status}")
+        self.status = status
+
+
+class RpcRefused(LinkError):
+    """The platform answered one of our RPCs with an error (``code``, ``msg``)."""
+
+    def __init__(self, name: str, code: int, msg: str) -> None:
+        super().__init__(f"{name} refused: {code} {msg}")
+        self.code = code
+        self.msg = msg
+
+
+class BadReply(LinkError):
+    """The platform's reply to one of our RPCs lacks what the message requires."""
 
 
 # --- domain errors (services); the dispatcher maps each to one Vd code ---------------

@@ -15,8 +15,10 @@ def retry_delay(failures: int, scale: float = 1.0, rng: random.Random | None = N
 
     N <= 12: uniform in [0, 5*N] s, so a fleet that lost its platform at the same
     moment does not come back at the same moment; N > 12: 60 s. ``scale`` is the
-    config's backoff_scale (tests shrink it).
+    config's backoff_scale (tests shrink it); it must be > 0.
     """
+    if not scale > 0:
+        raise ValueError(f"backoff scale must be > 0, not {scale}: a retry loop would spin")
     if failures < 1:
         return 0.0
     r = rng or random

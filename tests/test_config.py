@@ -241,3 +241,14 @@ def test_example_config_is_valid(tmp_path: Path) -> None:
     copy.write_text(text)
     cfg = load_config(copy)
     assert cfg.device.id
+
+
+@pytest.mark.parametrize("scale", [0, 0.0, -1])
+def test_backoff_scale_must_be_positive(scale: float) -> None:
+    """A zero scale would make every retry loop spin without a delay (issue 9, item 11)."""
+    import msgspec
+
+    from hss_pu.config import PlatformSection
+
+    with pytest.raises(msgspec.ValidationError, match="backoff_scale"):
+        msgspec.convert({"schedule_url": "https://h", "backoff_scale": scale}, PlatformSection)

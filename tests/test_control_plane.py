@@ -162,9 +162,35 @@ async def test_settime_and_querytime_follow_tz_and_offset(rig: Rig) -> None:
 
 async def test_host_clock_untouched(rig: Rig) -> None:
     wall0, mono0 = time.time(), time.monotonic()
-    await rig.call("Settime", {"datetime": "2001-02-03T04:05:06", "offset": 0})
+    r = await rig.call("Settime", {"datetime": "2099-02-03T04:05:06", "offset": 0})
+    assert r.err is None
     assert abs((time.time() - wall0) - (time.monotonic() - mono0)) < 1.0
-    assert rig.daemon.clock.offset < -1e8  # the daemon's clock moved, the host's did not
+    assert rig.daemon.clock.offset > 1e9  # the daemon's clock moved, the host's did not
+
+
+@pytest.mark.parametrize(
+    ("stamp", "tz"),
+    [("2019-12-31T23:59:59", 0), ("2020-01-01T05:00:00", 8), ("2100-01-01T00:00:00", 0),
+     ("2099-12-31T20:00:00", -12), ("9999-12-31T23:59:59", 14), ("0001-01-01T00:00:00", -12)],
+)  # fmt: skip
+async def test_settime_outside_2020_2100_is_12_and_changes_nothing(
+    rig: Rig, stamp: str, tz: int
+) -> None:
+    before = rig.daemon.clock.offset
+    r = await rig.call("Settime", {"datetime": stamp, "tz": tz, "offset": 0})
+    assert r.err is not None and r.err.code == Code.PARAM, r
+    assert "2020" in r.err.msg and "2100" in r.err.msg
+    assert rig.daemon.clock.offset == before
+    assert (await rig.call("QueryTime")).resp["tz"] == 0
+
+
+async def test_settime_that_cannot_save_tz_changes_nothing(rig: Rig) -> None:
+    before = rig.daemon.clock.offset
+    (rig.storage / "devconfig.json").mkdir()  # the atomic rename onto it fails, even as root
+    r = await rig.call("Settime", {"datetime": "2030-06-01T12:00:00", "tz": 3, "offset": 0})
+    assert r.err is not None and r.err.code == Code.INTERNAL, r
+    assert rig.daemon.clock.offset == before  # the clock did not move
+    assert (await rig.call("QueryTime")).resp["tz"] == 0
 
 
 async def test_error_codes(rig: Rig) -> None:

@@ -217,3 +217,39 @@ async def test_reboot_device_restarts_the_daemon(
     finally:
         rc, took = await p.stop()
     assert rc == 0 and took < 5.0
+
+
+# A real `hss-pu run --config` whose platform link hits a bug (injected: no natural one is
+# left once everything the platform sends is validated where it enters).
+INJECTED_FAULT = """
+import sys
+from hss_pu.services import link
+
+async def broken(self, *args):
+    raise RuntimeError("injected link fault")
+
+link.PlatformLink._schedule = broken
+from hss_pu.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+async def test_a_task_that_dies_exits_1_so_systemd_restarts_us(
+    write_config: WriteConfig, platform: ReferencePlatform
+) -> None:
+    path = write_config(
+        schedule_url=platform.schedule_url, ca_line=f'ca_file = "{platform.ca_file}"'
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", INJECTED_FAULT, "run", "--config", str(path),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE, env={**os.environ, "NOTIFY_SOCKET": ""},
+    )  # fmt: skip
+    assert proc.stderr is not None
+    err = (await asyncio.wait_for(proc.stderr.read(), 20)).decode()
+    rc = await asyncio.wait_for(proc.wait(), 10)
+    assert rc == 1, err
+    assert "platform-link" in err and "injected link fault" in err
+    # A clean stop all the same, saying why the status is 1.
+    assert err.rstrip().endswith("stopped: exit status 1 (task platform-link failed)")
+    assert PASSWORD not in err

@@ -504,3 +504,77 @@ def test_valid_params_with_noise_still_decode(name: str, noise: dict[str, Any]) 
     decoded = decode_params(name, {**good, **extra})
     if MESSAGES[name].params not in (None, dict):
         assert to_builtins(decoded) == good
+
+
+# --- issue 9: PU -> platform messages, one typed, table-driven path ---------------
+
+
+def test_every_pu_message_has_its_own_params_type() -> None:
+    up = [m for m in MESSAGES.values() if m.direction == "pu->platform"]
+    assert {m.name for m in up} == PU_TO_PLATFORM
+    for m in up:
+        assert m.params is not None and m.params is not dict
+        base = vd.UpCall if m.kind == "rpc" else vd.UpEvent
+        assert issubclass(m.params, base), m.name
+        assert vd.up_message(m.params(**valid_params(m.name))) is m
+        if m.kind == "rpc":
+            assert m.result is not None and m.result is not dict
+    assert len({m.params for m in up}) == len(up)
+
+
+def test_up_message_refuses_what_is_not_ours_to_send() -> None:
+    with pytest.raises(TypeError):
+        vd.up_message(vd.ChannelParams(channel=0))  # type: ignore[arg-type]
+
+
+def test_encode_up_validates_before_sending() -> None:
+    spec, text = vd.encode_up(vd.KeepaliveParams(mac_id="02:00:00:00:00:01", state=1), seq=3)
+    assert spec.name == "Keepalive"
+    assert json.loads(text) == {
+        "req": "Keepalive", "params": {"mac_id": "02:00:00:00:00:01", "state": 1}, "seq": 3
+    }  # fmt: skip
+    spec, text = vd.encode_up(vd.BindParams(mac_id="m", bind_id="B-1"))
+    assert spec.name == "Bind" and json.loads(text) == {
+        "event": "Bind", "params": {"mac_id": "m", "bind_id": "B-1"}
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="bind_id"):
+        vd.encode_up(vd.BindParams(mac_id="m", bind_id=""))
+    with pytest.raises(ValueError, match="Keepalive"):
+        vd.encode_up(vd.KeepaliveParams(mac_id="m", state=9), seq=1)  # type: ignore[arg-type]
+
+
+def test_read_result_types_the_reply() -> None:
+    r, notes = vd.read_result(vd.MESSAGES["Keepalive"], {})
+    assert isinstance(r, vd.KeepaliveResp) and notes == []
+    r, notes = vd.read_result(vd.MESSAGES["GetServerInfo"], load("GetServerInfo")["reply"]["resp"])
+    assert r == vd.GetServerInfoResp(
+        hb_interval=30, hibernation="203.0.113.7:9100", hb_token="7f3a9c2e5b1d4860"
+    )
+    assert notes == []
+
+
+@pytest.mark.parametrize(
+    ("resp", "interval", "bad"),
+    [({"hb_interval": 30.0}, 30.0, None), ({"hb_interval": 2.5}, 2.5, None),
+     ({"hb_interval": "30"}, None, "hb_interval"), ({"hb_interval": 0}, None, "hb_interval"),
+     ({"hb_interval": 99999}, None, "hb_interval"), ({"hb_interval": True}, None, "hb_interval"),
+     ({"hb_interval": None}, None, None), ({"hb_interval": [30]}, None, "hb_interval")],
+)  # fmt: skip
+def test_server_info_reply_is_read_field_by_field(
+    resp: dict[str, Any], interval: float | None, bad: str | None
+) -> None:
+    """One ill-typed field is ignored (with a note); the others are still used."""
+    full = {**resp, "hb_token": "tok-1", "hibernation": "203.0.113.7:9100", "x": {}}
+    r, notes = vd.read_result(vd.MESSAGES["GetServerInfo"], full)
+    assert r.hb_interval == interval and r.hb_token == "tok-1"
+    assert r.hibernation == "203.0.113.7:9100"
+    if bad is None:
+        assert notes == []
+    else:
+        assert len(notes) == 1 and notes[0].startswith(bad), notes
+        assert "tok-1" not in notes[0]
+
+
+def test_server_info_token_ill_typed_keeps_the_interval() -> None:
+    r, notes = vd.read_result(vd.MESSAGES["GetServerInfo"], {"hb_interval": 5, "hb_token": 7})
+    assert r.hb_interval == 5 and r.hb_token is None and notes[0].startswith("hb_token")

@@ -25,7 +25,7 @@ from hss_pu.reference_platform.admin import AdminApi
 from hss_pu.reference_platform.http import HttpServer, Request, Response, json_response
 from hss_pu.reference_platform.live import LiveReceiver, free_udp_port
 from hss_pu.reference_platform.pki import Pki, ensure_pki
-from hss_pu.reference_platform.vd import LoginRecord, Record, VdServer
+from hss_pu.reference_platform.vd import LoginRecord, Record, ReplyRecord, VdServer
 from hss_pu.reference_platform.vr import (
     CSEG_PREFIX,
     SEG_PREFIX,
@@ -42,6 +42,7 @@ __all__ = [
     "PlatformOptions",
     "Record",
     "ReferencePlatform",
+    "ReplyRecord",
     "VrFailed",
     "VrSegment",
     "VrStat",
@@ -78,6 +79,10 @@ class PlatformOptions:
     rpc_timeout: float = 20.0  # wire-notes: an RPC unanswered for 20 s means a dead link
     # False simulates a platform that has stopped answering (Keepalives go unanswered).
     answer_keepalive: bool = True
+    # Fault: the GetServerInfo reply exactly as given (ill-typed fields included).
+    server_info: dict[str, Any] | None = None
+    # Fault: accept the Vd login, then close at once (before answering anything).
+    drop_after_login: bool = False
     # Vr: decode every saved segment before answering its save (VrSegment.check).
     vr_decode_check: bool = True
     # Vr: saved segments (records and files) kept per channel; older ones are deleted.
@@ -111,6 +116,8 @@ class ReferencePlatform:
         self.vs_requests: list[Request] = []
         self.uploads: list[Upload] = []
         self.upload_failures: dict[str, int] = {}  # name -> further PUTs to answer 503
+        # Fault: each Vs request takes the first of these and merges it into its reply.
+        self.vs_overrides: list[dict[str, Any]] = []
         self.receivers: dict[str, LiveReceiver] = {}
         self.vr = VrServer(self)
 
@@ -211,6 +218,16 @@ class ReferencePlatform:
     def records(self) -> list[Record]:
         """Every RPC request and event devices sent, oldest first; bounded."""
         return self._vd.records
+
+    @property
+    def replies(self) -> list[ReplyRecord]:
+        """Every reply devices sent to our RPCs, in arrival order; bounded."""
+        return self._vd.replies
+
+    async def wait_reply(
+        self, predicate: Callable[[ReplyRecord], bool], timeout: float = 10.0
+    ) -> ReplyRecord:
+        return await self._vd.wait_reply(predicate, timeout)
 
     @property
     def malformed(self) -> dict[str, int]:
@@ -420,4 +437,7 @@ class ReferencePlatform:
             platform_time=self.now(),
         )
         log.info("Vs: scheduled %s to Vd port %d", mac, vd_port)
-        return json_response(200, encode_server_addr(addr))
+        body = encode_server_addr(addr)
+        if self.vs_overrides:
+            body = json.dumps({**json.loads(body), **self.vs_overrides.pop(0)}).encode()
+        return json_response(200, body)

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
     from hss_pu.reference_platform.server import PlatformOptions
 
-__all__ = ["LoginRecord", "Record", "VdServer"]
+__all__ = ["LoginRecord", "Record", "ReplyRecord", "VdServer"]
 
 log = logging.getLogger("hss_pu.platform.vd")
 
@@ -92,6 +92,16 @@ class Record:
     err: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ReplyRecord:
+    """A device's reply to one of our RPCs, as it arrived (``err``: its error code)."""
+
+    device_id: str
+    seq: int
+    err: int | None
+    time: float  # host time.time()
+
+
 @dataclass(eq=False)
 class _Session:
     device_id: str
@@ -130,6 +140,7 @@ class VdServer:
         self.options = options
         self.logins: list[LoginRecord] = []
         self.records: list[Record] = []
+        self.replies: list[ReplyRecord] = []
         self.malformed: dict[str, int] = {}
         self.port = 0
         self._server: Server | None = None
@@ -233,6 +244,17 @@ class VdServer:
             return None
 
         found: Record = await self._wait_for(check, timeout, "no matching record")
+        return found
+
+    async def wait_reply(
+        self, predicate: Callable[[ReplyRecord], bool], timeout: float = 10.0
+    ) -> ReplyRecord:
+        """The first device reply that matches, already received or still to come."""
+
+        def check() -> ReplyRecord | None:
+            return next((r for r in self.replies if predicate(r)), None)
+
+        found: ReplyRecord = await self._wait_for(check, timeout, "no matching reply")
         return found
 
     async def wait_login(
@@ -433,6 +455,9 @@ class VdServer:
             self._closers.add(task)
             task.add_done_callback(self._closers.discard)
         self._notify()
+        if self.options.drop_after_login:
+            log.info("Vd: dropping %s at once (drop_after_login)", device_id)
+            await conn.close(1011, "drop_after_login")
         try:
             async for data in conn:
                 try:
@@ -480,6 +505,11 @@ class VdServer:
             if frame.seq is not None:
                 await s.conn.send(encode_error(frame.seq, Code.INPUT, frame.reason))
         elif isinstance(frame, Reply):
+            err = frame.err.code if frame.err is not None else None
+            self.replies.append(ReplyRecord(s.device_id, frame.seq, err, time.time()))
+            if len(self.replies) > MAX_RECORDS:
+                del self.replies[0]
+            self._notify()
             fut = s.pending.get(frame.seq)
             if fut is None or fut.done():
                 log.warning(
@@ -524,6 +554,8 @@ class VdServer:
         if req.req == "Keepalive":
             self._keepalives[s.device_id] = (time.time(), dict(req.params or {}))
             return {} if self.options.answer_keepalive else None
+        if req.req == "GetServerInfo" and self.options.server_info is not None:
+            return dict(self.options.server_info)
         if req.req == "GetServerInfo":
             o = self.options
             info: dict[str, Any] = {}

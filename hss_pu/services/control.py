@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,7 @@ from hss_pu.services.channels import ChannelRegistry
 from hss_pu.services.devconfig import DevConfigStore
 from hss_pu.services.interfaces import Services
 from hss_pu.wire import vd
+from hss_pu.wire.timewindow import WINDOW, plausible_time
 from hss_pu.wire.vd import Code, RpcError, decode_params
 
 __all__ = [
@@ -158,14 +160,19 @@ class Dispatcher:
     # --- time ---------------------------------------------------------------------
 
     async def rpc_Settime(self, p: vd.SettimeParams) -> None:
+        """All or nothing: check everything, persist tz (which may fail), then move the
+        clock, so a failed Settime leaves both as they were."""
         tz = p.tz if p.tz is not None else 0
         target = parse_local(p.datetime, tz)
+        if not plausible_time(target):
+            raise InvalidParam(f"params.datetime: {p.datetime} (tz {tz}) is outside {WINDOW}")
+        asked = time.monotonic()
         skew = target - self.ctx.clock.now()
-        if abs(skew) > p.offset:
-            self.ctx.clock.set(target)
-            log.info("time: set by the platform (%+.1f s)", skew)
         if tz != self.ctx.devconfig.tz:
             self.ctx.devconfig.set_tz(tz)
+        if abs(skew) > p.offset:
+            self.ctx.clock.set(target + (time.monotonic() - asked))
+            log.info("time: set by the platform (%+.1f s)", skew)
 
     async def rpc_QueryTime(self, _: None) -> vd.QueryTimeResp:
         tz = self.ctx.devconfig.tz

@@ -9,36 +9,36 @@ more than 15 failed Vd connections in a row, or a Reschedule event, send us back
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import ssl
 from collections.abc import Callable
-from typing import Any
-
-import httpx
-from websockets.exceptions import InvalidStatus, WebSocketException
+from typing import Any, TypeVar
 
 from hss_pu import __version__
-from hss_pu.clients.vd import RPC_TIMEOUT, DeadLinkError, RequestHandler, VdSession, open_vd
-from hss_pu.clients.vs import VsError, fetch_server_addr, make_http_client, tls_verify
+from hss_pu.clients.vd import RPC_TIMEOUT, RequestHandler, VdSession, connect_vd
+from hss_pu.clients.vs import (
+    HttpClient,
+    VsError,
+    fetch_server_addr,
+    make_http_client,
+    tls_verify,
+)
 from hss_pu.clock import OffsetClock
 from hss_pu.config import Config
-from hss_pu.logsetup import redact
+from hss_pu.errors import BadReply, DeadLinkError, LinkError, RpcRefused
 from hss_pu.retry import MAX_FAILURES_BEFORE_RESCHEDULE, retry_delay
-from hss_pu.wire.vd import (
-    GetServerInfoParams,
-    GetServerInfoResp,
-    KeepaliveParams,
-    RpcError,
-    decode_result,
-    login_url,
-)
+from hss_pu.tasks import TaskSet
+from hss_pu.wire.vd import GetServerInfoParams, KeepaliveParams, UpCall, UpEvent, login_url
 from hss_pu.wire.vs import ServerAddr, VsFormatError, vd_base_url
 
 __all__ = ["PlatformLink"]
 
 log = logging.getLogger("hss_pu.link")
+
+R = TypeVar("R")
+
+SESSION_STOP_TIMEOUT = 2.0  # a session's tasks get this long to end after it closes
 
 
 class PlatformLink:
@@ -71,6 +71,7 @@ class PlatformLink:
         self._interval_changed = asyncio.Event()
         self._on_login: list[Callable[[VdSession], Any]] = []
         self._ssl: ssl.SSLContext | None = None
+        self._tasks = TaskSet(log)
 
     # --- what the daemon and the dispatcher use ------------------------------------
 
@@ -82,64 +83,88 @@ class PlatformLink:
         """Drop the Vd session and go back to Vs (the Reschedule event)."""
         self._reschedule = True
         if self.session is not None:
-            asyncio.get_running_loop().create_task(self.session.close("reschedule"))
+            self._tasks.spawn(self.session.close("reschedule"), "vd-reschedule")
 
     def local_address(self) -> str | None:
         return self.session.local_address if self.session else None
 
-    async def send_event(self, name: str, params: Any) -> bool:
-        """Send an event if online; False when there is no session to send it on."""
+    async def call(self, params: UpCall[R]) -> R:
+        """A PU -> platform RPC, named by its params' type; returns the typed reply.
+
+        LinkError when it did not work out: DeadLinkError (offline, or no reply in time),
+        RpcRefused (an error reply), BadReply (a reply without what the message needs).
+        """
+        s = self.session
+        if s is None:
+            raise DeadLinkError("not connected to the platform")
+        return await s.call(params)
+
+    async def send_event(self, params: UpEvent) -> bool:
+        """A PU -> platform event; False when there is no session to send it on."""
         s = self.session
         if s is None:
             return False
         try:
-            await s.send_event(name, params)
+            await s.send_event(params)
         except DeadLinkError:
             return False
         return True
 
-    async def call(self, name: str, params: Any) -> dict[str, Any]:
-        s = self.session
-        if s is None:
-            raise DeadLinkError("not connected to the platform")
-        return await s.call(name, params)
-
     # --- the loop ---------------------------------------------------------------------
 
     async def run(self) -> None:
+        """Schedule through Vs, serve Vd sessions; again through Vs when 9.3.1.2 says so."""
         c = self.config
         self._ssl = tls_verify(c.ca_file)
         async with make_http_client(c.device.mac, c.ca_file) as http:
-            need_schedule = True
             while True:
-                if need_schedule:
-                    await self._schedule(http)
-                    need_schedule = False
-                    self.vd_failures = 0
-                try:
-                    await self._connect_and_serve()
-                except _LoginFailed as exc:
-                    self.vd_failures += 1
-                    log.warning("Vd: %s (failure %d in a row)", exc, self.vd_failures)
-                else:
-                    if self._reschedule:
-                        self._reschedule = False
-                        need_schedule = True
-                        continue
+                await self._schedule(http)
+                await self._serve()
+
+    async def _serve(self) -> None:
+        """Vd sessions and reconnections; returns when it is time to ask Vs again.
+
+        A session counts as established once our first Keepalive is answered: one the
+        platform closes before that is a failed connection like a refused login, so a
+        platform that accepts and drops sends us back to Vs after more than 15.
+        """
+        scale = self.config.platform.backoff_scale
+        self.vd_failures = 0
+        while True:
+            try:
+                established = await self._connect_and_serve()
+            except LinkError as exc:
+                self.vd_failures += 1
+                log.warning("Vd: %s (failure %d in a row)", exc, self.vd_failures)
+            else:
+                if established:
                     # An established session ended: this is reconnection try 1.
                     self.vd_failures = 1
-                if self.vd_failures > MAX_FAILURES_BEFORE_RESCHEDULE:
+                else:
+                    self.vd_failures += 1
                     log.warning(
-                        "Vd: more than %d failed connections: scheduling again through Vs",
-                        MAX_FAILURES_BEFORE_RESCHEDULE,
+                        "Vd: session closed before our first Keepalive was answered "
+                        "(failure %d in a row)",
+                        self.vd_failures,
                     )
-                    need_schedule = True
-                    continue
-                delay = retry_delay(self.vd_failures, c.platform.backoff_scale, self.rng)
-                log.info("Vd: reconnecting in %.1f s", delay)
+            if self._reschedule:
+                self._reschedule = False
+                # The spread of try 1, so a fleet told at once does not hit Vs at once.
+                delay = retry_delay(1, scale, self.rng)
+                log.info("Vs: scheduling again in %.1f s (Reschedule)", delay)
                 await asyncio.sleep(delay)
+                return
+            if self.vd_failures > MAX_FAILURES_BEFORE_RESCHEDULE:
+                log.warning(
+                    "Vd: more than %d failed connections: scheduling again through Vs",
+                    MAX_FAILURES_BEFORE_RESCHEDULE,
+                )
+                return
+            delay = retry_delay(self.vd_failures, scale, self.rng)
+            log.info("Vd: reconnecting in %.1f s", delay)
+            await asyncio.sleep(delay)
 
-    async def _schedule(self, http: httpx.AsyncClient) -> None:
+    async def _schedule(self, http: HttpClient) -> None:
         c = self.config
         failures = 0
         while True:
@@ -155,6 +180,8 @@ class PlatformLink:
                 log.warning("Vs: %s; attempt %d failed, retry in %.1f s", exc, failures, delay)
                 await asyncio.sleep(delay)
                 continue
+            for note in addr.ignored:
+                log.warning("Vs: reply field %s", note)
             self.server_addr = addr
             if addr.platform_time is not None and self.clock.sync(
                 addr.platform_time, received_at=received
@@ -176,60 +203,67 @@ class PlatformLink:
             reconnect=self.logins > 0,
         )
 
-    async def _connect_and_serve(self) -> None:
+    async def _connect_and_serve(self) -> bool:
+        """One Vd session, to its end; True when our first Keepalive was answered.
+
+        LinkError when the login fails. A task of the session that fails unexpectedly
+        (a bug) is logged; the reader's or the keep-alive's is raised, ending the link.
+        """
         reconnect = int(self.logins > 0)
-        try:
-            ws = await open_vd(self._url(), self._ssl)
-        except InvalidStatus as exc:
-            raise _LoginFailed(f"login refused: HTTP {exc.response.status_code}") from None
-        except (OSError, TimeoutError, WebSocketException) as exc:
-            # Some websockets errors quote the URL, and the URL carries the password.
-            raise _LoginFailed(
-                f"cannot connect: {type(exc).__name__}: {redact(str(exc))}"
-            ) from None
-        session = VdSession(ws, self.handler, rpc_timeout=self.rpc_timeout)
+        session = await connect_vd(
+            self._url(), self._ssl, self.handler, rpc_timeout=self.rpc_timeout
+        )
         self.logins += 1
-        self.vd_failures = 0
         self.session = session
         self.online.set()
         log.info("Vd: online as %s (reconnect=%d)", self.config.device.id, reconnect)
-        tasks = [
-            asyncio.create_task(session.run(), name="vd-session"),
-            asyncio.create_task(self._keepalive(session), name="vd-keepalive"),
-            asyncio.create_task(self._server_info(session), name="vd-serverinfo"),
+        answered = asyncio.Event()
+        tasks = TaskSet(log)
+        essential = [
+            tasks.spawn(session.run(), "vd-session"),
+            tasks.spawn(self._keepalive(session, answered), "vd-keepalive"),
         ]
-        for cb in self._on_login:
-            res = cb(session)
-            if asyncio.iscoroutine(res):
-                tasks.append(asyncio.create_task(res))
+        tasks.spawn(self._server_info(session), "vd-serverinfo")
         try:
-            await asyncio.wait(tasks[:2], return_when=asyncio.FIRST_COMPLETED)
+            for cb in self._on_login:
+                try:
+                    res = cb(session)
+                except Exception:
+                    log.exception("Vd: login callback %r failed", cb)
+                    continue
+                if asyncio.iscoroutine(res):
+                    tasks.spawn(res, "vd-on-login")
+            await asyncio.wait(essential, return_when=asyncio.FIRST_COMPLETED)
         finally:
             self.online.clear()
             self.session = None
             await session.close()
-            for t in tasks:
-                t.cancel()
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
+            for name in await tasks.cancel_all(SESSION_STOP_TIMEOUT):
+                log.warning("Vd: task %s did not stop", name)
             s = session.stats
             log.info(
-                "Vd: offline (handled %d requests, %d events, %d malformed frames)",
+                "Vd: offline (handled %d requests, %d events, %d malformed frames, %d busy)",
                 s.requests,
                 s.events,
                 s.malformed,
+                s.busy,
             )
+        for t in essential:
+            exc = None if t.cancelled() else t.exception()
+            if exc is not None:
+                raise exc
+        return answered.is_set()
 
-    async def _keepalive(self, session: VdSession) -> None:
+    async def _keepalive(self, session: VdSession, answered: asyncio.Event) -> None:
         """Keepalive right after login, then every interval; silence means a dead link."""
         while not session.closed:
             try:
-                await session.call("Keepalive", self.keepalive_params())
-            except RpcError as exc:
-                log.warning("Vd: Keepalive answered with error %d: %s", exc.code, exc.msg)
+                await session.call(self.keepalive_params())
+            except (RpcRefused, BadReply) as exc:
+                log.warning("Vd: Keepalive: %s", exc)
             except DeadLinkError:
                 return
+            answered.set()  # an error reply is an answer too: the platform is there
             self._interval_changed.clear()
             # Wake early for a new interval, and end with the session, not only on cancel.
             waits = [
@@ -247,19 +281,14 @@ class PlatformLink:
     async def _server_info(self, session: VdSession) -> None:
         params = GetServerInfoParams(mac_id=self.config.device.mac, state=1)
         try:
-            raw = await session.call("GetServerInfo", params)
-            info: GetServerInfoResp = decode_result("GetServerInfo", raw)
-        except RpcError as exc:
-            log.warning("Vd: GetServerInfo failed: %d %s", exc.code, exc.msg)
+            info = await session.call(params)
+        except (RpcRefused, BadReply) as exc:
+            log.warning("Vd: GetServerInfo failed: %s", exc)
             return
         except DeadLinkError:
             return
         self.hb_token = info.hb_token
-        if info.hb_interval and float(info.hb_interval) != self.hb_interval:
+        if info.hb_interval is not None and info.hb_interval != self.hb_interval:
             self.hb_interval = float(info.hb_interval)
-            log.info("Vd: keep-alive interval %d s (GetServerInfo)", info.hb_interval)
+            log.info("Vd: keep-alive interval %g s (GetServerInfo)", info.hb_interval)
             self._interval_changed.set()
-
-
-class _LoginFailed(Exception):
-    pass

@@ -9,12 +9,12 @@ from __future__ import annotations
 import datetime as _dt
 import re
 from enum import IntEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Generic, Literal, TypeVar
 from urllib.parse import urlencode
 
 import msgspec
 
-from hss_pu.errors import HssError
+from hss_pu.errors import BadReply, HssError
 from hss_pu.schema import split_validation_error
 
 __all__ = [
@@ -26,15 +26,20 @@ __all__ = [
     "Reply",
     "Request",
     "RpcError",
+    "UpCall",
+    "UpEvent",
     "decode_params",
     "decode_result",
     "encode_error",
     "encode_event",
     "encode_reply",
     "encode_request",
+    "encode_up",
     "login_url",
     "parse_frame",
+    "read_result",
     "to_builtins",
+    "up_message",
 ]
 
 
@@ -250,7 +255,32 @@ class Empty(_Body, kw_only=True):
     pass
 
 
-# PU -> platform
+# PU -> platform: each message's params type names it (the link's typed path).
+
+R = TypeVar("R")
+
+
+class UpCall(_Body, Generic[R], kw_only=True):
+    """Params of a PU -> platform RPC whose reply body is ``R``: ``link.call(p) -> R``."""
+
+
+class UpEvent(_Body, kw_only=True):
+    """Params of a PU -> platform event: ``link.send_event(p)``."""
+
+
+class KeepaliveResp(_Body, kw_only=True):
+    pass
+
+
+class GetServerInfoResp(_Body, kw_only=True):
+    # Whole or fractional seconds: some platforms send 30.0.
+    hb_interval: Annotated[float, msgspec.Meta(ge=1, le=3600)] | None = None
+    hibernation: str | None = None
+    hb_token: str | None = None
+
+
+class AlarmNotifyResp(_Body, kw_only=True):
+    pic_upload_url: str | None = None
 
 
 class KeepaliveChannel(_Body, kw_only=True):
@@ -261,29 +291,23 @@ class KeepaliveChannel(_Body, kw_only=True):
     alarm: Annotated[int, msgspec.Meta(ge=0)] | None = None
 
 
-class KeepaliveParams(_Body, kw_only=True):
+class KeepaliveParams(UpCall[KeepaliveResp], kw_only=True):
     mac_id: NonEmpty
     state: Literal[1, 2, 3]  # online, upgrading, error
     channels: list[KeepaliveChannel] = []
 
 
-class GetServerInfoParams(_Body, kw_only=True):
+class GetServerInfoParams(UpCall[GetServerInfoResp], kw_only=True):
     mac_id: NonEmpty
     state: Literal[1, 2, 3]
 
 
-class GetServerInfoResp(_Body, kw_only=True):
-    hb_interval: Annotated[int, msgspec.Meta(ge=1, le=3600)] | None = None
-    hibernation: str | None = None
-    hb_token: str | None = None
-
-
-class BindParams(_Body, kw_only=True):
+class BindParams(UpEvent, kw_only=True):
     mac_id: NonEmpty
     bind_id: NonEmpty
 
 
-class AlarmNotifyParams(_Body, kw_only=True):
+class AlarmNotifyParams(UpCall[AlarmNotifyResp], kw_only=True):
     channel: Channel
     timestamp: int
     type: Annotated[int, msgspec.Meta(ge=0, le=31)]
@@ -291,15 +315,11 @@ class AlarmNotifyParams(_Body, kw_only=True):
     desc: str
 
 
-class AlarmNotifyResp(_Body, kw_only=True):
-    pic_upload_url: str | None = None
-
-
-class BatteryChangeParams(_Body, kw_only=True):
+class BatteryChangeParams(UpEvent, kw_only=True):
     battery: Percent
 
 
-class LogDoneParams(_Body, kw_only=True):
+class LogDoneParams(UpEvent, kw_only=True):
     mac_id: NonEmpty
     trans_id: int | str  # echoed with the JSON type it arrived in (wire-notes)
     status: Literal["success", "fail"]
@@ -477,7 +497,7 @@ _DOWN: Direction = "platform->pu"
 MESSAGES: dict[str, MessageSpec] = {
     m.name: m
     for m in (
-        _m("Keepalive", "rpc", _UP, KeepaliveParams),
+        _m("Keepalive", "rpc", _UP, KeepaliveParams, KeepaliveResp),
         _m("GetServerInfo", "rpc", _UP, GetServerInfoParams, GetServerInfoResp),
         _m("Bind", "event", _UP, BindParams),
         _m("AlarmNotify", "rpc", _UP, AlarmNotifyParams, AlarmNotifyResp),
@@ -510,6 +530,11 @@ MESSAGES: dict[str, MessageSpec] = {
         _m("GetDiskInfo", "rpc", _DOWN, None, GetDiskInfoResp),
         _m("FormatDisk", "rpc", _DOWN, None),
     )
+}
+
+
+_UP_BY_TYPE: dict[type[Any], MessageSpec] = {
+    m.params: m for m in MESSAGES.values() if m.direction == _UP and m.params is not None
 }
 
 
@@ -550,3 +575,61 @@ def decode_result(name: str, resp: dict[str, Any] | None) -> Any:
         return msgspec.convert(resp or {}, spec.result, strict=True)
     except msgspec.ValidationError as exc:
         raise RpcError(Code.PARAM, f"bad {name} reply: {_describe(exc)}") from None
+
+
+# --- PU -> platform: the typed path ------------------------------------------------
+
+
+def up_message(params: UpCall[Any] | UpEvent) -> MessageSpec:
+    """The Table 9-4 message these params are for (TypeError: not one we send)."""
+    spec = _UP_BY_TYPE.get(type(params))
+    if spec is None:
+        raise TypeError(f"{type(params).__name__} is not the params of a PU -> platform message")
+    return spec
+
+
+def encode_up(params: UpCall[Any] | UpEvent, seq: int | None = None) -> tuple[MessageSpec, str]:
+    """Check ``params`` against its type's constraints, then encode the request (with
+    ``seq``) or the event. ValueError names the field: strict in what we send."""
+    spec = up_message(params)
+    try:
+        msgspec.convert(to_builtins(params), type(params), strict=True)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"{spec.name}: {_describe(exc)}") from None
+    if spec.kind == "event":
+        return spec, encode_event(spec.name, params)
+    if seq is None:
+        raise ValueError(f"{spec.name} is an RPC: it needs a seq")
+    return spec, encode_request(spec.name, seq, params)
+
+
+def read_result(spec: MessageSpec, resp: dict[str, Any] | None) -> tuple[Any, list[str]]:
+    """The reply to one of our RPCs, read field by field (tolerant reader).
+
+    A field that is ill-typed or out of range is left out with a note (for the log; the
+    note never quotes the value, which may be a token); the other fields are still used.
+    Raises BadReply only when what is left lacks a required field.
+    """
+    result = spec.result
+    data = resp or {}
+    if result is None or result is dict:
+        return data, []
+    try:
+        return msgspec.convert(data, result, strict=True), []
+    except msgspec.ValidationError:
+        pass
+    kept: dict[str, Any] = {}
+    notes: list[str] = []
+    for f in msgspec.structs.fields(result):
+        if f.encode_name not in data:
+            continue
+        try:
+            msgspec.convert(data[f.encode_name], f.type, strict=True)
+        except msgspec.ValidationError as exc:
+            notes.append(f"{f.encode_name}: {_describe(exc)}; ignored")
+            continue
+        kept[f.encode_name] = data[f.encode_name]
+    try:
+        return msgspec.convert(kept, result, strict=True), notes
+    except (msgspec.ValidationError, ValueError) as exc:
+        raise BadReply(f"bad {spec.name} reply: {exc}") from None

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from typing import Annotated
 from urllib.parse import urlencode
 
 import msgspec
 
 from hss_pu.errors import HssError
+from hss_pu.wire.timewindow import WINDOW, plausible_time
 
 __all__ = [
     "MAC_PATTERN",
@@ -16,6 +19,7 @@ __all__ = [
     "encode_server_addr",
     "parse_server_addr",
     "server_addr_path",
+    "valid_host",
     "vd_base_url",
 ]
 
@@ -30,8 +34,10 @@ class VsFormatError(HssError, ValueError):
 
 
 class _RawServerAddr(msgspec.Struct, kw_only=True):
-    # Field names are the table's; unknown fields are ignored (tolerant reader).
-    PassDomain: Annotated[str, msgspec.Meta(min_length=1, max_length=253)]
+    # Field names are the table's; unknown fields are ignored (tolerant reader). Strings
+    # are trimmed and checked after decoding; times are read one by one (a bad time is
+    # ignored, not fatal).
+    PassDomain: str
     PassPort: Port = 0
     Secure_PassPort: Port = 0
     P2p_passDomain: str = ""
@@ -39,9 +45,9 @@ class _RawServerAddr(msgspec.Struct, kw_only=True):
     TurnDomain: str = ""
     TurnPort: Port = 0
     HibernationDomain: str = ""
-    SyncTime: float | None = None
-    Timestamp: float | None = None
-    timestamp: float | None = None
+    SyncTime: msgspec.Raw = msgspec.Raw()
+    Timestamp: msgspec.Raw = msgspec.Raw()
+    timestamp: msgspec.Raw = msgspec.Raw()
 
 
 class ServerAddr(msgspec.Struct, frozen=True, kw_only=True):
@@ -54,6 +60,45 @@ class ServerAddr(msgspec.Struct, frozen=True, kw_only=True):
     turn_port: int = 0
     hibernation_domain: str = ""
     platform_time: float | None = None  # epoch seconds
+    # What the reply carried that we could not use, one note per field, for the log.
+    ignored: tuple[str, ...] = ()
+
+
+# One DNS label (RFC 1123): letters, digits, hyphens, 1..63, no hyphen at either end.
+_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\Z")
+
+
+def valid_host(host: str) -> str | None:
+    """``host`` as a URL may carry it (IPv6 without brackets), or None when it is neither
+    an IP literal nor a host name that the resolver's IDNA step accepts."""
+    if host.startswith("[") and host.endswith("]"):
+        inner = host[1:-1]
+        return inner if "%" not in inner and _ip_version(inner) == 6 else None
+    if "%" not in host and _ip_version(host):
+        return host
+    name = host[:-1] if host.endswith(".") else host
+    if not 0 < len(name) <= 253:
+        return None
+    labels = name.split(".")
+    if not all(_LABEL.match(label) for label in labels):
+        return None
+    # "1.2.3.999" is no IP address, and no top-level domain is all digits.
+    return None if labels[-1].isdigit() else host
+
+
+def _ip_version(text: str) -> int:
+    try:
+        return ipaddress.ip_address(text).version
+    except ValueError:
+        return 0
+
+
+def _host_port(value: str) -> bool:
+    """HibernationDomain: a host, optionally with ``:port``."""
+    host, sep, port = value.rpartition(":")
+    if sep and port.isascii() and port.isdigit() and valid_host(host) and int(port) <= 65535:
+        return True
+    return valid_host(value) is not None
 
 
 def _seconds(value: float) -> float:
@@ -61,28 +106,67 @@ def _seconds(value: float) -> float:
     return value / 1000.0 if value > 1e11 else value
 
 
+def _platform_time(raw: _RawServerAddr, notes: list[str]) -> float | None:
+    """The first of SyncTime, Timestamp, timestamp that is a time in the window."""
+    for name in ("SyncTime", "Timestamp", "timestamp"):
+        text: msgspec.Raw = getattr(raw, name)
+        if not text or bytes(text) == b"null":
+            continue
+        try:
+            value = _seconds(msgspec.json.decode(text, type=float))
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            notes.append(f"{name}: not a number; ignored")
+            continue
+        if not plausible_time(value):
+            notes.append(f"{name}: {value:.6g} s is outside {WINDOW}; ignored")
+            continue
+        return value
+    return None
+
+
 def server_addr_path(mac: str) -> str:
     return "/Vs/getServerAddr?" + urlencode({"macid": mac})
 
 
 def parse_server_addr(body: bytes) -> ServerAddr:
+    """The reply, checked: an unusable PassDomain or port raises VsFormatError (a failed
+    attempt); a bad optional field is left out with a note in ``ignored``."""
     try:
         raw = msgspec.json.decode(body, type=_RawServerAddr)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise VsFormatError(f"bad getServerAddr reply: {exc}") from None
     if raw.PassPort == 0 and raw.Secure_PassPort == 0:
         raise VsFormatError("bad getServerAddr reply: neither PassPort nor Secure_PassPort")
-    t = next((v for v in (raw.SyncTime, raw.Timestamp, raw.timestamp) if v is not None), None)
+    domain = valid_host(raw.PassDomain.strip())
+    if domain is None:
+        shown = raw.PassDomain.strip()[:80].encode("ascii", "backslashreplace").decode()
+        raise VsFormatError(
+            f"bad getServerAddr reply: PassDomain {shown!r} is neither a host name nor an IP"
+        )
+    notes: list[str] = []
+
+    def optional(name: str, value: str, ok: bool) -> str:
+        if value and not ok:
+            notes.append(f"{name}: not a host name; ignored")
+            return ""
+        return value
+
+    p2p, turn, hib = (
+        raw.P2p_passDomain.strip(),
+        raw.TurnDomain.strip(),
+        raw.HibernationDomain.strip(),
+    )
     return ServerAddr(
-        pass_domain=raw.PassDomain,
+        pass_domain=domain,
         pass_port=raw.PassPort,
         secure_pass_port=raw.Secure_PassPort,
-        p2p_domain=raw.P2p_passDomain,
+        p2p_domain=optional("P2p_passDomain", p2p, valid_host(p2p) is not None),
         p2p_port=raw.P2p_passPort,
-        turn_domain=raw.TurnDomain,
+        turn_domain=optional("TurnDomain", turn, valid_host(turn) is not None),
         turn_port=raw.TurnPort,
-        hibernation_domain=raw.HibernationDomain,
-        platform_time=_seconds(t) if t is not None and t > 0 else None,
+        hibernation_domain=optional("HibernationDomain", hib, _host_port(hib)),
+        platform_time=_platform_time(raw, notes),
+        ignored=tuple(notes),
     )
 
 
