@@ -309,6 +309,15 @@ async def test_typed_call_and_event(rig: Rig) -> None:
     assert ev.params == {"mac_id": MAC, "bind_id": "B-typed"}
     with pytest.raises(ValueError, match="bind_id"):
         await link.send_event(vd.BindParams(mac_id=MAC, bind_id=""))
+    # The messages of the next issues go the same way, nothing to add but their callers.
+    alarm = vd.AlarmNotifyParams(channel=0, timestamp=1_800_000_000, type=12, state="pulse",
+                                 desc="PIR")  # fmt: skip
+    assert await link.call(alarm) == vd.AlarmNotifyResp()
+    assert await link.send_event(vd.BatteryChangeParams(battery=42))
+    rec = await rig.platform.wait_record(lambda r: r.name == "AlarmNotify")
+    assert rec.err is None and rec.params["type"] == 12, rec
+    rec = await rig.platform.wait_record(lambda r: r.name == "BatteryChange")
+    assert rec.err is None and rec.params == {"battery": 42}, rec
 
 
 async def _failing_daemon_rc(

@@ -1,7 +1,9 @@
 """Vd (clause 9.3.2): frames, the 32 messages of Table 9-4, error codes. Pure, no I/O.
 
 Strict in what we send, tolerant in what we accept (wire-notes): unknown fields are
-ignored; a missing, ill-typed or out-of-range field is error 12.
+ignored; in a request, a missing, ill-typed or out-of-range field is error 12; in the
+reply to one of our RPCs, such a field is left out and the others used (read_result).
+PU -> platform messages are named by their params type (up_message, encode_up).
 """
 
 from __future__ import annotations
