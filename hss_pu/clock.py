@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import time
 
+from hss_pu.wire.timewindow import WINDOW, plausible_time
+
 __all__ = ["SYNC_THRESHOLD", "OffsetClock"]
 
 log = logging.getLogger("hss_pu.clock")
@@ -41,7 +43,16 @@ class OffsetClock:
         self.offset = t - time.time()
 
     def sync(self, platform_time: float, *, received_at: float | None = None) -> bool:
-        """Adopt the platform's time when we are more than 10 s off; True if it changed."""
+        """Adopt the platform's time when we are more than 10 s off; True if it changed.
+
+        A time outside the plausible window (a broken or hostile platform) is ignored
+        with a log line, whichever path it came by (Vs, Vr getcurrenttime, ...).
+        """
+        if not plausible_time(platform_time):
+            log.warning(
+                "clock: ignoring a platform time outside %s (%r)", WINDOW, platform_time
+            )
+            return False
         host = time.time() if received_at is None else received_at
         skew = platform_time - (host + self.offset)
         if abs(skew) <= SYNC_THRESHOLD:

@@ -50,3 +50,15 @@ def test_offset_clock_threshold() -> None:
     assert c.sync(now + 3600, received_at=now) is True
     assert c.now() == pytest.approx(time.time() + 3600, abs=1)
     assert c.sync(now + 3601, received_at=now) is False  # within 10 s of our adjusted time
+
+
+@pytest.mark.parametrize("bad", [1e300, float("nan"), float("inf"), -5.0, 0.0, 4_200_000_000.0])
+def test_offset_clock_ignores_implausible_platform_time(
+    bad: float, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Vr's getcurrenttime reaches sync() too: 1e300 must not become our clock."""
+    c = OffsetClock()
+    assert c.sync(bad) is False
+    assert c.offset == 0
+    assert "ignoring a platform time outside" in caplog.text
+    c.now()  # still usable
