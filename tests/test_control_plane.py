@@ -120,7 +120,8 @@ async def test_handled_rpcs_answer_with_the_right_shape(rig: Rig) -> None:
     assert status["ip_addr"] == "127.0.0.1"
     dt.datetime.strptime(status["last_upgrade_datetime"], "%Y-%m-%dT%H:%M:%S")
     cap = (await rig.call("GetCap")).resp
-    assert cap["media_protocol"] == "srt" and cap["ptz"] is True
+    assert cap == rig.daemon.config.profile.capabilities()
+    assert cap["media_protocol"] == "srt" and cap["ptz"] is False  # no PTZ service yet
     conf = (await rig.call("GetConfig")).resp
     assert conf["channels"]["0"]["video_encoding"]["width"] == 1280
     for name, params in (
