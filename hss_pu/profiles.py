@@ -47,8 +47,10 @@ SensorKind = Literal["pir", "bell", "lock", "external"]
 # rest). The issue that lands a feature adds its key here, with its exerciser in
 # tests/test_getcap_walk.py. Not yet: ptz, battery, audio_out, voice_out, alarms.*, led
 # (device services), log_upload_https (LogUploadAsync), firmware_download_https
-# (UpgradeFirmware), switch (SetConfig "on"), auto_reboot.
-IMPLEMENTED: frozenset[str] = frozenset({"cloud_record", "pic_upload_https", "video_encrypt"})
+# (UpgradeFirmware), switch (SetConfig "on").
+IMPLEMENTED: frozenset[str] = frozenset(
+    {"cloud_record", "pic_upload_https", "video_encrypt", "auto_reboot"}
+)
 
 # H.627.2 Table I.2-16 alarm type values for the sensors a profile can wire up.
 ALARM_TYPE_OF_SENSOR: dict[str, int] = {"external": 2, "lock": 9, "bell": 10, "pir": 12}

@@ -268,6 +268,14 @@ async def test_set_config_persists_and_survives_restart(rig: Rig, tmp_path: Path
     assert bad.err is not None and bad.err.code == Code.UNSUPPORTED_CONFIG
     bad = await rig.call("SetConfig", {"log_level": 9})
     assert bad.err is not None and bad.err.code == Code.PARAM
+    # Nothing drives the LED or the detectors yet: 13, not "saved and ignored".
+    unapplied: list[dict[str, Any]] = [
+        {"led": True},
+        {"channels": {"0": {"alarms": {"motion": {"on": True}}}}},
+    ]
+    for p in unapplied:
+        bad = await rig.call("SetConfig", p)
+        assert bad.err is not None and bad.err.code == Code.UNSUPPORTED_CONFIG, p
     # Restart the daemon on the same storage: the change is still there.
     await stop(rig.daemon, rig.task)
     daemon = make_daemon(rig.platform, rig.storage)
