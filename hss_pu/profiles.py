@@ -233,7 +233,9 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True):
                     "resolutions": [f"{w}x{h}" for w, h in c.resolutions],
                     "max_fps": c.max_fps,
                     "max_bitrate": c.max_bitrate,
-                    "audio_in": c.audio.input,
+                    # Only the emulated source makes sound yet (picamera2 and the demuxer
+                    # deliver video only), whatever microphone the profile lists.
+                    "audio_in": c.audio.input and c.backend == "emulated",
                     "encoder": c.encoder,
                 }
                 for c in d.channels

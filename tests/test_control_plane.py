@@ -297,6 +297,18 @@ async def test_set_config_persists_and_survives_restart(rig: Rig, tmp_path: Path
         await stop(daemon, task)
 
 
+async def test_deep_extension_is_a_12_and_the_document_keeps_working(rig: Rig) -> None:
+    """The probe from issue 9: a 700-deep list used to be saved, then every SetConfig was 1."""
+    deep: Any = []
+    for _ in range(700):
+        deep = [deep]
+    bad = await rig.call("SetConfig", {"extension": {"x": deep}})
+    assert bad.err is not None and bad.err.code == Code.PARAM and "deeper" in bad.err.msg
+    ok = await rig.call("SetConfig", {"tz": 3, "extension": {"vendor": {"a": [1, {"b": 2}]}}})
+    assert ok.err is None and ok.resp["tz"] == 3
+    assert (await rig.call("SetConfig", {"log_level": 3})).err is None
+
+
 async def test_reboot_channel_and_keepalive_state(tmp_path: Path) -> None:
     platform = new_platform(tmp_path, hb_interval=1)
     await platform.start()

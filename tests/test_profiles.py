@@ -56,8 +56,11 @@ def test_getcap_claims_nothing_this_build_lacks(name: str) -> None:
     for key in NOT_BUILT:
         assert cap[key] is False, key
     assert not any(cap["alarms"].values()), cap["alarms"]
-    # Our own keys say nothing the device cannot back either.
+    # Our own keys say nothing the device cannot back either: no alarm comes from the
+    # wired sensors yet, no PTZ, and only the emulated source produces audio.
     assert not {"sensors", "ptz_type", "ptz_presets"} & cap.keys()
+    audio = [ch["audio_in"] for ch in cap["channels"]]
+    assert audio == [name == "emulated"] * len(audio)  # pi4-hq, pi5, usb list a microphone
 
 
 def test_capabilities_follow_hardware_once_built(monkeypatch: pytest.MonkeyPatch) -> None:
