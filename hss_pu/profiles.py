@@ -261,10 +261,13 @@ def _looks_like_path(ref: str) -> bool:
     return "/" in ref or ref.endswith(".toml")
 
 
-def resolve_profile(ref: str) -> Path | None:
-    """A profile name or path to its file; None when no such profile exists."""
+def resolve_profile(ref: str, base: Path | None = None) -> Path | None:
+    """A profile name or path (relative to ``base``, the config file's directory) to its
+    file; None when no such profile exists."""
     if _looks_like_path(ref):
         p = Path(ref).expanduser()
+        if not p.is_absolute() and base is not None:
+            p = base / p
         return p if p.is_file() else None
     if not ref.replace("-", "").replace("_", "").isalnum():
         return None
@@ -337,8 +340,10 @@ def load_profile_file(path: Path, name: str | None = None) -> Profile:
 
 
 def load_profile(ref: str, *, config_path: Path | str | None = None) -> Profile:
-    """Load a profile by name or path; errors name ``device.profile`` in the config."""
-    path = resolve_profile(ref)
+    """Load a profile by name or path (a relative one from the config file's directory);
+    errors name ``device.profile`` in the config."""
+    base = Path(config_path).parent if config_path is not None else None
+    path = resolve_profile(ref, base)
     if path is None:
         known = ", ".join(profile_names()) or "none installed"
         what = "no such profile file" if _looks_like_path(ref) else "unknown profile"

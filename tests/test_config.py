@@ -397,6 +397,17 @@ def test_relative_storage_dir_is_relative_to_the_config_file(
     assert load_config(Path(path.name)).storage_dir == str(tmp_path / "state" / "pu")
 
 
+def test_relative_profile_path_is_relative_to_the_config_file(
+    write_config: WriteConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = Path(__file__).parent.parent / "firmware_profiles" / "usb-webcam.toml"
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "my-model.toml").write_text(src.read_text())
+    path = write_config(profile="models/my-model.toml")
+    monkeypatch.chdir(tmp_path / "models")  # where a cwd-relative lookup would miss it
+    assert load_config(path).profile.hardware_model == "USB-UVC"
+
+
 def test_relative_paths_without_a_config_file_are_refused(tmp_path: Path) -> None:
     """make_config without a file (the embedded default, tests) has no directory to resolve
     against: a relative path would silently follow the current directory."""
