@@ -65,6 +65,13 @@ async def until(pred: Callable[[], object], timeout: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
+def media_packets(path: Path) -> int:
+    """TS packets in a received file that are not the sender's null padding (PID 0x1FFF)."""
+    data = path.read_bytes()
+    pids = ((data[i + 1] & 0x1F) << 8 | data[i + 2] for i in range(0, len(data) - 187, 188))
+    return sum(pid != 0x1FFF for pid in pids)
+
+
 # --- exercisers: one per capability key ------------------------------------------------------
 
 
@@ -76,6 +83,7 @@ async def srt_push(w: Walk) -> None:
         await rx.wait_bytes(20_000, timeout=10)
         await w.call("StopLive", {"stream_id": f"walk-{ch.id}"})
         await rx.close()
+        assert media_packets(rx.files[0]) > 10, "only padding arrived"
 
 
 async def encrypted_push(w: Walk) -> None:
@@ -85,6 +93,7 @@ async def encrypted_push(w: Walk) -> None:
     await rx.wait_bytes(20_000, timeout=10)
     await w.call("StopLive", {"stream_id": "walk-enc"})
     await rx.close()
+    assert media_packets(rx.files[0]) > 10, "only padding arrived"
 
 
 async def record_segment(w: Walk) -> None:
