@@ -15,7 +15,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import ssl
 import stat
 from pathlib import Path
 from typing import Annotated, Literal
@@ -366,6 +365,8 @@ _SSL_WHERE = re.compile(r"\s*\(_ssl\.c:\d+\)$")
 def _check_ca(ca: Path, path: Path | None) -> None:
     """Load the CA file the way the TLS clients will, so a wrong one is a config error
     now and not a traceback in the link task later."""
+    import ssl  # here: the quick commands that load a config without a CA need not pay for it
+
     data, _ = _read_file(path, "platform.ca_file", ca, MAX_CA_BYTES)
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=data.decode("ascii"))
