@@ -49,9 +49,7 @@ class OffsetClock:
         with a log line, whichever path it came by (Vs, Vr getcurrenttime, ...).
         """
         if not plausible_time(platform_time):
-            log.warning(
-                "clock: ignoring a platform time outside %s (%r)", WINDOW, platform_time
-            )
+            log.warning("clock: ignoring a platform time outside %s (%r)", WINDOW, platform_time)
             return False
         host = time.time() if received_at is None else received_at
         skew = platform_time - (host + self.offset)

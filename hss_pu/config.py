@@ -1,13 +1,18 @@
 """The daemon's configuration: one TOML file, validated into typed, frozen objects.
 
 Checks run in two passes: msgspec checks types and ranges (so every key gets the same
-wording), then :func:`_check` applies the rules that span keys or touch the filesystem
-(password file permissions, the camera against the profile's limits). Each failure is
-one :class:`~hss_pu.schema.SchemaError` line naming the file and the key.
+wording), then :func:`make_config` applies the rules that span keys or touch the
+filesystem (password file permissions, the CA file loaded as the TLS client will load it,
+URL ports and host names, the camera against the profile's limits). Each failure is one
+:class:`~hss_pu.schema.SchemaError` line naming the file and the key.
+
+Every file named here is read as a regular file of bounded size (never /dev/zero, a FIFO
+or a 50 MB mistake), and a relative path is relative to the config file's directory.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import stat
@@ -17,6 +22,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from hss_pu.fsutil import FileRefused, read_bounded
 from hss_pu.profiles import Profile, load_profile
 from hss_pu.schema import SchemaError, convert, key_error, load_toml
 from hss_pu.wire.vs import MAC_PATTERN
@@ -38,6 +44,8 @@ __all__ = [
 ]
 
 _DEVICE_ID = r"^[A-Za-z0-9._:-]+$"
+MAX_PASSWORD_BYTES = 4096
+MAX_CA_BYTES = 1 << 20
 
 
 class _Section(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=True):
@@ -164,15 +172,33 @@ def default_storage_dir() -> Path:
     return base / "hss-pu"
 
 
-def _readable_by_others(path: Path) -> int | None:
-    """The mode bits when group/others can read (or write) ``path``, else None."""
-    mode = stat.S_IMODE(path.stat().st_mode)
+def _readable_by_others(st: os.stat_result) -> int | None:
+    """The mode bits when group/others can read (or write) the file, else None."""
+    mode = stat.S_IMODE(st.st_mode)
     return mode if mode & 0o077 else None
 
 
-def _resolve(base: Path | None, value: str) -> Path:
+def _resolve(base: Path | None, value: str, path: Path | None, key: str) -> Path:
+    """``value`` as an absolute path: relative to the config file's directory (never to
+    the current directory, which a service manager or a shell chose)."""
     p = Path(value).expanduser()
-    return p if p.is_absolute() or base is None else base / p
+    if p.is_absolute():
+        return p
+    if base is None:
+        raise key_error(path, key, f"{value!r} is relative and there is no config file")
+    return base / p
+
+
+def _read_file(path: Path | None, key: str, f: Path, limit: int) -> tuple[bytes, os.stat_result]:
+    """A bounded regular file, or a one-line error naming ``key``."""
+    try:
+        return read_bounded(f, limit)
+    except FileNotFoundError:
+        raise key_error(path, key, f"{f} does not exist") from None
+    except FileRefused as exc:
+        raise key_error(path, key, f"{f}: {exc}") from None
+    except OSError as exc:
+        raise key_error(path, key, f"cannot read {f}: {exc.strerror or exc}") from None
 
 
 def _read_password(doc: DeviceSection, path: Path | None, base: Path | None) -> Secret:
@@ -182,7 +208,7 @@ def _read_password(doc: DeviceSection, path: Path | None, base: Path | None) -> 
         if not doc.password:
             raise key_error(path, "device.password", "empty")
         if path is not None:
-            mode = _readable_by_others(path)
+            mode = _readable_by_others(path.stat())
             if mode is not None:
                 raise key_error(
                     path,
@@ -193,14 +219,13 @@ def _read_password(doc: DeviceSection, path: Path | None, base: Path | None) -> 
         return Secret(doc.password)
     if doc.password_file is None:
         raise key_error(path, "device.password", "missing (set password or password_file)")
-    pf = _resolve(base, doc.password_file)
+    pf = _resolve(base, doc.password_file, path, "device.password_file")
+    data, st = _read_file(path, "device.password_file", pf, MAX_PASSWORD_BYTES)
+    mode = _readable_by_others(st)
     try:
-        mode = _readable_by_others(pf)
-        raw = pf.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise key_error(path, "device.password_file", f"{pf} does not exist") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise key_error(path, "device.password_file", f"cannot read {pf}: {exc}") from None
+        raw = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise key_error(path, "device.password_file", f"{pf} is not UTF-8 text") from None
     if mode is not None:
         raise key_error(
             path,
@@ -214,6 +239,36 @@ def _read_password(doc: DeviceSection, path: Path | None, base: Path | None) -> 
 
 
 _V4L2 = re.compile(r"^v4l2:/dev/video\d+$")
+# A DNS label (RFC 1123; "_" too, which container and LAN names use); at most 63 octets.
+_LABEL = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+
+
+def _url_problem(url: str) -> str | None:
+    """Why ``url``'s host or port cannot be used (None when both can).
+
+    Checked here because the libraries fail late and badly: a 64-character label is a
+    UnicodeError from IDNA inside the link task, port 99999 a ValueError.
+    """
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        return "port must be a number 1-65535"
+    if port == 0:
+        return "port must be a number 1-65535"
+    host = parts.hostname or ""
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    name = host.removesuffix(".")
+    if not name or len(name) > 253 or not all(_LABEL.match(x) for x in name.split(".")):
+        return (
+            f"host name {host[:80]!r} is not valid (labels of 1-63 letters, digits, '-', "
+            "at most 253 characters; non-ASCII names in their xn-- form)"
+        )
+    return None
 
 
 def _check_source(source: str, profile: Profile, path: Path | None, base: Path | None) -> str:
@@ -229,9 +284,9 @@ def _check_source(source: str, profile: Profile, path: Path | None, base: Path |
             )
         return source
     if source.startswith("file:"):
-        media = _resolve(base, source[5:])
         if not source[5:]:
             raise key_error(path, key, "file: needs a path, e.g. file:/srv/clip.mp4")
+        media = _resolve(base, source[5:], path, key)
         if not media.is_file():
             raise key_error(path, key, f"{media} does not exist")
         return f"file:{media}"
@@ -242,6 +297,9 @@ def _check_source(source: str, profile: Profile, path: Path | None, base: Path |
     if source.startswith(("rtsp://", "rtsps://")):
         if not urlsplit(source).hostname:
             raise key_error(path, key, f"{source!r}: RTSP URL without a host")
+        problem = _url_problem(source)
+        if problem:
+            raise key_error(path, key, f"RTSP URL: {problem}")
         return source
     raise key_error(
         path,
@@ -292,23 +350,46 @@ def _check_platform(p: PlatformSection, path: Path | None, base: Path | None) ->
         )
     if url.username or url.password:
         raise key_error(path, "platform.schedule_url", "credentials do not belong in the URL")
+    problem = _url_problem(p.schedule_url)
+    if problem:
+        raise key_error(path, "platform.schedule_url", problem)
     if p.ca_file is None:
         return None
-    ca = _resolve(base, p.ca_file)
-    if not ca.is_file():
-        raise key_error(path, "platform.ca_file", f"{ca} does not exist")
+    ca = _resolve(base, p.ca_file, path, "platform.ca_file")
+    _check_ca(ca, path)
     return str(ca)
+
+
+_SSL_WHERE = re.compile(r"\s*\(_ssl\.c:\d+\)$")
+
+
+def _check_ca(ca: Path, path: Path | None) -> None:
+    """Load the CA file the way the TLS clients will, so a wrong one is a config error
+    now and not a traceback in the link task later."""
+    import ssl  # here: the quick commands that load a config without a CA need not pay for it
+
+    data, _ = _read_file(path, "platform.ca_file", ca, MAX_CA_BYTES)
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cadata=data.decode("ascii"))
+    except UnicodeDecodeError:
+        raise key_error(path, "platform.ca_file", f"{ca} is not a PEM certificate file") from None
+    except (ssl.SSLError, ValueError) as exc:
+        why = _SSL_WHERE.sub("", str(exc))
+        raise key_error(
+            path, "platform.ca_file", f"{ca} holds no usable PEM certificate ({why})"
+        ) from None
 
 
 def make_config(doc: ConfigDoc, path: Path | None = None) -> Config:
     """Apply the cross-key rules to a typed document and resolve what it refers to."""
+    path = path.absolute() if path is not None else None
     base = path.parent if path is not None else None
     profile = load_profile(doc.device.profile, config_path=path)
     password = _read_password(doc.device, path, base)
     ca_file = _check_platform(doc.platform, path, base)
     source = _check_source(doc.camera.source, profile, path, base)
     _check_camera(doc.camera, profile, path)
-    storage = _resolve(base, doc.storage.dir)
+    storage = _resolve(base, doc.storage.dir, path, "storage.dir")
     return Config(
         path=str(path) if path is not None else None,
         doc=doc,

@@ -28,6 +28,7 @@ from hss_pu.logsetup import add_secret
 from hss_pu.media.channel import MediaChannel
 from hss_pu.media.encoder import EncodeSettings, MediaError
 from hss_pu.sdnotify import SdNotifier
+from hss_pu.services.autoreboot import AutoReboot
 from hss_pu.services.channels import ChannelRegistry
 from hss_pu.services.control import DeviceContext, Dispatcher
 from hss_pu.services.devconfig import DevConfigStore
@@ -78,6 +79,7 @@ class Daemon:
         self.channels = ChannelRegistry(config.profile)
         self.link: PlatformLink | None = None
         self.dispatcher: Dispatcher | None = None
+        self.autoreboot: AutoReboot | None = None
         self._pending_bind = config.device.bind_id
         self._stop = asyncio.Event()
         self._tasks = TaskSet(log, self._task_failed)
@@ -179,6 +181,8 @@ class Daemon:
             log.warning("control socket unavailable (%s): hss-pu bind/status will not work", exc)
         self._spawn(self.notifier.watchdog_loop(), "watchdog")
         self._spawn(link.run(), "platform-link", forever=True)
+        self.autoreboot = AutoReboot(devconfig, self.clock.now, self._reboot_device, storage)
+        self._spawn(self.autoreboot.run(), "auto-reboot", forever=True)
         if self.record is not None:
             self.record.uploader.resume()  # segments a previous run left in the spool
             self._spawn(self.record.resume(), "record-resume")  # and its sessions

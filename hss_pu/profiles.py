@@ -19,6 +19,7 @@ from hss_pu.schema import SchemaError, convert, key_error, load_toml
 
 __all__ = [
     "ALARM_TYPE_OF_SENSOR",
+    "IMPLEMENTED",
     "AudioSpec",
     "BatterySpec",
     "ChannelSpec",
@@ -41,6 +42,15 @@ Backend = Literal["emulated", "picamera2", "v4l2", "file", "rtsp"]
 # passthrough: the source already delivers H.264 (RTSP cameras, H.264 files).
 Encoder = Literal["picamera2-h264", "h264_v4l2m2m", "libx264", "passthrough"]
 SensorKind = Literal["pir", "bell", "lock", "external"]
+
+# The GetCap features this build implements end to end (a profile's hardware decides the
+# rest). The issue that lands a feature adds its key here, with its exerciser in
+# tests/test_getcap_walk.py. Not yet: ptz, battery, audio_out, voice_out, alarms.*, led
+# (device services), log_upload_https (LogUploadAsync), firmware_download_https
+# (UpgradeFirmware), switch (SetConfig "on").
+IMPLEMENTED: frozenset[str] = frozenset(
+    {"cloud_record", "pic_upload_https", "video_encrypt", "auto_reboot"}
+)
 
 # H.627.2 Table I.2-16 alarm type values for the sensors a profile can wire up.
 ALARM_TYPE_OF_SENSOR: dict[str, int] = {"external": 2, "lock": 9, "bell": 10, "pir": 12}
@@ -178,34 +188,44 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True):
         return next((c for c in self.doc.channels if c.id == channel_id), None)
 
     def capabilities(self) -> dict[str, Any]:
-        """The ``GetCap`` reply, with the origin protocol's keys (wire-notes)."""
+        """The ``GetCap`` reply, with the origin protocol's keys (wire-notes).
+
+        A key is true only when the hardware has the feature *and* this build drives it
+        end to end (:data:`IMPLEMENTED`); tests/test_getcap_walk.py exercises every true
+        key against the reference platform.
+        """
         d = self.doc
+
+        def has(feature: str, hardware: bool = True) -> bool:
+            return hardware and feature in IMPLEMENTED
+
         kinds = {s.kind for s in d.sensors}
-        motion = any(c.motion_detection for c in d.channels)
+        audio_out = any(c.audio.output for c in d.channels)
         return {
-            "ptz": d.ptz.type != "none",
-            "battery": d.battery.present,
+            "ptz": has("ptz", d.ptz.type != "none"),
+            "battery": has("battery", d.battery.present),
             "media_protocol": "srt",
-            "audio_out": any(c.audio.output for c in d.channels),
-            "voice_out": any(c.audio.output for c in d.channels),
-            "cloud_record": True,
+            "audio_out": has("audio_out", audio_out),
+            "voice_out": has("voice_out", audio_out),
+            "cloud_record": has("cloud_record"),
             "trace": False,
             "alarms": {
-                "io": bool(kinds & {"external", "bell", "lock"}),
+                "io": has("alarms.io", bool(kinds & {"external"})),
                 "face": False,
                 "cry": False,
                 "voice": False,
-                "motion": motion,
-                "body": "pir" in kinds,
+                "motion": has("alarms.motion", any(c.motion_detection for c in d.channels)),
+                # Human-shape detection (type 11), which no profile has; a PIR is type 12.
+                "body": False,
                 "cross": False,
             },
-            "pic_upload_https": True,
-            "log_upload_https": True,
-            "firmware_download_https": True,
-            "video_encrypt": True,
-            "switch": True,
-            "led": bool(d.leds),
-            "auto_reboot": True,
+            "pic_upload_https": has("pic_upload_https"),
+            "log_upload_https": has("log_upload_https"),
+            "firmware_download_https": has("firmware_download_https"),
+            "video_encrypt": has("video_encrypt"),
+            "switch": has("switch"),
+            "led": has("led", bool(d.leds)),
+            "auto_reboot": has("auto_reboot"),
             # Ours, after the standard keys.
             "channels": [
                 {
@@ -213,14 +233,13 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True):
                     "resolutions": [f"{w}x{h}" for w, h in c.resolutions],
                     "max_fps": c.max_fps,
                     "max_bitrate": c.max_bitrate,
-                    "audio_in": c.audio.input,
+                    # Only the emulated source makes sound yet (picamera2 and the demuxer
+                    # deliver video only), whatever microphone the profile lists.
+                    "audio_in": c.audio.input and c.backend == "emulated",
                     "encoder": c.encoder,
                 }
                 for c in d.channels
             ],
-            "ptz_type": d.ptz.type,
-            "ptz_presets": d.ptz.presets,
-            "sensors": sorted(kinds),
         }
 
 
@@ -242,10 +261,13 @@ def _looks_like_path(ref: str) -> bool:
     return "/" in ref or ref.endswith(".toml")
 
 
-def resolve_profile(ref: str) -> Path | None:
-    """A profile name or path to its file; None when no such profile exists."""
+def resolve_profile(ref: str, base: Path | None = None) -> Path | None:
+    """A profile name or path (relative to ``base``, the config file's directory) to its
+    file; None when no such profile exists."""
     if _looks_like_path(ref):
         p = Path(ref).expanduser()
+        if not p.is_absolute() and base is not None:
+            p = base / p
         return p if p.is_file() else None
     if not ref.replace("-", "").replace("_", "").isalnum():
         return None
@@ -318,8 +340,10 @@ def load_profile_file(path: Path, name: str | None = None) -> Profile:
 
 
 def load_profile(ref: str, *, config_path: Path | str | None = None) -> Profile:
-    """Load a profile by name or path; errors name ``device.profile`` in the config."""
-    path = resolve_profile(ref)
+    """Load a profile by name or path (a relative one from the config file's directory);
+    errors name ``device.profile`` in the config."""
+    base = Path(config_path).parent if config_path is not None else None
+    path = resolve_profile(ref, base)
     if path is None:
         known = ", ".join(profile_names()) or "none installed"
         what = "no such profile file" if _looks_like_path(ref) else "unknown profile"

@@ -14,8 +14,19 @@ from typing import Any, TypeVar
 import msgspec
 
 from hss_pu.errors import ConfigError
+from hss_pu.fsutil import read_bounded
 
-__all__ = ["SchemaError", "convert", "key_error", "load_toml", "split_validation_error"]
+__all__ = [
+    "MAX_TOML_BYTES",
+    "SchemaError",
+    "convert",
+    "key_error",
+    "load_toml",
+    "split_validation_error",
+]
+
+# A config file or profile is a few KiB; a bound keeps a mistake from being read whole.
+MAX_TOML_BYTES = 1 << 20
 
 T = TypeVar("T")
 
@@ -99,9 +110,10 @@ def convert(data: Any, type_: type[T], path: Path | str | None, prefix: str = ""
 
 
 def load_toml(path: Path) -> dict[str, Any]:
-    """Read a TOML file; syntax and I/O errors become SchemaError."""
+    """Read a TOML file (a regular file of at most MAX_TOML_BYTES); syntax and I/O errors
+    become SchemaError."""
     try:
-        raw = path.read_bytes()
+        raw, _ = read_bounded(path, MAX_TOML_BYTES)
     except OSError as exc:
         raise SchemaError(path, "", f"cannot read: {exc.strerror or exc}") from None
     try:

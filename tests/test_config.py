@@ -4,27 +4,40 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from hss_pu.config import Secret, load_config
+from hss_pu.config import (
+    ConfigDoc,
+    DeviceSection,
+    PlatformSection,
+    Secret,
+    StorageSection,
+    load_config,
+    make_config,
+)
+from hss_pu.reference_platform.pki import ensure_pki
 from hss_pu.schema import SchemaError
 
 from .conftest import WriteConfig
 
 
-def check_config(path: Path) -> subprocess.CompletedProcess[str]:
+def check_config(path: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    # Under a 3 GiB address-space limit: a check that reads /dev/zero whole must die of
+    # MemoryError here, not take the machine with it.
     return subprocess.run(
-        [sys.executable, "-m", "hss_pu", "check-config", str(path)],
+        ["sh", "-c", 'ulimit -v 3145728 && exec "$0" "$@"', sys.executable, "-m", "hss_pu",
+         "check-config", str(path)],
         capture_output=True,
         text=True,
-        timeout=60,
-    )
+        timeout=timeout,
+    )  # fmt: skip
 
 
-def assert_one_line_error(path: Path, key: str, *words: str) -> str:
-    r = check_config(path)
+def assert_one_line_error(path: Path, key: str, *words: str, timeout: float = 60) -> str:
+    r = check_config(path, timeout)
     assert r.returncode == 2, r
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
@@ -252,3 +265,172 @@ def test_backoff_scale_must_be_positive(scale: float) -> None:
 
     with pytest.raises(msgspec.ValidationError, match="backoff_scale"):
         msgspec.convert({"schedule_url": "https://h", "backoff_scale": scale}, PlatformSection)
+
+
+# --- files must be regular files of bounded size --------------------------------------------
+
+
+@pytest.mark.parametrize("special", ["/dev/zero", "fifo", "dir"])
+def test_password_file_must_be_a_regular_file(
+    write_config: WriteConfig, tmp_path: Path, special: str
+) -> None:
+    if special == "fifo":
+        target = tmp_path / "pw.fifo"
+        os.mkfifo(target, 0o600)  # nobody ever writes: an open for reading would block
+    elif special == "dir":
+        target = tmp_path / "pwdir"
+        target.mkdir(mode=0o700)
+    else:
+        target = Path(special)
+    path = write_config(password_line=f'password_file = "{target}"')
+    t0 = time.monotonic()
+    assert_one_line_error(path, "device.password_file", "not a regular file", timeout=20)
+    assert time.monotonic() - t0 < 15
+
+
+def test_password_file_bounded(write_config: WriteConfig, tmp_path: Path) -> None:
+    pw = tmp_path / "password"
+    pw.write_text("x" * 5000 + "\n")
+    os.chmod(pw, 0o600)
+    line = assert_one_line_error(
+        write_config(password_line=f'password_file = "{pw}"'),
+        "device.password_file",
+        "larger than 4096 bytes",
+    )
+    assert "xxxx" not in line
+
+
+def test_config_file_bounded_and_regular(tmp_path: Path) -> None:
+    big = tmp_path / "big.toml"
+    with big.open("wb") as f:
+        f.write(b"# " + b"x" * (50 << 20) + b"\n")
+    t0 = time.monotonic()
+    r = check_config(big)
+    assert r.returncode == 2 and "larger than 1048576 bytes" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and str(big) in r.stderr
+    assert time.monotonic() - t0 < 20
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo, 0o600)
+    r = check_config(fifo, timeout=20)
+    assert r.returncode == 2 and "not a regular file (a FIFO)" in r.stderr, r.stderr
+
+
+def test_ca_file_is_loaded(write_config: WriteConfig, tmp_path: Path) -> None:
+    good = ensure_pki(tmp_path / "pki").ca_file
+    assert load_config(write_config(ca_line=f'ca_file = "{good}"')).ca_file == str(good)
+    junk = tmp_path / "junk.pem"
+    junk.write_text("root:$6$abcdefgh$xyz:19000:0:99999:7:::\n")
+    assert_one_line_error(
+        write_config(ca_line=f'ca_file = "{junk}"'), "platform.ca_file", str(junk), "certificate"
+    )
+    broken = tmp_path / "broken.pem"
+    text = good.read_text()
+    broken.write_text(text[: len(text) // 2].replace("A", "!"))
+    assert_one_line_error(write_config(ca_line=f'ca_file = "{broken}"'), "platform.ca_file")
+    assert_one_line_error(
+        write_config(ca_line='ca_file = "/dev/zero"'), "platform.ca_file", "not a regular file"
+    )
+    big = tmp_path / "big.pem"
+    big.write_bytes(text.encode() * ((2 << 20) // len(text) + 1))
+    assert_one_line_error(
+        write_config(ca_line=f'ca_file = "{big}"'), "platform.ca_file", "larger than"
+    )
+
+
+def test_etc_shadow_is_not_a_ca_file(write_config: WriteConfig) -> None:
+    """The probe from the issue: /etc/shadow passed check-config and `run` died."""
+    if not Path("/etc/shadow").exists():
+        pytest.skip("no /etc/shadow here")
+    assert_one_line_error(
+        write_config(ca_line='ca_file = "/etc/shadow"'), "platform.ca_file", "/etc/shadow"
+    )
+
+
+# --- URLs: ports and host names ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("https://127.0.0.1:99999", "port"),
+        ("https://127.0.0.1:0", "port"),
+        ("https://127.0.0.1:http", "port"),
+        (f"https://{'a' * 64}.example.com", "host name"),
+        (f"https://{'a.' * 127}com", "host name"),
+        ("https://bad_-.example..com", "host name"),
+        ("https://-lead.example.com", "host name"),
+        ("https://b\u00fccher.example", "host name"),
+    ],
+)
+def test_schedule_url_port_and_host_checked(
+    write_config: WriteConfig, url: str, words: str
+) -> None:
+    assert_one_line_error(write_config(schedule_url=url), "platform.schedule_url", words)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://127.0.0.1:8443",
+        "https://[::1]:8443",
+        "https://vs.example.com",
+        f"https://{'a' * 63}.example.com:443",
+        "https://platform_1.lan:8443",
+    ],
+)
+def test_good_schedule_urls(write_config: WriteConfig, url: str) -> None:
+    assert load_config(write_config(schedule_url=url)).platform.schedule_url == url
+
+
+@pytest.mark.parametrize(
+    "source", ["rtsp://192.0.2.10:99999/s", f"rtsp://{'c' * 64}.lan/s", "rtsp://cam:0/s"]
+)
+def test_rtsp_source_port_and_host_checked(write_config: WriteConfig, source: str) -> None:
+    path = write_config()
+    path.write_text(path.read_text().replace('source = "emulated"', f'source = "{source}"'))
+    assert_one_line_error(path, "camera.source")
+
+
+# --- relative paths ------------------------------------------------------------------------
+
+
+def test_relative_storage_dir_is_relative_to_the_config_file(
+    write_config: WriteConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_config()
+    path.write_text(re.sub(r"(?m)^dir = .*$", 'dir = "state/pu"', path.read_text()))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert load_config(path).storage_dir == str(tmp_path / "state" / "pu")
+    # Loaded by a relative name, still the config file's directory.
+    monkeypatch.chdir(tmp_path)
+    assert load_config(Path(path.name)).storage_dir == str(tmp_path / "state" / "pu")
+
+
+def test_relative_profile_path_is_relative_to_the_config_file(
+    write_config: WriteConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = Path(__file__).parent.parent / "firmware_profiles" / "usb-webcam.toml"
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "my-model.toml").write_text(src.read_text())
+    path = write_config(profile="models/my-model.toml")
+    monkeypatch.chdir(tmp_path / "models")  # where a cwd-relative lookup would miss it
+    assert load_config(path).profile.hardware_model == "USB-UVC"
+
+
+def test_relative_paths_without_a_config_file_are_refused(tmp_path: Path) -> None:
+    """make_config without a file (the embedded default, tests) has no directory to resolve
+    against: a relative path would silently follow the current directory."""
+
+    def doc(storage_dir: str) -> ConfigDoc:
+        return ConfigDoc(
+            device=DeviceSection(id="PU-1", password="pw-123456", mac="02:00:00:00:00:01"),
+            platform=PlatformSection(schedule_url="https://127.0.0.1:1"),
+            storage=StorageSection(dir=storage_dir),
+        )
+
+    with pytest.raises(SchemaError) as ei:
+        make_config(doc("state"))
+    assert ei.value.key == "storage.dir" and "relative" in ei.value.problem
+    assert make_config(doc(str(tmp_path))).storage_dir == str(tmp_path)

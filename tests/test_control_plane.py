@@ -120,7 +120,8 @@ async def test_handled_rpcs_answer_with_the_right_shape(rig: Rig) -> None:
     assert status["ip_addr"] == "127.0.0.1"
     dt.datetime.strptime(status["last_upgrade_datetime"], "%Y-%m-%dT%H:%M:%S")
     cap = (await rig.call("GetCap")).resp
-    assert cap["media_protocol"] == "srt" and cap["ptz"] is True
+    assert cap == rig.daemon.config.profile.capabilities()
+    assert cap["media_protocol"] == "srt" and cap["ptz"] is False  # no PTZ service yet
     conf = (await rig.call("GetConfig")).resp
     assert conf["channels"]["0"]["video_encoding"]["width"] == 1280
     for name, params in (
@@ -293,6 +294,14 @@ async def test_set_config_persists_and_survives_restart(rig: Rig, tmp_path: Path
     assert bad.err is not None and bad.err.code == Code.UNSUPPORTED_CONFIG
     bad = await rig.call("SetConfig", {"log_level": 9})
     assert bad.err is not None and bad.err.code == Code.PARAM
+    # Nothing drives the LED or the detectors yet: 13, not "saved and ignored".
+    unapplied: list[dict[str, Any]] = [
+        {"led": True},
+        {"channels": {"0": {"alarms": {"motion": {"on": True}}}}},
+    ]
+    for p in unapplied:
+        bad = await rig.call("SetConfig", p)
+        assert bad.err is not None and bad.err.code == Code.UNSUPPORTED_CONFIG, p
     # Restart the daemon on the same storage: the change is still there.
     await stop(rig.daemon, rig.task)
     daemon = make_daemon(rig.platform, rig.storage)
@@ -312,6 +321,18 @@ async def test_set_config_persists_and_survives_restart(rig: Rig, tmp_path: Path
         assert not (rig.storage / "devconfig.json").exists()
     finally:
         await stop(daemon, task)
+
+
+async def test_deep_extension_is_a_12_and_the_document_keeps_working(rig: Rig) -> None:
+    """The probe from issue 9: a 700-deep list used to be saved, then every SetConfig was 1."""
+    deep: Any = []
+    for _ in range(700):
+        deep = [deep]
+    bad = await rig.call("SetConfig", {"extension": {"x": deep}})
+    assert bad.err is not None and bad.err.code == Code.PARAM and "deeper" in bad.err.msg
+    ok = await rig.call("SetConfig", {"tz": 3, "extension": {"vendor": {"a": [1, {"b": 2}]}}})
+    assert ok.err is None and ok.resp["tz"] == 3
+    assert (await rig.call("SetConfig", {"log_level": 3})).err is None
 
 
 async def test_reboot_channel_and_keepalive_state(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from hss_pu import profiles
 from hss_pu.profiles import (
     ALARM_TYPE_OF_SENSOR,
     load_profile,
@@ -41,20 +42,47 @@ def test_profile_loads_and_reports_getcap(name: str) -> None:
     assert [c.id for c in p.channels] == list(range(len(p.channels)))
 
 
-def test_capabilities_follow_hardware() -> None:
+NOT_BUILT = (
+    "ptz", "battery", "audio_out", "voice_out", "log_upload_https", "firmware_download_https",
+    "switch", "led", "trace",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(REQUIRED | {"emulated-dual"}))
+def test_getcap_claims_nothing_this_build_lacks(name: str) -> None:
+    """Hardware alone does not make a capability: nothing drives PTZ, audio out, LEDs,
+    alarms or a battery yet, and LogUploadAsync / UpgradeFirmware answer 101."""
+    cap = load_profile(name).capabilities()
+    for key in NOT_BUILT:
+        assert cap[key] is False, key
+    assert not any(cap["alarms"].values()), cap["alarms"]
+    # Our own keys say nothing the device cannot back either: no alarm comes from the
+    # wired sensors yet, no PTZ, and only the emulated source produces audio.
+    assert not {"sensors", "ptz_type", "ptz_presets"} & cap.keys()
+    audio = [ch["audio_in"] for ch in cap["channels"]]
+    assert audio == [name == "emulated"] * len(audio)  # pi4-hq, pi5, usb list a microphone
+
+
+def test_capabilities_follow_hardware_once_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    built = profiles.IMPLEMENTED | {"ptz", "alarms.io", "alarms.motion", "led", "audio_out"}
+    monkeypatch.setattr(profiles, "IMPLEMENTED", built)
     pi5 = load_profile("pi5-cam3-ptz")
     assert pi5.capabilities()["ptz"] is True
-    assert pi5.capabilities()["alarms"]["body"] is True  # PIR
+    assert pi5.capabilities()["alarms"]["body"] is False  # a PIR is not human detection
     assert pi5.channels[0].encoder == "libx264"  # no hardware H.264 on a Pi 5
     z2w = load_profile("pi-zero-2w-cam3")
     assert z2w.capabilities()["ptz"] is False
+    assert z2w.capabilities()["audio_out"] is False
+    assert z2w.capabilities()["alarms"]["io"] is False  # a PIR only
     assert z2w.channels[0].encoder == "picamera2-h264"
     hq = load_profile("pi4-hq")
-    assert hq.capabilities()["alarms"]["io"] is True  # bell / lock / external
+    assert hq.capabilities()["alarms"]["io"] is True  # the external input (type 2)
+    assert hq.capabilities()["led"] is True
     assert {s.alarm_type for s in hq.doc.sensors} == {
         ALARM_TYPE_OF_SENSOR[k] for k in ("bell", "lock", "external")
     }
     assert load_profile("usb-webcam").doc.ptz.type == "digital"
+    assert load_profile("usb-webcam").capabilities()["led"] is False
 
 
 BASE = """

@@ -1,10 +1,16 @@
-"""The device configuration document, persisted atomically under storage.dir."""
+"""The device configuration document, persisted atomically under storage.dir.
+
+What is read back from disk is bounded (a regular file of at most MAX_STORED_BYTES,
+validated like a SetConfig), and services that follow the document (auto-reboot) are
+told when it changes.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,14 +18,16 @@ import msgspec
 
 from hss_pu.config import Config
 from hss_pu.errors import DeviceError, DeviceFailure
-from hss_pu.fsutil import atomic_write
+from hss_pu.fsutil import FileRefused, atomic_write, read_bounded
 from hss_pu.wire import devconfig as wire
 
-__all__ = ["DevConfigStore"]
+__all__ = ["MAX_STORED_BYTES", "DevConfigStore"]
 
 log = logging.getLogger("hss_pu.devconfig")
 
 FILENAME = "devconfig.json"
+# A full document is a few KiB (each extension at most 4 KiB); anything far larger is not ours.
+MAX_STORED_BYTES = 256 * 1024
 
 
 class DevConfigStore:
@@ -32,22 +40,27 @@ class DevConfigStore:
             width=cam.width, height=cam.height, fps=cam.fps, bitrate=config.bitrate
         )
         self.path = Path(config.storage_dir) / FILENAME
+        self._listeners: list[Callable[[], None]] = []
         self.doc = self._load()
+
+    def subscribe(self, listener: Callable[[], None]) -> None:
+        """Call ``listener`` (on the caller's thread, so it must not block) after a change."""
+        self._listeners.append(listener)
+
+    def _changed(self) -> None:
+        for listener in self._listeners:
+            listener()
 
     def _defaults(self) -> dict[str, Any]:
         return wire.default_document(self.profile, self.base)
 
     def _load(self) -> dict[str, Any]:
         try:
-            raw = self.path.read_bytes()
+            return self._read()
         except FileNotFoundError:
             return self._defaults()
-        except OSError as exc:
-            log.error("devconfig: cannot read %s (%s); using factory settings", self.path, exc)
-            return self._defaults()
-        try:
-            return wire.validate_stored(msgspec.json.decode(raw), self.profile, self.base)
-        except (msgspec.DecodeError, DeviceError) as exc:
+        # RecursionError: msgspec's own guard against a document nested too deep.
+        except (FileRefused, msgspec.DecodeError, RecursionError, DeviceError) as exc:
             bad = self.path.with_suffix(".json.bad")
             with contextlib.suppress(OSError):
                 os.replace(self.path, bad)
@@ -57,7 +70,13 @@ class DevConfigStore:
                 exc,
                 bad.name,
             )
-            return self._defaults()
+        except OSError as exc:  # e.g. EIO: leave the file for the next start
+            log.error("devconfig: cannot read %s (%s); using factory settings", self.path, exc)
+        return self._defaults()
+
+    def _read(self) -> dict[str, Any]:
+        raw, _ = read_bounded(self.path, MAX_STORED_BYTES)
+        return wire.validate_stored(msgspec.json.decode(raw), self.profile, self.base)
 
     def _save(self) -> None:
         atomic_write(self.path, msgspec.json.format(msgspec.json.encode(self.doc)) + b"\n")
@@ -74,6 +93,7 @@ class DevConfigStore:
         except OSError as exc:
             self.doc = old
             raise DeviceFailure(f"cannot save configuration: {exc.strerror or exc}") from None
+        self._changed()
         return self.doc
 
     def reset(self) -> dict[str, Any]:
@@ -84,6 +104,8 @@ class DevConfigStore:
             pass
         except OSError as exc:
             raise DeviceFailure(f"cannot reset configuration: {exc.strerror or exc}") from None
+        finally:
+            self._changed()
         return self.doc
 
     @property

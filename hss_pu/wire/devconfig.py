@@ -10,11 +10,15 @@ Shape (wire-notes, from the origin protocol)::
 SetConfig carries only what changes (a merge). Errors: a channel we do not have → 102,
 a feature the device lacks → 13, a bad value → 12. Read-only fields (fps, bitrate, width,
 height, gop) are reported, never set: a SetConfig that carries them has them ignored.
+``alarms`` and ``led`` follow GetCap: a kind (or the LED) this build does not drive is 13.
+
+The documents are platform-supplied: the free-form ``extension`` objects are bounded in
+depth and size (checked without recursion), and a merge copies only the fixed-shape parts
+it changes, never the whole document.
 """
 
 from __future__ import annotations
 
-import copy
 import re
 from typing import Any
 
@@ -25,6 +29,8 @@ from hss_pu.profiles import Profile
 
 __all__ = [
     "ALARM_KINDS",
+    "MAX_EXTENSION_BYTES",
+    "MAX_EXTENSION_DEPTH",
     "QUALITIES",
     "Base",
     "default_document",
@@ -38,6 +44,7 @@ QUALITIES = ("ld", "sd", "hd", "fhd")
 OSD_POSITIONS = ("topleft", "topright", "bottomleft", "bottomright")
 READ_ONLY = frozenset({"fps", "bitrate", "width", "height", "gop"})
 MAX_EXTENSION_BYTES = 4096
+MAX_EXTENSION_DEPTH = 8  # the extension object itself is level 1
 _HHMM = re.compile(r"^([01]\d|2[0-3]):[0-5]\d$")
 
 
@@ -61,8 +68,13 @@ def quality_resolution(profile: Profile, channel: int, quality: str) -> tuple[in
 
 
 def supported_alarms(profile: Profile) -> list[str]:
+    """The detectors this build drives on the profile: GetCap's alarms, nothing more."""
     caps = profile.capabilities()["alarms"]
     return [k for k in ALARM_KINDS if caps.get(k)]
+
+
+def _led_supported(profile: Profile) -> bool:
+    return bool(profile.capabilities()["led"])
 
 
 def _encoding(
@@ -123,7 +135,7 @@ def default_document(profile: Profile, base: Base) -> dict[str, Any]:
         "channels": channels,
         "log_level": 3,
         "tz": 0,
-        "led": bool(profile.doc.leds),
+        "led": _led_supported(profile),
         "auto_reboot": {"on": False, "time": "03:30"},
         "extension": {},
     }
@@ -162,10 +174,38 @@ def _choice(v: Any, path: str, choices: tuple[str, ...]) -> str:
 
 
 def _extension(v: Any, path: str) -> dict[str, Any]:
+    """A free-form object, bounded in depth and size, walked without recursion (a
+    700-deep list must be a 12, not a RecursionError in every later merge or encode)."""
     obj = _obj(v, path)
+    budget = MAX_EXTENSION_BYTES  # each JSON value takes at least one byte
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, dict):
+            children = list(node.values())
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        if depth > MAX_EXTENSION_DEPTH:
+            raise _bad(path, f"nested deeper than {MAX_EXTENSION_DEPTH} levels")
+        budget -= len(children)
+        if budget < 0:
+            raise _bad(path, f"larger than {MAX_EXTENSION_BYTES} bytes")
+        stack.extend((c, depth + 1) for c in children)
     if len(msgspec.json.encode(obj)) > MAX_EXTENSION_BYTES:
         raise _bad(path, f"larger than {MAX_EXTENSION_BYTES} bytes")
     return obj
+
+
+def _own_channel(ch: dict[str, Any]) -> dict[str, Any]:
+    """A channel entry a patch may change in place: its fixed-shape parts copied (down to
+    ``alarms.<kind>``), the free-form extension shared (a patch replaces it, never edits it)."""
+    out = dict(ch)
+    for k, v in ch.items():
+        if isinstance(v, dict) and k != "extension":
+            out[k] = {kk: dict(vv) if isinstance(vv, dict) else vv for kk, vv in v.items()}
+    return out
 
 
 def _merge_channel(
@@ -233,33 +273,36 @@ def merge(current: dict[str, Any], patch: Any, profile: Profile, base: Base) -> 
     """Apply a SetConfig patch; returns the new document, or raises a DeviceError
     (InvalidParam, UnsupportedConfig, NoSuchChannel).
 
-    All-or-nothing: the patch is applied to a copy, so a bad field leaves nothing half-set.
+    All-or-nothing: what the patch changes is copied first (copy-on-write; ``current`` is
+    never modified), so a bad field leaves nothing half-set.
     """
     patch = _obj(patch, "params")
-    doc = copy.deepcopy(current)
+    doc = dict(current)
     if "channels" in patch:
         chans = _obj(patch["channels"], "channels")
+        channels = doc["channels"] = dict(current["channels"])
         for key, body in chans.items():
             try:
                 cid = int(key)
             except ValueError:
                 raise _bad(f"channels.{key}", "channel ids are integers") from None
-            if str(cid) not in doc["channels"]:
+            if str(cid) not in channels:
                 raise NoSuchChannel(f"channel {key} does not exist")
-            _merge_channel(
-                doc["channels"][str(cid)], _obj(body, f"channels.{key}"), profile, cid, base
-            )
+            entry = channels[str(cid)] = _own_channel(channels[str(cid)])
+            _merge_channel(entry, _obj(body, f"channels.{key}"), profile, cid, base)
     if "log_level" in patch:
         doc["log_level"] = _int(patch["log_level"], "log_level", 0, 5)
     if "tz" in patch:
         doc["tz"] = _int(patch["tz"], "tz", -12, 14)
     if "led" in patch:
         led = _bool(patch["led"], "led")
-        if led and not profile.doc.leds:
-            raise _lacks("led", "this device has no LED")
+        if led and not _led_supported(profile):
+            what = "LED control is not available yet" if profile.doc.leds else "no LED"
+            raise _lacks("led", f"this device has {what}")
         doc["led"] = led
     if "auto_reboot" in patch:
         ar = _obj(patch["auto_reboot"], "auto_reboot")
+        doc["auto_reboot"] = dict(current["auto_reboot"])
         if "on" in ar:
             doc["auto_reboot"]["on"] = _bool(ar["on"], "auto_reboot.on")
         if "time" in ar:
@@ -279,4 +322,27 @@ def validate_stored(stored: Any, profile: Profile, base: Base) -> dict[str, Any]
     longer applies is a DeviceError, which the caller turns into "start from defaults".
     """
     # Read-only encoding values are recomputed from quality, like any SetConfig.
-    return merge(default_document(profile, base), _obj(stored, "stored"), profile, base)
+    defaults = default_document(profile, base)
+    return merge(defaults, _applicable(_obj(stored, "stored"), defaults), profile, base)
+
+
+def _applicable(stored: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """``stored`` without the alarm kinds and LED this build does not drive.
+
+    An older version accepted (and ignored) them: dropping them keeps the rest of a saved
+    document (tz, osd, ...) across the upgrade instead of resetting it all.
+    """
+    out = dict(stored)
+    if defaults["led"] is False:
+        out.pop("led", None)
+    chans = out.get("channels")
+    if isinstance(chans, dict):
+        out["channels"] = {k: _applicable_channel(v, defaults) for k, v in chans.items()}
+    return out
+
+
+def _applicable_channel(ch: Any, defaults: dict[str, Any]) -> Any:
+    if not isinstance(ch, dict) or not isinstance(ch.get("alarms"), dict):
+        return ch
+    kinds = next(iter(defaults["channels"].values()))["alarms"]
+    return {**ch, "alarms": {k: v for k, v in ch["alarms"].items() if k in kinds}}

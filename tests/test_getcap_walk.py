@@ -1,0 +1,215 @@
+"""GetCap says only what is true: every capability a profile reports is exercised.
+
+Each firmware profile runs (camera.source = "emulated", small and slow) against the
+reference platform, and for each GetCap key that is true the message that uses it must
+really work: no 101, no silent drop. The table EXERCISERS maps a key to its exerciser; a
+feature that lands adds its key to profiles.IMPLEMENTED and one line here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import random
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hss_pu import profiles
+from hss_pu.config import (
+    CameraSection,
+    ConfigDoc,
+    DeviceSection,
+    PlatformSection,
+    StorageSection,
+    make_config,
+)
+from hss_pu.daemon import Daemon
+from hss_pu.media.channel import jpeg_size
+from hss_pu.profiles import load_profile, profile_names
+from hss_pu.reference_platform.server import PlatformOptions, ReferencePlatform
+from hss_pu.services.autoreboot import STATE_FILE
+
+DEVICE = "PU-0001"
+PASSWORD = "Walk-Test-Pass1"
+MAC = "02:00:00:00:00:01"
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Walk:
+    platform: ReferencePlatform
+    daemon: Daemon
+    task: asyncio.Task[int]
+    profile: profiles.Profile
+    size: tuple[int, int]
+    storage: Path
+    reboots: list[float] = field(default_factory=list)
+
+    async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
+        reply = await self.platform.call(DEVICE, method, params, timeout=20)
+        assert reply.err is None, f"{method}: {reply.err}"
+        return reply.resp
+
+
+async def until(pred: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def media_packets(path: Path) -> int:
+    """TS packets in a received file that are not the sender's null padding (PID 0x1FFF)."""
+    data = path.read_bytes()
+    pids = ((data[i + 1] & 0x1F) << 8 | data[i + 2] for i in range(0, len(data) - 187, 188))
+    return sum(pid != 0x1FFF for pid in pids)
+
+
+# --- exercisers: one per capability key ------------------------------------------------------
+
+
+async def srt_push(w: Walk) -> None:
+    """media_protocol "srt": PushLive to a real srt-live-transmit, on every channel."""
+    for ch in w.profile.channels:
+        rx, reply = await w.platform.push_live(DEVICE, ch.id, f"walk-{ch.id}")
+        assert reply.err is None, reply
+        await rx.wait_bytes(20_000, timeout=10)
+        await w.call("StopLive", {"stream_id": f"walk-{ch.id}"})
+        await rx.close()
+        assert media_packets(rx.files[0]) > 10, "only padding arrived"
+
+
+async def encrypted_push(w: Walk) -> None:
+    """video_encrypt: the receiver demands the passphrase, so bytes mean AES was agreed."""
+    rx, reply = await w.platform.push_live(DEVICE, 0, "walk-enc", passphrase="walk-secret-123")
+    assert reply.err is None, reply
+    await rx.wait_bytes(20_000, timeout=10)
+    await w.call("StopLive", {"stream_id": "walk-enc"})
+    await rx.close()
+    assert media_packets(rx.files[0]) > 10, "only padding arrived"
+
+
+async def record_segment(w: Walk) -> None:
+    """cloud_record: StartRecord, and a segment saved on Vr."""
+    await w.call(
+        "StartRecord",
+        {"session_id": "walk-rec", "channel": 0, "max_bitrate": 0, "seg_duration": 1,
+         "seg_max_size": 4 << 20, "seg_max_count": 4, "start_ts": w.platform.now(),
+         "cbk_url": w.platform.vr_cbk_url(0)},
+    )  # fmt: skip
+    segs = await w.platform.vr.wait_segments(0, 1, timeout=15)
+    assert segs[0].size > 0 and segs[0].path.stat().st_size == segs[0].size
+    await w.call("StopRecord", {"session_id": "walk-rec", "channel": 0})
+
+
+async def snapshot_upload(w: Walk) -> None:
+    """pic_upload_https: Snapshot answers after the JPEG is on the platform."""
+    await w.call("Snapshot", {"channel": 0, "url": w.platform.upload_url("walk.jpg")})
+    up = w.platform.uploads[-1]
+    assert up.name == "walk.jpg" and up.content_type == "image/jpeg"
+    assert jpeg_size(up.path.read_bytes()) == w.size
+
+
+async def daily_reboot(w: Walk) -> None:
+    """auto_reboot: the device clock a second before the time, and the RebootDevice path
+    is taken once (the test's reboot_device records instead of rebooting)."""
+    today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
+    await w.call("Settime", {"datetime": f"{today}T03:29:59", "tz": 0, "offset": 0})
+    await w.call("SetConfig", {"auto_reboot": {"on": True, "time": "03:30"}})
+    await until(lambda: w.reboots, 5, "the auto-reboot")
+    assert len(w.reboots) == 1 and (w.storage / STATE_FILE).exists()
+    await w.call("SetConfig", {"auto_reboot": {"on": False}})
+    real = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    await w.call("Settime", {"datetime": real, "tz": 0, "offset": 0})
+
+
+Exerciser = Callable[[Walk], Awaitable[None]]
+EXERCISERS: dict[str, Exerciser] = {
+    "media_protocol": srt_push,
+    "video_encrypt": encrypted_push,
+    "cloud_record": record_segment,
+    "pic_upload_https": snapshot_upload,
+    "auto_reboot": daily_reboot,
+}
+
+
+def claimed(cap: dict[str, Any]) -> list[str]:
+    """The standard keys a GetCap reply says yes to (alarms as alarms.<kind>)."""
+    keys: list[str] = []
+    for key, value in cap.items():
+        if key == "alarms":
+            keys += [f"alarms.{kind}" for kind, on in value.items() if on is True]
+        elif value is True or (key == "media_protocol" and value):
+            keys.append(key)
+    return keys
+
+
+# --- the tests ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", profile_names())
+def test_every_true_capability_has_an_exerciser(name: str) -> None:
+    missing = set(claimed(load_profile(name).capabilities())) - EXERCISERS.keys()
+    assert not missing, f"{name} claims {sorted(missing)} with nothing here that uses them"
+
+
+def test_every_implemented_feature_has_an_exerciser() -> None:
+    assert EXERCISERS.keys() >= profiles.IMPLEMENTED
+
+
+@pytest.fixture
+async def walk(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Walk]:
+    profile = load_profile(request.param)
+    ch = profile.channels[0]
+    size = min(ch.resolutions, key=lambda r: r[0] * r[1])
+    platform = ReferencePlatform(
+        PlatformOptions(state_dir=tmp_path / "platform", devices={DEVICE: PASSWORD}, hb_interval=1)
+    )
+    await platform.start()
+    doc = ConfigDoc(
+        device=DeviceSection(id=DEVICE, password=PASSWORD, mac=MAC, profile=profile.name),
+        platform=PlatformSection(
+            schedule_url=platform.schedule_url, ca_file=str(platform.ca_file), backoff_scale=0.02
+        ),
+        camera=CameraSection(
+            source="emulated", width=size[0], height=size[1], fps=10, bitrate=200_000
+        ),
+        storage=StorageSection(dir=str(tmp_path / "pu")),
+    )
+    daemon = Daemon(make_config(doc), rng=random.Random(7), start_media=True)
+    reboots: list[float] = []
+
+    async def reboot_device() -> None:  # never the host's reboot from a test
+        reboots.append(daemon.clock.now())
+
+    monkeypatch.setattr(daemon, "_reboot_device", reboot_device)
+    task = asyncio.create_task(daemon.run())
+    try:
+        await platform.wait_online(DEVICE)
+        yield Walk(platform, daemon, task, profile, size, tmp_path / "pu", reboots)
+        assert not task.done(), "the daemon stopped during the walk"
+    finally:
+        daemon.stop()
+        rc = await asyncio.wait_for(task, 15)
+        await platform.close()
+    assert rc == 0
+
+
+@pytest.mark.parametrize("walk", profile_names(), indirect=True)
+async def test_every_true_capability_works(walk: Walk) -> None:
+    cap = await walk.call("GetCap")
+    keys = claimed(cap)
+    assert "media_protocol" in keys  # at least live video, on every profile
+    for key in keys:
+        t0 = time.monotonic()
+        await EXERCISERS[key](walk)
+        print(f"{walk.profile.name}: {key} ok in {time.monotonic() - t0:.1f} s")
