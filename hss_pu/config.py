@@ -76,7 +76,8 @@ class PlatformSection(_Section, frozen=True, kw_only=True):
     schedule_url: Annotated[str, msgspec.Meta(min_length=1)]
     ca_file: str | None = None
     allow_insecure: bool = False
-    keepalive_interval: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 10.0
+    # Below 1 s a keep-alive would be a flood (GetServerInfo hb_interval has the same floor).
+    keepalive_interval: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 10.0
     # > 0: a zero scale would let every retry loop spin without a delay.
     backoff_scale: Annotated[float, msgspec.Meta(gt=0, le=100)] = 1.0
 

@@ -434,3 +434,16 @@ def test_relative_paths_without_a_config_file_are_refused(tmp_path: Path) -> Non
         make_config(doc("state"))
     assert ei.value.key == "storage.dir" and "relative" in ei.value.problem
     assert make_config(doc(str(tmp_path))).storage_dir == str(tmp_path)
+
+
+@pytest.mark.parametrize("interval", [0.001, 0.5, 0])
+def test_keepalive_interval_has_a_one_second_floor(interval: float) -> None:
+    """A configured 1 ms keep-alive would flood the platform."""
+    import msgspec
+
+    from hss_pu.config import PlatformSection
+
+    with pytest.raises(msgspec.ValidationError, match="keepalive_interval"):
+        msgspec.convert(
+            {"schedule_url": "https://h", "keepalive_interval": interval}, PlatformSection
+        )
