@@ -156,7 +156,11 @@ async def _run_embedded(level: str | None) -> int:
         try:
             return await _run_daemon(Daemon(cfg))
         finally:
+            # Ended before the platform closes, so nothing it was starting is left over.
             demo.cancel()
+            await asyncio.wait([demo])
+            if not demo.cancelled() and demo.exception() is not None:
+                log.warning("demo live stream failed: %r", demo.exception())
     finally:
         await platform.close()
 

@@ -112,6 +112,7 @@ class ReferencePlatform:
         self.uploads: list[Upload] = []
         self.upload_failures: dict[str, int] = {}  # name -> further PUTs to answer 503
         self.receivers: dict[str, LiveReceiver] = {}
+        self._closing = False
         self.vr = VrServer(self)
 
     @property
@@ -187,7 +188,10 @@ class ReferencePlatform:
                 os.unlink(self.state_file)
 
     async def close(self) -> None:
+        self._closing = True  # open_live refuses from now on
         self.vr.close()
+        # Every receiver is registered before it starts, so this kills each process
+        # started so far; one still starting kills its own (LiveReceiver.start).
         for rx in list(self.receivers.values()):
             await rx.close()
         self.receivers.clear()
@@ -369,10 +373,13 @@ class ReferencePlatform:
         viewer: bool = False,
         port: int = 0,
     ) -> LiveReceiver:
-        """A new srt-live-transmit listener for one stream (its URL goes into PushLive)."""
+        """A new srt-live-transmit listener for one stream (its URL goes into PushLive).
+        RuntimeError once the platform is closing."""
         old = self.receivers.pop(stream_id, None)
         if old is not None:
             await old.close()
+        if self._closing:
+            raise RuntimeError("the reference platform is closing")
         rx = LiveReceiver(
             self.options.state_dir / "live",
             stream_id=stream_id,
@@ -382,8 +389,13 @@ class ReferencePlatform:
             passphrase=passphrase,
             viewer_port=free_udp_port(self.options.host) if viewer else None,
         )
-        await rx.start()
-        self.receivers[stream_id] = rx
+        self.receivers[stream_id] = rx  # before start: close() must find it
+        try:
+            await rx.start()
+        except BaseException:
+            if self.receivers.get(stream_id) is rx:
+                del self.receivers[stream_id]
+            raise
         return rx
 
     async def push_live(
