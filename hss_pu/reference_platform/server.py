@@ -16,7 +16,7 @@ import secrets
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from hss_pu.fsutil import atomic_write
 from hss_pu.reference_platform.admin import AdminApi
 from hss_pu.reference_platform.http import HttpServer, Request, Response, json_response
 from hss_pu.reference_platform.live import LiveReceiver, free_udp_port
+from hss_pu.reference_platform.options import PlatformOptions
 from hss_pu.reference_platform.pki import Pki, ensure_pki
 from hss_pu.reference_platform.vd import LoginRecord, Record, VdServer
 from hss_pu.reference_platform.vr import (
@@ -52,36 +53,6 @@ log = logging.getLogger("hss_pu.platform")
 _MAC = re.compile(MAC_PATTERN)
 
 STATE_FILE = "platform.json"
-DEMO_DEVICES = {"PU-0001": "embedded-demo-pass"}  # the embedded default's identity
-
-
-@dataclass
-class PlatformOptions:
-    host: str = "127.0.0.1"
-    vs_port: int = 0  # 0: any free port
-    tls: bool = True
-    state_dir: Path = field(default_factory=lambda: Path("platform-state"))
-    # Added to the platform's clock in Vs replies: tests of the PU's time sync.
-    clock_offset: float = 0.0
-    vd_port: int = 0  # 0: any free port
-    # Vd logins: device id -> password. Read at each login, so tests may change it live.
-    devices: dict[str, str] = field(default_factory=lambda: dict(DEMO_DEVICES))
-    # GetServerInfo reply fields; each is left out of the reply while None.
-    hb_interval: int | None = None
-    hb_token: str | None = None
-    hibernation: str | None = None
-    # This many consecutive wrong passwords for one id lock it out (even with the right
-    # password) for lockout_seconds: a brute-force brake a real platform would have.
-    lockout_after: int = 5
-    lockout_seconds: float = 60.0
-    admin_port: int | None = None  # None: no admin API; 0: any free port (loopback only)
-    rpc_timeout: float = 20.0  # wire-notes: an RPC unanswered for 20 s means a dead link
-    # False simulates a platform that has stopped answering (Keepalives go unanswered).
-    answer_keepalive: bool = True
-    # Vr: decode every saved segment before answering its save (VrSegment.check).
-    vr_decode_check: bool = True
-    # Vr: saved segments (records and files) kept per channel; older ones are deleted.
-    vr_keep_segments: int = 10_000
 
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -113,7 +84,7 @@ class ReferencePlatform:
         self.upload_failures: dict[str, int] = {}  # name -> further PUTs to answer 503
         self.receivers: dict[str, LiveReceiver] = {}
         self._closing = False
-        self.vr = VrServer(self)
+        self.vr = VrServer(options, now=self.now, base_url=lambda: self.schedule_url)
 
     @property
     def scheme(self) -> str:
@@ -153,7 +124,7 @@ class ReferencePlatform:
             self._vs = HttpServer(self._handle_http, ctx)
             self.vs_port = await self._vs.start(self.options.host, self.options.vs_port)
             if self.options.admin_port is not None:
-                api = AdminApi(self, self.admin_token)
+                api = AdminApi(self._vd, self.vr, self.admin_token)
                 self._admin = HttpServer(api.handle, None)
                 # Loopback whatever the host: the token is the only thing guarding it.
                 self.admin_port = await self._admin.start("127.0.0.1", self.options.admin_port)
