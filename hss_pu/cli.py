@@ -7,13 +7,13 @@ Exit status: 0 success or clean stop, 1 runtime failure, 2 bad configuration or 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hss_pu import __version__
 from hss_pu.config import (
@@ -25,13 +25,18 @@ from hss_pu.config import (
     load_config,
     make_config,
 )
-from hss_pu.daemon import Daemon
 from hss_pu.logsetup import setup_logging
 from hss_pu.profiles import load_profile, profile_names
-from hss_pu.reference_platform.cli import add_platform_commands, run_platform_command
-from hss_pu.reference_platform.server import PlatformOptions, ReferencePlatform
 from hss_pu.schema import SchemaError
 from hss_pu.services.localctl import send_command
+
+# Only what every command needs is imported here: ``status``, ``bind`` and
+# ``check-config`` must answer in well under 150 ms on a Pi, so the daemon (PyAV, numpy,
+# the network clients), asyncio and the reference platform are imported by the commands
+# that run them (tests/test_cli_imports.py holds this).
+if TYPE_CHECKING:
+    from hss_pu.daemon import Daemon
+    from hss_pu.reference_platform.server import ReferencePlatform
 
 __all__ = ["EMBEDDED_DEVICE", "main"]
 
@@ -74,7 +79,13 @@ def _parser() -> argparse.ArgumentParser:
     bind.add_argument("--config", "-c", type=Path, help="the running daemon's config")
     status = sub.add_parser("status", help="ask the running daemon how it is")
     status.add_argument("--config", "-c", type=Path, help="the running daemon's config")
-    add_platform_commands(sub)
+    # Listed for --help only: main() hands ``platform ...`` to the reference platform's
+    # own parser before this one runs, so other commands never import the platform.
+    sub.add_parser(
+        "platform",
+        help="the reference platform (serve, call, event, devices, records, kick, segments)",
+        add_help=False,
+    )
     return p
 
 
@@ -120,6 +131,8 @@ async def _run_daemon(daemon: Daemon) -> int:
 
 
 async def _run_file(path: Path, level: str | None) -> int:
+    from hss_pu.daemon import Daemon
+
     try:
         cfg = load_config(path)
     except SchemaError as exc:
@@ -131,6 +144,11 @@ async def _run_file(path: Path, level: str | None) -> int:
 
 
 async def _run_embedded(level: str | None) -> int:
+    import asyncio
+
+    from hss_pu.daemon import Daemon
+    from hss_pu.reference_platform.server import PlatformOptions, ReferencePlatform
+
     setup_logging(level or "info")
     state = embedded_storage()
     log.info("no --config: embedded default (emulated camera, reference platform on loopback)")
@@ -156,7 +174,11 @@ async def _run_embedded(level: str | None) -> int:
         try:
             return await _run_daemon(Daemon(cfg))
         finally:
+            # Ended before the platform closes, so nothing it was starting is left over.
             demo.cancel()
+            await asyncio.wait([demo])
+            if not demo.cancelled() and demo.exception() is not None:
+                log.warning("demo live stream failed: %r", demo.exception())
     finally:
         await platform.close()
 
@@ -186,7 +208,7 @@ def cmd_local(command: dict[str, object], config: Path | None) -> int:
     else:
         directory = embedded_storage() / "pu"
     try:
-        reply = asyncio.run(send_command(directory, command))
+        reply = send_command(directory, command)
     except (OSError, TimeoutError, ValueError) as exc:
         print(f"hss-pu: no running daemon answers at {directory} ({exc})", file=sys.stderr)
         return EXIT_FAILURE
@@ -202,18 +224,23 @@ def _restart() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["platform"]:
+        from hss_pu.reference_platform.cli import main as platform_main
+
+        return platform_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "check-config":
         return cmd_check_config(args.path)
     if args.command == "profiles":
         return cmd_profiles(args.name)
-    if args.command == "platform":
-        return run_platform_command(args)
     if args.command == "bind":
         return cmd_local({"cmd": "bind", "bind_id": args.bind_id}, args.config)
     if args.command == "status":
         return cmd_local({"cmd": "status"}, args.config)
     if args.command == "run":
+        import asyncio
+
         coro = (
             _run_file(args.config, args.log_level) if args.config else _run_embedded(args.log_level)
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -66,17 +68,51 @@ async def start(*args: str, env: dict[str, str] | None = None) -> Proc:
     return Proc(proc)
 
 
+def marked_processes(mark: str) -> list[int]:
+    """Processes whose environment carries ``mark``: a daemon and everything it started,
+    reparented or not."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                env = Path(f"/proc/{entry}/environ").read_bytes()
+                state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (OSError, IndexError):
+                continue
+            if mark.encode() in env.split(b"\0") and state != "Z":
+                found.append(int(entry))
+    return found
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 async def test_embedded_default_runs_and_stops(tmp_path: Path, sig: signal.Signals) -> None:
-    env = {"XDG_STATE_HOME": str(tmp_path / "state"), "NOTIFY_SOCKET": ""}
+    """The stop comes right after scheduling, while the embedded platform starts its demo
+    live receiver: every process of the run must be gone afterwards. A leaked child used to
+    keep the pipe open and hang the test: every wait here is bounded."""
+    token = uuid.uuid4().hex
+    mark = f"HSS_PU_TEST_RUN={token}"
+    env = {"XDG_STATE_HOME": str(tmp_path / "state"), "NOTIFY_SOCKET": "", "HSS_PU_TEST_RUN": token}
     p = await start("run", env=env)
-    await p.wait_for("embedded default")
-    await p.wait_for("reference platform: Vs https://127.0.0.1:")
-    await p.wait_for("profile emulated")
-    await p.wait_for("storage: ")
-    await p.wait_for("ready")
-    await p.wait_for("Vs: scheduled to Vd at wss://127.0.0.1:")
-    rc, took = await p.stop(sig)
+    try:
+        await p.wait_for("embedded default")
+        await p.wait_for("reference platform: Vs https://127.0.0.1:")
+        await p.wait_for("profile emulated")
+        await p.wait_for("storage: ")
+        await p.wait_for("ready")
+        await p.wait_for("Vs: scheduled to Vd at wss://127.0.0.1:")
+        rc, took = await p.stop(sig)
+    finally:
+        if p.proc.returncode is None:
+            p.proc.kill()
+            await asyncio.wait_for(p.proc.wait(), 10)
+        for _ in range(40):  # a killed process is gone within milliseconds, a leaked one stays
+            if not (left := marked_processes(mark)):
+                break
+            await asyncio.sleep(0.05)
+        for pid in left:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes of the run left behind: {left}"
     assert rc == 0, p.lines
     assert took < 5.0
     assert any(f"{sig.name} received: stopping" in line for line in p.lines)

@@ -31,7 +31,8 @@ from typing import TYPE_CHECKING, Any
 from hss_pu.reference_platform.http import Request, Response, json_response
 
 if TYPE_CHECKING:
-    from hss_pu.reference_platform.server import ReferencePlatform
+    from hss_pu.reference_platform.vd import VdServer
+    from hss_pu.reference_platform.vr import VrServer
 
 __all__ = ["MAX_CALL_TIMEOUT", "AdminApi"]
 
@@ -78,8 +79,12 @@ def _params(body: dict[str, Any]) -> dict[str, Any] | None:
 
 
 class AdminApi:
-    def __init__(self, platform: ReferencePlatform, token: str) -> None:
-        self.platform = platform
+    """Routes admin requests to the Vd sessions (calls, events, records) and Vr's saved
+    segments."""
+
+    def __init__(self, vd: VdServer, vr: VrServer, token: str) -> None:
+        self.vd = vd
+        self.vr = vr
         self._token = f"Bearer {token}".encode()
 
     def _authorized(self, req: Request) -> bool:
@@ -111,7 +116,7 @@ class AdminApi:
             return _info(400, str(exc))
 
     async def _devices(self, req: Request) -> Response:
-        p = self.platform
+        p = self.vd
         ids = sorted(set(p.options.devices) | set(p.online_ids()))
         devices = []
         for i in ids:
@@ -138,10 +143,10 @@ class AdminApi:
             raise _BadRequest("since is not an integer") from None
         recs = [
             dataclasses.asdict(r)
-            for r in list(self.platform.records)
+            for r in list(self.vd.records)
             if r.index >= since and (device is None or r.device_id == device)
         ]
-        last = self.platform.records[-1].index + 1 if self.platform.records else since
+        last = self.vd.records[-1].index + 1 if self.vd.records else since
         return _json(200, {"records": recs, "next": max(last, since)})
 
     async def _call(self, req: Request) -> Response:
@@ -159,7 +164,7 @@ class AdminApi:
             raise _BadRequest(f"timeout must be a number in (0, {MAX_CALL_TIMEOUT:g}]")
         log.info("admin: call %s %s", device, method)
         try:
-            reply = await self.platform.call(device, method, params, timeout)
+            reply = await self.vd.call(device, method, params, timeout)
         except LookupError as exc:
             return _info(404, str(exc))
         except TimeoutError as exc:
@@ -176,7 +181,7 @@ class AdminApi:
         name = _str(body, "event", "name")
         log.info("admin: event %s %s", device, name)
         try:
-            await self.platform.send_event(device, name, _params(body))
+            await self.vd.send_event(device, name, _params(body))
         except LookupError as exc:
             return _info(404, str(exc))
         except ConnectionError as exc:
@@ -186,7 +191,7 @@ class AdminApi:
     async def _kick(self, req: Request) -> Response:
         device = _str(_body(req), "device")
         log.info("admin: kick %s", device)
-        await self.platform.kick(device)
+        await self.vd.kick(device)
         return _json(200, {})
 
     async def _vr_segments(self, req: Request) -> Response:
@@ -198,7 +203,7 @@ class AdminApi:
             raise _BadRequest("channel and last must be integers") from None
         if last < 0:
             raise _BadRequest("last must be >= 0")
-        by_channel = self.platform.vr_segments
+        by_channel = self.vr.segments
         channels = sorted(by_channel) if channel is None else [channel]
         segs = []
         for ch in channels:

@@ -16,6 +16,7 @@ import logging
 import shlex
 import signal
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,15 +26,11 @@ import httpx
 from hss_pu.config import default_storage_dir
 from hss_pu.logsetup import add_secret, setup_logging
 from hss_pu.reference_platform.admin import MAX_CALL_TIMEOUT
-from hss_pu.reference_platform.server import (
-    DEMO_DEVICES,
-    STATE_FILE,
-    PlatformOptions,
-    ReferencePlatform,
-)
+from hss_pu.reference_platform.options import DEMO_DEVICES, PlatformOptions
+from hss_pu.reference_platform.server import STATE_FILE, ReferencePlatform
 from hss_pu.reference_platform.vr import CSEG_PREFIX
 
-__all__ = ["add_platform_commands", "run_platform_command"]
+__all__ = ["main", "run_platform_command"]
 
 log = logging.getLogger("hss_pu.platform")
 
@@ -76,10 +73,9 @@ def _non_negative(text: str) -> int:
     return v
 
 
-def add_platform_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    plat = sub.add_parser(
-        "platform",
-        help="the reference platform (serve, call, event, devices, records, kick, segments)",
+def _parser() -> argparse.ArgumentParser:
+    plat = argparse.ArgumentParser(
+        prog="hss-pu platform",
         description="Run the reference platform, or drive devices through its admin API.",
     )
     psub = plat.add_subparsers(dest="platform_command", required=True)
@@ -139,6 +135,12 @@ def add_platform_commands(sub: argparse._SubParsersAction[argparse.ArgumentParse
         "--last", type=_non_negative, default=0, help="the N most recent per channel (0: all)"
     )
     segs.add_argument("--json", action="store_true", help="the admin API's JSON, as is")
+    return plat
+
+
+def main(argv: Sequence[str]) -> int:
+    """``hss-pu platform ARGV...`` (hss_pu.cli hands these over before its own parsing)."""
+    return run_platform_command(_parser().parse_args(argv))
 
 
 def run_platform_command(args: argparse.Namespace) -> int:

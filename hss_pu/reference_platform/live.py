@@ -67,6 +67,7 @@ class LiveReceiver:
         self._reader: asyncio.Task[None] | None = None
         self._stats_path = directory / f"{_safe(stream_id)}.stats.json"
         self.growing = asyncio.Event()
+        self._closed = False
 
     @property
     def url(self) -> str:
@@ -87,26 +88,55 @@ class LiveReceiver:
         return f"srt://{self.host}:{port}?{urlencode(q)}"
 
     async def start(self) -> None:
+        """Start the listener (and the viewer relay). Cancelled or failing half way, it
+        kills what it had started: no process outlives the receiver."""
+        if self._closed:
+            raise RuntimeError(f"live receiver {self.stream_id} is closed")
         self.directory.mkdir(parents=True, exist_ok=True)
         path = self.directory / f"{_safe(self.stream_id)}-{self.connections}.ts"
         self.files.append(path)
         self.connections += 1
-        self._proc = await asyncio.create_subprocess_exec(
-            _slt(), "-q", "-s", "200", "-f", "-pf", "json", "-statsout", str(self._stats_path),
-            self._listener_uri(self.port), "file://con",
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-        )  # fmt: skip
-        if self.viewer_port and self._viewer is None:
-            self._viewer = await asyncio.create_subprocess_exec(
-                _slt(), "-q", "file://con", self._listener_uri(self.viewer_port),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.DEVNULL,
-                stderr=asyncio.subprocess.DEVNULL,
+        try:
+            self._proc = await self._spawn(
+                "-s", "200", "-f", "-pf", "json", "-statsout", str(self._stats_path),
+                self._listener_uri(self.port), "file://con",
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
             )  # fmt: skip
+            if self.viewer_port and self._viewer is None:
+                self._viewer = await self._spawn(
+                    "file://con", self._listener_uri(self.viewer_port),
+                    stdin=asyncio.subprocess.PIPE,
+                    stdout=asyncio.subprocess.DEVNULL,
+                )  # fmt: skip
+        except BaseException:
+            await self._abandon()
+            raise
         self._reader = asyncio.create_task(self._read(self._proc, path))
         log.info("live: listening for %s on srt://%s:%d", self.stream_id, self.host, self.port)
+
+    async def _spawn(self, *args: str, **kw: Any) -> asyncio.subprocess.Process:
+        # asyncio kills a child whose start is cancelled; one started while close() ran
+        # elsewhere is ours to kill.
+        proc = await asyncio.create_subprocess_exec(
+            _slt(), "-q", *args, stderr=asyncio.subprocess.DEVNULL, **kw
+        )
+        if self._closed:
+            _signal(proc, kill=True)
+            await proc.wait()
+            raise RuntimeError(f"live receiver {self.stream_id} closed while starting")
+        return proc
+
+    async def _abandon(self) -> None:
+        """SIGKILL at once (no await may come first: a second cancel would skip it), then
+        reap. A receiver that failed to start has nothing worth a graceful stop."""
+        procs = [p for p in (self._proc, self._viewer) if p is not None]
+        self._proc = self._viewer = None
+        for proc in procs:
+            _signal(proc, kill=True)
+        for proc in procs:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(proc.wait(), 2)
 
     async def _read(self, proc: asyncio.subprocess.Process, path: Path) -> None:
         assert proc.stdout is not None
@@ -132,12 +162,19 @@ class LiveReceiver:
     async def _kill(self, proc: asyncio.subprocess.Process | None) -> None:
         if proc is None or proc.returncode is not None:
             return
-        proc.terminate()
+        # The viewer relay blocks reading its stdin and does not act on SIGTERM until that
+        # read returns: EOF first.
+        if proc.stdin is not None:
+            proc.stdin.close()
+        _signal(proc, kill=False)
         try:
             await asyncio.wait_for(proc.wait(), 2)
         except TimeoutError:
-            proc.kill()
+            _signal(proc, kill=True)
             await proc.wait()
+        except BaseException:  # cancelled: still no process left behind
+            _signal(proc, kill=True)
+            raise
 
     async def restart(self) -> None:
         """Kill the listener and start a new one on the same port (a receiver restart)."""
@@ -153,6 +190,7 @@ class LiveReceiver:
         self._proc = None
 
     async def close(self) -> None:
+        self._closed = True  # a start() still under way kills what it starts
         await self._stop_listener()
         await self._kill(self._viewer)
         self._viewer = None
@@ -176,6 +214,14 @@ class LiveReceiver:
             while self.bytes_received < n:
                 self.growing.clear()
                 await self.growing.wait()
+
+
+def _signal(proc: asyncio.subprocess.Process, *, kill: bool) -> None:
+    with contextlib.suppress(ProcessLookupError):  # already gone
+        if kill:
+            proc.kill()
+        else:
+            proc.terminate()
 
 
 def _safe(name: str) -> str:

@@ -16,7 +16,7 @@ import secrets
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from hss_pu.fsutil import atomic_write
 from hss_pu.reference_platform.admin import AdminApi
 from hss_pu.reference_platform.http import HttpServer, Request, Response, json_response
 from hss_pu.reference_platform.live import LiveReceiver, free_udp_port
+from hss_pu.reference_platform.options import PlatformOptions
 from hss_pu.reference_platform.pki import Pki, ensure_pki
 from hss_pu.reference_platform.vd import LoginRecord, Record, ReplyRecord, VdServer
 from hss_pu.reference_platform.vr import (
@@ -53,40 +54,6 @@ log = logging.getLogger("hss_pu.platform")
 _MAC = re.compile(MAC_PATTERN)
 
 STATE_FILE = "platform.json"
-DEMO_DEVICES = {"PU-0001": "embedded-demo-pass"}  # the embedded default's identity
-
-
-@dataclass
-class PlatformOptions:
-    host: str = "127.0.0.1"
-    vs_port: int = 0  # 0: any free port
-    tls: bool = True
-    state_dir: Path = field(default_factory=lambda: Path("platform-state"))
-    # Added to the platform's clock in Vs replies: tests of the PU's time sync.
-    clock_offset: float = 0.0
-    vd_port: int = 0  # 0: any free port
-    # Vd logins: device id -> password. Read at each login, so tests may change it live.
-    devices: dict[str, str] = field(default_factory=lambda: dict(DEMO_DEVICES))
-    # GetServerInfo reply fields; each is left out of the reply while None.
-    hb_interval: int | None = None
-    hb_token: str | None = None
-    hibernation: str | None = None
-    # This many consecutive wrong passwords for one id lock it out (even with the right
-    # password) for lockout_seconds: a brute-force brake a real platform would have.
-    lockout_after: int = 5
-    lockout_seconds: float = 60.0
-    admin_port: int | None = None  # None: no admin API; 0: any free port (loopback only)
-    rpc_timeout: float = 20.0  # wire-notes: an RPC unanswered for 20 s means a dead link
-    # False simulates a platform that has stopped answering (Keepalives go unanswered).
-    answer_keepalive: bool = True
-    # Fault: the GetServerInfo reply exactly as given (ill-typed fields included).
-    server_info: dict[str, Any] | None = None
-    # Fault: accept the Vd login, then close at once (before answering anything).
-    drop_after_login: bool = False
-    # Vr: decode every saved segment before answering its save (VrSegment.check).
-    vr_decode_check: bool = True
-    # Vr: saved segments (records and files) kept per channel; older ones are deleted.
-    vr_keep_segments: int = 10_000
 
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -119,7 +86,8 @@ class ReferencePlatform:
         # Fault: each Vs request takes the first of these and merges it into its reply.
         self.vs_overrides: list[dict[str, Any]] = []
         self.receivers: dict[str, LiveReceiver] = {}
-        self.vr = VrServer(self)
+        self._closing = False
+        self.vr = VrServer(options, now=self.now, base_url=lambda: self.schedule_url)
 
     @property
     def scheme(self) -> str:
@@ -159,7 +127,7 @@ class ReferencePlatform:
             self._vs = HttpServer(self._handle_http, ctx)
             self.vs_port = await self._vs.start(self.options.host, self.options.vs_port)
             if self.options.admin_port is not None:
-                api = AdminApi(self, self.admin_token)
+                api = AdminApi(self._vd, self.vr, self.admin_token)
                 self._admin = HttpServer(api.handle, None)
                 # Loopback whatever the host: the token is the only thing guarding it.
                 self.admin_port = await self._admin.start("127.0.0.1", self.options.admin_port)
@@ -194,7 +162,10 @@ class ReferencePlatform:
                 os.unlink(self.state_file)
 
     async def close(self) -> None:
+        self._closing = True  # open_live refuses from now on
         self.vr.close()
+        # Every receiver is registered before it starts, so this kills each process
+        # started so far; one still starting kills its own (LiveReceiver.start).
         for rx in list(self.receivers.values()):
             await rx.close()
         self.receivers.clear()
@@ -386,10 +357,13 @@ class ReferencePlatform:
         viewer: bool = False,
         port: int = 0,
     ) -> LiveReceiver:
-        """A new srt-live-transmit listener for one stream (its URL goes into PushLive)."""
+        """A new srt-live-transmit listener for one stream (its URL goes into PushLive).
+        RuntimeError once the platform is closing."""
         old = self.receivers.pop(stream_id, None)
         if old is not None:
             await old.close()
+        if self._closing:
+            raise RuntimeError("the reference platform is closing")
         rx = LiveReceiver(
             self.options.state_dir / "live",
             stream_id=stream_id,
@@ -399,8 +373,13 @@ class ReferencePlatform:
             passphrase=passphrase,
             viewer_port=free_udp_port(self.options.host) if viewer else None,
         )
-        await rx.start()
-        self.receivers[stream_id] = rx
+        self.receivers[stream_id] = rx  # before start: close() must find it
+        try:
+            await rx.start()
+        except BaseException:
+            if self.receivers.get(stream_id) is rx:
+                del self.receivers[stream_id]
+            raise
         return rx
 
     async def push_live(

@@ -42,7 +42,7 @@ from hss_pu.wire.vd import (
 if TYPE_CHECKING:
     import ssl
 
-    from hss_pu.reference_platform.server import PlatformOptions
+    from hss_pu.reference_platform.options import PlatformOptions
 
 __all__ = ["LoginRecord", "Record", "ReplyRecord", "VdServer"]
 

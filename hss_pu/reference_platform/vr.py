@@ -30,6 +30,7 @@ import re
 import secrets
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -54,7 +55,7 @@ from hss_pu.wire.vr import (
 from hss_pu.wire.vs import MAC_PATTERN
 
 if TYPE_CHECKING:
-    from hss_pu.reference_platform.server import ReferencePlatform
+    from hss_pu.reference_platform.options import PlatformOptions
 
 __all__ = [
     "CSEG_PREFIX",
@@ -297,10 +298,18 @@ def _info(status: int, text: str) -> Response:
 
 
 class VrServer:
-    """Vr state and handlers; ReferencePlatform routes the two URL prefixes here."""
+    """Vr state and handlers; ReferencePlatform routes the two URL prefixes here.
 
-    def __init__(self, platform: ReferencePlatform) -> None:
-        self.platform = platform
+    ``now`` is the platform's clock (times in records and getcurrenttime), ``base_url``
+    where segments are PUT (known once the platform listens).
+    """
+
+    def __init__(
+        self, options: PlatformOptions, *, now: Callable[[], float], base_url: Callable[[], str]
+    ) -> None:
+        self.options = options
+        self.now = now
+        self.base_url = base_url
         self.segments: defaultdict[int, list[VrSegment]] = defaultdict(list)
         self.failed: list[VrFailed] = []
         self.stats: list[VrStat] = []
@@ -423,7 +432,7 @@ class VrServer:
         if isinstance(op, FailRequest):
             return self._fail(channel, mac, op.name)
         if isinstance(op, GetCurrentTimeRequest):
-            return _reply(200, encode_currenttime(self.platform.now()))
+            return _reply(200, encode_currenttime(self.now()))
         assert isinstance(op, StatRequest)
         return self._stat(channel, mac, op)
 
@@ -463,11 +472,9 @@ class VrServer:
             return _reply(200, encode_create_reply("", ""))
         self._expire()
         name = f"ch{channel}-{next(self._counter)}-{secrets.token_hex(4)}"
-        path = self.platform.options.state_dir / "vr" / str(channel) / f"{name}.ts"
-        self._pending[name] = _Pending(
-            name, channel, mac, req, self.platform.now(), time.monotonic(), path
-        )
-        url = f"{self.platform.schedule_url}{SEG_PREFIX}{name}"
+        path = self.options.state_dir / "vr" / str(channel) / f"{name}.ts"
+        self._pending[name] = _Pending(name, channel, mac, req, self.now(), time.monotonic(), path)
+        url = f"{self.base_url()}{SEG_PREFIX}{name}"
         log.info(
             "Vr: ch%d create %s (%d bytes, start %.3f, %.3f s%s)",
             channel, name, req.size, req.start, req.duration,
@@ -493,7 +500,7 @@ class VrServer:
         if p.puts_in_flight == 0:
             p.path.unlink(missing_ok=True)
         self.failed.append(
-            VrFailed(p.name, p.channel, p.mac, self.platform.now(), p.put_size is not None, reason)
+            VrFailed(p.name, p.channel, p.mac, self.now(), p.put_size is not None, reason)
         )
         del self.failed[:-MAX_RECORDS]
         if reason != "fail":
@@ -548,7 +555,7 @@ class VrServer:
         return _reply(200, b"{}")
 
     async def _check(self, path: Path) -> DecodeCheck | None:
-        if not self.platform.options.vr_decode_check:
+        if not self.options.vr_decode_check:
             return None
         try:
             return await asyncio.to_thread(decode_check, path)
@@ -585,7 +592,7 @@ class VrServer:
             discontinue=c.discontinue,
             path=p.path,
             mac=p.mac,
-            saved_at=self.platform.now(),
+            saved_at=self.now(),
             check=check,
             created_at=p.created_at,
             content_type=c.content_type,
@@ -596,7 +603,7 @@ class VrServer:
         )
         del self._pending[p.name]
         segs.append(seg)
-        keep = max(1, self.platform.options.vr_keep_segments)
+        keep = max(1, self.options.vr_keep_segments)
         for old in segs[:-keep]:
             old.path.unlink(missing_ok=True)
         del segs[:-keep]
@@ -626,9 +633,7 @@ class VrServer:
         return _reply(200, b"{}")
 
     def _stat(self, channel: int, mac: str, req: StatRequest) -> Response:
-        self.stats.append(
-            VrStat(channel, req.dropped_nb, req.dropped_time, mac, self.platform.now())
-        )
+        self.stats.append(VrStat(channel, req.dropped_nb, req.dropped_time, mac, self.now()))
         del self.stats[:-MAX_RECORDS]
         log.info("Vr: ch%d stat: %d dropped, %.3f s", channel, req.dropped_nb, req.dropped_time)
         self._notify()

@@ -2,25 +2,34 @@
 
 A Unix socket in storage.dir, mode 0600: only the daemon's user (and root) can use it, so
 it needs no authentication of its own. One JSON object per line each way.
+
+The CLI imports this module for :func:`send_command`, a blocking client; asyncio is
+imported by the server's methods only, so a quick command does not pay for it (about a
+third of ``hss-pu status``'s start-up).
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
 import os
+import socket
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["SOCKET_NAME", "LocalControl", "send_command"]
 
 log = logging.getLogger("hss_pu.localctl")
 
 SOCKET_NAME = "control.sock"
-MAX_LINE = 4096
+MAX_LINE = 4096  # a request
+MAX_REPLY = 1 << 20  # what the client reads (a status reply grows with channels)
 
 Command = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -32,6 +41,8 @@ class LocalControl:
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
+        import asyncio
+
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()  # a stale socket from a killed daemon
         old = os.umask(0o177)
@@ -42,6 +53,8 @@ class LocalControl:
         os.chmod(self.path, 0o600)
 
     async def close(self) -> None:
+        import asyncio
+
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(Exception):
@@ -50,6 +63,8 @@ class LocalControl:
             self.path.unlink()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import asyncio
+
         try:
             async with asyncio.timeout(10):
                 line = await reader.readline()
@@ -78,20 +93,30 @@ class LocalControl:
             return {"ok": False, "error": str(exc)}
 
 
-async def send_command(
+def send_command(
     directory: Path | str, request: dict[str, Any], timeout: float = 10.0
 ) -> dict[str, Any]:
-    """Client side, for the CLI. Raises OSError when no daemon listens there."""
-    path = Path(directory) / SOCKET_NAME
-    async with asyncio.timeout(timeout):
-        reader, writer = await asyncio.open_unix_connection(path, limit=MAX_LINE)
-        try:
-            writer.write(json.dumps(request).encode() + b"\n")
-            await writer.drain()
-            line = await reader.readline()
-        finally:
-            writer.close()
-    reply = json.loads(line or b"{}")
+    """Client side, for the CLI. Blocking and asyncio-free: ``hss-pu status`` starts in a
+    fraction of the time. OSError (TimeoutError included) when no daemon answers there,
+    ValueError for a reply that is not one JSON object line."""
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(str(Path(directory) / SOCKET_NAME))
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        buf = bytearray()
+        while b"\n" not in buf:
+            if len(buf) > MAX_REPLY:
+                raise ValueError(f"reply longer than {MAX_REPLY} bytes")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no reply within {timeout:g} s")
+            sock.settimeout(left)
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    reply = json.loads(bytes(buf).partition(b"\n")[0] or b"{}")
     if not isinstance(reply, dict):
         raise ValueError("bad reply from the daemon")
     return reply
