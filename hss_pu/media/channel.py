@@ -53,6 +53,7 @@ HZ = TIME_BASE.denominator
 START_PTS = HZ  # the first packet is stamped 1 s: AAC priming never goes negative
 STOP_TIMEOUT = 3.0
 MAX_IN_FLIGHT = 256  # packets handed to the loop and not yet published
+AUDIO_GAP = HZ // 20  # a jump in the sound's timestamps beyond this restarts its encoder
 
 
 @dataclass
@@ -125,6 +126,9 @@ class MediaChannel:
         self._delivered = False
         self._dropped_base = 0
         self._dropped_loop = 0
+        self._run_audio: StreamInfo | None = None  # the current run's sound, if any
+        self._audio_next: int | None = None
+        self._video_flowing = False
 
     @property
     def running(self) -> bool:
@@ -270,6 +274,12 @@ class MediaChannel:
         self._close_encoders()
         self._timeline.new_run()
         self.stats.passthrough = source.passthrough
+        # An audio track is declared only when this source really has sound.
+        if source.audio and self.settings.audio:
+            self._aenc = AudioEncoder(self.settings.audio_rate)
+        self._run_audio = self._aenc.info if self._aenc is not None else None
+        self._audio_next = None
+        self._video_flowing = False
         self._keyframe_wanted = True  # a new run starts with a key frame for everyone
         st = self.stats
         try:
@@ -284,7 +294,8 @@ class MediaChannel:
                     if isinstance(item, RawVideo):
                         self._encode_video(item)
                     elif isinstance(item, RawAudio):
-                        self._encode_audio(item)
+                        venc = self._venc
+                        self._encode_audio(item, venc.info if venc else source.video_info)
                     else:
                         st.frames_captured += 1
                         tl = self._timeline  # (not dataclasses.replace: per packet, slow)
@@ -312,8 +323,6 @@ class MediaChannel:
         st.frames_captured += 1
         if self._venc is None:
             self._venc = VideoEncoder(s)
-            if s.audio:
-                self._aenc = AudioEncoder(s.audio_rate)
         if self._keyframe_wanted:
             self._keyframe_wanted = False
             self._venc.request_keyframe()
@@ -326,11 +335,17 @@ class MediaChannel:
         for p in pkts:
             self._publish(p, self._venc.info)
 
-    def _encode_audio(self, item: RawAudio) -> None:
-        if self._aenc is None or self._venc is None or self._venc.info is None:
+    def _encode_audio(self, item: RawAudio, video: StreamInfo | None) -> None:
+        expected, rate = self._audio_next, self.settings.audio_rate
+        self._audio_next = item.pts + item.samples.shape[1] * HZ // rate
+        if self._aenc is None or not self._video_flowing:
             return  # audio starts with the first video key frame
+        if expected is not None and abs(item.pts - expected) > AUDIO_GAP:
+            # A hole or an overlap in the sound (a file looped): the encoder stamps by
+            # counting samples, so it must not carry on across it.
+            self._aenc = AudioEncoder(rate)
         for p in self._aenc.encode(item.samples, self._timeline.map(item.pts), item.capture_time):
-            self._publish(p, self._venc.info)
+            self._publish(p, video)
 
     def _publish(self, pkt: EncodedPacket, video: StreamInfo | None) -> None:
         last = self._timeline.last_dts.get(pkt.kind)
@@ -339,15 +354,17 @@ class MediaChannel:
             return
         self._timeline.last_dts[pkt.kind] = pkt.dts
         hub = self.hub
-        audio = self._aenc.info if self._aenc is not None else None
+        audio = self._run_audio
         # Stream info and the last key frame are plain attribute writes: the loop reads
         # them (muxer set-up, snapshots) whichever thread wrote last.
         if video is not None and hub.video != video:
             hub.video = video
-        if audio is not None and hub.audio != audio:
+        if hub.audio != audio:
             hub.audio = audio
         if hub.video is None:
             return
+        if pkt.kind == "video":
+            self._video_flowing = True
         self.stats.packets_published += 1
         if pkt.kind == "video" and pkt.keyframe:
             hub.last_keyframe = pkt

@@ -1,7 +1,7 @@
 """What every source shares: the items it yields, the interface, pacing, URL redaction.
 
 A source either hands raw frames to the channel's encoder (:class:`RawVideo`, and
-:class:`RawAudio`) or already-encoded H.264 (passthrough:
+:class:`RawAudio` when it has sound) or already-encoded H.264 (passthrough:
 :class:`~hss_pu.media.packets.EncodedPacket`, Annex B with SPS/PPS on key frames). Its
 timestamps are in TIME_BASE from its own origin; the channel maps them onto one
 monotonic timeline across restarts. Every source runs on the channel's worker thread
@@ -64,6 +64,7 @@ class Source(abc.ABC):
 
     name: str = "source"
     passthrough = False  # read() yields EncodedPacket rather than raw frames
+    audio = False  # read() yields RawAudio too: the channel declares an AAC track
     video_info: StreamInfo | None = None  # passthrough: known once SPS/PPS were seen
     dropped = 0  # frames the source itself had to skip
 

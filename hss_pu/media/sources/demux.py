@@ -1,7 +1,9 @@
 """Files, V4L2 cameras, RTSP cameras: anything FFmpeg demuxes.
 
 H.264 passes through untouched when the settings allow it; anything else is decoded and
-scaled to the channel's size for the encoder.
+scaled to the channel's size for the encoder. Sound (a file's or an RTSP camera's first
+audio track, when the profile takes audio input) is decoded and resampled to mono at the
+channel's rate, for the channel's AAC encoder.
 """
 
 from __future__ import annotations
@@ -12,11 +14,13 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from fractions import Fraction
 from typing import Any, Literal
 
 import av
 import av.error
+import numpy as np
 from av.container import InputContainer
 from av.video.frame import VideoFrame
 
@@ -26,6 +30,7 @@ from hss_pu.media.packets import EncodedPacket, StreamInfo, to_90k
 from hss_pu.media.sources.base import (
     HZ,
     Clock,
+    RawAudio,
     RawVideo,
     Source,
     SourceItem,
@@ -38,6 +43,9 @@ __all__ = ["DemuxSource"]
 log = logging.getLogger("hss_pu.media.source")
 
 FILE_BURST = 0.1  # a file source sends what falls due within this many seconds at once
+# Sound is stamped by counting samples from its first frame; when the source's own
+# timestamps drift further than this from that count (a camera glitch), count afresh.
+AUDIO_RESYNC = HZ // 10
 
 
 class DemuxSource(Source):
@@ -82,6 +90,10 @@ class DemuxSource(Source):
         self._next_slot = 0
         self._fallback_ts = 0
         self._prev: int | None = None
+        self._astream: av.audio.stream.AudioStream | None = None
+        self._resampler: av.AudioResampler | None = None
+        self._audio_origin: int | None = None  # TIME_BASE of the first sample counted
+        self._audio_samples = 0
 
     # -- opening -------------------------------------------------------------------------
 
@@ -177,7 +189,14 @@ class DemuxSource(Source):
                     self._params = ParameterSetCache(extradata)
         else:
             vs.thread_type = "AUTO" if self.kind == "file" else "SLICE"
-        self._demux = c.demux(vs)
+        self._astream = None
+        if s.audio and self.kind != "v4l2" and c.streams.audio:
+            self._astream = c.streams.audio[0]
+            self._resampler = av.AudioResampler(format="fltp", layout="mono", rate=s.audio_rate)
+        self.audio = self._astream is not None
+        self._audio_origin = None
+        streams: list[Any] = [vs] if self._astream is None else [vs, self._astream]
+        self._demux: Iterator[av.Packet[Any]] = c.demux(*streams)
         log.info(
             "%s: %s %dx%d @ %.3g fps, %s",
             self.name,
@@ -187,6 +206,9 @@ class DemuxSource(Source):
             self._src_fps,
             "passed through" if passthrough else f"re-encoded to {s.width}x{s.height}@{s.fps}",
         )
+        if self._astream is not None:
+            a = self._astream.codec_context
+            log.info("%s: sound %s %d Hz, encoded to AAC", self.name, a.name, a.sample_rate)
 
     def close(self) -> None:
         if self._container is not None:
@@ -213,7 +235,9 @@ class DemuxSource(Source):
             raise SourceUnavailable(f"{self.name}: {_why(exc)}") from exc
         if pkt.size == 0:
             return None  # the demuxer's flush packet
-        if self.passthrough:
+        if self._astream is not None and pkt.stream_index == self._astream.index:
+            self._decode_audio(pkt)
+        elif self.passthrough:
             for p in self._bsf.filter(pkt) if self._bsf is not None else [pkt]:
                 self._pending.append(self._encoded(p))
         else:
@@ -251,6 +275,39 @@ class DemuxSource(Source):
             c.close()
             raise
         self._container = c
+
+    def _decode_audio(self, pkt: av.Packet[Any]) -> None:
+        astream, resampler = self._astream, self._resampler
+        assert astream is not None and resampler is not None
+        try:
+            frames = astream.codec_context.decode(pkt)
+        except (av.error.InvalidDataError, ValueError):
+            return  # a damaged packet: silence there rather than a failed camera
+        for f in frames:
+            # Mapped like the video, from the video's first timestamp: sound that comes
+            # before the loop's first picture is not kept.
+            if self._first is None:
+                continue
+            t = self._ts(f.pts, f.time_base) if f.pts is not None else None
+            expected = self._audio_pts()
+            if t is not None and (expected is None or abs(t - expected) > AUDIO_RESYNC):
+                self._audio_origin, self._audio_samples = t, 0
+            for out in resampler.resample(f):
+                samples = out.to_ndarray().astype(np.float32, copy=False)
+                pts = self._audio_pts()
+                assert pts is not None
+                self._audio_samples += samples.shape[1]
+                end = self._audio_pts()
+                assert end is not None
+                self._last_end = max(self._last_end, end)
+                self._pending.append(RawAudio(samples, pts, 0.0))
+
+    def _audio_pts(self) -> int | None:
+        """Where the next sample falls, counted from the first (None before it)."""
+        if self._audio_origin is None:
+            return None
+        rate = self.settings.audio_rate
+        return self._audio_origin + self._audio_samples * HZ // rate
 
     def _ts(self, ts: int | None, tb: Fraction | None) -> int:
         """A source timestamp mapped onto this source's monotonic TIME_BASE line."""

@@ -160,6 +160,7 @@ class EmulatedSource(Source):
         self.label = label
         self.realtime = realtime
         self.name = "emulated"
+        self.audio = settings.audio  # the tone
         self.dropped = 0
         self._pending: collections.deque[RawAudio] = collections.deque(maxlen=4)
         self.draw_seconds = 0.0  # total time spent drawing (bench)
