@@ -65,6 +65,8 @@ class Source(abc.ABC):
     name: str = "source"
     passthrough = False  # read() yields EncodedPacket rather than raw frames
     audio = False  # read() yields RawAudio too: the channel declares an AAC track
+    frames_writable = False  # its frames are ours to draw on (not a decoder's references)
+    camera_flips = False  # settings.picture's flips are done by the camera itself
     video_info: StreamInfo | None = None  # passthrough: known once SPS/PPS were seen
     dropped = 0  # frames the source itself had to skip
 

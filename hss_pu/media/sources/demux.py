@@ -170,7 +170,8 @@ class DemuxSource(Source):
         size_ok = (vs.codec_context.width, vs.codec_context.height) == (s.width, s.height)
         fps_ok = abs(self._src_fps - s.fps) < 0.5
         if self.kind == "file":
-            passthrough = codec == "h264" and (s.passthrough or (size_ok and fps_ok))
+            fits = size_ok and fps_ok and s.picture.identity  # nothing to change in it
+            passthrough = codec == "h264" and (s.passthrough or fits)
         else:
             passthrough = s.passthrough
         if passthrough and codec != "h264":

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 from av.video.frame import VideoFrame
 
+from hss_pu.media import font
 from hss_pu.media.encoder import EncodeSettings
 from hss_pu.media.sources.base import HZ, Clock, RawAudio, RawVideo, Source, SourceItem, pause
 
@@ -39,27 +40,6 @@ _DATA_BITS = 42  # epoch milliseconds up to year 2109
 _MARK = (1, 0)
 _BLACK, _WHITE = 16, 235  # luma extremes: survive low bitrates, and limited range
 _BAND_Y = 64  # the overlay band behind the code and the text
-
-_FONT = {
-    "0": ("01110", "10001", "10011", "10101", "11001", "10001", "01110"),
-    "1": ("00100", "01100", "00100", "00100", "00100", "00100", "01110"),
-    "2": ("01110", "10001", "00001", "00010", "00100", "01000", "11111"),
-    "3": ("11110", "00001", "00001", "01110", "00001", "00001", "11110"),
-    "4": ("00010", "00110", "01010", "10010", "11111", "00010", "00010"),
-    "5": ("11111", "10000", "11110", "00001", "00001", "10001", "01110"),
-    "6": ("00110", "01000", "10000", "11110", "10001", "10001", "01110"),
-    "7": ("11111", "00001", "00010", "00100", "01000", "01000", "01000"),
-    "8": ("01110", "10001", "10001", "01110", "10001", "10001", "01110"),
-    "9": ("01110", "10001", "10001", "01111", "00001", "00010", "01100"),
-    "-": ("00000", "00000", "00000", "11111", "00000", "00000", "00000"),
-    ":": ("00000", "01100", "01100", "00000", "01100", "01100", "00000"),
-    ".": ("00000", "00000", "00000", "00000", "00000", "01100", "01100"),
-    " ": ("00000",) * 7,
-    "#": ("01010", "01010", "11111", "01010", "11111", "01010", "01010"),
-    "C": ("01110", "10001", "10000", "10000", "10000", "10001", "01110"),
-    "H": ("10001", "10001", "10001", "11111", "10001", "10001", "10001"),
-    "Z": ("11111", "00001", "00010", "00100", "01000", "10000", "11111"),
-}
 
 
 def _block(width: int) -> int:
@@ -126,17 +106,6 @@ def read_timecode(image: VideoFrame | np.ndarray) -> float | None:
     return ms / 1000
 
 
-def _glyph_cells(scale: int) -> np.ndarray:
-    """(256, 7 * scale, 6 * scale): each byte's glyph and the gap after it, on the band's
-    grey; bytes without a glyph are blank cells."""
-    cells = np.full((256, 7 * scale, 6 * scale), _BAND_Y, dtype=np.uint8)
-    for ch, rows in _FONT.items():
-        g = np.array([[int(c) for c in r] for r in rows], dtype=np.uint8)
-        g = np.kron(g, np.ones((scale, scale), dtype=np.uint8))
-        cells[ord(ch), :, : 5 * scale] = np.where(g > 0, _WHITE, _BAND_Y)
-    return cells
-
-
 class EmulatedSource(Source):
     """A synthetic camera: scrolling pattern, a bouncing box, a machine-readable clock.
 
@@ -161,6 +130,7 @@ class EmulatedSource(Source):
         self.realtime = realtime
         self.name = "emulated"
         self.audio = settings.audio  # the tone
+        self.frames_writable = True  # drawn afresh for every frame
         self.dropped = 0
         self._pending: collections.deque[RawAudio] = collections.deque(maxlen=4)
         self.draw_seconds = 0.0  # total time spent drawing (bench)
@@ -183,7 +153,8 @@ class EmulatedSource(Source):
         self._bg_u = np.repeat(u_row[None, :], h // 2, axis=0)
         self._bg_v = np.repeat(v_row[None, :], h // 2, axis=0)
         self._scale = max(1, b // 4)
-        self._cells = _glyph_cells(self._scale)
+        # Each byte's glyph and the gap after it, on the band's grey.
+        self._cells = font.cells(self._scale, _WHITE, _BAND_Y)[:, : font.GLYPH_H * self._scale]
         self._text_y = 3 * b
         self._band = min(h, (self._text_y + 7 * self._scale + b + 1) & ~1)
         self._bg_y[: self._band] = _BAND_Y

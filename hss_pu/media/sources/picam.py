@@ -17,6 +17,7 @@ from av.video.frame import VideoFrame
 from hss_pu.media.encoder import EncodeSettings, MediaError, SourceUnavailable
 from hss_pu.media.h264 import ParameterSetCache, has_picture
 from hss_pu.media.packets import EncodedPacket, StreamInfo
+from hss_pu.media.picture import Painter
 from hss_pu.media.sources.base import (
     HZ,
     STALL_SECONDS,
@@ -46,6 +47,23 @@ def _import_picamera2() -> tuple[Any, Any, Any]:
     return Picamera2, H264Encoder, Output
 
 
+def _transform(horflip: bool, verflip: bool) -> Any:
+    """libcamera's Transform (installed with picamera2): the sensor pipeline flips."""
+    try:
+        from libcamera import Transform
+    except ImportError as exc:
+        raise MediaError(PICAMERA2_MISSING) from exc
+    return Transform(hflip=int(horflip), vflip=int(verflip))
+
+
+def _mapped_array() -> Any:
+    try:
+        from picamera2 import MappedArray
+    except ImportError as exc:
+        raise MediaError(PICAMERA2_MISSING) from exc
+    return MappedArray
+
+
 class PiCameraSource(Source):
     """The Pi camera through picamera2: its hardware H.264 encoder (``picamera2-h264``), or
     YUV420 frames for libx264 (a Pi 5 has no encoder block).
@@ -53,7 +71,13 @@ class PiCameraSource(Source):
     picamera2's encoder thread calls our Output; packets cross to the channel's worker
     through a bounded queue. When the worker falls behind, packets are dropped up to the
     next key frame (so what is delivered still decodes).
+
+    The picture settings: flips through libcamera's transform (the ISP does them, for
+    free); with the hardware encoder the OSD is drawn by picamera2's ``pre_callback`` into
+    each frame before it is encoded (with libx264 the channel draws it).
     """
+
+    camera_flips = True
 
     def __init__(self, settings: EncodeSettings, clock: Clock, stop: threading.Event) -> None:
         self.settings = settings
@@ -72,6 +96,10 @@ class PiCameraSource(Source):
         self._size = (settings.width, settings.height)
         self._held = b""
         self._last = self._mono0 = time.monotonic()
+        self.frames_writable = True  # made for us from picamera2's buffer
+        self._painter: Painter | None = None
+        self._mapped: Any = None
+        self._osd_failed = False
 
     def open(self) -> None:
         picamera2_cls, encoder_cls, output_cls = _import_picamera2()
@@ -83,9 +111,14 @@ class PiCameraSource(Source):
         self._cam = cam
         try:
             frame_us = round(1_000_000 / s.fps)
+            extra: dict[str, Any] = {}
+            p = s.picture
+            if p.horflip or p.verflip:
+                extra["transform"] = _transform(p.horflip, p.verflip)
             config = cam.create_video_configuration(
                 main={"size": (s.width, s.height), "format": "YUV420"},
                 controls={"FrameDurationLimits": (frame_us, frame_us)},
+                **extra,
             )
             cam.configure(config)
             # libcamera may align the size it was asked for; believe what it configured.
@@ -93,6 +126,10 @@ class PiCameraSource(Source):
             if actual and tuple(actual) != (s.width, s.height):
                 log.warning("picamera2: %dx%d configured as %dx%d", s.width, s.height, *actual)
                 self._size = (int(actual[0]), int(actual[1]))
+            if self.hardware and p.osd_text:
+                self._painter = Painter(p, *self._size, flip=False)
+                self._mapped = _mapped_array()
+                cam.pre_callback = self._draw_osd
             if self.hardware:
                 encoder = encoder_cls(bitrate=s.bitrate, repeat=True, iperiod=s.gop_frames)
                 cam.start_recording(encoder, _hub_output(output_cls, self._on_frame))
@@ -105,6 +142,20 @@ class PiCameraSource(Source):
             self.close()
             raise MediaError(f"picamera2: cannot start the camera: {exc}") from exc
         self._last = time.monotonic()
+
+    def _draw_osd(self, request: Any) -> None:
+        """Runs on picamera2's thread for each frame before the hardware encoder takes it."""
+        painter = self._painter
+        if painter is None:
+            return
+        try:
+            with self._mapped(request, "main") as m:
+                y, u, v = _yuv420_planes(m.array, *self._size)
+                painter.draw_osd(y, u, v)
+        except Exception as exc:  # never break picamera2's thread over the OSD
+            if not self._osd_failed:
+                log.warning("picamera2: cannot draw the OSD: %s", exc)
+            self._osd_failed = True
 
     def close(self) -> None:
         cam, self._cam = self._cam, None
@@ -200,16 +251,22 @@ class PiCameraSource(Source):
         return RawVideo(frame, round(rel * HZ / 1_000_000), self._capture_time(rel))
 
 
-def _yuv420_packed(array: np.ndarray, w: int, h: int) -> np.ndarray:
-    """picamera2's YUV420 array ((h * 3 / 2) rows of ``stride`` bytes) without padding."""
+def _yuv420_planes(array: np.ndarray, w: int, h: int) -> tuple[np.ndarray, ...]:
+    """Writable (Y, U, V) views into picamera2's YUV420 buffer ((h * 3 / 2, stride))."""
     stride = array.shape[1]
-    if stride == w:
-        return array
     flat = array.reshape(-1)
     cs, n = stride // 2, (h // 2) * (stride // 2)
     y = array[:h, :w]
     u = flat[h * stride : h * stride + n].reshape(h // 2, cs)[:, : w // 2]
     v = flat[h * stride + n : h * stride + 2 * n].reshape(h // 2, cs)[:, : w // 2]
+    return y, u, v
+
+
+def _yuv420_packed(array: np.ndarray, w: int, h: int) -> np.ndarray:
+    """picamera2's YUV420 array ((h * 3 / 2) rows of ``stride`` bytes) without padding."""
+    if array.shape[1] == w:
+        return array
+    y, u, v = _yuv420_planes(array, w, h)
     return np.concatenate([y.reshape(-1), u.reshape(-1), v.reshape(-1)]).reshape(h * 3 // 2, w)
 
 
