@@ -266,6 +266,14 @@ class SrtSender:
     def closed(self) -> bool:
         return self._closed
 
+    def set_maxbw(self, maxbw: int) -> None:
+        """A new pacing cap (bytes/s) on the live connection: the stream's bitrate
+        changed. A MAXBW from the URL stays."""
+        if self._closed or self.url.maxbw is not None or maxbw == self.maxbw:
+            return
+        self._lib.set_int(self._sock, SRTO_MAXBW, maxbw, 8)
+        self.maxbw = maxbw
+
     def send_nowait(self, msg: bytes | bytearray | memoryview) -> bool:
         """Queue one live-mode message (whole TS packets, at most 1316 bytes).
 
