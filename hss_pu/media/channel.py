@@ -55,6 +55,7 @@ HZ = TIME_BASE.denominator
 START_PTS = HZ  # the first packet is stamped 1 s: AAC priming never goes negative
 STOP_TIMEOUT = 3.0
 MAX_IN_FLIGHT = 256  # packets handed to the loop and not yet published
+MIN_RETRY_DELAY = 0.05  # s between two tries to open a source, whatever retry_backoff says
 AUDIO_GAP = HZ // 20  # a jump in the sound's timestamps beyond this restarts its encoder
 
 
@@ -294,7 +295,7 @@ class MediaChannel:
         try:
             while not stop.is_set():
                 if source is None:
-                    if stop.wait(delay):
+                    if stop.wait(max(delay, MIN_RETRY_DELAY)):
                         break
                     delay = min(delay * 2, self.retry_backoff[1])
                     self.stats.retries += 1

@@ -93,6 +93,7 @@ class DemuxSource(Source):
         self._astream: av.audio.stream.AudioStream | None = None
         self._resampler: av.AudioResampler | None = None
         self._audio_origin: int | None = None  # TIME_BASE of the first sample counted
+        self._loop_items = 0  # items produced since the file was (re)opened
         self._audio_samples = 0
 
     # -- opening -------------------------------------------------------------------------
@@ -252,11 +253,17 @@ class DemuxSource(Source):
                     self._pending.append(item)
         if not self._pending:
             return None
+        self._loop_items += 1
         return self._paced(self._pending.popleft())
 
     def _end_of_input(self) -> None:
         if self.kind != "file":
             raise SourceUnavailable(f"{self.name}: end of stream")
+        if not self._loop_items and not self._pending:
+            # Nothing came out of a whole pass (a damaged file): looping it again at once
+            # would spin, since only what is produced is paced.
+            raise MediaError(f"{self.name}: no picture could be decoded from the file")
+        self._loop_items = 0
         if not self.passthrough:
             try:
                 for f in self._stream.codec_context.decode(None):
