@@ -90,8 +90,11 @@ def test_painter_flips_the_planes_and_leaves_a_decoder_frame_alone() -> None:
     assert (
         (oy == y[::-1, ::-1]).all() and (ou == u[::-1, ::-1]).all() and (ov == v[::-1, ::-1]).all()
     )
-    same = Painter(Picture(horflip=True), W, H).apply(frame, writable=True)
-    assert same is frame and (planes(frame)[0] == y[:, ::-1]).all()
+    mirrored = Painter(Picture(horflip=True), W, H).apply(frame, writable=True)
+    assert (planes(mirrored)[0] == y[:, ::-1]).all()
+    osd = Painter(Picture(osd_text="x"), W, H)
+    assert osd.apply(frame, writable=True) is frame  # drawn in place: the source's own frame
+    assert osd.apply(frame, writable=False) is not frame
     assert not Painter(Picture(), W, H).active
 
 

@@ -168,8 +168,14 @@ class CameraService:
         """Restart the channel's capture and encoder; pushes and recordings carry on. A
         channel switched off stays off."""
         media = self.media.get(cid)
-        if media is not None:
+        if media is None:
+            return
+        try:
             await media.restart()
+        except MediaError as exc:  # Keepalive shows it: the camera's state is error (3)
+            log.error("camera ch%d: restart failed: %s", cid, exc)
+            return
+        log.info("camera ch%d: restarted", cid)
 
     # -- GetConfig ---------------------------------------------------------------------
 
