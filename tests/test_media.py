@@ -382,8 +382,8 @@ async def test_file_passthrough_loops_byte_identical_with_monotonic_time(clip_ts
     assert len(original) == 15
     s = EncodeSettings(320, 180, FPS, 300_000, 15, "libx264")  # same size and rate
     ch = MediaChannel(0, f"file:{clip_ts}", s, time.time)
+    sub = ch.hub.subscribe("t", max_packets=1000)  # before start: not to miss the first IDR
     await ch.start()
-    sub = ch.hub.subscribe("t", max_packets=1000)
     got: list[EncodedPacket] = []
     t0 = time.monotonic()
     while time.monotonic() - t0 < 1.15:
