@@ -194,6 +194,7 @@ async def test_quality_restarts_the_encoder_and_live_and_recording_carry_on(
     assert rig.daemon.live is not None
     sender = rig.daemon.live.pushes[0].sender
     assert sender is not None and sender.maxbw == maxbw_for_bitrate(media.settings.bitrate, 3)
+    assert sender.stats().max_bw_mbps == pytest.approx(sender.maxbw * 8 / 1e6, rel=0.01)
     before = rx.bytes_received
     await rx.wait_bytes(before + 20_000, timeout=10)
     n = len(rig.platform.vr_segments[0])
