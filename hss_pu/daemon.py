@@ -8,6 +8,7 @@ us restarted), and SIGTERM/SIGINT ending everything within 5 s with exit status 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import shutil
@@ -29,7 +30,8 @@ from hss_pu.media.channel import MediaChannel
 from hss_pu.media.encoder import EncodeSettings, MediaError
 from hss_pu.sdnotify import SdNotifier
 from hss_pu.services.autoreboot import AutoReboot
-from hss_pu.services.channels import ChannelRegistry
+from hss_pu.services.camera import CameraService, settings_for
+from hss_pu.services.channels import ChannelRegistry, camera_state
 from hss_pu.services.control import DeviceContext, Dispatcher
 from hss_pu.services.devconfig import DevConfigStore
 from hss_pu.services.interfaces import Services
@@ -152,7 +154,7 @@ class Daemon:
             return 1
         log.info("storage: %s ready", storage)
         devconfig = DevConfigStore(self.config)
-        services = self._media_services()
+        services = self._media_services(devconfig.get())
         ctx = DeviceContext(
             config=self.config,
             clock=self.clock,
@@ -206,11 +208,13 @@ class Daemon:
         log.info("stopped")
         return 0
 
-    def _media_services(self) -> Services:
-        """One capture+encode per channel, consumed by live and snapshot (encode once)."""
+    def _media_services(self, doc: dict[str, Any]) -> Services:
+        """One capture+encode per channel, consumed by live and snapshot (encode once);
+        each camera runs as the configuration document says (quality, picture, on/off)."""
         if not self.start_media:
             return Services()
         c = self.config
+        base: dict[int, EncodeSettings] = {}
         for spec in c.profile.channels:
             if spec.id == 0:
                 settings = EncodeSettings.from_config(spec, c.camera, c.bitrate)
@@ -220,9 +224,16 @@ class Daemon:
                 cam = CameraSection(width=w, height=h, fps=spec.max_fps)
                 settings = EncodeSettings.from_config(spec, cam, spec.default_bitrate)
                 source = "emulated" if spec.backend == "emulated" else c.camera_source
-            media = MediaChannel(spec.id, source, settings, self.clock.now)
+            base[spec.id] = settings
+            ch_doc = doc["channels"][str(spec.id)]
+            media = MediaChannel(spec.id, source, settings_for(settings, ch_doc), self.clock.now)
+            media.enabled = bool(ch_doc["on"])
             self.media[spec.id] = media
-            self._spawn(self._run_media(media), f"media-{spec.id}")
+            self.channels.get(spec.id).camera = functools.partial(camera_state, media)
+            if media.enabled:
+                self._spawn(self._run_media(media), f"media-{spec.id}")
+            else:
+                log.info("camera ch%d: switched off (SetConfig)", spec.id)
         p = c.platform
         self.live = LiveService(
             self.media, self.channels, backoff_scale=p.backoff_scale, rng=self.rng
@@ -231,7 +242,10 @@ class Daemon:
             self.media, mac=c.device.mac, ca_file=c.ca_file, allow_insecure=p.allow_insecure
         )
         self.record = self._record_service()
-        return Services(live=self.live, snapshot=self.snapshot, record=self.record)
+        camera = CameraService(self.media, base, self.channels, live=self.live, record=self.record)
+        for cid in self.media:  # RebootChannel restarts the camera's capture and encoder
+            self.channels.get(cid).restart_hooks.append(functools.partial(camera.restart, cid))
+        return Services(live=self.live, snapshot=self.snapshot, record=self.record, camera=camera)
 
     def _record_service(self) -> RecordService:
         c = self.config
@@ -273,12 +287,11 @@ class Daemon:
             log.warning("clock: %.1f s off the platform's Vr time; adjusted", skew)
 
     async def _run_media(self, media: MediaChannel) -> None:
-        """Start a channel's camera; a camera that cannot work marks the channel, not us."""
-        state = self.channels.get(media.channel_id)
+        """Start a channel's camera; a camera that cannot work marks the channel (state 3
+        in Keepalive, from the camera's own state), not us."""
         try:
             await media.start()
         except MediaError as exc:
-            state.state = 3  # error, reported in Keepalive
             log.error("camera ch%d: %s", media.channel_id, exc)
             return
         log.info(

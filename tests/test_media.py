@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import itertools
+import json
 import socket
 import subprocess
 import sys
@@ -381,8 +382,8 @@ async def test_file_passthrough_loops_byte_identical_with_monotonic_time(clip_ts
     assert len(original) == 15
     s = EncodeSettings(320, 180, FPS, 300_000, 15, "libx264")  # same size and rate
     ch = MediaChannel(0, f"file:{clip_ts}", s, time.time)
+    sub = ch.hub.subscribe("t", max_packets=1000)  # before start: not to miss the first IDR
     await ch.start()
-    sub = ch.hub.subscribe("t", max_packets=1000)
     got: list[EncodedPacket] = []
     t0 = time.monotonic()
     while time.monotonic() - t0 < 1.15:
@@ -437,6 +438,96 @@ def test_file_with_other_settings_is_decoded_for_reencoding(clip_mp4: Path) -> N
     enc = VideoEncoder(s)
     out = [p for f in frames for p in enc.encode(f.frame, f.pts, 0.0)]
     assert out and out[0].keyframe
+
+
+@pytest.fixture(scope="module")
+def clip_av_mp4(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """1 s of H.264 (320x180@30, GOP 15) and AAC (44.1 kHz stereo: resampled for us)."""
+    path = tmp_path_factory.mktemp("clip") / "clip-av.mp4"
+    with av.open(str(path), "w") as out:
+        vs = out.add_stream("libx264", rate=FPS)
+        vs.width, vs.height, vs.pix_fmt = 320, 180, "yuv420p"
+        vs.codec_context.gop_size = 15
+        vs.codec_context.options = {"preset": "ultrafast"}
+        aud = out.add_stream("aac", rate=44_100, layout="stereo")
+        for k in range(30):
+            f = av.VideoFrame.from_ndarray(np.full((270, 320), k * 8, np.uint8), "yuv420p")
+            f.pts = k
+            out.mux(vs.encode(f))
+        t = np.arange(44_100) / 44_100
+        tone = np.sin(2 * np.pi * 440 * t).astype(np.float32)
+        for i in range(0, 44_100, 1024):
+            chunk = np.stack([tone[i : i + 1024]] * 2)
+            af = av.AudioFrame.from_ndarray(chunk, format="fltp", layout="stereo")
+            af.sample_rate, af.pts = 44_100, i
+            out.mux(aud.encode(af))
+        out.mux(vs.encode(None))
+        out.mux(aud.encode(None))
+    return path
+
+
+def _streams(path: Path) -> list[str]:
+    out = _ffprobe(path, "-show_entries", "stream=codec_type,codec_name", "-of", "json")
+    return sorted(f"{st['codec_name']},{st['codec_type']}" for st in json.loads(out)["streams"])
+
+
+async def _channel_to_ts(ch: MediaChannel, seconds: float, path: Path) -> list[EncodedPacket]:
+    """What a recording of the channel would hold: its packets, muxed as the hub declares."""
+    sub = ch.hub.subscribe("t", max_packets=10_000, max_bytes=64 << 20)
+    await ch.start()
+    pkts: list[EncodedPacket] = []
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        pkts.append(await asyncio.wait_for(sub.get(), 1.0))
+    await ch.stop()
+    assert ch.hub.video is not None
+    mux_to_file(path, pkts, ch.hub.video, ch.hub.audio)
+    return pkts
+
+
+@pytest.mark.parametrize(
+    ("clip", "settings", "streams"),
+    [
+        # The profile allows audio, the file has none: no audio track is declared.
+        ("clip_ts", (320, 180, "libx264", True), ["h264,video"]),
+        ("clip_ts", (160, 90, "libx264", True), ["h264,video"]),
+        # A file with audio: its sound is encoded to AAC, with the video passed through...
+        ("clip_av_mp4", (320, 180, "libx264", True), ["aac,audio", "h264,video"]),
+        # ... or re-encoded;
+        ("clip_av_mp4", (160, 90, "libx264", True), ["aac,audio", "h264,video"]),
+        # and a profile without audio input takes none from it.
+        ("clip_av_mp4", (320, 180, "libx264", False), ["h264,video"]),
+    ],
+)
+async def test_an_audio_track_only_when_the_source_has_sound(
+    clip: str,
+    settings: tuple[int, int, str, bool],
+    streams: list[str],
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+) -> None:
+    w, h, encoder, audio = settings
+    s = EncodeSettings(w, h, FPS, 300_000, 15, encoder, audio=audio)
+    ch = MediaChannel(0, f"file:{request.getfixturevalue(clip)}", s, time.time)
+    pkts = await _channel_to_ts(ch, 1.3, tmp_path / "out.ts")
+    assert _streams(tmp_path / "out.ts") == streams
+    assert _decode_errors(tmp_path / "out.ts") == ""
+    sound = [p for p in pkts if p.kind == "audio"]
+    if "aac,audio" not in streams:
+        assert ch.hub.audio is None and not sound
+        return
+    assert ch.hub.audio is not None and ch.hub.audio.sample_rate == 48_000
+    video = _video(pkts)
+    # About as much sound as picture (one 1024-sample AAC frame is 21 ms), in order, and
+    # starting with it.
+    v_span = (video[-1].pts - video[0].pts) / 90_000
+    a_span = (sound[-1].pts - sound[0].pts) / 90_000
+    assert abs(a_span - v_span) < 0.2, (a_span, v_span)
+    assert all(b.dts > a.dts for a, b in itertools.pairwise(sound))
+    assert abs(sound[0].pts - video[0].pts) < 0.2 * 90_000
+    with av.open(str(tmp_path / "out.ts")) as c:
+        pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in c.decode(audio=0)])
+    assert 0.5 < float(np.sqrt(np.mean(pcm[4800:] ** 2))) < 0.8  # the file's sine, not silence
 
 
 async def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:

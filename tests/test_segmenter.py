@@ -58,6 +58,36 @@ def decode(seg: Segment, tmp: Path) -> list[av.VideoFrame]:
         return list(c.decode(video=0))
 
 
+def test_a_new_stream_without_a_gap_starts_a_discontinue_segment(
+    stream: tuple[list[EncodedPacket], StreamInfo], tmp_path: Path
+) -> None:
+    """The encoder restarted at another quality (SetConfig) faster than a gap shows: the
+    segment in progress ends there and the next is marked discontinue all the same."""
+    pkts, info = stream
+    first = pkts[: 2 * GOP]
+    s = EncodeSettings(640, 360, FPS, 500_000, GOP, "libx264")
+    src = EmulatedSource(s, lambda: T0 + 2, threading.Event(), realtime=False)
+    src.open()
+    enc = VideoEncoder(s)
+    second: list[EncodedPacket] = []
+    end = first[-1].pts + first[-1].duration
+    for item in iter_items(src, 2 * GOP):
+        assert isinstance(item, RawVideo)
+        second += enc.encode(item.frame, item.pts + end, T0 + 2 + item.pts / 90_000)
+    second += enc.flush()
+    assert enc.info is not None and enc.info != info
+    seg = Segmenter(0, 4, 10 << 20)
+    out = [x for p in first for x in seg.push(p, info, None)]
+    out += [x for p in second for x in seg.push(p, enc.info, None)]
+    last = seg.flush()
+    assert last is not None
+    out.append(last)
+    assert [round(x.duration, 3) for x in out] == [2.0, 2.0]
+    assert out[1].discontinue
+    assert [len(decode(x, tmp_path)) for x in out] == [2 * GOP, 2 * GOP]
+    assert decode(out[1], tmp_path)[0].width == 640
+
+
 def test_segments_tile_time_and_decode_alone(
     stream: tuple[list[EncodedPacket], StreamInfo], tmp_path: Path
 ) -> None:

@@ -164,14 +164,17 @@ def test_srt_error_readable() -> None:
 
 
 def test_import_does_not_load_libsrt() -> None:
-    code = "import hss_pu.srt as s; assert s._lib is None; print('ok')"
+    code = (
+        "import sys, hss_pu.srt.url; assert 'ctypes' not in sys.modules;"  # parsing is pure
+        "import hss_pu.srt as s; assert s.lib._lib is None; print('ok')"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ok"
 
 
 def test_missing_library_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(srt, "_lib", None)
-    monkeypatch.setattr(srt, "SONAME", "libsrt-does-not-exist.so.9")
+    monkeypatch.setattr(srt.lib, "_lib", None)
+    monkeypatch.setattr(srt.lib, "SONAME", "libsrt-does-not-exist.so.9")
     monkeypatch.setattr(ctypes.util, "find_library", lambda name: None)
     with pytest.raises(SrtUnavailable, match=r"install libsrt1\.5-openssl"):
         srt.load()

@@ -13,6 +13,7 @@ backoff: a camera coming and going never takes the daemon down.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import threading
 import time
@@ -33,6 +34,7 @@ from hss_pu.media.encoder import (
     VideoEncoder,
 )
 from hss_pu.media.packets import TIME_BASE, EncodedPacket, PacketHub, StreamInfo
+from hss_pu.media.picture import Painter
 from hss_pu.media.sources import RawAudio, RawVideo, Source, make_source, redact_url
 from hss_pu.threadname import set_native_name
 
@@ -53,6 +55,8 @@ HZ = TIME_BASE.denominator
 START_PTS = HZ  # the first packet is stamped 1 s: AAC priming never goes negative
 STOP_TIMEOUT = 3.0
 MAX_IN_FLIGHT = 256  # packets handed to the loop and not yet published
+MIN_RETRY_DELAY = 0.05  # s between two tries to open a source, whatever retry_backoff says
+AUDIO_GAP = HZ // 20  # a jump in the sound's timestamps beyond this restarts its encoder
 
 
 @dataclass
@@ -110,7 +114,9 @@ class MediaChannel:
         self.hub = PacketHub(f"ch{channel_id}")
         self.stats = ChannelStats(source=redact_url(source))
         self._thread: threading.Thread | None = None
-        self._stop = threading.Event()
+        self._halt = threading.Event()
+        self._life = asyncio.Lock()
+        self.enabled = True
         self._loop: asyncio.AbstractEventLoop | None = None
         self._venc: VideoEncoder | None = None
         self._aenc: AudioEncoder | None = None
@@ -125,37 +131,108 @@ class MediaChannel:
         self._delivered = False
         self._dropped_base = 0
         self._dropped_loop = 0
+        self._run_audio: StreamInfo | None = None  # the current run's sound, if any
+        self._audio_next: int | None = None
+        self._video_flowing = False
+        # Set by the worker for its current source: can it take a new picture live
+        # (raw frames), and does the camera itself flip them (picamera2's transform)?
+        self._live_picture = False
+        self._camera_flips = False
+        self._painter: Painter | None = None
+        self._frames_writable = False
 
     @property
     def running(self) -> bool:
-        return self._thread is not None and self._thread.is_alive() and not self._stop.is_set()
+        return self._thread is not None and self._thread.is_alive() and not self._halt.is_set()
 
     async def wait_running(self, timeout: float = 5.0) -> bool:
         """True once frames flow; a request that arrives while the camera is still
-        starting (right after boot) waits for it instead of failing."""
+        starting (right after boot, or a restart) waits for it instead of failing. A
+        channel switched off answers at once."""
         steps = max(1, int(timeout / 0.05))
         for _ in range(steps):
+            if not self.enabled:
+                return False
             if self.running and self.stats.state == "running":
                 return True
             await asyncio.sleep(0.05)
         return False
 
     # -- life cycle ----------------------------------------------------------------------
+    # start/stop/restart/reconfigure/set_enabled take one lock: a RebootChannel and a
+    # SetConfig arriving together run one after the other, never interleaved.
 
     async def start(self) -> None:
         """Open the source and start the worker. Raises MediaError when the source cannot
         be used at all (no such device, picamera2 missing, unsupported codec); a source
         that is only unreachable for now (RTSP camera down) starts in the error state and
         is retried."""
-        if self.running:
+        async with self._life:
+            await self._start()
+
+    async def stop(self) -> None:
+        async with self._life:
+            await self._stop_worker()
+
+    async def restart(self, settings: EncodeSettings | None = None) -> None:
+        """Reopen source and encoder (with new ``settings``); subscribers and sinks stay
+        and resume at the next key frame. A channel switched off stays off (and takes the
+        settings for when it is switched on). Raises MediaError as :meth:`start`."""
+        async with self._life:
+            await self._stop_worker()
+            if settings is not None:
+                self.settings = settings
+            if self.enabled:
+                await self._start()
+
+    async def reconfigure(self, settings: EncodeSettings) -> None:
+        """Run with new settings: a change of the picture alone (flips, OSD) is taken up
+        by the running worker at its next frame; anything else restarts the encoder."""
+        async with self._life:
+            if settings == self.settings:
+                return
+            if self._picture_only(settings) and self.running and self._live_picture:
+                self.settings = settings  # the worker re-reads it every frame
+                log.info("channel %d: picture settings changed", self.channel_id)
+                return
+            await self._stop_worker()
+            self.settings = settings
+            if self.enabled:
+                await self._start()
+
+    async def set_enabled(self, on: bool) -> None:
+        """Switch the camera on or off (SetConfig ``on``): off, the worker ends and no
+        CPU is spent on capture or encoding. Raises MediaError as :meth:`start`."""
+        async with self._life:
+            if on == self.enabled:
+                return
+            self.enabled = on
+            if on:
+                log.info("channel %d: switched on", self.channel_id)
+                await self._start()
+            else:
+                log.info("channel %d: switched off", self.channel_id)
+                await self._stop_worker()
+
+    def _picture_only(self, settings: EncodeSettings) -> bool:
+        """Only the picture differs, in a way the running worker can apply itself."""
+        old = self.settings
+        if dataclasses.replace(old, picture=settings.picture) != settings:
+            return False
+        a, b = old.picture, settings.picture
+        return not self._camera_flips or (a.horflip, a.verflip) == (b.horflip, b.verflip)
+
+    async def _start(self) -> None:
+        if self.running or not self.enabled:
             return
         await self._join_old()
         self._loop = asyncio.get_running_loop()
-        stop = self._stop = threading.Event()
+        halt = self._halt = threading.Event()
         self.stats.state = "starting"
+        self.stats.last_error = None
         source: Source | None = None
         try:
-            source = self._make_source(stop)
+            source = self._make_source(halt)
             await _open_in_thread(source)
         except SourceUnavailable as exc:
             self._failed(exc)
@@ -166,27 +243,22 @@ class MediaChannel:
             raise
         self._thread = threading.Thread(
             target=self._run,
-            args=(source, stop),
+            args=(source, halt),
             name=f"media-ch{self.channel_id}",
             daemon=True,
         )
         self._thread.start()
 
-    async def stop(self) -> None:
-        self._stop.set()
+    async def _stop_worker(self) -> None:
+        self._halt.set()
         await self._join_old()
         self.stats.state = "stopped"
-
-    async def restart(self) -> None:
-        """Reopen source and encoder; subscribers stay and resume at the next key frame."""
-        await self.stop()
-        await self.start()
 
     async def _join_old(self) -> None:
         t = self._thread
         if t is None:
             return
-        self._stop.set()
+        self._halt.set()
         if t.is_alive():
             await asyncio.to_thread(t.join, STOP_TIMEOUT)
         if t.is_alive():
@@ -223,7 +295,7 @@ class MediaChannel:
         try:
             while not stop.is_set():
                 if source is None:
-                    if stop.wait(delay):
+                    if stop.wait(max(delay, MIN_RETRY_DELAY)):
                         break
                     delay = min(delay * 2, self.retry_backoff[1])
                     self.stats.retries += 1
@@ -270,6 +342,16 @@ class MediaChannel:
         self._close_encoders()
         self._timeline.new_run()
         self.stats.passthrough = source.passthrough
+        # An audio track is declared only when this source really has sound.
+        if source.audio and self.settings.audio:
+            self._aenc = AudioEncoder(self.settings.audio_rate)
+        self._run_audio = self._aenc.info if self._aenc is not None else None
+        self._audio_next = None
+        self._video_flowing = False
+        self._live_picture = not source.passthrough
+        self._camera_flips = source.camera_flips
+        self._frames_writable = source.frames_writable
+        self._painter = None
         self._keyframe_wanted = True  # a new run starts with a key frame for everyone
         st = self.stats
         try:
@@ -284,7 +366,8 @@ class MediaChannel:
                     if isinstance(item, RawVideo):
                         self._encode_video(item)
                     elif isinstance(item, RawAudio):
-                        self._encode_audio(item)
+                        venc = self._venc
+                        self._encode_audio(item, venc.info if venc else source.video_info)
                     else:
                         st.frames_captured += 1
                         tl = self._timeline  # (not dataclasses.replace: per packet, slow)
@@ -312,25 +395,42 @@ class MediaChannel:
         st.frames_captured += 1
         if self._venc is None:
             self._venc = VideoEncoder(s)
-            if s.audio:
-                self._aenc = AudioEncoder(s.audio_rate)
         if self._keyframe_wanted:
             self._keyframe_wanted = False
             self._venc.request_keyframe()
-        self._latest = item.frame
         t = time.perf_counter()
-        pkts = self._venc.encode(item.frame, self._timeline.map(item.pts), item.capture_time)
+        frame = self._paint(item.frame)
+        self._latest = frame
+        pkts = self._venc.encode(frame, self._timeline.map(item.pts), item.capture_time)
         ms = (time.perf_counter() - t) * 1000
         st.encode_ms_avg = ms if st.frames_encoded == 0 else st.encode_ms_avg * 0.95 + ms * 0.05
         st.frames_encoded += 1
         for p in pkts:
             self._publish(p, self._venc.info)
 
-    def _encode_audio(self, item: RawAudio) -> None:
-        if self._aenc is None or self._venc is None or self._venc.info is None:
+    def _paint(self, frame: VideoFrame) -> VideoFrame:
+        """Flips and OSD as configured now (SetConfig may change them between frames)."""
+        picture = self.settings.picture
+        painter = self._painter
+        if painter is None or painter.picture is not picture:
+            if picture.identity:
+                self._painter = None
+                return frame
+            w, h = self.settings.width, self.settings.height
+            painter = self._painter = Painter(picture, w, h, flip=not self._camera_flips)
+        return painter.apply(frame, self._frames_writable)
+
+    def _encode_audio(self, item: RawAudio, video: StreamInfo | None) -> None:
+        expected, rate = self._audio_next, self.settings.audio_rate
+        self._audio_next = item.pts + item.samples.shape[1] * HZ // rate
+        if self._aenc is None or not self._video_flowing:
             return  # audio starts with the first video key frame
+        if expected is not None and abs(item.pts - expected) > AUDIO_GAP:
+            # A hole or an overlap in the sound (a file looped): the encoder stamps by
+            # counting samples, so it must not carry on across it.
+            self._aenc = AudioEncoder(rate)
         for p in self._aenc.encode(item.samples, self._timeline.map(item.pts), item.capture_time):
-            self._publish(p, self._venc.info)
+            self._publish(p, video)
 
     def _publish(self, pkt: EncodedPacket, video: StreamInfo | None) -> None:
         last = self._timeline.last_dts.get(pkt.kind)
@@ -339,15 +439,17 @@ class MediaChannel:
             return
         self._timeline.last_dts[pkt.kind] = pkt.dts
         hub = self.hub
-        audio = self._aenc.info if self._aenc is not None else None
+        audio = self._run_audio
         # Stream info and the last key frame are plain attribute writes: the loop reads
         # them (muxer set-up, snapshots) whichever thread wrote last.
         if video is not None and hub.video != video:
             hub.video = video
-        if audio is not None and hub.audio != audio:
+        if hub.audio != audio:
             hub.audio = audio
         if hub.video is None:
             return
+        if pkt.kind == "video":
+            self._video_flowing = True
         self.stats.packets_published += 1
         if pkt.kind == "video" and pkt.keyframe:
             hub.last_keyframe = pkt

@@ -25,6 +25,7 @@ from av.video.frame import PictureType, VideoFrame
 from hss_pu.errors import HssError
 from hss_pu.media.h264 import ParameterSetCache
 from hss_pu.media.packets import TIME_BASE, EncodedPacket, StreamInfo, to_90k
+from hss_pu.media.picture import PLAIN, Picture
 
 if TYPE_CHECKING:
     from hss_pu.config import CameraSection
@@ -68,8 +69,9 @@ class EncodeSettings:
     gop_frames: int
     encoder: str  # ChannelSpec.encoder: libx264 | h264_v4l2m2m | picamera2-h264 | passthrough
     preset: str = "ultrafast"
-    audio: bool = False
+    audio: bool = False  # the profile takes audio input (if the source has sound)
     audio_rate: int = 48_000
+    picture: Picture = PLAIN  # flips and OSD, applied to raw frames before encoding
 
     def __post_init__(self) -> None:
         if self.width < 16 or self.height < 16 or self.width % 2 or self.height % 2:

@@ -8,7 +8,8 @@ Time: packets carry pts on the channel's monotonic 90 kHz line and the daemon-cl
 when it sees its first packet and keeps it, so ``start`` of segment i+1 is exactly
 ``start + duration`` of segment i: segments tile time by construction. A gap in the
 packets (the source restarted, a consumer fell behind) ends the segment where the data
-ends and marks the next one ``discontinue``.
+ends and marks the next one ``discontinue``; so does a new stream (other stream info: the
+encoder restarted at another size), even without a gap.
 """
 
 from __future__ import annotations
@@ -107,10 +108,13 @@ class Segmenter:
             self._max_gop = max(self._max_gop, gop)
             long_enough = pkt.pts - self._first_pts >= self.seg_ticks - self._frame_ticks // 2
             too_big = self._bytes + self._max_gop > self.max_size
-            if long_enough or too_big or video != self._video or audio != self._audio:
+            new_stream = video != self._video or audio != self._audio
+            if long_enough or too_big or new_stream:
                 seg = self._close(pkt.pts)
                 if seg is not None:
                     closed.append(seg)
+                if new_stream:  # the encoder restarted (another quality, RebootChannel)
+                    self._next_discontinue = True
                 self._begin(pkt, video, audio)
             else:
                 self._gop_start_bytes = self._bytes

@@ -12,7 +12,7 @@ from hss_pu.media.channel import MediaChannel
 from hss_pu.profiles import Profile
 from hss_pu.wire.vd import KeepaliveChannel
 
-__all__ = ["ChannelRegistry", "ChannelState", "stream_for"]
+__all__ = ["ChannelRegistry", "ChannelState", "camera_state", "stream_for"]
 
 log = logging.getLogger("hss_pu.channels")
 
@@ -22,13 +22,27 @@ OFFLINE, ONLINE, ERROR, DISABLED = 0, 1, 3, 4
 @dataclass
 class ChannelState:
     channel: int
-    state: int = ONLINE
+    enabled: bool = True  # SetConfig channels.N.on
+    restarting: bool = False  # RebootChannel in progress
     stream_id: str | None = None
     record_session: str | None = None
     alarms: int = 0  # bit T set while alarm type T is active (wire-notes)
     awake_until: float = 0.0  # monotonic deadline set by KeepAwaken
     reboots: int = 0
     restart_hooks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # The camera's own state, asked at every Keepalive (None: a channel without a camera
+    # in this process, e.g. the daemon started without media).
+    camera: Callable[[], int] | None = None
+
+    @property
+    def state(self) -> int:
+        """Keepalive's state: 4 off, 0 restarting (or the camera not up yet), 3 the camera
+        failed (until it recovers), else 1."""
+        if not self.enabled:
+            return DISABLED
+        if self.restarting:
+            return OFFLINE
+        return self.camera() if self.camera is not None else ONLINE
 
     def keepalive(self) -> KeepaliveChannel:
         return KeepaliveChannel(
@@ -38,6 +52,16 @@ class ChannelState:
             record_session=self.record_session,
             alarm=self.alarms,
         )
+
+
+def camera_state(media: MediaChannel) -> int:
+    """A media channel's state in Keepalive's terms."""
+    st = media.stats.state
+    if st == "error":
+        return ERROR
+    if st == "running" and media.running:
+        return ONLINE
+    return OFFLINE  # starting, or stopped
 
 
 class ChannelRegistry:
@@ -58,11 +82,7 @@ class ChannelRegistry:
         return [c.keepalive() for c in self._channels.values()]
 
     def set_enabled(self, channel: int, on: bool) -> None:
-        ch = self.get(channel)
-        if not on:
-            ch.state = DISABLED
-        elif ch.state == DISABLED:
-            ch.state = ONLINE
+        self.get(channel).enabled = on
 
     def keep_awake(self, channel: int, seconds: int) -> None:
         ch = self.get(channel)
@@ -72,26 +92,22 @@ class ChannelRegistry:
         return self.get(channel).awake_until > time.monotonic()
 
     async def reboot(self, channel: int) -> None:
-        """Take the channel offline, restart what runs on it, bring it back."""
+        """RebootChannel: state 0 while what runs on the channel restarts (its camera's
+        capture and encoder, through the hooks); then the state is what the camera says
+        (1, or 3 if it did not come back)."""
         ch = self.get(channel)
         ch.reboots += 1
-        before = ch.state
-        ch.state = OFFLINE
-        log.info(
-            "channel %d: rebooting (%d hook%s)",
-            channel,
-            len(ch.restart_hooks),
-            "" if len(ch.restart_hooks) == 1 else "s",
-        )
+        ch.restarting = True
+        log.info("channel %d: rebooting", channel)
         try:
             for hook in ch.restart_hooks:
-                await hook()
-        except Exception:
-            log.exception("channel %d: restart failed", channel)
-            ch.state = ERROR
-            return
-        ch.state = before if before != OFFLINE else ONLINE
-        log.info("channel %d: back online", channel)
+                try:
+                    await hook()
+                except Exception:  # the next hook still runs; the camera's state shows it
+                    log.exception("channel %d: restart failed", channel)
+        finally:
+            ch.restarting = False
+        log.info("channel %d: rebooted (state %d)", channel, ch.state)
 
 
 async def stream_for(
@@ -102,6 +118,8 @@ async def stream_for(
     limit; else error 11: we do not silently lower the encoder of a stream that other
     consumers use too)."""
     m = media.get(channel)
+    if m is not None and not m.enabled:
+        raise ChannelOffline(f"channel {channel} is switched off (SetConfig on = false)")
     if m is None or not await m.wait_running():
         raise ChannelOffline(f"channel {channel} has no running camera")
     if max_bitrate and m.settings.bitrate > max_bitrate:

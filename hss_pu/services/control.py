@@ -198,18 +198,28 @@ class Dispatcher:
         return self.ctx.config.profile.capabilities()
 
     async def rpc_GetConfig(self, _: None) -> dict[str, Any]:
-        return self.ctx.devconfig.get()
+        return self._report(self.ctx.devconfig.get())
 
     async def rpc_SetConfig(self, patch: dict[str, Any]) -> dict[str, Any]:
-        doc = self.ctx.devconfig.set(patch)
+        camera = self.ctx.services.camera
+        doc = self.ctx.devconfig.set(patch, camera.check if camera is not None else None)
         self.apply_config(log_level="log_level" in patch)
+        if camera is not None:
+            await camera.apply(doc)
         log.info("config: changed by the platform (%s)", ", ".join(sorted(patch)) or "nothing")
-        return doc
+        return self._report(doc)
 
     async def rpc_ResetConfig(self, _: None) -> None:
-        self.ctx.devconfig.reset()
+        doc = self.ctx.devconfig.reset()
         self.apply_config(log_level=True)
+        if self.ctx.services.camera is not None:
+            await self.ctx.services.camera.apply(doc)
         log.info("config: reset to factory settings")
+
+    def _report(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """The document with what the cameras really run (GetConfig, SetConfig's reply)."""
+        camera = self.ctx.services.camera
+        return camera.report(doc) if camera is not None else doc
 
     async def rpc_KeepAwaken(self, p: vd.KeepAwakenParams) -> None:
         self.ctx.channels.keep_awake(p.channel, p.expired)

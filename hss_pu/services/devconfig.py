@@ -84,9 +84,15 @@ class DevConfigStore:
     def get(self) -> dict[str, Any]:
         return self.doc
 
-    def set(self, patch: Any) -> dict[str, Any]:
-        """Merge, validate, persist; the document stays as it was if any of it fails."""
+    def set(
+        self, patch: Any, check: Callable[[dict[str, Any], dict[str, Any]], None] | None = None
+    ) -> dict[str, Any]:
+        """Merge, validate, persist; the document stays as it was if any of it fails.
+        ``check(new, old)`` may refuse the result (what the running device cannot apply)
+        by raising a DeviceError before anything is saved."""
         new = wire.merge(self.doc, patch, self.profile, self.base)
+        if check is not None:
+            check(new, self.doc)
         old, self.doc = self.doc, new
         try:
             self._save()

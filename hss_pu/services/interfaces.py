@@ -6,8 +6,9 @@ A service that is not there (not built yet, or not on this hardware) is ``None``
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from hss_pu.wire.vd import (
     CtrlPTZParams,
@@ -26,6 +27,7 @@ from hss_pu.wire.vd import (
 )
 
 __all__ = [
+    "CameraService",
     "DiskService",
     "LiveService",
     "LogService",
@@ -36,6 +38,12 @@ __all__ = [
     "SnapshotService",
     "UpgradeService",
 ]
+
+
+class CameraService(Protocol):
+    def check(self, new: Mapping[str, Any], old: Mapping[str, Any]) -> None: ...
+    async def apply(self, doc: Mapping[str, Any]) -> None: ...
+    def report(self, doc: Mapping[str, Any]) -> dict[str, Any]: ...
 
 
 class LiveService(Protocol):
@@ -87,3 +95,4 @@ class Services:
     playback: PlaybackService | None = None
     logs: LogService | None = None
     disk: DiskService | None = None
+    camera: CameraService | None = None

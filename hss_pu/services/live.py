@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from hss_pu.errors import DeviceFailure, InvalidParam
+from hss_pu.errors import ChannelOffline, DeviceFailure, InvalidParam
 from hss_pu.media.channel import MediaChannel
 from hss_pu.media.packets import EncodedPacket, StreamInfo
 from hss_pu.media.tsmux import TsMuxer
@@ -39,6 +39,9 @@ __all__ = ["LivePush", "LiveService", "PushStats"]
 log = logging.getLogger("hss_pu.live")
 
 FIRST_CONNECT_TIMEOUT = 8.0  # inside the dispatcher's 15 s handler budget
+# The shortest wait between two connection attempts, whatever the schedule and the scale
+# say (9.3.1.3's first delays are uniform from 0): a refused connect never spins.
+MIN_RETRY_DELAY = 0.05
 MAXBW_FACTOR = 3  # absolute SRT MAXBW = 3 x the stream's bytes/s (field notes: 2-4x)
 SEND_STALL_LIMIT = 200  # consecutive full-buffer messages before the link counts as dead
 MESSAGE = LIVE_PAYLOAD_SIZE  # one SRT live message: 7 whole TS packets
@@ -88,6 +91,7 @@ class _LiveSink:
         self._on_broken = on_broken
         self._lock = threading.Lock()  # close() on the loop vs a call on the capture thread
         self._mux: TsMuxer | None = None
+        self._mux_audio = False
         self._out: list[bytes] = []
         self._waiting_key = True  # every connection starts a fresh TS at a key frame
         self._stalled = 0
@@ -97,12 +101,20 @@ class _LiveSink:
         with self._lock:
             if self._dead:
                 return
+            if self._mux is not None and (audio is not None) != self._mux_audio:
+                # The camera restarted with (or without) sound: a new TS from its first
+                # key frame, since a TS cannot add or drop a track. (A new size or bitrate
+                # needs nothing: SPS/PPS travel with every key frame.)
+                self._mux.close()
+                self._mux = None
+                self._waiting_key = True
             if self._waiting_key:
                 if not (pkt.kind == "video" and pkt.keyframe):
                     return
                 self._waiting_key = False
             if self._mux is None:
                 self._mux = TsMuxer(video, audio, self._out.append, message_size=None)
+                self._mux_audio = audio is not None
             self._mux.mux(pkt)
 
     def on_flush(self) -> None:
@@ -215,7 +227,7 @@ class LivePush:
                 except (SrtError, TimeoutError, OSError) as exc:
                     failures += 1
                     self.stats.last_error = str(exc)
-                    delay = retry_delay(failures, self.backoff_scale, self.rng)
+                    delay = self._delay(failures)
                     log.warning(
                         "live %s: reconnect failed (%s); retry in %.1f s",
                         self.stream_id,
@@ -233,7 +245,20 @@ class LivePush:
                 log.warning("live %s: connection lost (%s)", self.stream_id, exc)
             await self._close_sender()
             failures = 1
-            await asyncio.sleep(retry_delay(failures, self.backoff_scale, self.rng))
+            await asyncio.sleep(self._delay(failures))
+
+    def _delay(self, failures: int) -> float:
+        return max(MIN_RETRY_DELAY, retry_delay(failures, self.backoff_scale, self.rng))
+
+    def retune(self) -> None:
+        """The channel's bitrate changed: pace the connection for the new one."""
+        sender = self.sender
+        if sender is None:
+            return
+        try:
+            sender.set_maxbw(self.maxbw)
+        except SrtError as exc:  # a broken connection: the push loop reconnects anyway
+            log.info("live %s: cannot change MAXBW (%s)", self.stream_id, exc)
 
     async def _pump(self, sender: SrtSender) -> None:
         """Hand the connection to a capture-thread sink until it breaks (or we stop)."""
@@ -290,6 +315,8 @@ class LiveService:
         except ValueError as exc:
             raise InvalidParam(f"params.url: {exc}") from None
         async with self._lock:
+            if not media.enabled:  # switched off while we waited for the lock
+                raise ChannelOffline(f"channel {p.channel} is switched off")
             current = self.pushes.get(p.channel)
             if current is not None and current.stream_id == p.stream_id:
                 return  # idempotent: the stream already exists
@@ -314,6 +341,21 @@ class LiveService:
                     await self._drop(ch)
                     log.info("live ch%d: %s stopped", ch, p.stream_id)
         self._on_change()
+
+    async def end_channel(self, channel: int) -> None:
+        """End whatever is pushed from the channel (it is being switched off)."""
+        async with self._lock:
+            push = self.pushes.get(channel)
+            if push is not None:
+                await self._drop(channel)
+                log.info("live ch%d: %s ended (channel off)", channel, push.stream_id)
+        self._on_change()
+
+    def retune(self, channel: int) -> None:
+        """The channel's encoder changed its bitrate."""
+        push = self.pushes.get(channel)
+        if push is not None:
+            push.retune()
 
     async def _drop(self, channel: int) -> None:
         push = self.pushes.pop(channel, None)

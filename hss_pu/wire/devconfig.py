@@ -20,6 +20,7 @@ it changes, never the whole document.
 from __future__ import annotations
 
 import re
+import unicodedata
 from typing import Any
 
 import msgspec
@@ -35,6 +36,7 @@ __all__ = [
     "Base",
     "default_document",
     "merge",
+    "quality_band",
     "quality_resolution",
     "validate_stored",
 ]
@@ -56,6 +58,11 @@ def _band(height: int) -> str:
     if height >= 360:
         return "sd"
     return "ld"
+
+
+def quality_band(height: int) -> str:
+    """The quality name (ld, sd, hd, fhd) of a picture ``height`` lines high."""
+    return _band(height)
 
 
 def quality_resolution(profile: Profile, channel: int, quality: str) -> tuple[int, int] | None:
@@ -173,6 +180,12 @@ def _choice(v: Any, path: str, choices: tuple[str, ...]) -> str:
     return v
 
 
+def _one_line(text: str) -> bool:
+    """No control, format, surrogate, private or unassigned characters (Unicode C*) and no
+    line or paragraph separators (Zl, Zp): what can be burned into a picture as one line."""
+    return not any(unicodedata.category(c)[0] == "C" or c in "\u2028\u2029" for c in text)
+
+
 def _extension(v: Any, path: str) -> dict[str, Any]:
     """A free-form object, bounded in depth and size, walked without recursion (a
     700-deep list must be a 12, not a RecursionError in every later merge or encode)."""
@@ -258,8 +271,8 @@ def _merge_channel(
         osd = _obj(patch["osd"], f"{p}.osd")
         if "text" in osd:
             t = osd["text"]
-            if not isinstance(t, str) or len(t) > 64 or any(c in t for c in "\r\n\0"):
-                raise _bad(f"{p}.osd.text", "expected one line of at most 64 characters")
+            if not isinstance(t, str) or len(t) > 64 or not _one_line(t):
+                raise _bad(f"{p}.osd.text", "expected one line of at most 64 printable characters")
             doc["osd"]["text"] = t
         if "font" in osd:
             doc["osd"]["font"] = _int(osd["font"], f"{p}.osd.font", 8, 72)

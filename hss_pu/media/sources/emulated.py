@@ -1,0 +1,292 @@
+"""The emulated camera: a moving test picture with a machine-readable capture time, and a
+1 kHz tone. Laptops and CI run every path of the daemon with it; benchmarks and tests
+read the drawn timecode back out of what was encoded to measure latency exactly.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import math
+import threading
+import time
+from typing import Any
+
+import numpy as np
+from av.video.frame import VideoFrame
+
+from hss_pu.media import font
+from hss_pu.media.encoder import EncodeSettings
+from hss_pu.media.sources.base import HZ, Clock, RawAudio, RawVideo, Source, SourceItem, pause
+
+__all__ = ["CODE_BITS", "EmulatedSource", "read_timecode", "timecode_bits"]
+
+log = logging.getLogger("hss_pu.media.source")
+
+# The tone is a function of time, so it can be produced ahead of the picture. Keeping
+# the AAC encoder (1024 priming + up to 1023 buffered samples) a little ahead means the
+# TS interleaver always holds audio past the newest video frame and never video waiting
+# for audio: audio on costs no picture latency.
+TONE_LEAD_SAMPLES = 4096
+# The tone is made (and AAC-encoded) in chunks of this many samples rather than a bit per
+# video frame: each encode call has a fixed cost (PyAV's re-framing filter graph, Python,
+# caches gone cold during the frame wait) several times that of the samples themselves.
+# The lead then varies between TONE_LEAD_SAMPLES and that plus a chunk.
+TONE_CHUNK_SAMPLES = 4800
+
+
+CODE_BITS = 48
+_DATA_BITS = 42  # epoch milliseconds up to year 2109
+_MARK = (1, 0)
+_BLACK, _WHITE = 16, 235  # luma extremes: survive low bitrates, and limited range
+_BAND_Y = 64  # the overlay band behind the code and the text
+
+
+def _block(width: int) -> int:
+    """Code block size: 16 px at 1280 wide, 8 at 640, 4 at 320; 2 below (fragile)."""
+    b = (width // 80) & ~1
+    return b if b >= 4 else max(2, (width // 50) & ~1)
+
+
+def _crc4(bits: list[int]) -> int:
+    """CRC-4/ITU (x^4 + x + 1): every single and double bit error in the code is caught."""
+    reg = 0
+    for b in bits:
+        fb = ((reg >> 3) & 1) ^ b
+        reg = (reg << 1) & 0xF
+        if fb:
+            reg ^= 0x3
+    return reg
+
+
+def timecode_bits(epoch: float) -> list[int]:
+    """The 48 code bits for a wall-clock time: marker 10, 42-bit epoch ms, CRC-4."""
+    ms = round(epoch * 1000) & ((1 << _DATA_BITS) - 1)
+    head = [*_MARK, *((ms >> (_DATA_BITS - 1 - i)) & 1 for i in range(_DATA_BITS))]
+    crc = _crc4(head)
+    return head + [(crc >> (3 - i)) & 1 for i in range(4)]
+
+
+def _luma(image: VideoFrame | np.ndarray) -> np.ndarray:
+    if isinstance(image, VideoFrame):
+        if image.format.name in ("yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "nv12", "gray"):
+            plane = image.planes[0]
+            rows = np.frombuffer(memoryview(plane), np.uint8).reshape(plane.height, plane.line_size)
+            return rows[:, : image.width]
+        return image.to_ndarray(format="gray")
+    if image.ndim == 3:  # RGB
+        weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        rgb: np.ndarray = image[..., :3].astype(np.float32)
+        return (rgb @ weights).astype(np.uint8)
+    return image
+
+
+def read_timecode(image: VideoFrame | np.ndarray) -> float | None:
+    """The capture time the emulated source drew into ``image`` (epoch s), or None.
+
+    ``image``: a decoded frame, or a 2-D luma (or H x W x 3 RGB) array at the encoded size.
+    """
+    luma = _luma(image)
+    h, w = luma.shape[:2]
+    b = _block(w)
+    q = max(1, b // 4)
+    x0 = y0 = b
+    if y0 + b > h or x0 + CODE_BITS * b > w:
+        return None
+    region = luma[y0 + q : y0 + b - q, x0 : x0 + CODE_BITS * b]
+    cells = region.reshape(region.shape[0], CODE_BITS, b)[:, :, q : b - q]
+    levels = cells.mean(axis=(0, 2))
+    mid = (_BLACK + _WHITE) / 2
+    if np.min(np.abs(levels - mid)) < (_WHITE - _BLACK) / 6:
+        return None  # a cell that is neither black nor white: not our code
+    bits = [int(v > mid) for v in levels]
+    if tuple(bits[:2]) != _MARK or _crc4(bits[:44]) != int("".join(map(str, bits[44:])), 2):
+        return None
+    ms = int("".join(map(str, bits[2:44])), 2)
+    return ms / 1000
+
+
+class EmulatedSource(Source):
+    """A synthetic camera: scrolling pattern, a bouncing box, a machine-readable clock.
+
+    Frame k is due at t0 + k/fps on the monotonic clock, so the rate never drifts; when
+    the encoder falls behind by whole frames, those frames are skipped (and counted)
+    rather than queued.
+    """
+
+    def __init__(
+        self,
+        settings: EncodeSettings,
+        clock: Clock,
+        stop: threading.Event,
+        *,
+        label: str = "",
+        realtime: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.stop = stop
+        self.label = label
+        self.realtime = realtime
+        self.name = "emulated"
+        self.audio = settings.audio  # the tone
+        self.frames_writable = True  # drawn afresh for every frame
+        self.dropped = 0
+        self._pending: collections.deque[RawAudio] = collections.deque(maxlen=4)
+        self.draw_seconds = 0.0  # total time spent drawing (bench)
+
+    def open(self) -> None:
+        s = self.settings
+        w, h = s.width, s.height
+        self._b = b = _block(w)
+        self._period = 128
+        p = self._period
+        # Backgrounds one period wider than the frame: scrolling is a slice, not a redraw.
+        x = np.arange(w + p)
+        y = np.arange(h)[:, None]
+        wave = 0.5 + 0.5 * np.sin(2 * np.pi * (x[None, :] + y // 2) / p)
+        self._bg_y = (40 + 150 * wave).astype(np.uint8)
+        cx = np.arange((w + p) // 2)
+        bars = (cx * 8 // max(1, w // 2)) % 8
+        u_row = np.array([128, 90, 170, 60, 200, 110, 150, 128], dtype=np.uint8)[bars]
+        v_row = np.array([128, 200, 80, 150, 60, 170, 100, 128], dtype=np.uint8)[bars]
+        self._bg_u = np.repeat(u_row[None, :], h // 2, axis=0)
+        self._bg_v = np.repeat(v_row[None, :], h // 2, axis=0)
+        self._scale = max(1, b // 4)
+        # Each byte's glyph and the gap after it, on the band's grey.
+        self._cells = font.cells(self._scale, _WHITE, _BAND_Y)[:, : font.GLYPH_H * self._scale]
+        self._text_y = 3 * b
+        self._band = min(h, (self._text_y + 7 * self._scale + b + 1) & ~1)
+        self._bg_y[: self._band] = _BAND_Y
+        self._bg_u[: self._band // 2] = 128
+        self._bg_v[: self._band // 2] = 128
+        self._box = max(8, (h // 6) & ~1)
+        self._graph = self._testsrc(w, h, s.fps)
+        self._k = 0
+        self._t0 = time.monotonic()
+        self._samples = 0
+        rate = s.audio_rate
+        period = rate // math.gcd(rate, 1000)
+        self._tone = (0.25 * np.sin(2 * np.pi * 1000 * np.arange(period) / rate)).astype(np.float32)
+
+    @staticmethod
+    def _testsrc(w: int, h: int, fps: int) -> tuple[Any, Any] | None:
+        """FFmpeg's testsrc2 as the moving picture: the same content ``ffmpeg -f lavfi -i
+        testsrc2`` encodes, so benchmarks against ffmpeg compare like with like (x264's
+        cost depends on the picture). None where the filter is missing: numpy fallback."""
+        try:
+            import av.filter
+
+            g = av.filter.Graph()
+            src = g.add("testsrc2", f"size={w}x{h}:rate={fps}")
+            fmt = g.add("format", "pix_fmts=yuv420p")
+            sink = g.add("buffersink")
+            src.link_to(fmt)
+            fmt.link_to(sink)
+            g.configure()
+            return g, sink  # the sink does not keep its graph alive: hold both
+        except Exception as exc:  # any FFmpeg build without lavfi/testsrc2
+            log.debug("testsrc2 unavailable (%s): drawing the picture with numpy", exc)
+            return None
+
+    def has_ready(self) -> bool:
+        return bool(self._pending)  # the audio made with the frame just read
+
+    def read(self) -> SourceItem | None:
+        if self._pending:
+            return self._pending.popleft()
+        fps = self.settings.fps
+        if self.realtime:
+            due = self._t0 + self._k / fps
+            now = time.monotonic()
+            if now < due:
+                if pause(self.stop, due - now):
+                    return None
+            else:
+                behind = int((now - due) * fps)
+                if behind:
+                    self._k += behind
+                    self.dropped += behind
+        k = self._k
+        self._k += 1
+        t = time.perf_counter()
+        capture_time = self.clock()
+        frame = self.draw(k, capture_time)
+        self.draw_seconds += time.perf_counter() - t
+        pts = round(k * HZ / fps)
+        if self.settings.audio:
+            lead = round((k + 1) * self.settings.audio_rate / fps) + TONE_LEAD_SAMPLES
+            if self._samples < lead:
+                self._pending.append(self._audio(lead + TONE_CHUNK_SAMPLES, capture_time))
+        return RawVideo(frame, pts, capture_time)
+
+    def _audio(self, end: int, capture_time: float) -> RawAudio:
+        """The tone from where the last chunk ended up to sample ``end``."""
+        rate = self.settings.audio_rate
+        start = self._samples
+        idx = np.arange(start, max(end, start + 1)) % len(self._tone)
+        self._samples = start + len(idx)
+        return RawAudio(self._tone[idx][None, :], round(start * HZ / rate), capture_time)
+
+    def draw(self, k: int, capture_time: float) -> VideoFrame:
+        s = self.settings
+        w, h = s.width, s.height
+        frame = self._graph[1].pull() if self._graph is not None else VideoFrame(w, h, "yuv420p")
+        frame.pts = None
+        yp, up, vp = frame.planes
+        y = np.frombuffer(memoryview(yp), np.uint8).reshape(h, yp.line_size)[:, :w]
+        u = np.frombuffer(memoryview(up), np.uint8).reshape(h // 2, up.line_size)[:, : w // 2]
+        v = np.frombuffer(memoryview(vp), np.uint8).reshape(h // 2, vp.line_size)[:, : w // 2]
+        if self._graph is not None:
+            # testsrc2 moves by itself; clear the band that carries the codes.
+            y[: self._band] = _BAND_Y
+            u[: self._band // 2] = 128
+            v[: self._band // 2] = 128
+        else:
+            self._draw_pattern(k, y, u, v)
+        self._draw_codes(k, capture_time, y)
+        return frame
+
+    def _draw_pattern(self, k: int, y: np.ndarray, u: np.ndarray, v: np.ndarray) -> None:
+        w, h = self.settings.width, self.settings.height
+        off = (4 * k) % self._period
+        y[:] = self._bg_y[:, off : off + w]
+        u[:] = self._bg_u[:, off // 2 : off // 2 + w // 2]
+        v[:] = self._bg_v[:, off // 2 : off // 2 + w // 2]
+        # A box bouncing across the lower part, for motion the encoder has to follow.
+        box = self._box
+        span_x, span_y = max(1, w - box), max(1, h - self._band - box)
+        bx = _bounce(6 * k, span_x) & ~1
+        by = (self._band + _bounce(3 * k, span_y)) & ~1
+        y[by : by + box, bx : bx + box] = _WHITE
+        u[by // 2 : (by + box) // 2, bx // 2 : (bx + box) // 2] = 90
+        v[by // 2 : (by + box) // 2, bx // 2 : (bx + box) // 2] = 200
+
+    def _draw_codes(self, k: int, capture_time: float, y: np.ndarray) -> None:
+        w, h, b = self.settings.width, self.settings.height, self._b
+        # The machine-readable capture time.
+        if (CODE_BITS + 2) * b <= w and 2 * b <= h:
+            levels = np.where(np.array(timecode_bits(capture_time)) > 0, _WHITE, _BLACK)
+            y[b : 2 * b, b : b + CODE_BITS * b] = np.repeat(levels.astype(np.uint8), b)[None, :]
+        # And the same for people.
+        ms = round(capture_time * 1000)
+        tm = time.gmtime(ms // 1000)
+        text = (
+            f"{tm.tm_year:04}-{tm.tm_mon:02}-{tm.tm_mday:02} {tm.tm_hour:02}:{tm.tm_min:02}:"
+            f"{tm.tm_sec:02}.{ms % 1000:03}Z {self.label} #{k}"
+        )
+        sc = self._scale
+        ty, cell = self._text_y, 6 * sc
+        if ty + 7 * sc > h or b + 5 * sc > w:
+            return
+        # One gather of glyph cells instead of a copy per character: this runs per frame.
+        n = min(len(text), (w - b - 5 * sc) // cell + 1)  # characters that fit whole
+        codes = np.frombuffer(text[:n].encode("ascii", "replace"), np.uint8)
+        row = self._cells[codes].transpose(1, 0, 2).reshape(7 * sc, n * cell)
+        x1 = min(w, b + n * cell)
+        y[ty : ty + 7 * sc, b:x1] = row[:, : x1 - b]
+
+
+def _bounce(pos: int, span: int) -> int:
+    p = pos % (2 * span)
+    return p if p < span else 2 * span - p

@@ -1,0 +1,36 @@
+"""The source for a ``camera.source`` value."""
+
+from __future__ import annotations
+
+import threading
+
+from hss_pu.media.encoder import EncodeSettings, MediaError
+from hss_pu.media.sources.base import Clock, Source, redact_url
+from hss_pu.media.sources.demux import DemuxSource
+from hss_pu.media.sources.emulated import EmulatedSource
+from hss_pu.media.sources.picam import PiCameraSource
+
+__all__ = ["make_source"]
+
+
+def make_source(
+    spec: str,
+    settings: EncodeSettings,
+    clock: Clock,
+    stop: threading.Event,
+    *,
+    label: str = "",
+    realtime: bool = True,
+) -> Source:
+    """The source for a ``camera.source`` value (validated by config)."""
+    if spec == "emulated":
+        return EmulatedSource(settings, clock, stop, label=label, realtime=realtime)
+    if spec == "picamera2":
+        return PiCameraSource(settings, clock, stop)
+    if spec.startswith("file:"):
+        return DemuxSource("file", spec[5:], settings, clock, stop, realtime=realtime)
+    if spec.startswith("v4l2:"):
+        return DemuxSource("v4l2", spec[5:], settings, clock, stop)
+    if spec.startswith(("rtsp://", "rtsps://")):
+        return DemuxSource("rtsp", spec, settings, clock, stop)
+    raise MediaError(f"unknown camera source {redact_url(spec)!r}")

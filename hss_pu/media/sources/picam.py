@@ -1,0 +1,288 @@
+"""The Raspberry Pi camera through picamera2, which exists only on Raspberry Pi OS: it is
+imported when a channel opens the camera, never at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from av.video.frame import VideoFrame
+
+from hss_pu.media.encoder import EncodeSettings, MediaError, SourceUnavailable
+from hss_pu.media.h264 import ParameterSetCache, has_picture
+from hss_pu.media.packets import EncodedPacket, StreamInfo
+from hss_pu.media.picture import Painter
+from hss_pu.media.sources.base import (
+    HZ,
+    STALL_SECONDS,
+    Clock,
+    RawVideo,
+    Source,
+    SourceItem,
+)
+
+__all__ = ["PICAMERA2_MISSING", "PiCameraSource"]
+
+log = logging.getLogger("hss_pu.media.source")
+
+PICAMERA2_MISSING = (
+    "picamera2 is not installed (on Raspberry Pi OS: apt install python3-picamera2, "
+    "and a venv with --system-site-packages)"
+)
+
+
+def _import_picamera2() -> tuple[Any, Any, Any]:
+    try:
+        from picamera2 import Picamera2
+        from picamera2.encoders import H264Encoder
+        from picamera2.outputs import Output
+    except ImportError as exc:
+        raise MediaError(PICAMERA2_MISSING) from exc
+    return Picamera2, H264Encoder, Output
+
+
+def _transform(horflip: bool, verflip: bool) -> Any:
+    """libcamera's Transform (installed with picamera2): the sensor pipeline flips."""
+    try:
+        from libcamera import Transform
+    except ImportError as exc:
+        raise MediaError(PICAMERA2_MISSING) from exc
+    return Transform(hflip=int(horflip), vflip=int(verflip))
+
+
+def _mapped_array() -> Any:
+    try:
+        from picamera2 import MappedArray
+    except ImportError as exc:
+        raise MediaError(PICAMERA2_MISSING) from exc
+    return MappedArray
+
+
+class PiCameraSource(Source):
+    """The Pi camera through picamera2: its hardware H.264 encoder (``picamera2-h264``), or
+    YUV420 frames for libx264 (a Pi 5 has no encoder block).
+
+    picamera2's encoder thread calls our Output; packets cross to the channel's worker
+    through a bounded queue. When the worker falls behind, packets are dropped up to the
+    next key frame (so what is delivered still decodes).
+
+    The picture settings: flips through libcamera's transform (the ISP does them, for
+    free); with the hardware encoder the OSD is drawn by picamera2's ``pre_callback`` into
+    each frame before it is encoded (with libx264 the channel draws it).
+    """
+
+    camera_flips = True
+
+    def __init__(self, settings: EncodeSettings, clock: Clock, stop: threading.Event) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.stop = stop
+        self.name = "picamera2"
+        self.hardware = settings.encoder != "libx264"
+        self.passthrough = self.hardware
+        self.dropped = 0
+        self._cam: Any = None
+        self._queue: queue.Queue[EncodedPacket] = queue.Queue(maxsize=max(8, 2 * settings.fps))
+        self._skip_to_key = False
+        self._params = ParameterSetCache()
+        self._anchor: float | None = None  # daemon clock at sensor timestamp 0
+        self._first_ts: int | None = None
+        self._size = (settings.width, settings.height)
+        self._held = b""
+        self._last = self._mono0 = time.monotonic()
+        self.frames_writable = True  # made for us from picamera2's buffer
+        self._painter: Painter | None = None
+        self._mapped: Any = None
+        self._osd_failed = False
+
+    def open(self) -> None:
+        picamera2_cls, encoder_cls, output_cls = _import_picamera2()
+        s = self.settings
+        try:
+            cam = picamera2_cls()
+        except (IndexError, RuntimeError, OSError) as exc:
+            raise MediaError(f"picamera2: no camera found ({exc})") from exc
+        self._cam = cam
+        try:
+            frame_us = round(1_000_000 / s.fps)
+            extra: dict[str, Any] = {}
+            p = s.picture
+            if p.horflip or p.verflip:
+                extra["transform"] = _transform(p.horflip, p.verflip)
+            config = cam.create_video_configuration(
+                main={"size": (s.width, s.height), "format": "YUV420"},
+                controls={"FrameDurationLimits": (frame_us, frame_us)},
+                **extra,
+            )
+            cam.configure(config)
+            # libcamera may align the size it was asked for; believe what it configured.
+            actual = (getattr(cam, "camera_config", None) or {}).get("main", {}).get("size")
+            if actual and tuple(actual) != (s.width, s.height):
+                log.warning("picamera2: %dx%d configured as %dx%d", s.width, s.height, *actual)
+                self._size = (int(actual[0]), int(actual[1]))
+            if self.hardware and p.osd_text:
+                self._painter = Painter(p, *self._size, flip=False)
+                self._mapped = _mapped_array()
+                cam.pre_callback = self._draw_osd
+            if self.hardware:
+                encoder = encoder_cls(bitrate=s.bitrate, repeat=True, iperiod=s.gop_frames)
+                cam.start_recording(encoder, _hub_output(output_cls, self._on_frame))
+            else:
+                cam.start()
+        except MediaError:
+            self.close()
+            raise
+        except Exception as exc:  # libcamera raises bare RuntimeError/OSError variants
+            self.close()
+            raise MediaError(f"picamera2: cannot start the camera: {exc}") from exc
+        self._last = time.monotonic()
+
+    def _draw_osd(self, request: Any) -> None:
+        """Runs on picamera2's thread for each frame before the hardware encoder takes it."""
+        painter = self._painter
+        if painter is None:
+            return
+        try:
+            with self._mapped(request, "main") as m:
+                y, u, v = _yuv420_planes(m.array, *self._size)
+                painter.draw_osd(y, u, v)
+        except Exception as exc:  # never break picamera2's thread over the OSD
+            if not self._osd_failed:
+                log.warning("picamera2: cannot draw the OSD: %s", exc)
+            self._osd_failed = True
+
+    def close(self) -> None:
+        cam, self._cam = self._cam, None
+        if cam is None:
+            return
+        for step in ("stop_recording" if self.hardware else "stop", "close"):
+            try:
+                getattr(cam, step)()
+            except Exception as exc:
+                log.debug("picamera2 %s: %s", step, exc)
+
+    def _capture_time(self, ts_us: int) -> float:
+        """Sensor time mapped onto the daemon clock; re-anchored if the clock jumps."""
+        now = self.clock()
+        if self._anchor is None or abs(self._anchor + ts_us / 1e6 - now) > 1.0:
+            self._anchor = now - ts_us / 1e6
+        return self._anchor + ts_us / 1e6
+
+    def _on_frame(self, data: bytes, keyframe: bool, timestamp_us: int | None) -> None:
+        """Runs on picamera2's encoder thread: never block it."""
+        if not has_picture(data):  # headers on their own: they belong to the next frame
+            self._held = (self._held + data)[-4096:]
+            return
+        if self._held:
+            data, self._held = self._held + data, b""
+        if self._skip_to_key and not keyframe:
+            self.dropped += 1
+            return
+        if timestamp_us is None:  # picamera2 before 0.3.17 passes no timestamp
+            timestamp_us = round((time.monotonic() - self._mono0) * 1e6)
+        ts = int(timestamp_us)
+        pts = round(ts * HZ / 1_000_000)
+        pkt = EncodedPacket(
+            kind="video",
+            data=self._params.process(data, keyframe),
+            pts=pts,
+            dts=pts,
+            duration=self.settings.frame_duration,
+            keyframe=keyframe,
+            capture_time=self._capture_time(ts),
+        )
+        try:
+            self._queue.put_nowait(pkt)
+            self._skip_to_key = False
+        except queue.Full:
+            self.dropped += 1
+            self._skip_to_key = True
+
+    def read(self) -> SourceItem | None:
+        if self._cam is None:
+            raise SourceUnavailable("picamera2: not open")
+        if self.hardware:
+            try:
+                pkt = self._queue.get(timeout=0.2)
+            except queue.Empty:
+                self._check_stall()
+                return None
+            self._last = time.monotonic()
+            if pkt.keyframe and self._params.extradata is not None and self.video_info is None:
+                s = self.settings
+                self.video_info = StreamInfo(
+                    kind="video",
+                    codec="h264",
+                    width=self._size[0],
+                    height=self._size[1],
+                    fps=s.fps,
+                    extradata=self._params.extradata,
+                )
+            return pkt
+        return self._capture()
+
+    def _check_stall(self) -> None:
+        if time.monotonic() - self._last > STALL_SECONDS:
+            raise SourceUnavailable(f"picamera2: no frames for {STALL_SECONDS:.0f} s")
+
+    def _capture(self) -> RawVideo:
+        s = self.settings
+        request = self._cam.capture_request()
+        try:
+            array = request.make_array("main")
+            ts_ns = int(request.get_metadata().get("SensorTimestamp", 0))
+        finally:
+            request.release()
+        self._last = time.monotonic()
+        ts_us = ts_ns // 1000
+        if self._first_ts is None:
+            self._first_ts = ts_us
+        rel = ts_us - self._first_ts
+        w, h = self._size
+        frame = VideoFrame.from_ndarray(_yuv420_packed(array, w, h), "yuv420p")
+        if (w, h) != (s.width, s.height):
+            frame = frame.reformat(width=s.width, height=s.height)
+        return RawVideo(frame, round(rel * HZ / 1_000_000), self._capture_time(rel))
+
+
+def _yuv420_planes(array: np.ndarray, w: int, h: int) -> tuple[np.ndarray, ...]:
+    """Writable (Y, U, V) views into picamera2's YUV420 buffer ((h * 3 / 2, stride))."""
+    stride = array.shape[1]
+    flat = array.reshape(-1)
+    cs, n = stride // 2, (h // 2) * (stride // 2)
+    y = array[:h, :w]
+    u = flat[h * stride : h * stride + n].reshape(h // 2, cs)[:, : w // 2]
+    v = flat[h * stride + n : h * stride + 2 * n].reshape(h // 2, cs)[:, : w // 2]
+    return y, u, v
+
+
+def _yuv420_packed(array: np.ndarray, w: int, h: int) -> np.ndarray:
+    """picamera2's YUV420 array ((h * 3 / 2) rows of ``stride`` bytes) without padding."""
+    if array.shape[1] == w:
+        return array
+    y, u, v = _yuv420_planes(array, w, h)
+    return np.concatenate([y.reshape(-1), u.reshape(-1), v.reshape(-1)]).reshape(h * 3 // 2, w)
+
+
+def _hub_output(base: Any, sink: Callable[[bytes, bool, int | None], None]) -> Any:
+    """An instance of a picamera2 Output subclass (the encoder checks isinstance)."""
+
+    class HubOutput(base):  # type: ignore[misc]
+        def outputframe(
+            self,
+            frame: Any,
+            keyframe: bool = True,
+            timestamp: int | None = None,
+            packet: Any = None,
+            audio: bool = False,
+        ) -> None:
+            if not audio:
+                sink(bytes(frame), bool(keyframe), timestamp)
+
+    return HubOutput()
