@@ -49,7 +49,7 @@ SensorKind = Literal["pir", "bell", "lock", "external"]
 # (device services), log_upload_https (LogUploadAsync), firmware_download_https
 # (UpgradeFirmware), switch (SetConfig "on").
 IMPLEMENTED: frozenset[str] = frozenset(
-    {"cloud_record", "pic_upload_https", "video_encrypt", "auto_reboot"}
+    {"cloud_record", "pic_upload_https", "video_encrypt", "auto_reboot", "switch"}
 )
 
 # H.627.2 Table I.2-16 alarm type values for the sensors a profile can wire up.

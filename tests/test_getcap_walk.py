@@ -130,6 +130,29 @@ async def daily_reboot(w: Walk) -> None:
     await w.call("Settime", {"datetime": real, "tz": 0, "offset": 0})
 
 
+async def channel_switch(w: Walk) -> None:
+    """switch: SetConfig on=false stops a channel (Keepalive 4, Snapshot 103 at once),
+    on=true brings it back (Keepalive 1, Snapshot works again)."""
+
+    def state(ch: int) -> int | None:
+        ka = w.platform.last_keepalive(DEVICE)
+        return None if ka is None else int(ka["channels"][ch]["state"])
+
+    for ch in w.profile.channels:
+        key = str(ch.id)
+        await w.call("SetConfig", {"channels": {key: {"on": False}}})
+        await until(lambda c=ch.id: state(c) == 4, 5, f"channel {ch.id} reported off")
+        t0 = time.monotonic()
+        reply = await w.platform.call(
+            DEVICE, "Snapshot", {"channel": ch.id, "url": w.platform.upload_url("off.jpg")}
+        )
+        assert reply.err is not None and reply.err.code == 103, reply
+        assert time.monotonic() - t0 < 2
+        await w.call("SetConfig", {"channels": {key: {"on": True}}})
+        await until(lambda c=ch.id: state(c) == 1, 10, f"channel {ch.id} back on")
+        await w.call("Snapshot", {"channel": ch.id, "url": w.platform.upload_url("on.jpg")})
+
+
 Exerciser = Callable[[Walk], Awaitable[None]]
 EXERCISERS: dict[str, Exerciser] = {
     "media_protocol": srt_push,
@@ -137,6 +160,7 @@ EXERCISERS: dict[str, Exerciser] = {
     "cloud_record": record_segment,
     "pic_upload_https": snapshot_upload,
     "auto_reboot": daily_reboot,
+    "switch": channel_switch,
 }
 
 

@@ -44,7 +44,7 @@ def test_profile_loads_and_reports_getcap(name: str) -> None:
 
 NOT_BUILT = (
     "ptz", "battery", "audio_out", "voice_out", "log_upload_https", "firmware_download_https",
-    "switch", "led", "trace",
+    "led", "trace",
 )  # fmt: skip
 
 
