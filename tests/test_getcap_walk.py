@@ -134,14 +134,17 @@ async def channel_switch(w: Walk) -> None:
     """switch: SetConfig on=false stops a channel (Keepalive 4, Snapshot 103 at once),
     on=true brings it back (Keepalive 1, Snapshot works again)."""
 
-    def state(ch: int) -> int | None:
-        ka = w.platform.last_keepalive(DEVICE)
-        return None if ka is None else int(ka["channels"][ch]["state"])
+    def state_is(ch: int, want: int) -> Callable[[], bool]:
+        def check() -> bool:
+            ka = w.platform.last_keepalive(DEVICE)
+            return ka is not None and int(ka["channels"][ch]["state"]) == want
+
+        return check
 
     for ch in w.profile.channels:
         key = str(ch.id)
         await w.call("SetConfig", {"channels": {key: {"on": False}}})
-        await until(lambda c=ch.id: state(c) == 4, 5, f"channel {ch.id} reported off")
+        await until(state_is(ch.id, 4), 5, f"channel {ch.id} reported off")
         t0 = time.monotonic()
         reply = await w.platform.call(
             DEVICE, "Snapshot", {"channel": ch.id, "url": w.platform.upload_url("off.jpg")}
@@ -149,7 +152,7 @@ async def channel_switch(w: Walk) -> None:
         assert reply.err is not None and reply.err.code == 103, reply
         assert time.monotonic() - t0 < 2
         await w.call("SetConfig", {"channels": {key: {"on": True}}})
-        await until(lambda c=ch.id: state(c) == 1, 10, f"channel {ch.id} back on")
+        await until(state_is(ch.id, 1), 10, f"channel {ch.id} back on")
         await w.call("Snapshot", {"channel": ch.id, "url": w.platform.upload_url("on.jpg")})
 
 
