@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import logging
 import random
@@ -319,8 +320,9 @@ class Uploader:
         if self.spool is None:
             return
         write = item.write
-        if write is not None:
-            await asyncio.shield(write)  # the write may have taken the old metadata
+        if write is not None:  # it may have taken the old metadata
+            with contextlib.suppress(Exception):  # a failure is _written's business
+                await asyncio.shield(write)
         if item.entry is None or item.entry.meta == item.meta:
             return
         try:
