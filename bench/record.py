@@ -7,24 +7,39 @@ reference platform while it also pushes live over SRT, and this prints:
 - time from a segment's close to its ``save`` succeeding (p50/p99, the daemon's figures);
 - the backlog drain rate after an outage of ``--outage`` seconds (default 300: the
   platform refuses every Vr connection, the daemon spools to disk, then it comes back);
-- the daemon's RSS while recording + live.
+- the daemon's RSS while recording + live;
+- the event-loop lag (p50/p99/max) while ``--spill-mb`` (default 100) of segments held in
+  memory go to the disk spool at the start of an outage: an Uploader in this process, the
+  reference platform on a thread of its own (so that its work is not counted as lag).
 
-Run: .venv/bin/python bench/record.py [--seconds 60] [--outage 300]
+Run: .venv/bin/python bench/record.py [--seconds 60] [--outage 300] [--spill-mb 100]
+     .venv/bin/python bench/record.py --spill-only
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
+import os
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
+
+from hss_pu.media.segmenter import Segment
 from hss_pu.reference_platform.server import PlatformOptions, ReferencePlatform
+from hss_pu.services.snapshot import upload_context
+from hss_pu.services.spool import Spool
+from hss_pu.services.uploader import Uploader
 
 W, H, FPS, BITRATE, SEG = 1280, 720, 30, 2_000_000, 4
 DEVICE, PASSWORD = "PU-BENCH", "bench-password-1"
@@ -164,12 +179,109 @@ async def main_async(seconds: float, outage: float) -> None:
             await platform.close()
 
 
+class PlatformThread:
+    """The reference platform on its own thread and event loop."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.platform = ReferencePlatform(
+            PlatformOptions(state_dir=state_dir, vr_decode_check=False, vr_keep_segments=1)
+        )
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.platform.start(), self.loop).result(30)
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kw: Any) -> None:
+        self.loop.call_soon_threadsafe(lambda: fn(*args, **kw))
+
+    def close(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.platform.close(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def percentile(values: list[float], q: float) -> float:
+    v = sorted(values)
+    return v[min(len(v) - 1, int(len(v) * q))]
+
+
+async def spill_lag(spill_mb: int) -> None:
+    """Fill memory with ``spill_mb`` 1 MiB segments while the platform holds the first
+    create; its 503 starts an outage, and everything in memory goes to disk."""
+    mib = 1024 * 1024
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        pt = PlatformThread(tmp / "platform")
+        hold = 3.0 + spill_mb / 50  # time to fill memory
+        pt.call(pt.platform.vr.fail, "create", 1, mode="timeout", hold=hold)
+        http = httpx.AsyncClient(
+            verify=upload_context(str(pt.platform.ca_file)),
+            headers={"Mac-Identity": "02:00:00:00:0b:03"},
+            timeout=httpx.Timeout(30.0, connect=10.0),
+            trust_env=False,
+        )
+        up = Uploader(
+            http, Spool(tmp / "spool", 4 * spill_mb * mib), memory_bytes=4 * spill_mb * mib
+        )
+        await up.resume()
+        cbk = pt.platform.vr_cbk_url(0)
+        for i in range(spill_mb + 1):  # +1: the one held at create stays in memory
+            data = os.urandom(mib)
+            up.submit(Segment(0, 1.7e9 + i, 1.0, data, i == 0, 0, 0), "s", cbk, True, 100_000)
+            await asyncio.sleep(0)
+        pt.call(setattr, pt.platform.vr, "down", True)  # the retries fail too
+        gc_pauses: list[tuple[float, float]] = []  # (end, ms) of gen-2 collections
+        gc_start = [0.0]
+
+        def on_gc(phase: str, info: dict[str, int]) -> None:
+            if phase == "start":
+                gc_start[0] = time.perf_counter()
+            elif info["generation"] == 2:
+                now = time.perf_counter()
+                gc_pauses.append((now, (now - gc_start[0]) * 1000))
+
+        gc.callbacks.append(on_gc)
+        lags: list[float] = []
+        t_start = t_end = 0.0
+        step = 0.005
+        while True:
+            t = time.perf_counter()
+            await asyncio.sleep(step)
+            lag = time.perf_counter() - t - step
+            if not up.stats.reachable:
+                if not t_start:
+                    t_start = t
+                lags.append(lag)
+                if up.queued_bytes()[1] >= spill_mb * mib:
+                    t_end = time.perf_counter()
+                    break
+            elif time.perf_counter() > t + hold + 30:
+                raise RuntimeError("the outage never started")
+        gc.callbacks.remove(on_gc)
+        ms = [x * 1000 for x in lags]
+        pauses = [p for t, p in gc_pauses if t_start <= t <= t_end]
+        print(
+            f"spill of {spill_mb} MiB at the start of an outage: {t_end - t_start:.2f} s to "
+            f"disk; event-loop lag over {len(ms)} samples (5 ms sleeps): p50 "
+            f"{statistics.median(ms):.1f} ms, p99 {percentile(ms, 0.99):.1f} ms, "
+            f"max {max(ms):.1f} ms; gen-2 GC pauses meanwhile: {len(pauses)}"
+            + (f" (longest {max(pauses):.1f} ms)" if pauses else "")
+        )
+        await up.close()
+        pt.close()
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--outage", type=float, default=300.0)
+    ap.add_argument("--spill-mb", type=int, default=100)
+    ap.add_argument("--spill-only", action="store_true")
     args = ap.parse_args()
-    asyncio.run(main_async(args.seconds, args.outage))
+    if args.spill_mb > 0:
+        asyncio.run(spill_lag(args.spill_mb))
+    if not args.spill_only:
+        asyncio.run(main_async(args.seconds, args.outage))
 
 
 if __name__ == "__main__":

@@ -98,6 +98,9 @@ class StorageSection(_Section, frozen=True, kw_only=True):
     dir: Annotated[str, msgspec.Meta(min_length=1)] = "/var/lib/hss-pu"
     # The recording spool's bound in MiB; absent: the profile's recording.max_mb.
     spool_max_mb: Annotated[int, msgspec.Meta(ge=1, le=1_000_000)] | None = None
+    # Closed recording segments held in memory, in MiB; absent: the profile's
+    # recording.memory_queue_mb. Beyond half of it they go to the spool.
+    memory_queue_mb: Annotated[int, msgspec.Meta(ge=4, le=4096)] | None = None
 
 
 class LogSection(_Section, frozen=True, kw_only=True):

@@ -38,9 +38,10 @@ from hss_pu.services.interfaces import Services
 from hss_pu.services.link import PlatformLink
 from hss_pu.services.live import LiveService
 from hss_pu.services.localctl import LocalControl
-from hss_pu.services.record import RecordService, Uploader
+from hss_pu.services.record import RecordService
 from hss_pu.services.snapshot import SnapshotService, upload_context
 from hss_pu.services.spool import Spool
+from hss_pu.services.uploader import Uploader
 from hss_pu.tasks import TaskSet
 from hss_pu.wire.vd import BindParams, KeepaliveParams
 
@@ -186,8 +187,8 @@ class Daemon:
         self.autoreboot = AutoReboot(devconfig, self.clock.now, self._reboot_device, storage)
         self._spawn(self.autoreboot.run(), "auto-reboot", forever=True)
         if self.record is not None:
-            self.record.uploader.resume()  # segments a previous run left in the spool
-            self._spawn(self.record.resume(), "record-resume")  # and its sessions
+            # Segments a previous run left in the spool, then its sessions.
+            self._spawn(self.record.start(), "record-resume")
         self.notifier.ready(f"running as {self.config.device.id}")
         log.info("ready")
         await self._stop.wait()
@@ -265,6 +266,7 @@ class Daemon:
         uploader = Uploader(
             http,
             spool,
+            memory_bytes=(c.doc.storage.memory_queue_mb or rec.memory_queue_mb) * 1024 * 1024,
             backoff_scale=c.platform.backoff_scale,
             rng=self.rng,
             on_platform_time=self._platform_time,

@@ -148,6 +148,8 @@ class RecordingSpec(_Spec, frozen=True, kw_only=True):
     path: str = ""
     max_mb: Annotated[int, msgspec.Meta(ge=0)] = 1024
     max_prerecord_seconds: Annotated[int, msgspec.Meta(ge=0, le=60)] = 10
+    # Closed segments held in memory (MiB), whatever the platform asks (storage.memory_queue_mb).
+    memory_queue_mb: Annotated[int, msgspec.Meta(ge=4, le=4096)] = 64
 
 
 class ProfileDoc(_Spec, frozen=True, kw_only=True):

@@ -168,11 +168,14 @@ async def test_create_put_save_and_decode_check(pu: Pu, segment_ts: bytes) -> No
     assert check.ts_errors == 0
     assert p.vr.pending_names() == []
 
-    # A retried save (its first reply lost) is answered 200 again and recorded once.
+    # A PU that never heard its save answered (kill -9) uploads again under the same name
+    # and saves again: both 200, the segment recorded once. Another size is refused.
+    r = await pu.put(reply.url, segment_ts)
+    assert r.status_code == 200 and p.vr.reputs == 1
     assert (await pu.save(3, reply.name)).status_code == 200
     assert len(p.vr_segments[3]) == 1
-    r = await pu.put(reply.url, segment_ts)
-    assert r.status_code == 409 and "already saved" in parse_error_info(r.content)
+    r = await pu.put(reply.url, segment_ts[:-188])
+    assert r.status_code == 400 and "is saved with" in parse_error_info(r.content)
 
     # The next segment follows on: gap 0; a discontinuity has no gap.
     await pu.upload(3, segment_ts, START + 2.0)
@@ -183,12 +186,12 @@ async def test_create_put_save_and_decode_check(pu: Pu, segment_ts: bytes) -> No
     assert [s.saved_at for s in segs] == sorted(s.saved_at for s in segs)
 
     n = len(segment_ts)
-    assert p.vr_requests == {"create": 4, "put": 5, "save": 5}
+    assert p.vr_requests == {"create": 4, "put": 6, "save": 5}
     forms = sum(len(b) for b in (encode_save(s.name) for s in segs)) + len(encode_save(seg.name))
     creates = sum(len(encode_create(n, s.start, 2.0, s.discontinue, True)) for s in segs)
-    assert p.vr_body_bytes == 5 * n + forms + creates
-    assert 5 * n < p.vr_body_bytes < 5 * n + 1000
-    assert 14 * 100 < p.vr_header_bytes < 14 * 400
+    assert p.vr_body_bytes == 6 * n - 188 + forms + creates
+    assert 6 * n - 188 < p.vr_body_bytes < 6 * n + 1000
+    assert 15 * 100 < p.vr_header_bytes < 15 * 400
 
 
 async def test_wait_segments_waits_and_times_out(pu: Pu, segment_ts: bytes) -> None:
@@ -459,6 +462,17 @@ async def test_fault_timeout_holds_then_503(pu: Pu) -> None:
     assert time.monotonic() - t0 >= 0.3
     assert (r.status_code, r.headers["retry-after"]) == (503, "1")
     assert (await pu.post(0, encode_getcurrenttime())).status_code == 200
+
+
+async def test_fault_late_takes_effect_then_answers(pu: Pu, segment_ts: bytes) -> None:
+    name, url = await pu.create(0, len(segment_ts))
+    assert (await pu.put(url, segment_ts)).status_code == 200
+    pu.platform.vr.fail("save", 1, mode="late", hold=0.5)
+    save = asyncio.create_task(pu.save(0, name))
+    segs = await pu.platform.vr.wait_segments(0, 1, timeout=5)  # saved before the reply
+    assert [s.name for s in segs] == [name] and not save.done()
+    r = await save
+    assert (r.status_code, r.json()) == (200, {})
 
 
 async def test_held_request_does_not_delay_close(make_platform: MakePlatform) -> None:

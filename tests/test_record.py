@@ -6,6 +6,7 @@ import asyncio
 import errno
 import itertools
 import json
+import logging
 import random
 import subprocess
 import sys
@@ -181,7 +182,8 @@ async def wait_keepalive(rig: Rig, pred: Any, timeout: float = 5.0) -> bool:
     raise AssertionError(f"keepalive never matched: {rig.platform.last_keepalive(DEVICE)}")
 
 
-async def test_start_record_rules(rig: Rig) -> None:
+async def test_start_record_rules(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="hss_pu.record")
     assert (await rig.start_record("a", seg_duration=2)).err is None
     assert (await rig.start_record("a", seg_duration=2)).err is None  # idempotent
     await asyncio.sleep(3)
@@ -195,6 +197,14 @@ async def test_start_record_rules(rig: Rig) -> None:
     assert bad.err is not None and bad.err.code == Code.PARAM and "http" in bad.err.msg
     assert (await rig.call("StopRecord", {"session_id": "zzz", "channel": 0})).err is None
     await wait_keepalive(rig, lambda ch: ch.get("record_session") == "b")
+    rec = rig.daemon.record
+    assert rec is not None
+    # 8 MiB segments fit the emulated profile's 64 MiB memory queue (a segment may take a
+    # quarter of it); 1 TiB ones are capped, and the log says so.
+    assert rec.sessions[0].sink.seg.max_size == 8 << 20
+    assert (await rig.start_record("d", seg_duration=2, seg_max_size=1 << 40)).err is None
+    assert rec.sessions[0].sink.seg.max_size == rec.uploader.max_segment_bytes == 16 << 20
+    assert "seg_max_size 1099511627776 capped to 16777216" in caplog.text
     # "a" (3 s): one whole segment, and its partial one flushed when "b" replaced it.
     segs = await rig.platform.vr.wait_segments(0, 2, timeout=10)
     assert abs(segs[0].duration - 2) <= FRAME and 0.5 <= segs[1].duration < 2 - FRAME
@@ -259,7 +269,7 @@ async def test_full_spool_evicts_oldest_and_reports(
         platform.vr_down = False
         await until(lambda: platform.vr_stats, 30)
         assert sum(s.dropped_nb for s in platform.vr_stats) >= evicted
-        segs = platform.vr_segments[0]
+        segs = await platform.vr.wait_segments(0, 2, timeout=30)
         assert segs[1].discontinue  # the first kept after the evicted ones
         assert segs[1].start - segs[0].end >= 2 * evicted - 1
     finally:
@@ -304,9 +314,12 @@ async def spawn(config: Path) -> asyncio.subprocess.Process:
     )  # fmt: skip
 
 
-async def test_sigkill_mid_upload_then_restart_delivers_the_spool(
+async def test_sigkill_during_a_save_reply_then_restart_saves_each_segment_once(
     platform: ReferencePlatform, tmp_path: Path
 ) -> None:
+    """kill -9 while the platform holds the reply of a save it carried out: the restarted
+    daemon uploads that segment again under the name create gave (persisted with it),
+    so the platform keeps it once; the rest of the spool follows, in order."""
     cfg = tmp_path / "config.toml"
     text = CONFIG.format(
         device=DEVICE, password=PASSWORD, mac=MAC, url=platform.schedule_url,
@@ -320,7 +333,7 @@ async def test_sigkill_mid_upload_then_restart_delivers_the_spool(
         await platform.wait_online(DEVICE, timeout=30)
         reply = await platform.call(
             DEVICE, "StartRecord",
-            {"session_id": "k", "channel": 0, "max_bitrate": 0, "seg_duration": 2,
+            {"session_id": "k", "channel": 0, "max_bitrate": 0, "seg_duration": 1,
              "seg_max_size": 8 << 20, "seg_max_count": 1, "start_ts": platform.now(),
              "cbk_url": platform.vr_cbk_url(0)},
             timeout=20,
@@ -328,26 +341,28 @@ async def test_sigkill_mid_upload_then_restart_delivers_the_spool(
         assert reply.err is None, reply
         await platform.vr.wait_segments(0, 1, timeout=15)
         platform.vr_down = True
-        await asyncio.sleep(9)
-        # Back, but every PUT now hangs: the daemon is killed in the middle of one.
-        platform.vr.fail("put", 100, mode="timeout", hold=60)
+        await until(lambda: len(list(spool.glob("*.json"))) >= 4, 15)
+        saved_before = len(platform.vr_segments[0])
+        # Back, but the next save is answered only after a minute: kill -9 before that.
+        platform.vr.fail("save", 1, mode="late", hold=60)
         platform.vr_down = False
-        puts = platform.vr_requests["put"]
-        await until(lambda: platform.vr_requests["put"] > puts, 20)
-        assert platform.vr_requests["put"] > puts, "no upload started"
+        await platform.vr.wait_segments(0, saved_before + 1, timeout=20)
         proc.kill()
         await proc.wait()
-        spooled = sorted(round(json.loads(p.read_text())["start"], 3) for p in spool.glob("*.json"))
+        held = platform.vr_segments[0][saved_before]
+        metas = [json.loads(p.read_text()) for p in sorted(spool.glob("*.json"))]
+        assert metas[0]["name"] == held.name, metas[0]  # persisted before the PUT
+        spooled = [round(m["start"], 3) for m in metas]
         assert len(spooled) >= 3, spooled
         platform.vr.clear_faults()
-        saved_before = len(platform.vr_segments[0])
         proc = await spawn(cfg)
-        await until(lambda: not list(spool.glob("*.json")), 30)
-        assert not list(spool.glob("*.json")), "the spool was not drained"
-        await asyncio.sleep(1)
-        after = [round(s.start, 3) for s in platform.vr_segments[0][saved_before:]]
-        assert after == spooled  # every spooled segment, in order, once
+        assert await until(lambda: not list(spool.glob("*.json")), 30), "spool not drained"
+        await asyncio.sleep(0.5)
         segs = platform.vr_segments[0]
+        starts = [round(s.start, 3) for s in segs]
+        assert len(starts) == len(set(starts)), starts  # no segment saved twice
+        assert starts[saved_before : saved_before + len(spooled)] == spooled  # in order
+        assert platform.vr.reputs == 1 and platform.vr_requests["save"] >= len(spooled) + 1
         assert all(s.check is not None and s.check.ok for s in segs)
         assert_tiles(segs[: saved_before + len(spooled)])
         # The session itself was resumed: Keepalive shows it, and new segments follow.
@@ -378,19 +393,21 @@ async def test_full_disk_is_reported_and_memory_keeps_what_it_can(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(spool_mod, "atomic_write", disk_full)  # an SD card that filled up
-    assert (await rig.start_record(seg_duration=2, seg_max_count=2)).err is None
+    assert (await rig.start_record(seg_duration=1, seg_max_count=2)).err is None
     await rig.platform.vr.wait_segments(0, 1, timeout=10)
     rig.platform.vr_down = True
-    await asyncio.sleep(11)
+    await asyncio.sleep(5)
     rec = rig.daemon.record
     assert rec is not None and not rig.task.done()
     st = rec.status()
-    assert "no space left" in str(st["last_error"]), st
+    assert "no space left" in str(st["last_error"]) and "no space left" in str(st["spool_error"])
     assert st["queued_disk"] == 0 and isinstance(st["queued_memory"], int)
-    assert st["queued_memory"] <= 2 + 1  # the bound (+ the one being uploaded)
-    dropped = st["segments_dropped"]
-    assert isinstance(dropped, int) and dropped >= 2
+    assert st["queued_memory"] >= 3  # within memory_queue_mb: kept, not dropped
+    assert st["segments_dropped"] == 0
+    mem = st["queued_memory_bytes"]
+    assert isinstance(mem, int) and 0 < mem <= int(str(st["memory_queue_bytes"]))
     rig.platform.vr_down = False
-    assert await until(lambda: rig.platform.vr_stats, 20)
-    assert sum(s.dropped_nb for s in rig.platform.vr_stats) >= dropped
+    assert await until(lambda: rec.status()["queued_memory"] == 0, 20)
+    assert rec.status()["last_error"] == ""
+    assert_tiles(list(rig.platform.vr_segments[0]))  # nothing lost
     assert (await rig.call("StopRecord", {"session_id": "rec-1", "channel": 0})).err is None

@@ -30,7 +30,7 @@ import re
 import secrets
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -47,6 +47,7 @@ from hss_pu.wire.vr import (
     SaveRequest,
     StatRequest,
     VrFormatError,
+    VrRequest,
     encode_create_reply,
     encode_currenttime,
     encode_error_info,
@@ -84,7 +85,7 @@ MAX_PENDING = 1_000
 # A PU retries an upload on the 9.3.1.3 schedule (at most 60 s apart); an hour is ample.
 PENDING_TTL = 3600.0
 
-FaultMode = Literal["status", "timeout", "abort"]
+FaultMode = Literal["status", "timeout", "abort", "late"]
 
 _MAC = re.compile(MAC_PATTERN)
 _CHANNEL = re.compile(r"[0-9]{1,9}")
@@ -191,14 +192,16 @@ class VrFailed:
 
 @dataclass
 class VrFault:
-    """The next ``remaining`` requests of ``op`` answer ``status`` (or hang, or abort)."""
+    """The next ``remaining`` requests of ``op`` answer ``status`` (or hang, or abort).
+    Mode "late": the request takes effect, its reply is held ``hold`` s (a PU killed
+    meanwhile never learns that its save went through)."""
 
     op: str
     remaining: int
     status: int = 503
     retry_after: int | str | None = None
     mode: FaultMode = "status"
-    hold: float = 30.0  # mode "timeout": seconds before the 503
+    hold: float = 30.0  # modes "timeout" (seconds before the 503) and "late"
 
 
 @dataclass
@@ -318,6 +321,7 @@ class VrServer:
         self.header_bytes = 0  # request line and headers, as h11 hands them over (±CRLFs)
         self.down = False  # True: every Vr request is aborted without a response
         self.drop_next = 0  # the next N creates answer an empty name/url: "drop it"
+        self.reputs = 0  # PUTs of a segment already saved (accepted, not stored again)
         self._faults: dict[str, collections.deque[VrFault]] = {}
         self._pending: dict[str, _Pending] = {}  # insertion order = creation order
         self._saved: dict[str, VrSegment] = {}  # recent saves, for idempotent save retries
@@ -340,8 +344,8 @@ class VrServer:
         """Queue a fault for the next ``count`` requests of ``op`` (after earlier ones)."""
         if op not in OPS:
             raise ValueError(f"op must be one of {', '.join(OPS)}, not {op!r}")
-        if mode not in ("status", "timeout", "abort"):
-            raise ValueError(f"mode must be status, timeout or abort, not {mode!r}")
+        if mode not in ("status", "timeout", "abort", "late"):
+            raise ValueError(f"mode must be status, timeout, abort or late, not {mode!r}")
         if count < 0 or not 100 <= status <= 599 or hold < 0:
             raise ValueError("count and hold must be >= 0, status a HTTP status")
         if count:
@@ -398,7 +402,7 @@ class VrServer:
                 r = _info(405, "PUT only")
                 r.headers["allow"] = "PUT"
                 return r
-            return await self._faulted("put") or await self._put(req)
+            return await self._with_faults("put", lambda: self._put(req))
         text = req.path.removeprefix(CSEG_PREFIX)
         if not _CHANNEL.fullmatch(text):
             self.requests["invalid"] += 1
@@ -416,9 +420,9 @@ class VrServer:
             log.warning("Vr: bad form from %s: %s", req.peer, exc)
             return _info(400, str(exc))
         self.requests[op.op] += 1
-        faulted = await self._faulted(op.op)
-        if faulted is not None:
-            return faulted
+        return await self._with_faults(op.op, lambda: self._form_op(req, channel, op))
+
+    async def _form_op(self, req: Request, channel: int, op: VrRequest) -> Response:
         ctype = req.headers.get("content-type", "").partition(";")[0].strip().lower()
         if ctype != CONTENT_TYPE_FORM:
             return _info(415, f"Content-Type must be {CONTENT_TYPE_FORM}, not {ctype!r}")
@@ -436,10 +440,10 @@ class VrServer:
         assert isinstance(op, StatRequest)
         return self._stat(channel, mac, op)
 
-    async def _faulted(self, op: str) -> Response | None:
+    async def _with_faults(self, op: str, handler: Callable[[], Awaitable[Response]]) -> Response:
         q = self._faults.get(op)
         if not q:
-            return None
+            return await handler()
         fault = q[0]
         fault.remaining -= 1
         if fault.remaining <= 0:
@@ -447,15 +451,22 @@ class VrServer:
         log.info("Vr: injected fault on %s (%s %d)", op, fault.mode, fault.status)
         if fault.mode == "abort":
             raise AbortConnection(f"injected abort on {op}")
+        if fault.mode == "late":
+            reply = await handler()
+            await self._hold(fault.hold)
+            return reply
         if fault.mode == "timeout":
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._closing.wait(), fault.hold)
-            if self._closing.is_set():
-                raise AbortConnection("platform closing")
+            await self._hold(fault.hold)
         r = _info(fault.status, f"injected fault on {op}")
         if fault.retry_after is not None:
             r.headers["retry-after"] = str(fault.retry_after)
         return r
+
+    async def _hold(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing.wait(), seconds)
+        if self._closing.is_set():
+            raise AbortConnection("platform closing")
 
     # --- ops -------------------------------------------------------------------------
 
@@ -510,8 +521,17 @@ class VrServer:
         name = req.path.removeprefix(SEG_PREFIX)
         p = self._pending.get(name)
         if p is None:
-            if name in self._saved:
-                return _info(409, f"segment {name} is already saved")
+            saved = self._saved.get(name)
+            if saved is not None:
+                # A PU that never heard its save answered uploads again: like an object
+                # store, take it (it is the same segment; the saved copy stays as it is).
+                if len(req.body) != saved.size:
+                    return _info(
+                        400,
+                        f"segment {name} is saved with {saved.size} bytes, not {len(req.body)}",
+                    )
+                self.reputs += 1
+                return Response(200, b"")
             return _info(404, f"no segment {name} (never created, failed or expired)")
         if p.saving is not None:
             return _info(409, f"segment {name} is being saved")

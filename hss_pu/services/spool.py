@@ -2,10 +2,20 @@
 
 Each segment is two files under the spool directory, both written atomically (temp file,
 fsync, rename, fsync of the directory): ``<seq>.ts`` first, then ``<seq>.json`` (its
-metadata). A ``.json`` names a complete segment; a ``.ts`` without one is a write that a
-power cut interrupted and is removed at start-up, as is any stray temp file. Sequence
-numbers order segments across channels and restarts. The spool is bounded in bytes:
-making room evicts the oldest segments, and the caller accounts for them (``op=stat``).
+metadata, with the name the platform gave it once ``create`` answered). A ``.json`` names
+a complete segment; a ``.ts`` without one is a write that a power cut interrupted and is
+removed at start-up, as is any stray temp file. Sequence numbers order segments across
+channels and restarts.
+
+The spool is bounded twice: by its configured size, and by the space the filesystem
+really has left (``statvfs``), keeping a reserve for the rest of the device. Making room
+evicts the oldest segments that are not pinned (a segment being uploaded is pinned: it may
+be saved yet); the caller accounts for every segment evicted, and only for those whose
+metadata was really removed.
+
+Every method blocks on disk I/O and must run on one worker thread (the uploader's), except
+:meth:`pin` / :meth:`unpin`, which the event loop calls: they only take a lock that is never
+held across I/O.
 """
 
 from __future__ import annotations
@@ -14,7 +24,9 @@ import contextlib
 import errno
 import logging
 import os
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgspec
@@ -22,13 +34,22 @@ import msgspec
 from hss_pu.errors import HssError
 from hss_pu.fsutil import atomic_write
 
-__all__ = ["SegmentMeta", "Spool", "SpoolEntry", "SpoolError"]
+__all__ = ["SegmentMeta", "Spool", "SpoolEntry", "SpoolError", "default_reserve"]
 
 log = logging.getLogger("hss_pu.record.spool")
 
+MiB = 1024 * 1024
+# Beyond the segment's bytes a write needs its metadata file and rounding to blocks.
+WRITE_SLACK = 64 * 1024
+
 
 class SegmentMeta(msgspec.Struct, frozen=True, kw_only=True):
-    """What an upload needs besides the bytes; survives restarts with them."""
+    """What an upload needs besides the bytes; survives restarts with them.
+
+    ``name`` / ``url``: what ``op=create`` gave, once it did, so that an upload cut short
+    (kill -9 during the save reply) resumes with the same name instead of creating the
+    segment a second time.
+    """
 
     seq: int
     channel: int
@@ -39,10 +60,19 @@ class SegmentMeta(msgspec.Struct, frozen=True, kw_only=True):
     duration: float
     size: int
     discontinue: bool
+    name: str = ""
+    url: str = ""
 
 
 class SpoolError(HssError):
-    """The spool cannot take a segment (disk full, read-only filesystem, I/O error)."""
+    """The spool cannot take a segment (disk full, read-only filesystem, I/O error).
+
+    ``evicted``: what was evicted before the write failed (really removed; account for it).
+    """
+
+    def __init__(self, message: str, evicted: list[SpoolEntry] | None = None) -> None:
+        super().__init__(message)
+        self.evicted: list[SpoolEntry] = evicted if evicted is not None else []
 
 
 @dataclass(frozen=True)
@@ -65,14 +95,46 @@ def _why(exc: OSError) -> str:
     return exc.strerror or str(exc)
 
 
+def statvfs_space(path: Path) -> tuple[int, int]:
+    """(bytes free for us, filesystem size) of the filesystem holding ``path``."""
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize, st.f_blocks * st.f_frsize
+
+
+def default_reserve(total: int) -> int:
+    """Space the spool leaves to the rest of the device: 2 % of it, 1 to 64 MiB."""
+    return min(64 * MiB, max(1 * MiB, total // 50))
+
+
+@dataclass
+class _Pins:
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    pinned: set[int] = field(default_factory=set)
+    evicting: set[int] = field(default_factory=set)
+
+
 class Spool:
-    def __init__(self, directory: Path, max_bytes: int) -> None:
+    """``free_space(dir) -> (free, total)`` is the space probe (statvfs; injectable for
+    tests); ``reserve_bytes``: what to leave free (None: :func:`default_reserve`)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        max_bytes: int,
+        *,
+        reserve_bytes: int | None = None,
+        free_space: Callable[[Path], tuple[int, int]] = statvfs_space,
+    ) -> None:
         self.dir = directory
         self.max_bytes = max_bytes
+        self.reserve_bytes = reserve_bytes
+        self._free_space = free_space
         self.used = 0
         self._entries: dict[int, SpoolEntry] = {}
+        self._pins = _Pins()
         self.errors = 0
         self.last_error: str | None = None
+        self._failing = False  # in a failure episode: logged once, until a write succeeds
 
     def load(self) -> list[SpoolEntry]:
         """Open the spool (creating it); returns what a previous run left, oldest first."""
@@ -106,6 +168,11 @@ class Spool:
                 continue
             self._entries[meta.seq] = SpoolEntry(meta, path)
             self.used += size
+        if self.reserve_bytes is None:
+            try:
+                self.reserve_bytes = default_reserve(self._free_space(self.dir)[1])
+            except OSError:
+                self.reserve_bytes = default_reserve(0)
         return self.entries()
 
     def entries(self) -> list[SpoolEntry]:
@@ -118,49 +185,153 @@ class Spool:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def put(self, meta: SegmentMeta, data: bytes) -> tuple[SpoolEntry, list[SpoolEntry]]:
-        """Store a segment; returns it and the entries evicted to make room (oldest first).
-        Raises SpoolError when it cannot be stored (then nothing was evicted for it in
-        vain: eviction happens only when the segment fits the bound at all)."""
-        if len(data) > self.max_bytes:
-            raise SpoolError(f"a {len(data)}-byte segment is larger than the whole spool")
-        evicted: list[SpoolEntry] = []
-        while self.used + len(data) > self.max_bytes and self._entries:
-            oldest = self._entries[min(self._entries)]
-            self.remove(oldest)
-            evicted.append(oldest)
-        path = self.dir / f"{meta.seq:016d}.ts"
-        try:
-            atomic_write(path, data)
-            atomic_write(path.with_suffix(".json"), msgspec.json.encode(meta))
-        except OSError as exc:
-            self._unlink(path)
-            raise self._error("cannot spool a segment", exc) from None
-        entry = SpoolEntry(meta, path)
-        self._entries[meta.seq] = entry
-        self.used += len(data)
-        return entry, evicted
-
-    def remove(self, entry: SpoolEntry) -> None:
-        if self._entries.pop(entry.meta.seq, None) is not None:
-            self.used -= entry.meta.size
-        self._unlink(entry.path)
-
     def __contains__(self, entry: SpoolEntry) -> bool:
         return self._entries.get(entry.meta.seq) is entry
 
-    def _unlink(self, path: Path) -> None:
-        # Metadata first: a .ts without .json is cleaned up at start, never re-sent.
+    # -- pins (event loop) ---------------------------------------------------------------
+
+    def pin(self, seq: int, *, on_disk: bool) -> bool:
+        """Keep segment ``seq`` from eviction (it is being uploaded). False when it is being
+        evicted, or (``on_disk``) already gone: the caller's eviction report follows."""
+        with self._pins.lock:
+            if seq in self._pins.evicting or (on_disk and seq not in self._entries):
+                return False
+            self._pins.pinned.add(seq)
+            return True
+
+    def unpin(self, seq: int) -> None:
+        with self._pins.lock:
+            self._pins.pinned.discard(seq)
+
+    # -- writes (worker thread) ----------------------------------------------------------
+
+    def put(self, meta: SegmentMeta, data: bytes) -> tuple[SpoolEntry, list[SpoolEntry]]:
+        """Store a segment; returns it and the entries evicted to make room (oldest first).
+        Raises SpoolError when it cannot be stored; its ``evicted`` lists what was evicted
+        on the way (removed for good: the caller must account for them)."""
+        evicted: list[SpoolEntry] = []
+        try:
+            if len(data) > self.max_bytes:
+                raise SpoolError(f"a {len(data)}-byte segment is larger than the whole spool")
+            self._make_room(len(data), evicted)
+            path = self.dir / f"{meta.seq:016d}.ts"
+            try:
+                atomic_write(path, data)
+                atomic_write(path.with_suffix(".json"), msgspec.json.encode(meta))
+            except OSError as exc:
+                self._unlink(path)
+                raise self._error("cannot spool a segment", exc) from None
+        except SpoolError as exc:
+            exc.evicted = evicted
+            raise
+        entry = SpoolEntry(meta, path)
+        self._entries[meta.seq] = entry
+        self.used += len(data)
+        self._recovered()
+        return entry, evicted
+
+    def update_meta(self, meta: SegmentMeta) -> bool:
+        """Rewrite a stored segment's metadata (atomically); False if it is not stored."""
+        old = self._entries.get(meta.seq)
+        if old is None:
+            return False
+        try:
+            atomic_write(old.meta_path, msgspec.json.encode(meta))
+        except OSError as exc:
+            raise self._error("cannot update a segment's metadata", exc) from None
+        self._entries[meta.seq] = SpoolEntry(meta, old.path)
+        return True
+
+    def remove(self, entry: SpoolEntry) -> bool:
+        """Delete a segment (uploaded, or given up) and release its pin. True when its
+        metadata is gone (the segment no longer exists for a restart)."""
+        try:
+            if entry.meta.seq not in self._entries:
+                return True
+            why = self._unlink(entry.path)
+            if why is not None:
+                self._fail(f"cannot remove {entry.path.stem} in {self.dir}: {why}")
+                return False
+            with self._pins.lock:
+                if self._entries.pop(entry.meta.seq, None) is not None:
+                    self.used -= entry.meta.size
+            return True
+        finally:
+            self.unpin(entry.meta.seq)
+
+    def _make_room(self, size: int, evicted: list[SpoolEntry]) -> None:
+        while True:
+            over = self.used + size > self.max_bytes
+            short = self._short_of_space(size)
+            if not over and short <= 0:
+                return
+            victim = self._claim_oldest()
+            if victim is None:
+                if over:
+                    raise self._fail(
+                        f"spool full ({self.used} of {self.max_bytes} bytes; the rest is "
+                        "being uploaded)"
+                    )
+                raise self._fail(
+                    f"no space left on the device for the spool in {self.dir} (keeping "
+                    f"{self.reserve_bytes or 0} bytes free)"
+                )
+            why = self._unlink(victim.path)
+            with self._pins.lock:
+                self._pins.evicting.discard(victim.meta.seq)
+                if why is None:
+                    del self._entries[victim.meta.seq]
+                    self.used -= victim.meta.size
+            if why is not None:
+                raise self._fail(
+                    f"cannot evict {victim.path.stem} in {self.dir} to make room: {why}"
+                )
+            evicted.append(victim)
+
+    def _short_of_space(self, size: int) -> int:
+        """Bytes missing on the filesystem for ``size`` more, keeping the reserve."""
+        try:
+            free, _total = self._free_space(self.dir)
+        except OSError:
+            return 0  # no probe: the configured bound alone
+        return size + WRITE_SLACK + (self.reserve_bytes or 0) - free
+
+    def _claim_oldest(self) -> SpoolEntry | None:
+        with self._pins.lock:
+            for seq in sorted(self._entries):
+                if seq not in self._pins.pinned:
+                    self._pins.evicting.add(seq)
+                    return self._entries[seq]
+        return None
+
+    def _unlink(self, path: Path) -> str | None:
+        """Metadata first: a .ts without .json is cleaned up at start, never re-sent.
+        None when the metadata is gone, else why it is not."""
         for p in (path.with_suffix(".json"), path):
             try:
                 p.unlink()
             except FileNotFoundError:
                 pass
             except OSError as exc:
-                self._error(f"cannot remove {p.name}", exc)
+                if p.suffix == ".json":
+                    return _why(exc)
+                # Harmless: without its metadata it is cleaned up at the next start.
+                log.warning("spool: cannot remove %s (%s)", p.name, _why(exc))
+        return None
+
+    def _fail(self, message: str) -> SpoolError:
+        self.errors += 1
+        self.last_error = message
+        if not self._failing:
+            self._failing = True
+            log.error("spool: %s", message)
+        return SpoolError(message)
 
     def _error(self, what: str, exc: OSError) -> SpoolError:
-        self.errors += 1
-        self.last_error = f"{what} in {self.dir}: {_why(exc)}"
-        log.error("spool: %s", self.last_error)
-        return SpoolError(self.last_error)
+        return self._fail(f"{what} in {self.dir}: {_why(exc)}")
+
+    def _recovered(self) -> None:
+        self.last_error = None
+        if self._failing:
+            self._failing = False
+            log.info("spool: writing again (%d failures before)", self.errors)
