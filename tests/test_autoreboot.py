@@ -205,7 +205,7 @@ async def until(pred: object, timeout: float) -> bool:
 
 async def test_off_by_default_then_fires_once_at_the_time(rig: Rig, tmp_path: Path) -> None:
     assert rig.service.target is None  # factory settings: off
-    rig.devconfig.set({"auto_reboot": {"on": True, "time": "03:30"}})
+    await rig.devconfig.set({"auto_reboot": {"on": True, "time": "03:30"}})
     assert await until(lambda: rig.reboots.times, 3)
     at = rig.reboots.times[0]
     assert utc("2030-05-05T03:30:00") <= at < utc("2030-05-05T03:30:00") + 1
@@ -217,7 +217,7 @@ async def test_off_by_default_then_fires_once_at_the_time(rig: Rig, tmp_path: Pa
 
 
 async def test_no_loop_after_a_restart(rig: Rig, tmp_path: Path) -> None:
-    rig.devconfig.set({"auto_reboot": {"on": True, "time": "03:30"}})
+    await rig.devconfig.set({"auto_reboot": {"on": True, "time": "03:30"}})
     assert await until(lambda: rig.reboots.times, 3)
     await stop(rig)
     # The device is back with its clock a little behind the time it rebooted at.
@@ -236,7 +236,7 @@ async def test_no_loop_after_a_restart(rig: Rig, tmp_path: Path) -> None:
 async def test_settime_replans(rig: Rig) -> None:
     """The clock moved by Settime (no document change): followed within the poll."""
     rig.clock.set(utc("2030-05-05T10:00:00"))
-    rig.devconfig.set({"auto_reboot": {"on": True, "time": "03:30"}})
+    await rig.devconfig.set({"auto_reboot": {"on": True, "time": "03:30"}})
     await asyncio.sleep(0.2)
     assert rig.service.target == utc("2030-05-06T03:30:00")
     rig.clock.set(utc("2030-05-06T03:29:59") + 0.5)
@@ -249,30 +249,30 @@ async def test_settime_replans(rig: Rig) -> None:
 
 async def test_tz_change_replans(rig: Rig) -> None:
     rig.clock.set(utc("2030-05-05T02:29:59") + 0.4)  # 03:29:59 at UTC+1
-    rig.devconfig.set({"auto_reboot": {"on": True, "time": "03:30"}})
+    await rig.devconfig.set({"auto_reboot": {"on": True, "time": "03:30"}})
     await asyncio.sleep(0.2)
     assert rig.service.target == utc("2030-05-05T03:30:00")
-    rig.devconfig.set_tz(1)  # what Settime with tz=1 does
+    await rig.devconfig.set_tz(1)  # what Settime with tz=1 does
     assert await until(lambda: rig.reboots.times, 2)
     assert rig.reboots.times[0] < utc("2030-05-05T02:30:01")
 
 
 async def test_turned_off_or_moved_before_the_time(rig: Rig) -> None:
-    rig.devconfig.set({"auto_reboot": {"on": True, "time": "03:30"}})
-    rig.devconfig.set({"auto_reboot": {"on": False}})
+    await rig.devconfig.set({"auto_reboot": {"on": True, "time": "03:30"}})
+    await rig.devconfig.set({"auto_reboot": {"on": False}})
     await asyncio.sleep(1.0)
     assert rig.reboots.times == [] and rig.service.target is None
-    rig.devconfig.set({"auto_reboot": {"on": True, "time": "05:00"}})
+    await rig.devconfig.set({"auto_reboot": {"on": True, "time": "05:00"}})
     await asyncio.sleep(0.2)
     assert rig.service.target == utc("2030-05-05T05:00:00")
-    rig.devconfig.reset()  # ResetConfig: off again
+    await rig.devconfig.reset()  # ResetConfig: off again
     await asyncio.sleep(0.2)
     assert rig.service.target is None and rig.reboots.times == []
 
 
 async def test_no_reboot_it_cannot_remember(rig: Rig, tmp_path: Path) -> None:
     (tmp_path / STATE_FILE).mkdir()  # the record cannot be written
-    rig.devconfig.set({"auto_reboot": {"on": True, "time": "03:30"}})
+    await rig.devconfig.set({"auto_reboot": {"on": True, "time": "03:30"}})
     await asyncio.sleep(1.2)
     assert rig.reboots.times == []
     assert rig.service.target == utc("2030-05-06T03:30:00")  # and not again today
@@ -280,7 +280,7 @@ async def test_no_reboot_it_cannot_remember(rig: Rig, tmp_path: Path) -> None:
 
 async def test_clock_jump_far_past_the_time_is_not_a_late_reboot(rig: Rig) -> None:
     rig.clock.set(utc("2030-05-05T03:29:59") + 0.7)
-    rig.devconfig.set({"auto_reboot": {"on": True, "time": "03:30"}})
+    await rig.devconfig.set({"auto_reboot": {"on": True, "time": "03:30"}})
     await asyncio.sleep(0.1)
     rig.clock.set(utc("2030-05-05T09:00:00"))  # e.g. the first Vs sync of the day
     await asyncio.sleep(0.6)

@@ -12,7 +12,7 @@ import msgspec
 import pytest
 
 from hss_pu.config import ConfigDoc, DeviceSection, PlatformSection, StorageSection, make_config
-from hss_pu.errors import InvalidParam, UnsupportedConfig
+from hss_pu.errors import DeviceFailure, InvalidParam, UnsupportedConfig
 from hss_pu.profiles import load_profile, profile_names
 from hss_pu.services.devconfig import MAX_STORED_BYTES, DevConfigStore
 from hss_pu.wire import devconfig as wire
@@ -142,7 +142,7 @@ def _store(tmp_path: Path) -> DevConfigStore:
     return DevConfigStore(make_config(doc))
 
 
-def test_store_refuses_a_deep_document_on_disk(tmp_path: Path) -> None:
+async def test_store_refuses_a_deep_document_on_disk(tmp_path: Path) -> None:
     path = tmp_path / "devconfig.json"
     doc = doc_for()
     doc["tz"] = 4
@@ -152,7 +152,7 @@ def test_store_refuses_a_deep_document_on_disk(tmp_path: Path) -> None:
     store = _store(tmp_path)
     assert store.get()["tz"] == 0  # factory settings
     assert (tmp_path / "devconfig.json.bad").exists()
-    assert store.set({"tz": 1})["tz"] == 1  # and SetConfig works
+    assert (await store.set({"tz": 1}))["tz"] == 1  # and SetConfig works
 
 
 def test_store_reads_a_bounded_amount(tmp_path: Path) -> None:
@@ -171,3 +171,31 @@ def test_store_does_not_hang_on_a_fifo(tmp_path: Path) -> None:
     t.join(5)
     assert result, "DevConfigStore blocked opening a FIFO"
     assert result[0].get()["tz"] == 0
+
+
+async def test_store_writes_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SetConfig's write and fsync never block the event loop (a slow SD card would stall
+    the Vd session and every capture hand-off)."""
+    from hss_pu.fsutil import atomic_write as real
+
+    threads: list[str] = []
+
+    def spy(path: Path, data: bytes) -> None:
+        threads.append(threading.current_thread().name)
+        real(path, data)
+
+    monkeypatch.setattr("hss_pu.services.devconfig.atomic_write", spy)
+    store = _store(tmp_path)
+    assert (await store.set({"tz": 2}))["tz"] == 2
+    assert threads and threading.main_thread().name not in threads
+    assert msgspec.json.decode((tmp_path / "devconfig.json").read_bytes())["tz"] == 2
+
+
+async def test_a_failed_save_changes_nothing(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    (tmp_path / "devconfig.json").mkdir()  # the rename onto it fails
+    with pytest.raises(DeviceFailure):
+        await store.set({"tz": 5})
+    assert store.get()["tz"] == 0

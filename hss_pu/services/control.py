@@ -169,7 +169,7 @@ class Dispatcher:
         asked = time.monotonic()
         skew = target - self.ctx.clock.now()
         if tz != self.ctx.devconfig.tz:
-            self.ctx.devconfig.set_tz(tz)
+            await self.ctx.devconfig.set_tz(tz)
         if abs(skew) > p.offset:
             self.ctx.clock.set(target + (time.monotonic() - asked))
             log.info("time: set by the platform (%+.1f s)", skew)
@@ -202,7 +202,7 @@ class Dispatcher:
 
     async def rpc_SetConfig(self, patch: dict[str, Any]) -> dict[str, Any]:
         camera = self.ctx.services.camera
-        doc = self.ctx.devconfig.set(patch, camera.check if camera is not None else None)
+        doc = await self.ctx.devconfig.set(patch, camera.check if camera is not None else None)
         self.apply_config(log_level="log_level" in patch)
         if camera is not None:
             await camera.apply(doc)
@@ -210,7 +210,7 @@ class Dispatcher:
         return self._report(doc)
 
     async def rpc_ResetConfig(self, _: None) -> None:
-        doc = self.ctx.devconfig.reset()
+        doc = await self.ctx.devconfig.reset()
         self.apply_config(log_level=True)
         if self.ctx.services.camera is not None:
             await self.ctx.services.camera.apply(doc)

@@ -7,6 +7,7 @@ told when it changes.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -41,6 +42,7 @@ class DevConfigStore:
         )
         self.path = Path(config.storage_dir) / FILENAME
         self._listeners: list[Callable[[], None]] = []
+        self._lock = asyncio.Lock()  # one change at a time: each is merged onto the last
         self.doc = self._load()
 
     def subscribe(self, listener: Callable[[], None]) -> None:
@@ -78,45 +80,42 @@ class DevConfigStore:
         raw, _ = read_bounded(self.path, MAX_STORED_BYTES)
         return wire.validate_stored(msgspec.json.decode(raw), self.profile, self.base)
 
-    def _save(self) -> None:
-        atomic_write(self.path, msgspec.json.format(msgspec.json.encode(self.doc)) + b"\n")
-
     def get(self) -> dict[str, Any]:
         return self.doc
 
-    def set(
+    async def set(
         self, patch: Any, check: Callable[[dict[str, Any], dict[str, Any]], None] | None = None
     ) -> dict[str, Any]:
         """Merge, validate, persist; the document stays as it was if any of it fails.
         ``check(new, old)`` may refuse the result (what the running device cannot apply)
-        by raising a DeviceError before anything is saved."""
-        new = wire.merge(self.doc, patch, self.profile, self.base)
-        if check is not None:
-            check(new, self.doc)
-        old, self.doc = self.doc, new
-        try:
-            self._save()
-        except OSError as exc:
-            self.doc = old
-            raise DeviceFailure(f"cannot save configuration: {exc.strerror or exc}") from None
-        self._changed()
-        return self.doc
-
-    def reset(self) -> dict[str, Any]:
-        self.doc = self._defaults()
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise DeviceFailure(f"cannot reset configuration: {exc.strerror or exc}") from None
-        finally:
+        by raising a DeviceError before anything is saved. The write and its fsync run
+        off the event loop; the new document is adopted once it is on disk."""
+        async with self._lock:
+            new = wire.merge(self.doc, patch, self.profile, self.base)
+            if check is not None:
+                check(new, self.doc)
+            data = msgspec.json.format(msgspec.json.encode(new)) + b"\n"
+            try:
+                await asyncio.to_thread(atomic_write, self.path, data)
+            except OSError as exc:
+                raise DeviceFailure(f"cannot save configuration: {exc.strerror or exc}") from None
+            self.doc = new
             self._changed()
-        return self.doc
+            return self.doc
+
+    async def reset(self) -> dict[str, Any]:
+        async with self._lock:
+            try:
+                await asyncio.to_thread(self.path.unlink, missing_ok=True)
+            except OSError as exc:
+                raise DeviceFailure(f"cannot reset configuration: {exc.strerror or exc}") from None
+            self.doc = self._defaults()
+            self._changed()
+            return self.doc
 
     @property
     def tz(self) -> int:
         return int(self.doc["tz"])
 
-    def set_tz(self, tz: int) -> None:
-        self.set({"tz": tz})
+    async def set_tz(self, tz: int) -> None:
+        await self.set({"tz": tz})
