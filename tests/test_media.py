@@ -45,7 +45,6 @@ from hss_pu.media.sources import (
     RawVideo,
     iter_items,
     read_timecode,
-    redact_url,
 )
 from hss_pu.media.tsmux import TsMuxer, mux_to_file
 from hss_pu.profiles import load_profile
@@ -638,11 +637,6 @@ async def test_rtsp_down_is_an_error_state_retried_with_backoff() -> None:
     t = time.monotonic()
     await ch.stop()
     assert time.monotonic() - t < 1.0 and not ch.running
-
-
-def test_redact_url() -> None:
-    assert redact_url("rtsp://u:p@cam:554/s?x=1") == "rtsp://***@cam:554/s?x=1"
-    assert redact_url("rtsp://cam/s") == "rtsp://cam/s"
 
 
 # --- picamera2 ---------------------------------------------------------------------------

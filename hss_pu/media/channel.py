@@ -35,8 +35,9 @@ from hss_pu.media.encoder import (
 )
 from hss_pu.media.packets import TIME_BASE, EncodedPacket, PacketHub, StreamInfo
 from hss_pu.media.picture import Painter
-from hss_pu.media.sources import RawAudio, RawVideo, Source, make_source, redact_url
+from hss_pu.media.sources import RawAudio, RawVideo, Source, make_source
 from hss_pu.threadname import set_native_name
+from hss_pu.wire.urls import redact_url
 
 __all__ = [
     "ChannelStats",
