@@ -18,7 +18,7 @@ import collections
 import logging
 from dataclasses import dataclass
 
-from hss_pu.media.packets import TIME_BASE, EncodedPacket, StreamInfo
+from hss_pu.media.packets import TIME_BASE, EncodedPacket, KeyframeGate, StreamInfo
 from hss_pu.media.tsmux import TsMuxer
 
 __all__ = ["PrerecordRing", "Segment", "Segmenter"]
@@ -195,9 +195,10 @@ class PrerecordRing:
         self._pkts: collections.deque[EncodedPacket] = collections.deque()
         self._keys: collections.deque[EncodedPacket] = collections.deque()  # key frames held
         self._bytes = 0
+        self._gate = KeyframeGate()  # what is held starts at a key frame
 
     def on_packet(self, pkt: EncodedPacket, video: StreamInfo, audio: StreamInfo | None) -> None:
-        if not self._pkts and not (pkt.kind == "video" and pkt.keyframe):
+        if not self._gate.admit(pkt):
             return
         self._pkts.append(pkt)
         self._bytes += pkt.size

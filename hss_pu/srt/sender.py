@@ -25,6 +25,7 @@ import time
 import weakref
 from typing import Any
 
+from hss_pu.bridge import LoopBridge
 from hss_pu.logsetup import add_secret, redacted_logger
 from hss_pu.srt.lib import (
     LIVE_PAYLOAD_SIZE,
@@ -142,24 +143,15 @@ class _ConnectJob:
         """Run :meth:`run` in a daemon thread of its own, not asyncio's default executor: an
         abandoned connect must not hold up ``asyncio.run``'s executor shutdown (and so the
         daemon's stop) for the rest of the connect timeout."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[SrtError | None] = loop.create_future()
-
-        def deliver(result: SrtError | None, exc: BaseException | None) -> None:
-            if fut.done():  # cancelled meanwhile
-                return
-            if exc is not None:
-                fut.set_exception(exc)
-            else:
-                fut.set_result(result)
+        bridge = LoopBridge()
+        fut: asyncio.Future[SrtError | None] = bridge.loop.create_future()
 
         def work() -> None:
+            # A future cancelled meanwhile is left alone; a closed loop has nobody waiting.
             try:
-                result, exc = self.run(), None
+                bridge.set_result(fut, self.run())
             except Exception as e:  # not expected; handed to the awaiting task
-                result, exc = None, e
-            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
-                loop.call_soon_threadsafe(deliver, result, exc)
+                bridge.set_exception(fut, e)
 
         threading.Thread(target=work, name="srt-connect", daemon=True).start()
         return fut
