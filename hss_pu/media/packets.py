@@ -5,12 +5,13 @@ Every consumer of a channel's packets is a :class:`PacketSink` attached to the c
 :class:`PacketHub`, called on the capture thread right after the packet is made: the live
 push (mux, then a non-blocking SRT send), a recording's segmenter, the pre-record ring.
 Nothing crosses to the event loop per packet: on a small machine a thread wake-up costs
-more CPU than muxing the frame. A sink must be quick and must not block; it bounds
-itself (the live push by libsrt's send buffer, a recording by its queue) and, when it
-has to drop, drops until the next key frame (:class:`KeyframeGate`), so that what it
-passes on is whole GOPs. A sink that raises is logged and skipped: it never stops the
-camera or the other sinks. Snapshot reads the hub's last key frame (passthrough
-sources) or the channel's latest picture.
+more CPU than muxing the frame. A sink must be quick and must not block. It bounds
+itself (the live push by libsrt's send buffer, a recording's segmenter by the segment
+size, the pre-record ring by time and bytes) and, when it has to drop, drops until the
+next key frame (:class:`KeyframeGate`), so that what it passes on is whole GOPs. A sink
+that raises is logged and skipped: it never stops the camera or the other sinks.
+Snapshot reads the hub's last key frame (passthrough sources) or the channel's latest
+picture.
 """
 
 from __future__ import annotations

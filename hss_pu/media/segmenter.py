@@ -7,7 +7,7 @@ Time: packets carry pts on the channel's monotonic 90 kHz line and the daemon-cl
 ``capture_time`` of their frame. A segmenter fixes one mapping pts → epoch (``anchor``)
 when it sees its first packet and keeps it, so ``start`` of segment i+1 is exactly
 ``start + duration`` of segment i: segments tile time by construction. A gap in the
-packets (the source restarted, a consumer fell behind) ends the segment where the data
+packets (the source restarted or skipped frames) ends the segment where the data
 ends and marks the next one ``discontinue``; so does a new stream (other stream info: the
 encoder restarted at another size), even without a gap.
 """

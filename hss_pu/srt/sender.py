@@ -4,10 +4,13 @@ The live service muxes MPEG-TS itself and hands 1316-byte messages to :class:`Sr
 Only caller mode and live mode are used; the tests use ``srt-live-transmit`` as the
 listener.
 
-Threads: every call here runs on the event loop thread (none blocks: sends are
-non-blocking, stats, state and close return at once) except the blocking ``srt_connect``,
-which runs in a worker thread of its own (see :class:`_ConnectJob`). An
-:class:`SrtSender` belongs to one event loop; do not share it across threads. The
+Threads: nothing here blocks the caller. :meth:`SrtSender.send_nowait` is called on the
+channel's capture thread (the live push's sink, which holds its own lock so that its
+last send comes before the loop closes the sender); connecting, stats, MAXBW changes
+and close run on the event loop; the blocking ``srt_connect`` runs in a thread of its
+own that reports back through a :class:`~hss_pu.bridge.LoopBridge` (see
+:class:`_ConnectJob`). libsrt itself is thread-safe. An :class:`SrtSender` belongs to
+the loop that connected it. The
 passphrase is held as a :class:`~hss_pu.config.Secret`, registered with the log redactor
 on connect, and never put in a message.
 """
