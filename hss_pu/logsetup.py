@@ -14,6 +14,8 @@ import sys
 import threading
 from typing import TextIO
 
+from hss_pu.wire.urls import REDACTED
+
 __all__ = [
     "REDACTED",
     "OneLineFormatter",
@@ -23,8 +25,6 @@ __all__ = [
     "redacted_logger",
     "setup_logging",
 ]
-
-REDACTED = "***"
 
 # Query parameters and key/values that carry secrets wherever they appear.
 _SECRET_PARAMS = re.compile(

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 
 from hss_pu.clients import vd as vd_client
-from hss_pu.clients.vs import VsError, fetch_server_addr, make_http_client, tls_verify
+from hss_pu.clients.http import Trust, platform_http, tls_context
+from hss_pu.clients.vs import VsError, fetch_server_addr
 from hss_pu.errors import LinkError, LoginRefused
 from hss_pu.reference_platform.server import ReferencePlatform
 from hss_pu.retry import retry_delay
@@ -93,14 +94,16 @@ async def test_bad_vs_replies_are_failed_attempts_not_a_crash(
 
 
 async def test_vs_client_keeps_httpx_errors_inside(platform: ReferencePlatform) -> None:
-    async with make_http_client(MAC, None) as http:
+    async with platform_http(MAC, None, trust=Trust.PLATFORM, timeout=10.0) as http:
         # httpx.InvalidURL is no httpx.HTTPError: the boundary must catch it as well.
         for url in ("https://127.0.0.1:99999", f"https://{'a' * 64}.example:443", "https://[::1"):
             with pytest.raises(VsError):
                 await fetch_server_addr(http, url, MAC)
     # A reply far larger than any getServerAddr is refused, not read whole.
     platform.vs_overrides.append({"Pad": "x" * (1 << 20)})
-    async with make_http_client(MAC, str(platform.ca_file)) as http:
+    async with platform_http(
+        MAC, str(platform.ca_file), trust=Trust.PLATFORM, timeout=10.0
+    ) as http:
         with pytest.raises(VsError, match="too large"):
             await fetch_server_addr(http, platform.schedule_url, MAC)
         addr, _ = await fetch_server_addr(http, platform.schedule_url, MAC)
@@ -111,7 +114,7 @@ async def test_vs_client_keeps_httpx_errors_inside(platform: ReferencePlatform) 
 
 
 async def test_vd_connect_errors_are_link_errors(platform: ReferencePlatform) -> None:
-    ssl_ctx = tls_verify(str(platform.ca_file))
+    ssl_ctx = tls_context(str(platform.ca_file), Trust.PLATFORM)
     handler = _NullHandler()
 
     def url(base: str, password: str = "embedded-demo-pass") -> str:

@@ -24,6 +24,8 @@ from hss_pu.media.picture import OSD_BG, OSD_FG, Painter, Picture, osd_scale, pl
 from hss_pu.media.sources import EmulatedSource, RawVideo, iter_items, read_timecode
 from hss_pu.media.tsmux import mux_to_file
 
+from .support.collector import PacketCollector
+
 W, H, FPS = 320, 180, 30
 
 
@@ -41,7 +43,7 @@ def _luma(frame: av.VideoFrame) -> np.ndarray:
 
 
 async def _packets(ch: MediaChannel, n: int) -> list[EncodedPacket]:
-    sub = ch.hub.subscribe("t", max_packets=1000)
+    sub = PacketCollector(ch.hub)
     try:
         out: list[EncodedPacket] = []
         while len(out) < n:

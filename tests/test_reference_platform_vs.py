@@ -9,7 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from hss_pu.clients.vs import VsError, fetch_server_addr, make_http_client
+from hss_pu.clients.http import Trust, platform_http
+from hss_pu.clients.vs import VsError, fetch_server_addr
 from hss_pu.reference_platform.pki import ensure_pki
 from hss_pu.reference_platform.server import ReferencePlatform
 from hss_pu.wire.vs import vd_base_url
@@ -19,7 +20,9 @@ MAC = "02:00:00:00:00:01"
 
 async def test_schedule_over_verified_tls(platform: ReferencePlatform) -> None:
     assert platform.schedule_url.startswith("https://127.0.0.1:")
-    async with make_http_client(MAC, str(platform.ca_file)) as http:
+    async with platform_http(
+        MAC, str(platform.ca_file), trust=Trust.PLATFORM, timeout=10.0
+    ) as http:
         addr, received = await fetch_server_addr(http, platform.schedule_url, MAC)
     assert vd_base_url(addr, allow_insecure=False) == f"wss://127.0.0.1:{platform.vd_port}/Vd"
     assert addr.platform_time is not None
@@ -31,7 +34,7 @@ async def test_schedule_over_verified_tls(platform: ReferencePlatform) -> None:
 
 async def test_untrusted_ca_is_refused(platform: ReferencePlatform) -> None:
     # The system store does not know the platform's private CA: TLS must fail.
-    async with make_http_client(MAC, None) as http:
+    async with platform_http(MAC, None, trust=Trust.PLATFORM, timeout=10.0) as http:
         with pytest.raises(VsError, match="ConnectError"):
             await fetch_server_addr(http, platform.schedule_url, MAC)
 
@@ -44,13 +47,17 @@ async def test_mac_identity_required(platform: ReferencePlatform) -> None:
         assert "Mac-Identity" in r.json()["info"]
         r = await http.get(f"{platform.schedule_url}/Vs/nothing")
         assert r.status_code == 404
-    async with make_http_client(MAC, str(platform.ca_file)) as http:
+    async with platform_http(
+        MAC, str(platform.ca_file), trust=Trust.PLATFORM, timeout=10.0
+    ) as http:
         with pytest.raises(VsError, match="400"):
             await fetch_server_addr(http, platform.schedule_url, "not-a-mac")
 
 
 async def test_keep_alive_connection_reused(platform: ReferencePlatform) -> None:
-    async with make_http_client(MAC, str(platform.ca_file)) as http:
+    async with platform_http(
+        MAC, str(platform.ca_file), trust=Trust.PLATFORM, timeout=10.0
+    ) as http:
         for _ in range(3):
             await fetch_server_addr(http, platform.schedule_url, MAC)
     peers = {r.peer for r in platform.vs_requests}

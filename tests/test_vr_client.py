@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from hss_pu.clients.http import Trust, platform_http
 from hss_pu.clients.vr import (
     CHUNK_SIZE,
     SegmentBody,
@@ -22,7 +23,6 @@ from hss_pu.clients.vr import (
     retrying,
     safe_url,
 )
-from hss_pu.clients.vs import make_http_client
 from hss_pu.reference_platform.http import HttpServer, Request, Response, json_response
 from hss_pu.reference_platform.pki import Pki, ensure_pki
 
@@ -95,7 +95,7 @@ async def platform(pki: Pki) -> AsyncIterator[Platform]:
 
 @pytest.fixture
 async def http(pki: Pki) -> AsyncIterator[httpx.AsyncClient]:
-    async with make_http_client(MAC, str(pki.ca_file)) as client:
+    async with platform_http(MAC, str(pki.ca_file), trust=Trust.UPLOADS, timeout=10.0) as client:
         yield client
 
 
@@ -275,7 +275,9 @@ async def test_connection_refused_is_transient(http: httpx.AsyncClient) -> None:
 
 
 async def test_untrusted_certificate_is_not_transient(platform: Platform) -> None:
-    async with make_http_client(MAC, None) as http:  # the system store lacks our CA
+    async with platform_http(
+        MAC, None, trust=Trust.UPLOADS, timeout=10.0
+    ) as http:  # the system store lacks our CA
         vr = VrClient(f"{platform.base}/Vr", http, https=True)
         with pytest.raises(VrError, match="does not verify") as ei:
             await vr.stat(0, 0)
@@ -338,7 +340,7 @@ async def test_segment_file_changed_is_not_transient(
 
 async def test_timeout_is_transient(pki: Pki, platform: Platform) -> None:
     platform.delay = 0.5
-    async with make_http_client(MAC, str(pki.ca_file), timeout=0.1) as http:
+    async with platform_http(MAC, str(pki.ca_file), timeout=0.1, trust=Trust.UPLOADS) as http:
         vr = VrClient(f"{platform.base}/Vr", http, https=True)
         with pytest.raises(VrError, match="ReadTimeout") as ei:
             await vr.current_time()
@@ -350,7 +352,7 @@ async def test_client_requires_mac_identity_and_a_url() -> None:
     async with httpx.AsyncClient() as bare:
         with pytest.raises(ValueError, match="Mac-Identity"):
             VrClient("https://p.example/Vr", bare, https=True)
-    async with make_http_client(MAC, None) as http:
+    async with platform_http(MAC, None, trust=Trust.UPLOADS, timeout=10.0) as http:
         with pytest.raises(ValueError, match="cbk_url"):
             VrClient("ftp://p.example/Vr", http, https=True)
 

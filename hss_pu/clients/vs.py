@@ -7,55 +7,31 @@ reply is read up to :data:`MAX_REPLY` bytes, not whole.
 
 from __future__ import annotations
 
-import ssl
 import time
 
 import httpx
 
+from hss_pu.clients.http import HttpClient
 from hss_pu.errors import LinkError
+from hss_pu.wire.urls import redact_url, scrub_url
 from hss_pu.wire.vs import ServerAddr, VsFormatError, parse_server_addr, server_addr_path
 
-__all__ = [
-    "MAX_REPLY",
-    "HttpClient",
-    "VsError",
-    "fetch_server_addr",
-    "make_http_client",
-    "tls_verify",
-]
-
-HttpClient = httpx.AsyncClient  # what make_http_client returns, for callers' annotations
+__all__ = ["MAX_REPLY", "TIMEOUT", "VsError", "fetch_server_addr"]
 
 # A getServerAddr reply is a few hundred bytes; more is not read into memory.
 MAX_REPLY = 64 * 1024
+TIMEOUT = 10.0  # s, for the client Vs is asked with (clients.http.platform_http)
 
 
 class VsError(LinkError):
     """Scheduling failed; the message is safe to log."""
 
 
-def tls_verify(ca_file: str | None) -> ssl.SSLContext:
-    """The trust anchor: the configured CA file, else the system store."""
-    if ca_file:
-        return ssl.create_default_context(cafile=ca_file)
-    return ssl.create_default_context()
-
-
-def make_http_client(mac: str, ca_file: str | None, timeout: float = 10.0) -> httpx.AsyncClient:
-    """One keep-alive client per platform host; every request carries Mac-Identity (9.2)."""
-    return httpx.AsyncClient(
-        verify=tls_verify(ca_file),
-        headers={"Mac-Identity": mac},
-        timeout=timeout,
-        follow_redirects=False,
-        trust_env=False,
-    )
-
-
 async def fetch_server_addr(
-    client: httpx.AsyncClient, schedule_url: str, mac: str
+    client: HttpClient, schedule_url: str, mac: str
 ) -> tuple[ServerAddr, float]:
-    """GET /Vs/getServerAddr; returns the reply and the host time it arrived."""
+    """GET /Vs/getServerAddr; returns the reply and the host time it arrived. ``client``
+    comes from ``platform_http(..., trust=Trust.PLATFORM)``."""
     url = schedule_url.rstrip("/") + server_addr_path(mac)
     try:
         async with client.stream("GET", url) as resp:
@@ -87,4 +63,5 @@ async def _read_bounded(resp: httpx.Response) -> bytes:
 
 
 def _failed(schedule_url: str, exc: BaseException) -> str:
-    return f"Vs request to {schedule_url} failed: {type(exc).__name__}: {exc}"[:500]
+    detail = scrub_url(str(exc), schedule_url)
+    return f"Vs request to {redact_url(schedule_url)} failed: {type(exc).__name__}: {detail}"[:500]

@@ -2,10 +2,10 @@
 
 Capture and encode share ONE thread per channel (PyAV releases the GIL while encoding),
 so a frame is never queued between them and the capture→packet latency is one encode.
-Capture-thread sinks (the live push) get each packet right there. Packets cross to the
-event loop only while it has subscribers, with ``call_soon_threadsafe``, one callback for
-what a capture produced (a frame's packet and the audio made with it); the hub drops for slow
-consumers, and a bound on packets in flight keeps a stalled loop from piling up frames.
+Every consumer is a capture-thread sink on the hub (live push, recording, pre-record
+ring) and gets each packet right there; no packet crosses to the event loop. The loop
+only starts, stops and reconfigures the worker and reads what it leaves behind (the
+latest picture and key frame for snapshots, the stream info, the stats).
 A failing source puts the channel in the ``error`` state and is retried with a capped
 backoff: a camera coming and going never takes the daemon down.
 """
@@ -35,8 +35,9 @@ from hss_pu.media.encoder import (
 )
 from hss_pu.media.packets import TIME_BASE, EncodedPacket, PacketHub, StreamInfo
 from hss_pu.media.picture import Painter
-from hss_pu.media.sources import RawAudio, RawVideo, Source, make_source, redact_url
+from hss_pu.media.sources import RawAudio, RawVideo, Source, make_source
 from hss_pu.threadname import set_native_name
+from hss_pu.wire.urls import redact_url
 
 __all__ = [
     "ChannelStats",
@@ -54,7 +55,6 @@ State = Literal["stopped", "starting", "running", "error"]
 HZ = TIME_BASE.denominator
 START_PTS = HZ  # the first packet is stamped 1 s: AAC priming never goes negative
 STOP_TIMEOUT = 3.0
-MAX_IN_FLIGHT = 256  # packets handed to the loop and not yet published
 MIN_RETRY_DELAY = 0.05  # s between two tries to open a source, whatever retry_backoff says
 AUDIO_GAP = HZ // 20  # a jump in the sound's timestamps beyond this restarts its encoder
 
@@ -66,7 +66,7 @@ class ChannelStats:
     passthrough: bool = False
     frames_captured: int = 0
     frames_encoded: int = 0
-    frames_dropped: int = 0  # skipped by the source, or lost to a stalled event loop
+    frames_dropped: int = 0  # skipped by the source
     packets_published: int = 0
     encode_ms_avg: float = 0.0  # moving average (alpha 0.05) per video frame
     retries: int = 0
@@ -117,20 +117,13 @@ class MediaChannel:
         self._halt = threading.Event()
         self._life = asyncio.Lock()
         self.enabled = True
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._venc: VideoEncoder | None = None
         self._aenc: AudioEncoder | None = None
         self._timeline = _Timeline()
         self._latest: VideoFrame | None = None
-        self._sent = 0  # written by the worker only
-        self._outbox: list[EncodedPacket] = []
-        self._handed = 0  # written by the loop only
-        self._lost_to_loop = False
-        self._key_after_drain = False
         self._keyframe_wanted = False
         self._delivered = False
         self._dropped_base = 0
-        self._dropped_loop = 0
         self._run_audio: StreamInfo | None = None  # the current run's sound, if any
         self._audio_next: int | None = None
         self._video_flowing = False
@@ -175,9 +168,9 @@ class MediaChannel:
             await self._stop_worker()
 
     async def restart(self, settings: EncodeSettings | None = None) -> None:
-        """Reopen source and encoder (with new ``settings``); subscribers and sinks stay
-        and resume at the next key frame. A channel switched off stays off (and takes the
-        settings for when it is switched on). Raises MediaError as :meth:`start`."""
+        """Reopen source and encoder (with new ``settings``); sinks stay attached. A
+        channel switched off stays off (and takes the settings for when it is switched
+        on). Raises MediaError as :meth:`start`."""
         async with self._life:
             await self._stop_worker()
             if settings is not None:
@@ -226,7 +219,6 @@ class MediaChannel:
         if self.running or not self.enabled:
             return
         await self._join_old()
-        self._loop = asyncio.get_running_loop()
         halt = self._halt = threading.Event()
         self.stats.state = "starting"
         self.stats.last_error = None
@@ -357,7 +349,7 @@ class MediaChannel:
         try:
             while not stop.is_set():
                 item = source.read()
-                st.frames_dropped = self._dropped_base + source.dropped + self._dropped_loop
+                st.frames_dropped = self._dropped_base + source.dropped
                 if item is not None:
                     if not self._delivered:
                         self._delivered = True
@@ -381,13 +373,12 @@ class MediaChannel:
                             item.capture_time,
                         )
                         self._publish(pkt, source.video_info)
-                # Each callback wakes the event loop, and on small machines a wake-up
-                # costs more CPU than the packets it carries: what the source has ready
-                # at once (a frame and the audio made with it) goes in one callback.
+                # Sinks send on flush: what the source has ready at once (a frame and
+                # the audio made with it) goes out together, in full SRT messages.
                 if not source.has_ready():
-                    self._flush()
+                    self.hub.flush()
         finally:
-            self._flush()
+            self.hub.flush()
 
     def _encode_video(self, item: RawVideo) -> None:
         s = self.settings
@@ -440,8 +431,7 @@ class MediaChannel:
         self._timeline.last_dts[pkt.kind] = pkt.dts
         hub = self.hub
         audio = self._run_audio
-        # Stream info and the last key frame are plain attribute writes: the loop reads
-        # them (muxer set-up, snapshots) whichever thread wrote last.
+        # Stream info is a plain attribute write: the loop reads it (muxer set-up).
         if video is not None and hub.video != video:
             hub.video = video
         if hub.audio != audio:
@@ -451,64 +441,7 @@ class MediaChannel:
         if pkt.kind == "video":
             self._video_flowing = True
         self.stats.packets_published += 1
-        if pkt.kind == "video" and pkt.keyframe:
-            hub.last_keyframe = pkt
-        for sink in hub.sinks:
-            try:
-                sink.on_packet(pkt, hub.video, hub.audio)
-            except Exception:  # a sink bug must not stop the camera
-                log.exception("channel %d: packet sink failed", self.channel_id)
-        if hub.subscribers:
-            self._to_loop(pkt)
-
-    def _to_loop(self, pkt: EncodedPacket) -> None:
-        in_flight = self._sent - self._handed
-        if in_flight >= MAX_IN_FLIGHT and not self._lost_to_loop:
-            log.warning(
-                "channel %d: event loop stalled; dropping to the next key frame", self.channel_id
-            )
-            self._lost_to_loop = True
-            self._key_after_drain = False
-        if self._lost_to_loop:
-            drained = in_flight < MAX_IN_FLIGHT // 2
-            if drained and pkt.kind == "video" and pkt.keyframe:
-                self._lost_to_loop = False
-            else:
-                if drained and not self._key_after_drain:
-                    self._key_after_drain = True  # one IDR once the loop is back, not per frame
-                    self.request_keyframe()
-                if pkt.kind == "video":
-                    self._dropped_loop += 1
-                return
-        self._outbox.append(pkt)
-
-    def _flush(self) -> None:
-        """Tell the sinks a capture is complete; hand the packets gathered since the last
-        flush to the loop, in one callback."""
-        for sink in self.hub.sinks:
-            try:
-                sink.on_flush()
-            except Exception:
-                log.exception("channel %d: packet sink failed", self.channel_id)
-        batch = self._outbox
-        if not batch:
-            return
-        self._outbox = []
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        try:
-            loop.call_soon_threadsafe(self._deliver, batch)
-            self._sent += len(batch)
-        except RuntimeError:  # the loop closed under us (shutdown)
-            pass
-
-    def _deliver(self, batch: list[EncodedPacket]) -> None:
-        """On the loop. The stream info was set on the capture thread before the packets
-        left it, so subscribers see it first."""
-        self._handed += len(batch)
-        for pkt in batch:
-            self.hub.publish(pkt)
+        hub.publish(pkt)
 
     # -- snapshots -----------------------------------------------------------------------
 

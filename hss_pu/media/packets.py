@@ -1,35 +1,33 @@
-"""Encoded packets and the fan-out that hands them to every consumer (encode once).
+"""Encoded packets, the hub that hands them to every consumer (encode once), and the
+key-frame gate every consumer drops with.
 
-The capture/encode side publishes into a :class:`PacketHub`; live, recording, pre-record
-and snapshot each hold a :class:`Subscription`. A subscription is bounded: when its
-consumer falls behind, everything it has queued is dropped and it resumes at the next
-key frame, so it only ever sees whole GOPs, and capture and the other consumers never
-wait for it. The hub lives on the event loop thread; the encoder thread hands packets
-over with ``loop.call_soon_threadsafe(hub.publish, packet)``.
-
-A consumer whose work per packet is short and never blocks (the live push: mux, then a
-non-blocking SRT send) can instead attach a :class:`PacketSink`, called on the capture
-thread itself. That saves two thread wake-ups per frame, which on a small machine cost
-more CPU than the muxing; the sink bounds itself (libsrt's send buffer) and drops to the
-next key frame when that is full.
+Every consumer of a channel's packets is a :class:`PacketSink` attached to the channel's
+:class:`PacketHub`, called on the capture thread right after the packet is made: the live
+push (mux, then a non-blocking SRT send), a recording's segmenter, the pre-record ring.
+Nothing crosses to the event loop per packet: on a small machine a thread wake-up costs
+more CPU than muxing the frame. A sink must be quick and must not block. It bounds
+itself (the live push by libsrt's send buffer, a recording's segmenter by the segment
+size, the pre-record ring by time and bytes) and, when it has to drop, drops until the
+next key frame (:class:`KeyframeGate`), so that what it passes on is whole GOPs. A sink
+that raises is logged and skipped: it never stops the camera or the other sinks.
+Snapshot reads the hub's last key frame (passthrough sources) or the channel's latest
+picture.
 """
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Literal, Protocol
 
 __all__ = [
     "TIME_BASE",
     "EncodedPacket",
+    "KeyframeGate",
     "PacketHub",
     "PacketSink",
     "StreamInfo",
-    "Subscription",
     "to_90k",
 ]
 
@@ -79,90 +77,32 @@ class EncodedPacket:
         return len(self.data)
 
 
-@dataclass
-class Subscription:
-    name: str
-    max_packets: int
-    max_bytes: int
-    hub: PacketHub
-    _queue: collections.deque[EncodedPacket] = field(default_factory=collections.deque)
-    _bytes: int = 0
-    _wake: asyncio.Event = field(default_factory=asyncio.Event)
-    waiting_keyframe: bool = True  # a new consumer starts at a key frame too
-    dropped_gops: int = 0
-    dropped_packets: int = 0
-    delivered: int = 0
-    closed: bool = False
+class KeyframeGate:
+    """Drop until the next video key frame: a consumer that starts, or that lost data
+    (a full buffer, a reconnect, a new stream), resumes at a key frame and so only ever
+    passes on whole GOPs that decode alone. ``dropped`` counts the packets it held back."""
 
-    def _offer(self, pkt: EncodedPacket) -> None:
-        if self.closed:
-            return
-        if self.waiting_keyframe:
+    __slots__ = ("dropped", "waiting")
+
+    def __init__(self) -> None:
+        self.waiting = True  # a new consumer starts at a key frame too
+        self.dropped = 0
+
+    def admit(self, pkt: EncodedPacket) -> bool:
+        """True when ``pkt`` may go on; the first one admitted is a video key frame."""
+        if self.waiting:
             if not (pkt.kind == "video" and pkt.keyframe):
-                self.dropped_packets += 1
-                return
-            self.waiting_keyframe = False
-        if len(self._queue) >= self.max_packets or self._bytes + pkt.size > self.max_bytes:
-            self._drop_backlog()
-            if not (pkt.kind == "video" and pkt.keyframe):
-                self.dropped_packets += 1
-                return
-            self.waiting_keyframe = False
-        self._queue.append(pkt)
-        self._bytes += pkt.size
-        self._wake.set()
+                self.dropped += 1
+                return False
+            self.waiting = False
+        return True
 
-    def _drop_backlog(self) -> None:
-        gops = sum(1 for p in self._queue if p.kind == "video" and p.keyframe) or 1
-        self.dropped_gops += gops
-        self.dropped_packets += len(self._queue)
-        if self.dropped_gops == gops or self.dropped_gops % 100 == 0:
-            log.warning(
-                "%s fell behind: dropped %d GOP(s) (%d in all)", self.name, gops, self.dropped_gops
-            )
-        self._queue.clear()
-        self._bytes = 0
-        self.waiting_keyframe = True
-
-    def get_nowait(self) -> EncodedPacket | None:
-        if not self._queue:
-            return None
-        pkt = self._queue.popleft()
-        self._bytes -= pkt.size
-        self.delivered += 1
-        return pkt
-
-    async def get(self) -> EncodedPacket:
-        """The next packet; raises EOFError once closed and drained."""
-        while True:
-            pkt = self.get_nowait()
-            if pkt is not None:
-                return pkt
-            if self.closed:
-                raise EOFError(self.name)
-            self._wake.clear()
-            await self._wake.wait()
-
-    def restart_at_keyframe(self) -> None:
-        """Forget the backlog and resume at the next key frame (e.g. after a reconnect)."""
-        self._queue.clear()
-        self._bytes = 0
-        self.waiting_keyframe = True
-
-    @property
-    def queued(self) -> int:
-        return len(self._queue)
-
-    def close(self) -> None:
-        self.closed = True
-        self._wake.set()
-        self.hub._subs.discard(self)
-
-    def __hash__(self) -> int:
-        return id(self)
-
-    def __eq__(self, other: object) -> bool:
-        return self is other
+    def reset(self) -> bool:
+        """Drop from here to the next key frame; True when this cut a GOP short (the
+        gate was passing packets), so a caller can count dropped GOPs."""
+        was_open = not self.waiting
+        self.waiting = True
+        return was_open
 
 
 class PacketSink(Protocol):
@@ -176,26 +116,22 @@ class PacketSink(Protocol):
 
 
 class PacketHub:
-    """One per channel: the encoder publishes, every consumer subscribes."""
+    """One per channel: the capture thread publishes, attached sinks consume there.
+
+    The stream info and the last key frame are plain attributes written by the capture
+    thread and read by the loop (muxer set-up, snapshots): each write replaces a whole
+    immutable object.
+    """
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._subs: set[Subscription] = set()
         # Replaced, never mutated: the capture thread iterates whatever tuple it read.
         self.sinks: tuple[PacketSink, ...] = ()
         self.video: StreamInfo | None = None
         self.audio: StreamInfo | None = None
-        self.published = 0
         self.last_keyframe: EncodedPacket | None = None
-
-    def subscribe(
-        self, name: str, *, max_packets: int = 300, max_bytes: int = 8 << 20
-    ) -> Subscription:
-        sub = Subscription(
-            name=f"{self.name}/{name}", max_packets=max_packets, max_bytes=max_bytes, hub=self
-        )
-        self._subs.add(sub)
-        return sub
+        self.sink_errors = 0  # calls that raised, all sinks
+        self._failures: dict[int, int] = {}  # per attached sink (by id), for the log
 
     def attach(self, sink: PacketSink) -> None:
         self.sinks = (*self.sinks, sink)
@@ -204,18 +140,31 @@ class PacketHub:
         """After this returns the capture thread may still be inside one call of the sink
         (it read the old tuple): a sink that closes must guard itself (a lock)."""
         self.sinks = tuple(s for s in self.sinks if s is not sink)
+        self._failures.pop(id(sink), None)
 
     def publish(self, pkt: EncodedPacket) -> None:
-        self.published += 1
+        """On the capture thread, once :attr:`video` is known: every sink gets ``pkt``."""
+        video = self.video
+        assert video is not None, "stream info comes before packets"
         if pkt.kind == "video" and pkt.keyframe:
             self.last_keyframe = pkt
-        for sub in list(self._subs):
-            sub._offer(pkt)
+        audio = self.audio
+        for sink in self.sinks:
+            try:
+                sink.on_packet(pkt, video, audio)
+            except Exception:  # a sink bug must not stop the camera or the other sinks
+                self._sink_failed(sink)
 
-    def close(self) -> None:
-        for sub in list(self._subs):
-            sub.close()
+    def flush(self) -> None:
+        """On the capture thread: what one capture produced has been published."""
+        for sink in self.sinks:
+            try:
+                sink.on_flush()
+            except Exception:
+                self._sink_failed(sink)
 
-    @property
-    def subscribers(self) -> int:
-        return len(self._subs)
+    def _sink_failed(self, sink: PacketSink) -> None:
+        self.sink_errors += 1
+        n = self._failures[id(sink)] = self._failures.get(id(sink), 0) + 1
+        if n == 1 or n % 1000 == 0:  # once per frame would flood the journal
+            log.exception("%s: packet sink %r failed (%d times)", self.name, sink, n)

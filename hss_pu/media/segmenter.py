@@ -7,7 +7,7 @@ Time: packets carry pts on the channel's monotonic 90 kHz line and the daemon-cl
 ``capture_time`` of their frame. A segmenter fixes one mapping pts → epoch (``anchor``)
 when it sees its first packet and keeps it, so ``start`` of segment i+1 is exactly
 ``start + duration`` of segment i: segments tile time by construction. A gap in the
-packets (the source restarted, a consumer fell behind) ends the segment where the data
+packets (the source restarted or skipped frames) ends the segment where the data
 ends and marks the next one ``discontinue``; so does a new stream (other stream info: the
 encoder restarted at another size), even without a gap.
 """
@@ -18,7 +18,7 @@ import collections
 import logging
 from dataclasses import dataclass
 
-from hss_pu.media.packets import TIME_BASE, EncodedPacket, StreamInfo
+from hss_pu.media.packets import TIME_BASE, EncodedPacket, KeyframeGate, StreamInfo
 from hss_pu.media.tsmux import TsMuxer
 
 __all__ = ["PrerecordRing", "Segment", "Segmenter"]
@@ -195,9 +195,10 @@ class PrerecordRing:
         self._pkts: collections.deque[EncodedPacket] = collections.deque()
         self._keys: collections.deque[EncodedPacket] = collections.deque()  # key frames held
         self._bytes = 0
+        self._gate = KeyframeGate()  # what is held starts at a key frame
 
     def on_packet(self, pkt: EncodedPacket, video: StreamInfo, audio: StreamInfo | None) -> None:
-        if not self._pkts and not (pkt.kind == "video" and pkt.keyframe):
+        if not self._gate.admit(pkt):
             return
         self._pkts.append(pkt)
         self._bytes += pkt.size

@@ -80,7 +80,8 @@ class _Sink:
 class TsMuxer:
     """Packets in, MPEG-TS messages out through ``write`` (never called with a partial
     TS packet, nor with more than ``message_size`` bytes unless that is None: then one
-    call per packet muxed). Packets must start at a video key frame (a Subscription does that).
+    call per packet muxed). Packets must start at a video key frame (a
+    :class:`~hss_pu.media.packets.KeyframeGate` in front of it does that).
 
     FFmpeg re-sends PAT/PMT in front of every video key frame (and every 100 ms), so the
     byte stream cut where a key frame's packet begins plays alone. (``pat_pmt_at_frames``

@@ -16,14 +16,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from hss_pu import __version__
+from hss_pu.clients.http import HttpClient, Trust, platform_http, tls_context
 from hss_pu.clients.vd import RPC_TIMEOUT, RequestHandler, VdSession, connect_vd
-from hss_pu.clients.vs import (
-    HttpClient,
-    VsError,
-    fetch_server_addr,
-    make_http_client,
-    tls_verify,
-)
+from hss_pu.clients.vs import TIMEOUT as VS_TIMEOUT
+from hss_pu.clients.vs import VsError, fetch_server_addr
 from hss_pu.clock import OffsetClock
 from hss_pu.config import Config
 from hss_pu.errors import BadReply, DeadLinkError, LinkError, RpcRefused
@@ -115,8 +111,9 @@ class PlatformLink:
     async def run(self) -> None:
         """Schedule through Vs, serve Vd sessions; again through Vs when 9.3.1.2 says so."""
         c = self.config
-        self._ssl = tls_verify(c.ca_file)
-        async with make_http_client(c.device.mac, c.ca_file) as http:
+        self._ssl = tls_context(c.ca_file, Trust.PLATFORM)
+        vs = platform_http(c.device.mac, c.ca_file, trust=Trust.PLATFORM, timeout=VS_TIMEOUT)
+        async with vs as http:
             while True:
                 await self._schedule(http)
                 await self._serve()

@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from hss_pu.bridge import LoopBridge
 from hss_pu.errors import ChannelOffline, DeviceFailure, InvalidParam
 from hss_pu.media.channel import MediaChannel
-from hss_pu.media.packets import EncodedPacket, StreamInfo
+from hss_pu.media.packets import EncodedPacket, KeyframeGate, StreamInfo
 from hss_pu.media.tsmux import TsMuxer
 from hss_pu.retry import retry_delay
 from hss_pu.services.channels import ChannelRegistry, stream_for
@@ -84,7 +86,7 @@ class _LiveSink:
         self,
         sender: SrtSender,
         stats: PushStats,
-        on_broken: Callable[[BaseException], None],
+        on_broken: Callable[[BaseException], object],
     ) -> None:
         self._sender = sender
         self._stats = stats
@@ -93,7 +95,7 @@ class _LiveSink:
         self._mux: TsMuxer | None = None
         self._mux_audio = False
         self._out: list[bytes] = []
-        self._waiting_key = True  # every connection starts a fresh TS at a key frame
+        self._gate = KeyframeGate()  # every connection starts a fresh TS at a key frame
         self._stalled = 0
         self._dead = False
 
@@ -107,11 +109,9 @@ class _LiveSink:
                 # needs nothing: SPS/PPS travel with every key frame.)
                 self._mux.close()
                 self._mux = None
-                self._waiting_key = True
-            if self._waiting_key:
-                if not (pkt.kind == "video" and pkt.keyframe):
-                    return
-                self._waiting_key = False
+                self._gate.reset()
+            if not self._gate.admit(pkt):
+                return
             if self._mux is None:
                 self._mux = TsMuxer(video, audio, self._out.append, message_size=None)
                 self._mux_audio = audio is not None
@@ -141,9 +141,8 @@ class _LiveSink:
                 self._stalled += 1
                 if self._stalled >= SEND_STALL_LIMIT:
                     raise _LinkStalled(f"send buffer full for {self._stalled} messages")
-                if not self._waiting_key:
+                if self._gate.reset():
                     st.dropped_gops += 1
-                    self._waiting_key = True
                 break
         except (SrtError, _LinkStalled) as exc:
             self._dead = True
@@ -265,14 +264,10 @@ class LivePush:
         for _ in range(WARMUP_MESSAGES):
             sender.send_nowait(NULL_MESSAGE)
             await asyncio.sleep(WARMUP_SPACING)
-        loop = asyncio.get_running_loop()
-        broken: asyncio.Future[BaseException] = loop.create_future()
-
-        def report(exc: BaseException) -> None:  # on the capture thread
-            with contextlib.suppress(RuntimeError):  # the loop is gone (shutdown)
-                loop.call_soon_threadsafe(_resolve, broken, exc)
-
-        sink = _LiveSink(sender, self.stats, report)
+        bridge = LoopBridge()
+        broken: asyncio.Future[BaseException] = bridge.loop.create_future()
+        # The sink reports from the capture thread; once, but a repeat would be harmless.
+        sink = _LiveSink(sender, self.stats, functools.partial(bridge.set_result, broken))
         hub = self.media.hub
         hub.attach(sink)
         try:
@@ -282,11 +277,6 @@ class LivePush:
         finally:
             hub.detach(sink)
             sink.close()
-
-
-def _resolve(fut: asyncio.Future[BaseException], exc: BaseException) -> None:
-    if not fut.done():
-        fut.set_result(exc)
 
 
 class LiveService:

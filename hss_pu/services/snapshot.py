@@ -11,10 +11,8 @@ import ssl
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-import httpx
-
+from hss_pu.clients.http import Trust, UploadError, platform_http, tls_context, upload
 from hss_pu.errors import ChannelOffline, DeviceFailure, InvalidParam
-from hss_pu.logsetup import redact
 from hss_pu.media.channel import MediaChannel
 from hss_pu.wire.vd import SnapshotParams
 
@@ -26,12 +24,9 @@ UPLOAD_TIMEOUT = 10.0
 
 
 def upload_context(ca_file: str | None) -> ssl.SSLContext:
-    """Upload URLs point at cloud storage (public CAs) or at the platform (its own CA):
-    trust the system store and, when configured, the platform's CA as well."""
-    ctx = ssl.create_default_context()
-    if ca_file:
-        ctx.load_verify_locations(cafile=ca_file)
-    return ctx
+    """Only for ``daemon._record_service`` until it takes its client from
+    ``clients.http.platform_http(..., trust=Trust.UPLOADS)``; delete then."""
+    return tls_context(ca_file, Trust.UPLOADS)
 
 
 class SnapshotService:
@@ -45,12 +40,8 @@ class SnapshotService:
     ) -> None:
         self.media = media
         self.allow_insecure = allow_insecure
-        self._http = httpx.AsyncClient(
-            verify=upload_context(ca_file),
-            headers={"Mac-Identity": mac},
-            timeout=UPLOAD_TIMEOUT,
-            trust_env=False,
-        )
+        # Upload URLs point at cloud storage (public CAs) or at the platform (its CA).
+        self._http = platform_http(mac, ca_file, trust=Trust.UPLOADS, timeout=UPLOAD_TIMEOUT)
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -77,13 +68,9 @@ class SnapshotService:
     async def put(self, url: str, jpeg: bytes) -> None:
         self._check_url(url)
         try:
-            r = await self._http.put(url, content=jpeg, headers={"Content-Type": "image/jpeg"})
-        except httpx.HTTPError as exc:
-            raise DeviceFailure(
-                f"upload failed: {type(exc).__name__}: {redact(str(exc))}"
-            ) from None
-        if not 200 <= r.status_code < 300:
-            raise DeviceFailure(f"upload failed: HTTP {r.status_code}")
+            await upload(self._http, url, jpeg, "image/jpeg")
+        except UploadError as exc:
+            raise DeviceFailure(f"upload failed: {exc}") from None
 
     async def snapshot(self, p: SnapshotParams) -> None:
         jpeg = await self.take(p.channel)

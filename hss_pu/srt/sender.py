@@ -4,10 +4,13 @@ The live service muxes MPEG-TS itself and hands 1316-byte messages to :class:`Sr
 Only caller mode and live mode are used; the tests use ``srt-live-transmit`` as the
 listener.
 
-Threads: every call here runs on the event loop thread (none blocks: sends are
-non-blocking, stats, state and close return at once) except the blocking ``srt_connect``,
-which runs in a worker thread of its own (see :class:`_ConnectJob`). An
-:class:`SrtSender` belongs to one event loop; do not share it across threads. The
+Threads: nothing here blocks the caller. :meth:`SrtSender.send_nowait` is called on the
+channel's capture thread (the live push's sink, which holds its own lock so that its
+last send comes before the loop closes the sender); connecting, stats, MAXBW changes
+and close run on the event loop; the blocking ``srt_connect`` runs in a thread of its
+own that reports back through a :class:`~hss_pu.bridge.LoopBridge` (see
+:class:`_ConnectJob`). libsrt itself is thread-safe. An :class:`SrtSender` belongs to
+the loop that connected it. The
 passphrase is held as a :class:`~hss_pu.config.Secret`, registered with the log redactor
 on connect, and never put in a message.
 """
@@ -25,6 +28,7 @@ import time
 import weakref
 from typing import Any
 
+from hss_pu.bridge import LoopBridge
 from hss_pu.logsetup import add_secret, redacted_logger
 from hss_pu.srt.lib import (
     LIVE_PAYLOAD_SIZE,
@@ -142,24 +146,15 @@ class _ConnectJob:
         """Run :meth:`run` in a daemon thread of its own, not asyncio's default executor: an
         abandoned connect must not hold up ``asyncio.run``'s executor shutdown (and so the
         daemon's stop) for the rest of the connect timeout."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[SrtError | None] = loop.create_future()
-
-        def deliver(result: SrtError | None, exc: BaseException | None) -> None:
-            if fut.done():  # cancelled meanwhile
-                return
-            if exc is not None:
-                fut.set_exception(exc)
-            else:
-                fut.set_result(result)
+        bridge = LoopBridge()
+        fut: asyncio.Future[SrtError | None] = bridge.loop.create_future()
 
         def work() -> None:
+            # A future cancelled meanwhile is left alone; a closed loop has nobody waiting.
             try:
-                result, exc = self.run(), None
+                bridge.set_result(fut, self.run())
             except Exception as e:  # not expected; handed to the awaiting task
-                result, exc = None, e
-            with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
-                loop.call_soon_threadsafe(deliver, result, exc)
+                bridge.set_exception(fut, e)
 
         threading.Thread(target=work, name="srt-connect", daemon=True).start()
         return fut

@@ -10,6 +10,7 @@ from typing import Final
 from urllib.parse import quote, unquote, urlsplit
 
 from hss_pu.config import Secret
+from hss_pu.wire.urls import redact_url
 
 __all__ = [
     "DEFAULT_CONNECT_TIMEOUT_MS",
@@ -42,19 +43,21 @@ class SrtUrl:
     ignored: tuple[str, ...] = ()  # parameter names we do not use, for a log line
 
     def redacted(self) -> str:
+        """The URL as used, shown by :func:`~hss_pu.wire.urls.redact_url`'s rule: tuning
+        values stay, the streamid and the passphrase do not."""
         host = f"[{self.host}]" if ":" in self.host else self.host
         q: list[str] = []
         if self.streamid is not None:
-            q.append("streamid=" + quote(self.streamid, safe="#!:,=/@.-_~"))
+            q.append("streamid=" + quote(self.streamid, safe=""))
         q.append(f"latency={self.latency_ms}")
         if self.passphrase is not None:
-            q.append("passphrase=***")
+            q.append("passphrase=" + quote(self.passphrase.reveal(), safe=""))
         if self.pbkeylen is not None:
             q.append(f"pbkeylen={self.pbkeylen}")
         q.append(f"connect_timeout={self.connect_timeout_ms}")
         if self.maxbw is not None:
             q.append(f"maxbw={self.maxbw}")
-        return f"srt://{host}:{self.port}?" + "&".join(q)
+        return redact_url(f"srt://{host}:{self.port}?" + "&".join(q))
 
     __str__ = redacted
 

@@ -11,7 +11,6 @@ from hss_pu.media.sources.base import (
     Source,
     SourceItem,
     iter_items,
-    redact_url,
 )
 from hss_pu.media.sources.demux import DemuxSource
 from hss_pu.media.sources.emulated import EmulatedSource, read_timecode, timecode_bits
@@ -30,6 +29,5 @@ __all__ = [
     "iter_items",
     "make_source",
     "read_timecode",
-    "redact_url",
     "timecode_bits",
 ]

@@ -1,4 +1,4 @@
-"""What every source shares: the items it yields, the interface, pacing, URL redaction.
+"""What every source shares: the items it yields, the interface, pacing.
 
 A source either hands raw frames to the channel's encoder (:class:`RawVideo`, and
 :class:`RawAudio` when it has sound) or already-encoded H.264 (passthrough:
@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 from av.video.frame import VideoFrame
@@ -33,7 +32,6 @@ __all__ = [
     "SourceItem",
     "iter_items",
     "pause",
-    "redact_url",
 ]
 
 Clock = Callable[[], float]
@@ -100,17 +98,6 @@ def pause(stop: threading.Event, seconds: float) -> bool:
             return False
         time.sleep(min(left, STOP_POLL))
     return True
-
-
-def redact_url(url: str) -> str:
-    """The URL without its password, for logs and errors."""
-    parts = urlsplit(url)
-    if parts.password is None and parts.username is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, f"***@{host}", parts.path, parts.query, ""))
 
 
 def iter_items(source: Source, limit: int) -> Iterator[SourceItem]:

@@ -35,8 +35,8 @@ from hss_pu.media.sources.base import (
     Source,
     SourceItem,
     pause,
-    redact_url,
 )
+from hss_pu.wire.urls import redact_url, scrub_url
 
 __all__ = ["DemuxSource"]
 
@@ -143,12 +143,12 @@ class DemuxSource(Source):
             av.error.InvalidDataError,
         ) as exc:
             if self.kind == "rtsp" or (self.kind == "v4l2" and isinstance(exc, OSError)):
-                raise SourceUnavailable(f"{self.name}: {_why(exc)}") from exc
-            raise MediaError(f"{self.name}: cannot open: {_why(exc)}") from exc
+                raise SourceUnavailable(f"{self.name}: {_why(exc, self.target)}") from exc
+            raise MediaError(f"{self.name}: cannot open: {_why(exc, self.target)}") from exc
         except (av.error.FFmpegError, OSError) as exc:
             if self.kind == "rtsp" and not isinstance(exc, av.error.HTTPClientError):
-                raise SourceUnavailable(f"{self.name}: {_why(exc)}") from exc
-            raise MediaError(f"{self.name}: cannot open: {_why(exc)}") from exc
+                raise SourceUnavailable(f"{self.name}: {_why(exc, self.target)}") from exc
+            raise MediaError(f"{self.name}: cannot open: {_why(exc, self.target)}") from exc
 
     def open(self) -> None:
         c = self._open_container()
@@ -234,7 +234,7 @@ class DemuxSource(Source):
             self._end_of_input()
             return None
         except (av.error.FFmpegError, OSError) as exc:
-            raise SourceUnavailable(f"{self.name}: {_why(exc)}") from exc
+            raise SourceUnavailable(f"{self.name}: {_why(exc, self.target)}") from exc
         if pkt.size == 0:
             return None  # the demuxer's flush packet
         if self._astream is not None and pkt.stream_index == self._astream.index:
@@ -407,7 +407,8 @@ def _stamped(p: EncodedPacket, capture_time: float) -> EncodedPacket:
     return EncodedPacket(p.kind, p.data, p.pts, p.dts, p.duration, p.keyframe, capture_time)
 
 
-def _why(exc: BaseException) -> str:
+def _why(exc: BaseException, target: str) -> str:
+    """FFmpeg's reason, without the URL's secrets should the text quote it."""
     if isinstance(exc, av.error.FFmpegError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
+        return scrub_url(exc.strerror, target)
+    return scrub_url(str(exc), target) or type(exc).__name__

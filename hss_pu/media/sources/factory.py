@@ -5,10 +5,11 @@ from __future__ import annotations
 import threading
 
 from hss_pu.media.encoder import EncodeSettings, MediaError
-from hss_pu.media.sources.base import Clock, Source, redact_url
+from hss_pu.media.sources.base import Clock, Source
 from hss_pu.media.sources.demux import DemuxSource
 from hss_pu.media.sources.emulated import EmulatedSource
 from hss_pu.media.sources.picam import PiCameraSource
+from hss_pu.wire.urls import redact_url
 
 __all__ = ["make_source"]
 
