@@ -33,11 +33,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
-
+from hss_pu.clients.http import Trust, platform_http
 from hss_pu.media.segmenter import Segment
 from hss_pu.reference_platform.server import PlatformOptions, ReferencePlatform
-from hss_pu.services.snapshot import upload_context
 from hss_pu.services.spool import Spool
 from hss_pu.services.uploader import Uploader
 
@@ -214,11 +212,12 @@ async def spill_lag(spill_mb: int) -> None:
         pt = PlatformThread(tmp / "platform")
         hold = 3.0 + spill_mb / 50  # time to fill memory
         pt.call(pt.platform.vr.fail, "create", 1, mode="timeout", hold=hold)
-        http = httpx.AsyncClient(
-            verify=upload_context(str(pt.platform.ca_file)),
-            headers={"Mac-Identity": "02:00:00:00:0b:03"},
-            timeout=httpx.Timeout(30.0, connect=10.0),
-            trust_env=False,
+        http = platform_http(
+            "02:00:00:00:0b:03",
+            str(pt.platform.ca_file),
+            trust=Trust.UPLOADS,
+            timeout=30.0,
+            connect_timeout=10.0,
         )
         up = Uploader(
             http, Spool(tmp / "spool", 4 * spill_mb * mib), memory_bytes=4 * spill_mb * mib

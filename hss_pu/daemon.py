@@ -17,10 +17,10 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import msgspec
 
 from hss_pu import __version__
+from hss_pu.clients.http import Trust, platform_http
 from hss_pu.clients.vd import RPC_TIMEOUT, VdSession
 from hss_pu.clock import OffsetClock
 from hss_pu.config import CameraSection, Config
@@ -39,7 +39,7 @@ from hss_pu.services.link import PlatformLink
 from hss_pu.services.live import LiveService
 from hss_pu.services.localctl import LocalControl
 from hss_pu.services.record import RecordService
-from hss_pu.services.snapshot import SnapshotService, upload_context
+from hss_pu.services.snapshot import SnapshotService
 from hss_pu.services.spool import Spool
 from hss_pu.services.uploader import Uploader
 from hss_pu.tasks import TaskSet
@@ -256,12 +256,9 @@ class Daemon:
         if rec.store != "none" and max_mb > 0:
             base = Path(rec.path) if rec.store == "mount" else Path(c.storage_dir)
             spool = Spool(base / "spool", max_mb * 1024 * 1024)
-        http = httpx.AsyncClient(
-            verify=upload_context(c.ca_file),
-            headers={"Mac-Identity": c.device.mac},
-            timeout=httpx.Timeout(30.0, connect=10.0),
-            follow_redirects=False,
-            trust_env=False,
+        # Segment uploads may go to a storage service the system store trusts.
+        http = platform_http(
+            c.device.mac, c.ca_file, trust=Trust.UPLOADS, timeout=30.0, connect_timeout=10.0
         )
         uploader = Uploader(
             http,

@@ -88,9 +88,7 @@ def test_made_on_the_loop_or_given_one() -> None:
         loop.close()
 
 
-# The recording's capture-thread sink still calls the loop itself until the lead's merge
-# gives it a LoopBridge: remove it from this set then.
-PENDING = {"hss_pu/services/record.py"}
+PENDING: set[str] = set()  # every thread reaches the loop through a LoopBridge
 
 
 def test_threads_reach_the_loop_through_the_bridge_only() -> None:

@@ -128,10 +128,8 @@ def test_factory_refuses_what_cannot_work() -> None:
     assert not http.follow_redirects and not http.trust_env
 
 
-# httpx is imported by clients/ alone (and the reference platform, a program of its
-# own). Two modules still do, until the lead's merge switches the recording to
-# clients.http.platform_http: remove them from this set then.
-PENDING_HTTPX = {"hss_pu/daemon.py", "hss_pu/services/record.py"}
+# httpx is imported by clients/ alone (and the reference platform, a program of its own).
+PENDING_HTTPX: set[str] = set()
 
 
 def test_httpx_stays_inside_clients() -> None:

@@ -17,16 +17,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import msgspec
 import pytest
 
 from hss_pu import fsutil
+from hss_pu.clients.http import HttpClient, Trust, platform_http
 from hss_pu.clients.vr import SegmentBody, VrClient
 from hss_pu.media.segmenter import Segment
 from hss_pu.reference_platform.server import PlatformOptions, ReferencePlatform
 from hss_pu.services import spool as spool_mod
-from hss_pu.services.snapshot import upload_context
 from hss_pu.services.spool import SegmentMeta, Spool, SpoolError
 from hss_pu.services.uploader import PUT_ATTEMPTS, Uploader
 
@@ -46,14 +45,14 @@ async def platform(tmp_path: Path) -> AsyncIterator[ReferencePlatform]:
         await p.close()
 
 
-def http_client(platform: ReferencePlatform, timeout: float = 30.0) -> httpx.AsyncClient:
+def http_client(platform: ReferencePlatform, timeout: float = 30.0) -> HttpClient:
     """As the daemon makes it (TLS verified, Mac-Identity on every request)."""
-    return httpx.AsyncClient(
-        verify=upload_context(str(platform.ca_file)),
-        headers={"Mac-Identity": MAC},
-        timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
-        follow_redirects=False,
-        trust_env=False,
+    return platform_http(
+        MAC,
+        str(platform.ca_file),
+        trust=Trust.UPLOADS,
+        timeout=timeout,
+        connect_timeout=min(timeout, 10.0),
     )
 
 

@@ -21,10 +21,10 @@ from hss_pu.clients.vr import (
     VrError,
     parse_retry_after,
     retrying,
-    safe_url,
 )
 from hss_pu.reference_platform.http import HttpServer, Request, Response, json_response
 from hss_pu.reference_platform.pki import Pki, ensure_pki
+from hss_pu.wire.urls import redact_url
 
 MAC = "02:00:00:00:00:01"
 NOW = 1_700_000_000.0
@@ -259,7 +259,7 @@ async def test_status_errors(
     info = json.loads(reply.body)["info"] if reply.body.startswith(b"{") else None
     if info is not None:
         assert msg.endswith(f": {info}")
-    assert "session=" not in msg  # the cbk_url's query is never quoted
+    assert "session=s1" not in msg and "session=***" in msg  # query values never quoted
     assert vr.counters["save"].failures == 1
 
 
@@ -308,7 +308,7 @@ async def test_put_error_hides_the_signed_query(vr: VrClient, platform: Platform
         await vr.put(url, SegmentBody.from_bytes(b"x" * 10))
     msg = str(ei.value)
     assert "TOPSECRET" not in msg and "T0K3N" not in msg
-    assert f"({platform.base}/store/x.ts)" in msg and not ei.value.transient
+    assert f"({platform.base}/store/x.ts?sig=***&token=***)" in msg and not ei.value.transient
 
 
 async def test_plain_http_upload_refused_when_https_asked(vr: VrClient, platform: Platform) -> None:
@@ -369,9 +369,11 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after(formatdate(NOW + 9999, usegmt=True), now=NOW) == 300.0
 
 
-def test_safe_url() -> None:
-    assert safe_url("https://u:pw@h.example:8443/a/b?sig=x#f") == "https://h.example:8443/a/b"
-    assert safe_url("https://[::1]/x?y") == "https://[::1]/x"
+def test_vr_errors_show_urls_by_the_one_rule() -> None:
+    """clients/vr.py names URLs through wire.urls.redact_url, secrets out."""
+    assert redact_url("https://u:pw@h.example:8443/a/b?sig=x#f") == (
+        "https://***@h.example:8443/a/b?sig=***"
+    )
 
 
 # --- bodies ---------------------------------------------------------------------------

@@ -22,13 +22,14 @@ from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Awaita
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, TypeVar, cast
-from urllib.parse import unquote_plus, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import httpx
 
 from hss_pu.errors import LinkError
-from hss_pu.logsetup import REDACTED, redact
+from hss_pu.logsetup import redact
 from hss_pu.wire import vr as wire
+from hss_pu.wire.urls import redact_url, scrub_url
 
 __all__ = [
     "CHUNK_SIZE",
@@ -41,7 +42,6 @@ __all__ = [
     "VrError",
     "parse_retry_after",
     "retrying",
-    "safe_url",
 ]
 
 CHUNK_SIZE = 64 * 1024
@@ -84,38 +84,9 @@ class SegmentBodyError(OSError):
     """The segment file cannot be read as declared (gone, shrunk, grown): not retryable."""
 
 
-def safe_url(url: str | httpx.URL) -> str:
-    """``url`` without user info, query or fragment: fit for messages and logs."""
-    try:
-        u = urlsplit(str(url))
-        host = u.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        netloc = f"{host}:{u.port}" if u.port is not None else host
-    except ValueError:
-        return "<bad url>"
-    return urlunsplit((u.scheme, netloc, u.path, "", ""))
-
-
 def _scrub(text: str, url: str) -> str:
     """Exception texts from the HTTP stack may quote the URL: keep its secrets out."""
-    text = text.replace(url, safe_url(url))
-    query = urlsplit(url).query
-    if query:
-        text = text.replace(query, REDACTED)
-        # A storage server may echo one signature back ("signature X expired").
-        for value in sorted(set(_query_values(query)), key=len, reverse=True):
-            text = text.replace(value, REDACTED)
-    return redact(text)
-
-
-def _query_values(query: str) -> list[str]:
-    """Query values long enough to replace without mangling ordinary text, raw and decoded."""
-    out: list[str] = []
-    for part in query.split("&"):
-        raw = part.partition("=")[2]
-        out += [v for v in (raw, unquote_plus(raw)) if len(v) >= 4]
-    return out
+    return redact(scrub_url(text, url))
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -152,7 +123,7 @@ def _cert_failure(exc: BaseException) -> bool:
 
 
 def _transport_error(op: str, url: str, exc: Exception) -> VrError:
-    where = safe_url(url)
+    where = redact_url(url)
     if isinstance(exc, httpx.ConnectError) and _cert_failure(exc):
         return VrError(
             op,
@@ -174,7 +145,7 @@ def _status_error(op: str, url: str, resp: httpx.Response, body: bytes) -> VrErr
     reason = f"HTTP {status}"
     if resp.reason_phrase:
         reason += f" {resp.reason_phrase}"
-    reason += f" ({safe_url(url)})"
+    reason += f" ({redact_url(url)})"
     try:
         info = wire.parse_error_info(body)
     except wire.VrFormatError:
@@ -341,7 +312,7 @@ class VrClient:
     def __init__(self, cbk_url: str, http: httpx.AsyncClient, *, https: bool) -> None:
         u = urlsplit(cbk_url)
         if u.scheme not in ("http", "https") or not u.hostname:
-            raise ValueError(f"cbk_url must be an http(s) URL, not {safe_url(cbk_url)!r}")
+            raise ValueError(f"cbk_url must be an http(s) URL, not {redact_url(cbk_url)!r}")
         mac = http.headers.get("Mac-Identity")
         if not mac:
             raise ValueError("the HTTP client carries no Mac-Identity header (clause 9.2)")
@@ -362,7 +333,9 @@ class VrClient:
         try:
             return wire.parse_create_reply(reply)
         except wire.VrFormatError as exc:
-            raise VrError("create", f"{exc} ({safe_url(self.cbk_url)})", transient=False) from None
+            raise VrError(
+                "create", f"{exc} ({redact_url(self.cbk_url)})", transient=False
+            ) from None
 
     async def save(self, name: str) -> None:
         await self._post("save", wire.encode_save(name))
@@ -380,7 +353,7 @@ class VrClient:
             return wire.parse_currenttime(reply)
         except wire.VrFormatError as exc:
             raise VrError(
-                "getcurrenttime", f"{exc} ({safe_url(self.cbk_url)})", transient=False
+                "getcurrenttime", f"{exc} ({redact_url(self.cbk_url)})", transient=False
             ) from None
 
     async def _post(self, op: str, body: bytes) -> bytes:
@@ -399,10 +372,10 @@ class VrClient:
         """Upload the segment to the URL that create gave; any 2xx is success."""
         u = urlsplit(url)
         if u.scheme not in ("http", "https") or not u.hostname:
-            raise VrError("put", f"bad upload URL {safe_url(url)!r}", transient=False)
+            raise VrError("put", f"bad upload URL {redact_url(url)!r}", transient=False)
         if u.scheme == "http" and self.https:
             raise VrError(
-                "put", f"plain http:// upload URL refused ({safe_url(url)})", transient=False
+                "put", f"plain http:// upload URL refused ({redact_url(url)})", transient=False
             )
         chunks = body.chunks()
 
@@ -446,7 +419,7 @@ class VrClient:
         except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
             stats.failures += 1
             raise VrError(
-                op, f"bad URL {safe_url(url)!r}: {type(exc).__name__}", transient=False
+                op, f"bad URL {redact_url(url)!r}: {type(exc).__name__}", transient=False
             ) from None
         stats.requests += 1
         stats.header_bytes += _head_size(req)

@@ -11,7 +11,6 @@ memory and disk queues, op=stat). A segment is never larger than the uploader's
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -21,6 +20,7 @@ from urllib.parse import urlsplit
 
 import msgspec
 
+from hss_pu.bridge import LoopBridge
 from hss_pu.errors import DeviceError, InvalidParam
 from hss_pu.fsutil import atomic_write
 from hss_pu.media.channel import MediaChannel
@@ -29,6 +29,7 @@ from hss_pu.media.segmenter import PrerecordRing, Segment, Segmenter
 from hss_pu.services.channels import ChannelRegistry, stream_for
 from hss_pu.services.uploader import Uploader
 from hss_pu.tasks import TaskSet
+from hss_pu.wire.urls import redact_url
 from hss_pu.wire.vd import StartRecordParams, StopRecordParams
 
 __all__ = ["RecordService"]
@@ -36,12 +37,6 @@ __all__ = ["RecordService"]
 log = logging.getLogger("hss_pu.record")
 
 RING_BYTES_PER_SECOND_FACTOR = 2  # ring byte bound: seconds x bitrate/8 x this
-
-
-def _redact_url(url: str) -> str:
-    parts = urlsplit(url)
-    port = f":{parts.port}" if parts.port else ""
-    return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
 
 
 class _RecordSink:
@@ -212,15 +207,12 @@ class RecordService:
             start = p.start_ts if p.start_ts > 0 else self.clock()
             pre = min(p.prerecord_seconds, self.prerecord_cap)
             ring = self.rings.get(p.channel)
-            loop = asyncio.get_running_loop()
+            bridge = LoopBridge()
             session_id, cbk = p.session_id, p.cbk_url
             max_count = p.seg_max_count
 
             def emit(seg: Segment) -> None:  # capture thread
-                with contextlib.suppress(RuntimeError):
-                    loop.call_soon_threadsafe(
-                        self.uploader.submit, seg, session_id, cbk, https, max_count
-                    )
+                bridge.call(self.uploader.submit, seg, session_id, cbk, https, max_count)
 
             max_size = min(p.seg_max_size, self.uploader.max_segment_bytes)
             if max_size < p.seg_max_size:
@@ -248,7 +240,7 @@ class RecordService:
                 p.channel,
                 p.session_id,
                 p.seg_duration,
-                _redact_url(p.cbk_url),
+                redact_url(p.cbk_url),
             )
             self._tasks.spawn(self.uploader.check_clock(p.cbk_url, https), "vr-clock")
         self._on_change()

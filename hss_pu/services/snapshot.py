@@ -7,26 +7,19 @@ clear error naming what went wrong, never a silent success.
 from __future__ import annotations
 
 import logging
-import ssl
 from collections.abc import Mapping
 from urllib.parse import urlsplit
 
-from hss_pu.clients.http import Trust, UploadError, platform_http, tls_context, upload
+from hss_pu.clients.http import Trust, UploadError, platform_http, upload
 from hss_pu.errors import ChannelOffline, DeviceFailure, InvalidParam
 from hss_pu.media.channel import MediaChannel
 from hss_pu.wire.vd import SnapshotParams
 
-__all__ = ["SnapshotService", "upload_context"]
+__all__ = ["SnapshotService"]
 
 log = logging.getLogger("hss_pu.snapshot")
 
 UPLOAD_TIMEOUT = 10.0
-
-
-def upload_context(ca_file: str | None) -> ssl.SSLContext:
-    """Only for ``daemon._record_service`` until it takes its client from
-    ``clients.http.platform_http(..., trust=Trust.UPLOADS)``; delete then."""
-    return tls_context(ca_file, Trust.UPLOADS)
 
 
 class SnapshotService:

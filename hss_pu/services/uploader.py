@@ -38,9 +38,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-import httpx
 import msgspec
 
+from hss_pu.clients.http import HttpClient
 from hss_pu.clients.vr import SegmentBody, VrClient, VrError, retrying
 from hss_pu.media.segmenter import Segment
 from hss_pu.services.spool import SegmentMeta, Spool, SpoolEntry, SpoolError
@@ -119,7 +119,7 @@ class Uploader:
 
     def __init__(
         self,
-        http: httpx.AsyncClient,
+        http: HttpClient,
         spool: Spool | None,
         *,
         memory_bytes: int,
