@@ -95,3 +95,33 @@ async def test_a_file_without_a_picture_is_an_error_not_a_busy_loop(
     await ch.stop()
     assert opens <= 6, opens
     assert ch.stats.last_error is not None and "no picture" in ch.stats.last_error
+
+
+async def test_a_live_push_task_that_fails_is_logged_at_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A bug in the push loop is reported when it happens, not swallowed at StopLive."""
+
+    class Sender:
+        async def close(self) -> None:
+            pass
+
+    async def connected(self: LivePush) -> Any:
+        return Sender()
+
+    async def broken(self: LivePush) -> None:
+        raise RuntimeError("push loop bug")
+
+    monkeypatch.setattr(LivePush, "_connect", connected)
+    monkeypatch.setattr(LivePush, "_run", broken)
+    media = MediaChannel(0, "emulated", SETTINGS, time.time)
+    push = LivePush(
+        media, parse_srt_url("srt://127.0.0.1:9000"), "s", backoff_scale=1.0, rng=random.Random(1)
+    )
+    await push.start()
+    for _ in range(50):
+        if "task live-s failed" in caplog.text:
+            break
+        await asyncio.sleep(0.01)
+    assert "task live-s failed" in caplog.text and "push loop bug" in caplog.text
+    await push.stop()

@@ -34,6 +34,7 @@ from hss_pu.srt import (
     maxbw_for_bitrate,
     parse_srt_url,
 )
+from hss_pu.tasks import TaskSet
 from hss_pu.wire.vd import PushLiveParams, StopLiveParams
 
 __all__ = ["LivePush", "LiveService", "PushStats"]
@@ -187,6 +188,7 @@ class LivePush:
         self.stats = PushStats()
         self.sender: SrtSender | None = None
         self._task: asyncio.Task[None] | None = None
+        self._tasks = TaskSet(log)
         self.connected = asyncio.Event()
 
     @property
@@ -201,7 +203,8 @@ class LivePush:
     async def start(self) -> None:
         """Connect once (so PushLive can answer truthfully), then keep pushing."""
         self.sender = await asyncio.wait_for(self._connect(), FIRST_CONNECT_TIMEOUT)
-        self._task = asyncio.create_task(self._run(), name=f"live-{self.stream_id}")
+        # Through a TaskSet: kept referenced, and a failure is logged when it happens.
+        self._task = self._tasks.spawn(self._run(), f"live-{self.stream_id}")
 
     async def stop(self) -> None:
         if self._task is not None:
