@@ -159,6 +159,23 @@ def test_ring_keeps_seconds_from_a_key_frame(
     assert bounded.span <= 3.0  # the byte bound won over the 10 s
 
 
+def test_ring_byte_bound_follows_the_bitrate(
+    stream: tuple[list[EncodedPacket], StreamInfo],
+) -> None:
+    """A quality change raises the bitrate: a bound read at each trim keeps N seconds."""
+    pkts, info = stream
+    limit = [gop_size(pkts) * 2]
+    ring = PrerecordRing(10, lambda: limit[0])
+    half = len(pkts) // 2
+    for p in pkts[:half]:
+        ring.on_packet(p, info, None)
+    assert ring.span <= 3.0  # the low bound
+    limit[0] = 10 << 20  # the encoder now runs at a higher bitrate
+    for p in pkts[half:]:
+        ring.on_packet(p, info, None)
+    assert ring.span > 3.0
+
+
 def gop_size(pkts: list[EncodedPacket]) -> int:
     return max(sum(p.size for p in pkts[i : i + GOP]) for i in range(0, len(pkts) - GOP, GOP))
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hss_pu.media.packets import TIME_BASE, EncodedPacket, KeyframeGate, StreamInfo
@@ -189,7 +190,9 @@ class PrerecordRing:
     a recording can start before the alarm that asked for it. Bounded in time and bytes;
     runs on the capture thread."""
 
-    def __init__(self, seconds: float, max_bytes: int) -> None:
+    def __init__(self, seconds: float, max_bytes: int | Callable[[], int]) -> None:
+        """``max_bytes`` may be a callable read at each trim: the bound then follows the
+        channel's bitrate when its quality changes."""
         self.seconds = seconds
         self.max_bytes = max_bytes
         self._pkts: collections.deque[EncodedPacket] = collections.deque()
@@ -211,11 +214,10 @@ class PrerecordRing:
 
     def _trim(self, now_pts: int) -> None:
         horizon = now_pts - round(self.seconds * HZ)
+        limit = self.max_bytes() if callable(self.max_bytes) else self.max_bytes
         # Drop whole GOPs from the front while the next key frame is still old enough
         # (or the bytes are over): what is left always starts at a key frame.
-        while len(self._keys) >= 2 and (
-            self._keys[1].pts <= horizon or self._bytes > self.max_bytes
-        ):
+        while len(self._keys) >= 2 and (self._keys[1].pts <= horizon or self._bytes > limit):
             nxt = self._keys[1]
             while self._pkts and self._pkts[0] is not nxt:
                 self._bytes -= self._pkts.popleft().size

@@ -11,6 +11,7 @@ memory and disk queues, op=stat). A segment is never larger than the uploader's
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -37,6 +38,12 @@ __all__ = ["RecordService"]
 log = logging.getLogger("hss_pu.record")
 
 RING_BYTES_PER_SECOND_FACTOR = 2  # ring byte bound: seconds x bitrate/8 x this
+
+
+def _ring_bytes(media: MediaChannel, ring: PrerecordRing) -> int:
+    """The ring's byte bound, from the bitrate the encoder runs now (a SetConfig quality
+    change can raise it: a bound fixed at creation would then hold less than N s)."""
+    return int((ring.seconds + 2) * media.settings.bitrate / 8 * RING_BYTES_PER_SECOND_FACTOR)
 
 
 class _RecordSink:
@@ -163,13 +170,13 @@ class RecordService:
         ring = self.rings.get(channel)
         if ring is not None and ring.seconds >= n:
             return False
-        max_bytes = int((n + 2) * media.settings.bitrate / 8 * RING_BYTES_PER_SECOND_FACTOR)
         if ring is None:
-            ring = PrerecordRing(n, max_bytes)
+            ring = PrerecordRing(n, 0)
+            ring.max_bytes = functools.partial(_ring_bytes, media, ring)
             self.rings[channel] = ring
             media.hub.attach(ring)
         else:
-            ring.seconds, ring.max_bytes = n, max_bytes
+            ring.seconds = n
         log.info("record ch%d: pre-record ring of %d s", channel, n)
         if self._prerecord.get(str(channel), 0) < n:
             self._prerecord[str(channel)] = n
