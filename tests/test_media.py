@@ -618,6 +618,7 @@ async def test_restart_keeps_sinks_and_timestamps_monotonic() -> None:
     sub = PacketCollector(ch.hub)
     await ch.start()
     a = [await asyncio.wait_for(sub.get(), 1.0) for _ in range(5)]
+    before = ch.hub.video
     await ch.restart()
     assert ch.running
     while (p := await asyncio.wait_for(sub.get(), 1.0)).dts <= a[-1].dts + 3000 and not p.keyframe:
@@ -626,6 +627,10 @@ async def test_restart_keeps_sinks_and_timestamps_monotonic() -> None:
     await ch.stop()
     assert b[0].keyframe
     assert all(y.dts > x.dts for x, y in itertools.pairwise(a + b))
+    # Same settings, yet a new stream for the recorder (its next segment: discontinue).
+    after = ch.hub.video
+    assert before is not None and after is not None
+    assert after.run == before.run + 1 and (after.width, after.height) == (320, 180)
 
 
 # --- cameras that are not there ----------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import itertools
 import threading
@@ -86,6 +87,23 @@ def test_a_new_stream_without_a_gap_starts_a_discontinue_segment(
     assert out[1].discontinue
     assert [len(decode(x, tmp_path)) for x in out] == [2 * GOP, 2 * GOP]
     assert decode(out[1], tmp_path)[0].width == 640
+
+
+def test_a_restart_with_the_same_settings_is_a_new_stream(
+    stream: tuple[list[EncodedPacket], StreamInfo],
+) -> None:
+    """RebootChannel restarts the encoder with equal parameters, possibly within a frame
+    or two: the run number in StreamInfo still marks the next segment discontinue."""
+    pkts, info = stream
+    seg = Segmenter(0, 4, 10 << 20)
+    restarted = dataclasses.replace(info, run=info.run + 1)
+    out = [x for p in pkts[: 2 * GOP] for x in seg.push(p, info, None)]
+    out += [x for p in pkts[2 * GOP : 4 * GOP] for x in seg.push(p, restarted, None)]
+    last = seg.flush()
+    assert last is not None
+    out.append(last)
+    assert [round(x.duration, 3) for x in out] == [2.0, 2.0]
+    assert out[1].discontinue
 
 
 def test_segments_tile_time_and_decode_alone(

@@ -125,6 +125,9 @@ class MediaChannel:
         self._delivered = False
         self._dropped_base = 0
         self._run_audio: StreamInfo | None = None  # the current run's sound, if any
+        self._runs = 0  # source/encoder runs so far: StreamInfo.run
+        self._video_in: StreamInfo | None = None  # the encoder's info, and ours stamped
+        self._video_out: StreamInfo | None = None
         self._audio_next: int | None = None
         self._video_flowing = False
         # Set by the worker for its current source: can it take a new picture live
@@ -337,7 +340,11 @@ class MediaChannel:
         # An audio track is declared only when this source really has sound.
         if source.audio and self.settings.audio:
             self._aenc = AudioEncoder(self.settings.audio_rate)
-        self._run_audio = self._aenc.info if self._aenc is not None else None
+        self._runs += 1
+        self._video_in = self._video_out = None
+        self._run_audio = (
+            dataclasses.replace(self._aenc.info, run=self._runs) if self._aenc is not None else None
+        )
         self._audio_next = None
         self._video_flowing = False
         self._live_picture = not source.passthrough
@@ -431,6 +438,10 @@ class MediaChannel:
         self._timeline.last_dts[pkt.kind] = pkt.dts
         hub = self.hub
         audio = self._run_audio
+        if video is not None and video is not self._video_in:  # once per new info, not per packet
+            self._video_in = video
+            self._video_out = dataclasses.replace(video, run=self._runs)
+        video = self._video_out
         # Stream info is a plain attribute write: the loop reads it (muxer set-up).
         if video is not None and hub.video != video:
             hub.video = video

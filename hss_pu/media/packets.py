@@ -60,6 +60,9 @@ class StreamInfo:
     sample_rate: int = 0
     channels: int = 0
     extradata: bytes | None = None  # SPS/PPS (avcC or Annex B) / AudioSpecificConfig
+    # Which run of the channel's source and encoder made the stream: a restart is a new
+    # stream for the recorder (a discontinuity) even when nothing else changed.
+    run: int = 0
 
 
 @dataclass(frozen=True, slots=True)
