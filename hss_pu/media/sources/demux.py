@@ -276,13 +276,7 @@ class DemuxSource(Source):
         self._loop_base = self._last_end
         self._first = None
         self.close()
-        c = self._open_container()
-        try:
-            self._setup(c)
-        except BaseException:
-            c.close()
-            raise
-        self._container = c
+        self.open()
 
     def _decode_audio(self, pkt: av.Packet[Any]) -> None:
         astream, resampler = self._astream, self._resampler
