@@ -23,13 +23,15 @@ pytestmark = [
 ]
 
 
-async def test_push_live_10s_then_stop(rig: Rig) -> None:
+async def test_push_live_5s_then_stop(rig: Rig) -> None:
+    """Five seconds of a steady push (150 frames) arrive all but a few, decode clean, and
+    stop with StopLive (a sender still running would add 100 kB a second)."""
     rx, reply = await rig.platform.push_live(DEVICE, 0, "live-0-a")
     assert reply.err is None, reply
     await rx.wait_bytes(50_000, timeout=10)
     media = rig.daemon.media[0]
     sent0 = media.stats.frames_encoded
-    await asyncio.sleep(10)
+    await asyncio.sleep(5)
     sent = media.stats.frames_encoded - sent0
     # Keepalive shows the stream while it is wanted.
     assert rig.keepalive_channels()[0].get("stream_id") == "live-0-a"
@@ -37,7 +39,7 @@ async def test_push_live_10s_then_stop(rig: Rig) -> None:
     assert reply.err is None
     await asyncio.sleep(1.0)
     size = rx.bytes_received
-    await asyncio.sleep(2.0)
+    await asyncio.sleep(1.0)
     assert rx.bytes_received == size, "bytes still growing after StopLive"
     await rx.close()
     info = ffprobe(rx.files[0])

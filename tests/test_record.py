@@ -16,6 +16,7 @@ import pytest
 from hss_pu.reference_platform.server import ReferencePlatform
 from hss_pu.reference_platform.vr import VrSegment
 from hss_pu.services import spool as spool_mod
+from hss_pu.services.record import RecordService
 from hss_pu.wire.vd import Code
 
 from .support.probe import decode_errors, ffprobe
@@ -28,9 +29,16 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.platform(hb_interval=1),
     pytest.mark.rig(
-        size=(W, H), fps=FPS, bitrate=300_000, prerecord_seconds=6, backoff_scale=0.05, seed=5
+        size=(W, H), fps=FPS, bitrate=300_000, prerecord_seconds=3, backoff_scale=0.05, seed=5
     ),
 ]
+
+
+def count(rec: RecordService, key: str) -> int:
+    """One of the record service's counters (``hss-pu status``)."""
+    value = rec.status()[key]
+    assert isinstance(value, int), (key, value)
+    return value
 
 
 def assert_tiles(segs: list[VrSegment]) -> None:
@@ -40,22 +48,37 @@ def assert_tiles(segs: list[VrSegment]) -> None:
         assert not b.discontinue, b
 
 
-async def test_sixty_seconds_in_four_second_segments(rig: Rig, tmp_path: Path) -> None:
+SEGMENTS, SEG_SECONDS = 12, 2
+
+
+async def test_twelve_segments_in_a_row_tile_exactly(rig: Rig, tmp_path: Path) -> None:
+    """24 s recorded in 2 s segments (two GOPs each): every segment within a frame of
+    2 s, each starting where the one before ended (11 boundaries), each decodable, and
+    all of them together one stream with every frame there."""
+    length = SEGMENTS * SEG_SECONDS
     t0 = rig.platform.now()
-    reply = await rig.start_record()
+    reply = await rig.start_record(seg_duration=SEG_SECONDS)
     assert reply.err is None, reply
     ka = await wait_keepalive(rig, lambda ch: ch.get("record_session") == "rec-1")
     assert ka
-    await asyncio.sleep(60)
+    await asyncio.sleep(length)  # the recording itself
     assert (await rig.call("StopRecord", {"session_id": "rec-1", "channel": 0})).err is None
     await wait_keepalive(rig, lambda ch: ch.get("record_session") is None)
-    segs = await rig.platform.vr.wait_segments(0, 15, timeout=20)
-    await asyncio.sleep(1)
+    rec = rig.daemon.record
+    assert rec is not None
+    segs = await rig.platform.vr.wait_segments(0, SEGMENTS, timeout=20)
+    # StopRecord handed the last, partial segment over before it answered: once nothing
+    # is queued, every segment is on the platform.
+    assert await until(
+        lambda: rec.status()["queued_memory"] == rec.status()["queued_disk"] == 0, 10
+    )
     segs = list(rig.platform.vr_segments[0])
     total = sum(s.duration for s in segs)
-    assert 59 <= total <= 62.5, [s.duration for s in segs]
+    assert length - 1 <= total <= length + 2.5, [s.duration for s in segs]
     assert segs[0].start <= t0 + 1.5  # at once (a key frame is asked for)
-    assert all(abs(s.duration - 4) <= FRAME for s in segs[:-1]), [s.duration for s in segs]
+    assert all(abs(s.duration - SEG_SECONDS) <= FRAME for s in segs[:-1]), [
+        s.duration for s in segs
+    ]
     assert_tiles(segs)
     for s in segs:
         assert s.check is not None and s.check.ok and s.check.key_first, s
@@ -132,14 +155,16 @@ async def test_put_always_failing_is_failed_and_reported(rig: Rig) -> None:
 
 
 async def test_outage_loses_nothing(rig: Rig) -> None:
-    assert (await rig.start_record(seg_duration=2, seg_max_count=2)).err is None
+    """1 s segments, at most 2 in memory: an outage of a dozen segments goes to disk, and
+    once Vr is back every segment arrives, in order, while the recording goes on."""
+    assert (await rig.start_record(seg_duration=1, seg_max_count=2)).err is None
     await rig.platform.vr.wait_segments(0, 1, timeout=10)
     rig.platform.vr_down = True
-    await asyncio.sleep(30)
     spool = rig.storage / "spool"
-    assert len(list(spool.glob("*.json"))) >= 12  # the outage went to disk
+    # The outage went to disk.
+    assert await until(lambda: len(list(spool.glob("*.json"))) >= 12, 30)
     rig.platform.vr_down = False
-    await asyncio.sleep(4)
+    assert await until(lambda: len(rig.platform.vr_segments[0]) >= 17, 20)
     assert (await rig.call("StopRecord", {"session_id": "rec-1", "channel": 0})).err is None
     rec = rig.daemon.record
     assert rec is not None
@@ -151,14 +176,18 @@ async def test_outage_loses_nothing(rig: Rig) -> None:
     assert rig.platform.vr_stats == [] and not list(spool.glob("*.ts"))
 
 
-@pytest.mark.rig(spool_max_mb=1)
+@pytest.mark.rig(spool_max_mb=1, bitrate=1_500_000)
 async def test_full_spool_evicts_oldest_and_reports(rig: Rig) -> None:
+    """A 1 MiB spool, 2 s segments of about 320 kB: from the fourth segment of the
+    outage on, each new one evicts the oldest."""
     platform = rig.platform
+    rec = rig.daemon.record
+    assert rec is not None
     assert (await rig.start_record(seg_duration=2, seg_max_count=1)).err is None
     await platform.vr.wait_segments(0, 1, timeout=10)
     platform.vr_down = True
-    await asyncio.sleep(45)  # ~1.7 MB of video for a 1 MiB spool
-    st = rig.daemon.record.status() if rig.daemon.record else {}
+    assert await until(lambda: count(rec, "segments_evicted") >= 3, 40), rec.status()
+    st = rec.status()
     evicted = st["segments_evicted"]
     assert isinstance(evicted, int) and evicted >= 3, st
     platform.vr_down = False
@@ -170,12 +199,15 @@ async def test_full_spool_evicts_oldest_and_reports(rig: Rig) -> None:
 
 
 async def test_prerecord_starts_before_start_ts(rig: Rig) -> None:
-    await asyncio.sleep(7)  # the ring fills (camera.prerecord_seconds = 6)
+    rec = rig.daemon.record
+    assert rec is not None
+    ring = rec.rings[0]  # camera.prerecord_seconds = 3
+    assert await until(lambda: ring.span >= 3, 10), ring.span  # the ring is full
     start_ts = rig.platform.now()
-    assert (await rig.start_record(prerecord_seconds=5, start_ts=start_ts)).err is None
+    assert (await rig.start_record(prerecord_seconds=2, start_ts=start_ts)).err is None
     segs = await rig.platform.vr.wait_segments(0, 1, timeout=15)
     lead = start_ts - segs[0].start
-    assert 4.5 <= lead <= 6.1, lead  # at the key frame at or before start_ts - 5
+    assert 1.5 <= lead <= 3.1, lead  # at the key frame at or before start_ts - 2
     assert segs[0].check is not None and segs[0].check.ok and segs[0].check.key_first
 
 
@@ -250,9 +282,10 @@ async def test_full_disk_is_reported_and_memory_keeps_what_it_can(
     assert (await rig.start_record(seg_duration=1, seg_max_count=2)).err is None
     await rig.platform.vr.wait_segments(0, 1, timeout=10)
     rig.platform.vr_down = True
-    await asyncio.sleep(5)
     rec = rig.daemon.record
-    assert rec is not None and not rig.task.done()
+    assert rec is not None
+    assert await until(lambda: count(rec, "queued_memory") >= 3, 10), rec.status()
+    assert not rig.task.done()
     st = rec.status()
     assert "no space left" in str(st["last_error"]) and "no space left" in str(st["spool_error"])
     assert st["queued_disk"] == 0 and isinstance(st["queued_memory"], int)
