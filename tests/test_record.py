@@ -134,7 +134,7 @@ async def test_start_record_rules(rig: Rig, caplog: pytest.LogCaptureFixture) ->
 
 async def test_put_fails_three_times_then_saved_once(rig: Rig) -> None:
     rig.platform.vr.fail("put", 3)
-    assert (await rig.start_record(seg_duration=2)).err is None
+    assert (await rig.start_record(seg_duration=1)).err is None
     segs = await rig.platform.vr.wait_segments(0, 3, timeout=20)
     assert rig.platform.vr_requests["put"] >= 3 + 3
     names = [s.name for s in segs]
@@ -145,11 +145,11 @@ async def test_put_fails_three_times_then_saved_once(rig: Rig) -> None:
 
 async def test_put_always_failing_is_failed_and_reported(rig: Rig) -> None:
     rig.platform.vr.fail("put", 5, status=500)  # PUT_ATTEMPTS for the first segment
-    assert (await rig.start_record(seg_duration=2)).err is None
+    assert (await rig.start_record(seg_duration=1)).err is None
     await until(lambda: rig.platform.vr_stats, 20)
     assert [f.reason for f in rig.platform.vr_failed] == ["fail"]
     stat = rig.platform.vr_stats[0]
-    assert stat.dropped_nb == 1 and abs(stat.dropped_time - 2.0) <= FRAME
+    assert stat.dropped_nb == 1 and abs(stat.dropped_time - 1.0) <= FRAME
     segs = await rig.platform.vr.wait_segments(0, 2, timeout=10)
     assert segs[0].discontinue  # the one before it never arrived
 
