@@ -9,6 +9,8 @@
 - ``spawn``: ``hss-pu ARGS`` as a process (support.rig.Proc), killed at the end if still up.
 - ``config_file``: the rig's config for a platform as a file, for ``hss-pu run --config``.
 - ``write_config``: a config file from a raw text template, for tests of the config parser.
+- ``fake_picamera2``: the picamera2 modules faked (no Pi camera here); ``pki``: a private
+  CA and server certificate for tests that serve HTTPS themselves.
 
 A mark's options apply to every test under it; the closest one wins (a test's own mark
 over its module's ``pytestmark``).
@@ -24,8 +26,11 @@ from typing import Any
 
 import pytest
 
+from hss_pu.reference_platform.pki import Pki, ensure_pki
 from hss_pu.reference_platform.server import ReferencePlatform
 
+from .support.fake_picamera2 import FakeCamera
+from .support.fake_picamera2 import install as install_fake_picamera2
 from .support.rig import (
     DEVICE,
     MAC,
@@ -143,6 +148,19 @@ def config_file(tmp_path: Path) -> ConfigFile:
         return write_config_file(doc, tmp_path / name, mode=mode, extra=extra)
 
     return write
+
+
+@pytest.fixture
+def fake_picamera2(monkeypatch: pytest.MonkeyPatch) -> type[FakeCamera]:
+    """The picamera2 and libcamera modules faked for this test (support/fake_picamera2)."""
+    return install_fake_picamera2(monkeypatch)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A private CA and a server certificate for 127.0.0.1 and localhost (the reference
+    platform's), for tests that serve HTTPS themselves."""
+    return ensure_pki(tmp_path_factory.mktemp("pki"))
 
 
 BASE_CONFIG = """\

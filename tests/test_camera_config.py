@@ -349,16 +349,17 @@ async def _note(seen: list[int], state: int) -> None:
 
 
 @pytest.fixture
-def clip_copy(h264_clip: Path, tmp_path: Path) -> Path:
+def live_clip(h264_clip: Path, tmp_path: Path) -> Path:
+    """A copy of h264_clip this test may move away (the camera going away)."""
     clip = tmp_path / "live.ts"
     clip.write_bytes(h264_clip.read_bytes())
     return clip
 
 
 async def test_a_failing_camera_is_state_3_until_it_recovers_or_is_rebooted(
-    make_rig: MakeRig, clip_copy: Path
+    make_rig: MakeRig, live_clip: Path
 ) -> None:
-    clip = clip_copy
+    clip = live_clip
     rig = await make_rig(source=f"file:{clip}")
     media = rig.daemon.media[0]
     media.retry_backoff = (0.2, 0.5)

@@ -246,7 +246,8 @@ async def test_sigkill_during_a_save_reply_then_restart_saves_each_segment_once(
     assert len(spooled) >= 3, spooled
     platform.vr.clear_faults()
     proc = await spawn(*run)
-    assert await until(lambda: not list(spool.glob("*.json")), 30), "spool not drained"
+    drained = await until(lambda: not list(spool.glob("*.json")), 30)
+    assert drained, ("spool not drained", proc.lines[-20:])
     await asyncio.sleep(0.5)
     segs = platform.vr_segments[0]
     starts = [round(s.start, 3) for s in segs]

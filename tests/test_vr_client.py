@@ -23,17 +23,12 @@ from hss_pu.clients.vr import (
     retrying,
 )
 from hss_pu.reference_platform.http import HttpServer, Request, Response, json_response
-from hss_pu.reference_platform.pki import Pki, ensure_pki
+from hss_pu.reference_platform.pki import Pki
 from hss_pu.wire.urls import redact_url
 
 from .support.rig import MAC
 
 NOW = 1_700_000_000.0
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return ensure_pki(tmp_path_factory.mktemp("pki"))
 
 
 class FakeVr:
