@@ -16,10 +16,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hss_pu.config import ConfigDoc, DeviceSection, PlatformSection, StorageSection, make_config
+from hss_pu.config import make_config
 from hss_pu.services.autoreboot import STATE_FILE, AutoReboot
 from hss_pu.services.devconfig import DevConfigStore
 from hss_pu.wire.autoreboot import DAY, MIN_GAP, next_reboot, parse_hhmm
+
+from .support.rig import daemon_config, until
 
 H = 3600.0
 
@@ -150,16 +152,13 @@ class Reboots:
 
 
 def store(tmp_path: Path) -> DevConfigStore:
-    doc = ConfigDoc(
-        device=DeviceSection(id="PU-1", password="pw-123456", mac="02:00:00:00:00:01"),
-        platform=PlatformSection(schedule_url="https://127.0.0.1:1"),
-        storage=StorageSection(dir=str(tmp_path)),
-    )
-    return DevConfigStore(make_config(doc))
+    return DevConfigStore(make_config(daemon_config("https://127.0.0.1:1", tmp_path)))
 
 
 @dataclass
-class Rig:
+class Running:
+    """The service running in this loop, with the clock and the reboots it sees."""
+
     devconfig: DevConfigStore
     clock: Clock
     reboots: Reboots
@@ -167,122 +166,118 @@ class Rig:
     task: asyncio.Task[None]
 
 
-async def start(tmp_path: Path, clock: Clock, devconfig: DevConfigStore | None = None) -> Rig:
+async def start_service(
+    tmp_path: Path, clock: Clock, devconfig: DevConfigStore | None = None
+) -> Running:
     dc = devconfig or store(tmp_path)
     reboots = Reboots(clock=clock)
     svc = AutoReboot(dc, clock, reboots, tmp_path, poll=0.1)
     task = asyncio.create_task(svc.run())
     await asyncio.sleep(0.05)
-    return Rig(dc, clock, reboots, svc, task)
+    return Running(dc, clock, reboots, svc, task)
 
 
-async def stop(rig: Rig) -> None:
-    rig.task.cancel()
+async def stop_service(running: Running) -> None:
+    running.task.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await rig.task
+        await running.task
 
 
 @pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+async def autoreboot(tmp_path: Path) -> AsyncIterator[Running]:
+    """The service, its clock at 2030-05-05T03:29:59.4 (0.6 s before a 03:30 reboot)."""
     clock = Clock()
     clock.set(utc("2030-05-05T03:29:59") + 0.4)
-    r = await start(tmp_path, clock)
+    r = await start_service(tmp_path, clock)
     try:
         yield r
     finally:
         if not r.task.done():
-            await stop(r)
+            await stop_service(r)
 
 
-async def until(pred: object, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if callable(pred) and pred():
-            return True
-        await asyncio.sleep(0.02)
-    return False
-
-
-async def test_off_by_default_then_fires_once_at_the_time(rig: Rig, tmp_path: Path) -> None:
-    assert rig.service.target is None  # factory settings: off
-    await rig.devconfig.set({"auto_reboot": {"on": True, "time": "03:30"}})
-    assert await until(lambda: rig.reboots.times, 3)
-    at = rig.reboots.times[0]
+async def test_off_by_default_then_fires_once_at_the_time(
+    autoreboot: Running, tmp_path: Path
+) -> None:
+    assert autoreboot.service.target is None  # factory settings: off
+    await autoreboot.devconfig.set({"auto_reboot": {"on": True, "time": "03:30"}})
+    assert await until(lambda: autoreboot.reboots.times, 3)
+    at = autoreboot.reboots.times[0]
     assert utc("2030-05-05T03:30:00") <= at < utc("2030-05-05T03:30:00") + 1
     saved = json.loads((tmp_path / STATE_FILE).read_text())
     assert saved == {"last": utc("2030-05-05T03:30:00")}
     await asyncio.sleep(0.5)
-    assert len(rig.reboots.times) == 1
-    assert rig.service.target == utc("2030-05-06T03:30:00")
+    assert len(autoreboot.reboots.times) == 1
+    assert autoreboot.service.target == utc("2030-05-06T03:30:00")
 
 
-async def test_no_loop_after_a_restart(rig: Rig, tmp_path: Path) -> None:
-    await rig.devconfig.set({"auto_reboot": {"on": True, "time": "03:30"}})
-    assert await until(lambda: rig.reboots.times, 3)
-    await stop(rig)
+async def test_no_loop_after_a_restart(autoreboot: Running, tmp_path: Path) -> None:
+    await autoreboot.devconfig.set({"auto_reboot": {"on": True, "time": "03:30"}})
+    assert await until(lambda: autoreboot.reboots.times, 3)
+    await stop_service(autoreboot)
     # The device is back with its clock a little behind the time it rebooted at.
     clock = Clock()
     clock.set(utc("2030-05-05T03:29:59") + 0.6)
-    again = await start(tmp_path, clock, store(tmp_path))
+    again = await start_service(tmp_path, clock, store(tmp_path))
     try:
         assert again.devconfig.get()["auto_reboot"]["on"] is True
         await asyncio.sleep(1.0)
         assert again.reboots.times == []
         assert again.service.target == utc("2030-05-06T03:30:00")
     finally:
-        await stop(again)
+        await stop_service(again)
 
 
-async def test_settime_replans(rig: Rig) -> None:
+async def test_settime_replans(autoreboot: Running) -> None:
     """The clock moved by Settime (no document change): followed within the poll."""
-    rig.clock.set(utc("2030-05-05T10:00:00"))
-    await rig.devconfig.set({"auto_reboot": {"on": True, "time": "03:30"}})
+    autoreboot.clock.set(utc("2030-05-05T10:00:00"))
+    await autoreboot.devconfig.set({"auto_reboot": {"on": True, "time": "03:30"}})
     await asyncio.sleep(0.2)
-    assert rig.service.target == utc("2030-05-06T03:30:00")
-    rig.clock.set(utc("2030-05-06T03:29:59") + 0.5)
-    assert await until(lambda: rig.reboots.times, 2)
-    rig.clock.set(utc("2030-05-06T02:00:00"))  # moved back: the day's reboot is done
+    assert autoreboot.service.target == utc("2030-05-06T03:30:00")
+    autoreboot.clock.set(utc("2030-05-06T03:29:59") + 0.5)
+    assert await until(lambda: autoreboot.reboots.times, 2)
+    autoreboot.clock.set(utc("2030-05-06T02:00:00"))  # moved back: the day's reboot is done
     await asyncio.sleep(0.3)
-    assert len(rig.reboots.times) == 1
-    assert rig.service.target == utc("2030-05-07T03:30:00")
+    assert len(autoreboot.reboots.times) == 1
+    assert autoreboot.service.target == utc("2030-05-07T03:30:00")
 
 
-async def test_tz_change_replans(rig: Rig) -> None:
-    rig.clock.set(utc("2030-05-05T02:29:59") + 0.4)  # 03:29:59 at UTC+1
-    await rig.devconfig.set({"auto_reboot": {"on": True, "time": "03:30"}})
+async def test_tz_change_replans(autoreboot: Running) -> None:
+    autoreboot.clock.set(utc("2030-05-05T02:29:59") + 0.4)  # 03:29:59 at UTC+1
+    await autoreboot.devconfig.set({"auto_reboot": {"on": True, "time": "03:30"}})
     await asyncio.sleep(0.2)
-    assert rig.service.target == utc("2030-05-05T03:30:00")
-    await rig.devconfig.set_tz(1)  # what Settime with tz=1 does
-    assert await until(lambda: rig.reboots.times, 2)
-    assert rig.reboots.times[0] < utc("2030-05-05T02:30:01")
+    assert autoreboot.service.target == utc("2030-05-05T03:30:00")
+    await autoreboot.devconfig.set_tz(1)  # what Settime with tz=1 does
+    assert await until(lambda: autoreboot.reboots.times, 2)
+    assert autoreboot.reboots.times[0] < utc("2030-05-05T02:30:01")
 
 
-async def test_turned_off_or_moved_before_the_time(rig: Rig) -> None:
-    await rig.devconfig.set({"auto_reboot": {"on": True, "time": "03:30"}})
-    await rig.devconfig.set({"auto_reboot": {"on": False}})
+async def test_turned_off_or_moved_before_the_time(autoreboot: Running) -> None:
+    await autoreboot.devconfig.set({"auto_reboot": {"on": True, "time": "03:30"}})
+    await autoreboot.devconfig.set({"auto_reboot": {"on": False}})
     await asyncio.sleep(1.0)
-    assert rig.reboots.times == [] and rig.service.target is None
-    await rig.devconfig.set({"auto_reboot": {"on": True, "time": "05:00"}})
+    assert autoreboot.reboots.times == [] and autoreboot.service.target is None
+    await autoreboot.devconfig.set({"auto_reboot": {"on": True, "time": "05:00"}})
     await asyncio.sleep(0.2)
-    assert rig.service.target == utc("2030-05-05T05:00:00")
-    await rig.devconfig.reset()  # ResetConfig: off again
+    assert autoreboot.service.target == utc("2030-05-05T05:00:00")
+    await autoreboot.devconfig.reset()  # ResetConfig: off again
     await asyncio.sleep(0.2)
-    assert rig.service.target is None and rig.reboots.times == []
+    assert autoreboot.service.target is None and autoreboot.reboots.times == []
 
 
-async def test_no_reboot_it_cannot_remember(rig: Rig, tmp_path: Path) -> None:
+async def test_no_reboot_it_cannot_remember(autoreboot: Running, tmp_path: Path) -> None:
     (tmp_path / STATE_FILE).mkdir()  # the record cannot be written
-    await rig.devconfig.set({"auto_reboot": {"on": True, "time": "03:30"}})
+    await autoreboot.devconfig.set({"auto_reboot": {"on": True, "time": "03:30"}})
     await asyncio.sleep(1.2)
-    assert rig.reboots.times == []
-    assert rig.service.target == utc("2030-05-06T03:30:00")  # and not again today
+    assert autoreboot.reboots.times == []
+    assert autoreboot.service.target == utc("2030-05-06T03:30:00")  # and not again today
 
 
-async def test_clock_jump_far_past_the_time_is_not_a_late_reboot(rig: Rig) -> None:
-    rig.clock.set(utc("2030-05-05T03:29:59") + 0.7)
-    await rig.devconfig.set({"auto_reboot": {"on": True, "time": "03:30"}})
+async def test_clock_jump_far_past_the_time_is_not_a_late_reboot(autoreboot: Running) -> None:
+    autoreboot.clock.set(utc("2030-05-05T03:29:59") + 0.7)
+    await autoreboot.devconfig.set({"auto_reboot": {"on": True, "time": "03:30"}})
     await asyncio.sleep(0.1)
-    rig.clock.set(utc("2030-05-05T09:00:00"))  # e.g. the first Vs sync of the day
+    autoreboot.clock.set(utc("2030-05-05T09:00:00"))  # e.g. the first Vs sync of the day
     await asyncio.sleep(0.6)
-    assert rig.reboots.times == []
-    assert rig.service.target == utc("2030-05-06T03:30:00")
+    assert autoreboot.reboots.times == []
+    assert autoreboot.service.target == utc("2030-05-06T03:30:00")

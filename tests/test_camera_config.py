@@ -5,12 +5,7 @@ srt-live-transmit receivers and ffprobe on what arrived."""
 from __future__ import annotations
 
 import asyncio
-import json
-import random
-import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,141 +13,26 @@ import av
 import numpy as np
 import pytest
 
-from hss_pu.config import (
-    CameraSection,
-    ConfigDoc,
-    DeviceSection,
-    PlatformSection,
-    StorageSection,
-    make_config,
-)
-from hss_pu.daemon import Daemon
 from hss_pu.media.picture import Painter, Picture
 from hss_pu.media.sources import read_timecode
-from hss_pu.reference_platform.server import PlatformOptions, ReferencePlatform
 from hss_pu.srt import maxbw_for_bitrate
 from hss_pu.wire.vd import Code
 
-DEVICE = "PU-0001"
-PASSWORD = "Camera-Test-Pass1"
-MAC = "02:00:00:00:00:01"
+from .support.probe import decode_errors, frame_sizes, stream_types
+from .support.rig import DEVICE, MakeRig, Rig
+
 FPS = 15
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.platform(hb_interval=1),
+    pytest.mark.rig(size=(640, 360), fps=FPS, bitrate=600_000, backoff_scale=0.02, seed=7),
+]
 
 
-@dataclass
-class Rig:
-    platform: ReferencePlatform
-    daemon: Daemon
-    task: asyncio.Task[int]
-
-    async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
-        return await self.platform.call(DEVICE, method, params, timeout=20)
-
-    async def set_config(self, patch: dict[str, Any]) -> Any:
-        return await self.call("SetConfig", patch)
-
-    def state(self) -> int:
-        """Channel 0's state as the next Keepalive will report it."""
-        return self.daemon.channels.keepalive()[0].state
-
-    async def keepalive(self, pred: Callable[[dict[str, Any]], bool], timeout: float = 6) -> Any:
-        """The first Keepalive from now on whose channel 0 matches ``pred``."""
-        now = self.platform.now()
-        return await self.platform.wait_record(
-            lambda r: r.name == "Keepalive" and r.time >= now and pred(r.params["channels"][0]),
-            timeout=timeout,
-        )
-
-    async def start_record(self, session: str) -> Any:
-        return await self.call(
-            "StartRecord",
-            {
-                "session_id": session,
-                "channel": 0,
-                "max_bitrate": 0,
-                "seg_duration": 1,
-                "seg_max_size": 8 << 20,
-                "seg_max_count": 5,
-                "start_ts": 0,
-                "cbk_url": self.platform.vr_cbk_url(0),
-            },
-        )
-
-
-@pytest.fixture
-async def platform(tmp_path: Path) -> AsyncIterator[ReferencePlatform]:
-    p = ReferencePlatform(
-        PlatformOptions(state_dir=tmp_path / "platform", devices={DEVICE: PASSWORD}, hb_interval=1)
-    )
-    await p.start()
-    try:
-        yield p
-    finally:
-        await p.close()
-
-
-@pytest.fixture
-async def make_rig(
-    platform: ReferencePlatform, tmp_path: Path
-) -> AsyncIterator[Callable[..., Any]]:
-    rigs: list[Rig] = []
-
-    async def make(
-        source: str = "emulated", size: tuple[int, int] = (640, 360), profile: str = "emulated"
-    ) -> Rig:
-        doc = ConfigDoc(
-            device=DeviceSection(id=DEVICE, password=PASSWORD, mac=MAC, profile=profile),
-            platform=PlatformSection(
-                schedule_url=platform.schedule_url,
-                ca_file=str(platform.ca_file),
-                backoff_scale=0.02,
-            ),
-            camera=CameraSection(
-                source=source, width=size[0], height=size[1], fps=FPS, bitrate=600_000
-            ),
-            storage=StorageSection(dir=str(tmp_path / "pu")),
-        )
-        daemon = Daemon(make_config(doc), rng=random.Random(7), start_media=True)
-        task = asyncio.create_task(daemon.run())
-        await platform.wait_online(DEVICE)
-        rig = Rig(platform, daemon, task)
-        rigs.append(rig)
-        return rig
-
-    try:
-        yield make
-    finally:
-        for r in rigs:
-            r.daemon.stop()
-            await asyncio.wait_for(r.task, 15)
-
-
-def frame_sizes(path: Path) -> list[tuple[int, int]]:
-    out = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
-         "frame=width,height", "-of", "json", str(path)],
-        capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
-    return [(f["width"], f["height"]) for f in json.loads(out.stdout)["frames"]]
-
-
-def stream_types(path: Path) -> list[str]:
-    out = subprocess.run(
-        ["ffprobe", "-v", "error", "-show_entries", "stream=codec_type", "-of", "json",
-         str(path)],
-        capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
-    return [s["codec_type"] for s in json.loads(out.stdout)["streams"]]
-
-
-def decode_errors(path: Path) -> str:
-    r = subprocess.run(
-        ["ffmpeg", "-v", "error", "-i", str(path), "-f", "null", "-"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    return r.stderr.strip()
+async def start_record(rig: Rig, session: str) -> Any:
+    """1 s segments, from whenever the camera is (start_ts 0)."""
+    return await rig.start_record(session, seg_duration=1, start_ts=0)
 
 
 def jpeg_luma(data: bytes) -> np.ndarray:
@@ -172,12 +52,12 @@ async def snapshot(rig: Rig, name: str) -> np.ndarray:
 
 
 async def test_quality_restarts_the_encoder_and_live_and_recording_carry_on(
-    make_rig: Callable[..., Any],
+    make_rig: MakeRig,
 ) -> None:
-    rig: Rig = await make_rig()
+    rig = await make_rig()
     rx, reply = await rig.platform.push_live(DEVICE, 0, "q-live")
     assert reply.err is None, reply
-    assert (await rig.start_record("q-rec")).err is None
+    assert (await start_record(rig, "q-rec")).err is None
     await rx.wait_bytes(40_000)
     await rig.platform.vr.wait_segments(0, 1, timeout=10)
     r = await rig.set_config({"channels": {"0": {"video_encoding": {"quality": "ld"}}}})
@@ -218,8 +98,8 @@ async def test_quality_restarts_the_encoder_and_live_and_recording_carry_on(
     assert all(not s.discontinue for s in small[1:])
 
 
-async def test_a_refused_setconfig_applies_none_of_it(make_rig: Callable[..., Any]) -> None:
-    rig: Rig = await make_rig(size=(320, 180), profile="emulated-dual")
+async def test_a_refused_setconfig_applies_none_of_it(make_rig: MakeRig) -> None:
+    rig = await make_rig(size=(320, 180), profile="emulated-dual")
     before = (await rig.call("GetConfig")).resp
     settings = rig.daemon.media[0].settings
     r = await rig.set_config(
@@ -233,8 +113,8 @@ async def test_a_refused_setconfig_applies_none_of_it(make_rig: Callable[..., An
 # --- image and osd --------------------------------------------------------------------
 
 
-async def test_flips_and_osd_are_in_the_picture(make_rig: Callable[..., Any]) -> None:
-    rig: Rig = await make_rig(size=(640, 360))
+async def test_flips_and_osd_are_in_the_picture(make_rig: MakeRig) -> None:
+    rig = await make_rig(size=(640, 360))
     plain = await snapshot(rig, "plain.jpg")
     assert read_timecode(plain) is not None
     osd = {"text": "Front door", "font": 24, "pos": "topleft"}
@@ -280,9 +160,9 @@ BAD_OSD = [
 
 
 async def test_osd_text_is_one_printable_line_the_camera_can_draw(
-    make_rig: Callable[..., Any],
+    make_rig: MakeRig,
 ) -> None:
-    rig: Rig = await make_rig(size=(320, 180))
+    rig = await make_rig(size=(320, 180))
     before = (await rig.call("GetConfig")).resp
     for text, code in BAD_OSD:
         r = await rig.set_config(
@@ -318,10 +198,10 @@ max_mb = 64
 """
 
 
-@pytest.fixture
-def h264_clip(tmp_path: Path) -> Path:
-    """1 s of H.264 640x360@15 in MPEG-TS, no sound."""
-    path = tmp_path / "cam.ts"
+@pytest.fixture(scope="module")
+def h264_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """1 s of H.264 640x360@15 in MPEG-TS, no sound (read only: copy it to change it)."""
+    path = tmp_path_factory.mktemp("clip") / "cam.ts"
     with av.open(str(path), "w") as out:
         st = out.add_stream("libx264", rate=FPS)
         st.width, st.height, st.pix_fmt = 640, 360, "yuv420p"
@@ -336,11 +216,11 @@ def h264_clip(tmp_path: Path) -> Path:
 
 
 async def test_a_passed_through_camera_refuses_what_it_cannot_change(
-    make_rig: Callable[..., Any], h264_clip: Path, tmp_path: Path
+    make_rig: MakeRig, h264_clip: Path, tmp_path: Path
 ) -> None:
     profile = tmp_path / "passthrough.toml"
     profile.write_text(PASSTHROUGH_PROFILE)
-    rig: Rig = await make_rig(source=f"file:{h264_clip}", profile=str(profile))
+    rig = await make_rig(source=f"file:{h264_clip}", profile=str(profile))
     assert await rig.daemon.media[0].wait_running()
     before = (await rig.call("GetConfig")).resp
     for patch in (
@@ -372,12 +252,12 @@ async def test_a_passed_through_camera_refuses_what_it_cannot_change(
 
 
 async def test_off_stops_the_camera_and_ends_its_streams_on_brings_it_back(
-    make_rig: Callable[..., Any],
+    make_rig: MakeRig,
 ) -> None:
-    rig: Rig = await make_rig(size=(320, 180))
+    rig = await make_rig(size=(320, 180))
     rx, reply = await rig.platform.push_live(DEVICE, 0, "off-live")
     assert reply.err is None
-    assert (await rig.start_record("off-rec")).err is None
+    assert (await start_record(rig, "off-rec")).err is None
     await rx.wait_bytes(20_000)
     media = rig.daemon.media[0]
     worker = media._thread
@@ -409,7 +289,7 @@ async def test_off_stops_the_camera_and_ends_its_streams_on_brings_it_back(
         r = await rig.call(method, params)
         assert r.err is not None and r.err.code == Code.CHANNEL_OFFLINE, (method, r)
         assert time.monotonic() - t0 < 1.0
-    r = await rig.start_record("off-rec-2")
+    r = await start_record(rig, "off-rec-2")
     assert r.err is not None and r.err.code == Code.CHANNEL_OFFLINE
     # On again: capturing, state 1, and streams can start.
     r = await rig.set_config({"channels": {"0": {"on": True}}})
@@ -421,12 +301,11 @@ async def test_off_stops_the_camera_and_ends_its_streams_on_brings_it_back(
     await rx2.wait_bytes(10_000)
 
 
-async def test_off_survives_a_restart(make_rig: Callable[..., Any]) -> None:
-    rig: Rig = await make_rig(size=(320, 180))
+async def test_off_survives_a_restart(make_rig: MakeRig) -> None:
+    rig = await make_rig(size=(320, 180))
     assert (await rig.set_config({"channels": {"0": {"on": False}}})).err is None
-    rig.daemon.stop()
-    await asyncio.wait_for(rig.task, 15)
-    again: Rig = await make_rig(size=(320, 180))
+    assert await rig.stop() == 0
+    again = await make_rig(size=(320, 180))
     ka = await again.keepalive(lambda c: True)
     assert ka.params["channels"][0]["state"] == 4
     assert not again.daemon.media[0].running and again.daemon.media[0]._thread is None
@@ -436,20 +315,20 @@ async def test_off_survives_a_restart(make_rig: Callable[..., Any]) -> None:
 
 
 async def test_reboot_channel_restarts_the_camera_and_streams_carry_on(
-    make_rig: Callable[..., Any],
+    make_rig: MakeRig,
 ) -> None:
-    rig: Rig = await make_rig(size=(320, 180))
+    rig = await make_rig(size=(320, 180))
     rx, reply = await rig.platform.push_live(DEVICE, 0, "rb-live")
     assert reply.err is None
-    assert (await rig.start_record("rb-rec")).err is None
+    assert (await start_record(rig, "rb-rec")).err is None
     await rx.wait_bytes(20_000)
     await rig.platform.vr.wait_segments(0, 1, timeout=10)
     media = rig.daemon.media[0]
     worker = media._thread
     seen: list[int] = []
     hooks = rig.daemon.channels.get(0).restart_hooks
-    hooks.insert(0, lambda: _note(seen, rig.state()))
-    hooks.append(lambda: _note(seen, rig.state()))
+    hooks.insert(0, lambda: _note(seen, rig.channel_state()))
+    hooks.append(lambda: _note(seen, rig.channel_state()))
     await rig.platform.send_event(DEVICE, "RebootChannel", {"channel": 0})
     ka = await rig.keepalive(lambda c: c["state"] == 1 and rig.daemon.channels.get(0).reboots == 1)
     assert seen == [0, 0]  # offline while it restarts
@@ -470,17 +349,18 @@ async def _note(seen: list[int], state: int) -> None:
 
 
 @pytest.fixture
-def clip_copy(h264_clip: Path) -> Path:
-    clip = h264_clip.parent / "live.ts"
+def live_clip(h264_clip: Path, tmp_path: Path) -> Path:
+    """A copy of h264_clip this test may move away (the camera going away)."""
+    clip = tmp_path / "live.ts"
     clip.write_bytes(h264_clip.read_bytes())
     return clip
 
 
 async def test_a_failing_camera_is_state_3_until_it_recovers_or_is_rebooted(
-    make_rig: Callable[..., Any], clip_copy: Path
+    make_rig: MakeRig, live_clip: Path
 ) -> None:
-    clip = clip_copy
-    rig: Rig = await make_rig(source=f"file:{clip}")
+    clip = live_clip
+    rig = await make_rig(source=f"file:{clip}")
     media = rig.daemon.media[0]
     media.retry_backoff = (0.2, 0.5)
     assert await media.wait_running()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import os
 import statistics
 import sys
 import time
@@ -20,10 +19,9 @@ from pathlib import Path
 import pytest
 
 import hss_pu.reference_platform
-from hss_pu.reference_platform.server import PlatformOptions, ReferencePlatform
+from hss_pu.reference_platform.server import ReferencePlatform
 
-from .conftest import WriteConfig
-from .test_daemon_process import PASSWORD, Proc
+from .support.rig import ConfigFile, Proc, Spawn
 
 # Never imported by the quick commands. Not just "slow": each pulls in more (PyAV loads
 # FFmpeg's libraries, the daemon pulls in every service).
@@ -80,46 +78,20 @@ async def run_cli(*args: str, importtime: bool = False) -> tuple[int, str, str, 
 
 
 @pytest.fixture
-async def platform(tmp_path: Path) -> AsyncIterator[ReferencePlatform]:
-    """The reference platform, knowing write_config's device and password."""
-    p = ReferencePlatform(
-        PlatformOptions(state_dir=tmp_path / "platform", devices={"PU-0001": PASSWORD})
-    )
-    await p.start()
-    try:
-        yield p
-    finally:
-        await p.close()
-
-
-@pytest.fixture
 async def running_daemon(
-    write_config: WriteConfig, platform: ReferencePlatform
+    config_file: ConfigFile, platform: ReferencePlatform, spawn: Spawn
 ) -> AsyncIterator[tuple[Path, Proc]]:
     """``hss-pu run --config`` (imports traced) online with the reference platform."""
-    path = write_config(
-        schedule_url=platform.schedule_url, ca_line=f'ca_file = "{platform.ca_file}"'
-    )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-X", "importtime", "-m", "hss_pu", "run", "--config", str(path),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "NOTIFY_SOCKET": ""},
-    )  # fmt: skip
-    p = Proc(proc)
-    try:
-        await p.wait_for("Vd: online")
-        yield path, p
-    finally:
-        if proc.returncode is None:
-            rc, _ = await p.stop()
-            assert rc == 0, p.lines[-20:]
+    path = config_file(platform)
+    p = await spawn("run", "--config", str(path), python_flags=("-X", "importtime"))
+    await p.wait_for("Vd: online")
+    yield path, p
+    if p.returncode is None:
+        rc, _ = await p.stop()
+        assert rc == 0, p.lines[-20:]
 
 
-async def test_quick_commands_import_nothing_heavy(
-    running_daemon: tuple[Path, Proc], write_config: WriteConfig
-) -> None:
+async def test_quick_commands_import_nothing_heavy(running_daemon: tuple[Path, Proc]) -> None:
     path, _ = running_daemon
     for args in (
         ["status", "--config", str(path)],

@@ -9,88 +9,23 @@ import itertools
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from hss_pu.config import ConfigDoc, DeviceSection, PlatformSection, StorageSection, make_config
-from hss_pu.daemon import Daemon
 from hss_pu.logsetup import OneLineFormatter
-from hss_pu.reference_platform.server import PlatformOptions, ReferencePlatform
+from hss_pu.reference_platform.server import ReferencePlatform
 from hss_pu.retry import retry_delay
 from hss_pu.wire.vd import MESSAGES, Code, decode_result
 
-DEVICE = "PU-0001"
-PASSWORD = "Corr3ct-Horse!Battery"
-MAC = "02:00:00:00:00:01"
+from .support.rig import DEVICE, MAC, MakePlatform, MakeRig, Rig
 
-
-@dataclass
-class Rig:
-    platform: ReferencePlatform
-    daemon: Daemon
-    task: asyncio.Task[int]
-    storage: Path
-
-    async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
-        return await self.platform.call(DEVICE, method, params, timeout=5)
-
-
-def make_daemon(
-    platform: ReferencePlatform,
-    storage: Path,
-    *,
-    password: str = PASSWORD,
-    backoff_scale: float = 0.01,
-    keepalive: float = 10.0,
-    seed: int = 1,
-    rpc_timeout: float = 20.0,
-    bind_id: str | None = None,
-) -> Daemon:
-    doc = ConfigDoc(
-        device=DeviceSection(
-            id=DEVICE, password=password, mac=MAC, profile="emulated", bind_id=bind_id
-        ),
-        platform=PlatformSection(
-            schedule_url=platform.schedule_url,
-            ca_file=str(platform.ca_file),
-            backoff_scale=backoff_scale,
-            keepalive_interval=keepalive,
-        ),
-        storage=StorageSection(dir=str(storage)),
-    )
-    # The control plane alone: no cameras (so PushLive/Snapshot answer "not available").
-    return Daemon(
-        make_config(doc), rng=random.Random(seed), rpc_timeout=rpc_timeout, start_media=False
-    )
-
-
-async def stop(daemon: Daemon, task: asyncio.Task[int]) -> int:
-    daemon.stop()
-    return await asyncio.wait_for(task, 5)
-
-
-def new_platform(tmp_path: Path, **kw: Any) -> ReferencePlatform:
-    opts = PlatformOptions(state_dir=tmp_path / "platform", devices={DEVICE: PASSWORD}, **kw)
-    return ReferencePlatform(opts)
-
-
-@pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    platform = new_platform(tmp_path, clock_offset=3600)
-    await platform.start()
-    daemon = make_daemon(platform, tmp_path / "pu")
-    task = asyncio.create_task(daemon.run())
-    try:
-        await platform.wait_online(DEVICE, timeout=10)
-        yield Rig(platform, daemon, task, tmp_path / "pu")
-    finally:
-        if not task.done():
-            await stop(daemon, task)
-        await platform.close()
+# The control plane alone: no cameras (so PushLive/Snapshot answer "not available"), the
+# configured camera as GetConfig reports it; a platform whose clock runs an hour ahead.
+pytestmark = [
+    pytest.mark.platform(clock_offset=3600),
+    pytest.mark.rig(start_media=False, size=(1280, 720), fps=30, bitrate=None),
+]
 
 
 async def test_login_url_and_first_keepalive(rig: Rig) -> None:
@@ -277,7 +212,7 @@ async def test_bad_frames_keep_the_session(rig: Rig) -> None:
     assert link.session.stats.malformed == 4
 
 
-async def test_set_config_persists_and_survives_restart(rig: Rig, tmp_path: Path) -> None:
+async def test_set_config_persists_and_survives_restart(rig: Rig, make_rig: MakeRig) -> None:
     patch = {
         "channels": {
             "0": {"video_encoding": {"quality": "sd", "fps": 5}, "osd": {"text": "Front door"}}
@@ -303,24 +238,18 @@ async def test_set_config_persists_and_survives_restart(rig: Rig, tmp_path: Path
         bad = await rig.call("SetConfig", p)
         assert bad.err is not None and bad.err.code == Code.UNSUPPORTED_CONFIG, p
     # Restart the daemon on the same storage: the change is still there.
-    await stop(rig.daemon, rig.task)
-    daemon = make_daemon(rig.platform, rig.storage)
-    task = asyncio.create_task(daemon.run())
-    try:
-        await rig.platform.wait_login(
-            lambda r: (
-                r.accepted and r.params["reconnect"] == "0" and r is not rig.platform.logins[0]
-            )
-        )
-        await rig.platform.wait_online(DEVICE)
-        conf = (await rig.call("GetConfig")).resp
-        assert conf["channels"]["0"]["osd"]["text"] == "Front door" and conf["tz"] == 2
-        assert (await rig.call("ResetConfig")).err is None
-        conf = (await rig.call("GetConfig")).resp
-        assert conf["channels"]["0"]["osd"]["text"] == "" and conf["tz"] == 0
-        assert not (rig.storage / "devconfig.json").exists()
-    finally:
-        await stop(daemon, task)
+    assert await rig.stop() == 0
+    again = await make_rig(storage=rig.storage, online=False)
+    await rig.platform.wait_login(
+        lambda r: r.accepted and r.params["reconnect"] == "0" and r is not rig.platform.logins[0]
+    )
+    await again.wait_online()
+    conf = (await again.call("GetConfig")).resp
+    assert conf["channels"]["0"]["osd"]["text"] == "Front door" and conf["tz"] == 2
+    assert (await again.call("ResetConfig")).err is None
+    conf = (await again.call("GetConfig")).resp
+    assert conf["channels"]["0"]["osd"]["text"] == "" and conf["tz"] == 0
+    assert not (again.storage / "devconfig.json").exists()
 
 
 async def test_deep_extension_is_a_12_and_the_document_keeps_working(rig: Rig) -> None:
@@ -335,30 +264,24 @@ async def test_deep_extension_is_a_12_and_the_document_keeps_working(rig: Rig) -
     assert (await rig.call("SetConfig", {"log_level": 3})).err is None
 
 
-async def test_reboot_channel_and_keepalive_state(tmp_path: Path) -> None:
-    platform = new_platform(tmp_path, hb_interval=1)
-    await platform.start()
-    daemon = make_daemon(platform, tmp_path / "pu", keepalive=30)
-    task = asyncio.create_task(daemon.run())
-    try:
-        await platform.wait_online(DEVICE)
-        # hb_interval from GetServerInfo (1 s) overrides the configured 30 s.
-        first = await platform.wait_record(lambda r: r.name == "Keepalive")
-        third = await platform.wait_record(
-            lambda r: r.name == "Keepalive" and r.index >= first.index + 2, timeout=5
-        )
-        assert third.time - first.time < 3.5
-        await platform.send_event(DEVICE, "RebootChannel", {"channel": 0})
-        await platform.wait_record(lambda r: r.name == "Keepalive" and r.time > third.time)
-        assert daemon.channels.get(0).reboots == 1
-        await platform.call(DEVICE, "SetConfig", {"channels": {"0": {"on": False}}})
-        ka = await platform.wait_record(
-            lambda r: r.name == "Keepalive" and r.params["channels"][0]["state"] == 4, timeout=5
-        )
-        assert ka.params["channels"][0]["channel"] == 0
-    finally:
-        await stop(daemon, task)
-        await platform.close()
+@pytest.mark.platform(hb_interval=1)
+@pytest.mark.rig(keepalive=30)
+async def test_reboot_channel_and_keepalive_state(rig: Rig) -> None:
+    platform = rig.platform
+    # hb_interval from GetServerInfo (1 s) overrides the configured 30 s.
+    first = await platform.wait_record(lambda r: r.name == "Keepalive")
+    third = await platform.wait_record(
+        lambda r: r.name == "Keepalive" and r.index >= first.index + 2, timeout=5
+    )
+    assert third.time - first.time < 3.5
+    await platform.send_event(DEVICE, "RebootChannel", {"channel": 0})
+    await platform.wait_record(lambda r: r.name == "Keepalive" and r.time > third.time)
+    assert rig.daemon.channels.get(0).reboots == 1
+    await rig.call("SetConfig", {"channels": {"0": {"on": False}}})
+    ka = await platform.wait_record(
+        lambda r: r.name == "Keepalive" and r.params["channels"][0]["state"] == 4, timeout=5
+    )
+    assert ka.params["channels"][0]["channel"] == 0
 
 
 def _capture_logs() -> tuple[io.StringIO, logging.Handler]:
@@ -373,7 +296,10 @@ def _capture_logs() -> tuple[io.StringIO, logging.Handler]:
     return buf, handler
 
 
-async def test_wrong_password_backs_off_per_schedule(tmp_path: Path) -> None:
+@pytest.mark.platform(lockout_after=100)
+async def test_wrong_password_backs_off_per_schedule(
+    platform: ReferencePlatform, make_rig: MakeRig
+) -> None:
     buf, handler = _capture_logs()
     raw: list[str] = []
 
@@ -383,19 +309,13 @@ async def test_wrong_password_backs_off_per_schedule(tmp_path: Path) -> None:
 
     raw_handler = Raw()
     logging.getLogger().addHandler(raw_handler)
-    platform = new_platform(tmp_path, lockout_after=100)
-    await platform.start()
     scale, window = 0.05, 3.0
-    daemon = make_daemon(
-        platform, tmp_path / "pu", password="Wr0ng-Password!", backoff_scale=scale, seed=7
-    )
-    task = asyncio.create_task(daemon.run())
     try:
+        rig = await make_rig(password="Wr0ng-Password!", backoff_scale=scale, seed=7, online=False)
         await asyncio.sleep(window)
         attempts = [r for r in platform.logins if r.device_id == DEVICE]
+        await rig.stop()
     finally:
-        await stop(daemon, task)
-        await platform.close()
         logging.getLogger().removeHandler(handler)
         logging.getLogger().removeHandler(raw_handler)
     assert attempts and not any(a.accepted for a in attempts)
@@ -420,39 +340,30 @@ async def test_wrong_password_backs_off_per_schedule(tmp_path: Path) -> None:
     assert not any("Wr0ng-Password" in m for m in raw), [m for m in raw if "Wr0ng" in m][:3]
 
 
-async def test_more_than_15_failures_reschedules_through_vs(tmp_path: Path) -> None:
-    platform = new_platform(tmp_path, lockout_after=100)
-    await platform.start()
-    daemon = make_daemon(platform, tmp_path / "pu", password="Wr0ng-Password!", backoff_scale=0.001)
-    task = asyncio.create_task(daemon.run())
-    try:
-        await platform.wait_login(lambda r: len(platform.vs_requests) >= 2, timeout=15)
-        before_second_vs = [r for r in platform.logins if r.time <= platform.vs_requests[1].time]
-    finally:
-        await stop(daemon, task)
-        await platform.close()
+@pytest.mark.platform(lockout_after=100)
+async def test_more_than_15_failures_reschedules_through_vs(
+    platform: ReferencePlatform, make_rig: MakeRig
+) -> None:
+    await make_rig(password="Wr0ng-Password!", backoff_scale=0.001, online=False)
+    await platform.wait_login(lambda r: len(platform.vs_requests) >= 2, timeout=15)
+    before_second_vs = [r for r in platform.logins if r.time <= platform.vs_requests[1].time]
     assert len(before_second_vs) == 16
 
 
-async def test_platform_restart_reconnects_with_reconnect_1(tmp_path: Path) -> None:
-    platform = new_platform(tmp_path)
-    await platform.start()
-    vs_port, vd_port = platform.vs_port, platform.vd_port
-    daemon = make_daemon(platform, tmp_path / "pu")
-    task = asyncio.create_task(daemon.run())
-    try:
-        await platform.wait_online(DEVICE)
-        await platform.close()
-        await asyncio.sleep(0.5)
-        platform = new_platform(tmp_path, vs_port=vs_port, vd_port=vd_port)
-        await platform.start()
-        login = await platform.wait_login(lambda r: r.accepted, timeout=15)
-        assert login.params["reconnect"] == "1"
-        await platform.wait_online(DEVICE)
-        assert (await platform.call(DEVICE, "QueryTime", timeout=5)).err is None
-    finally:
-        await stop(daemon, task)
-        await platform.close()
+async def test_platform_restart_reconnects_with_reconnect_1(
+    rig: Rig, make_platform: MakePlatform
+) -> None:
+    first = rig.platform
+    await first.close()
+    await asyncio.sleep(0.5)
+    # The same ports and state (its CA: the daemon's ca_file), a fresh process as it were.
+    platform = await make_platform(
+        state_dir=first.options.state_dir, vs_port=first.vs_port, vd_port=first.vd_port
+    )
+    login = await platform.wait_login(lambda r: r.accepted, timeout=15)
+    assert login.params["reconnect"] == "1"
+    await platform.wait_online(DEVICE)
+    assert (await platform.call(DEVICE, "QueryTime", timeout=5)).err is None
 
 
 async def test_reschedule_event_goes_back_to_vs(rig: Rig) -> None:
@@ -466,29 +377,15 @@ async def test_reschedule_event_goes_back_to_vs(rig: Rig) -> None:
     assert rig.platform.logins[-1].params["reconnect"] == "1"
 
 
-async def test_dead_link_detected_when_keepalives_go_unanswered(tmp_path: Path) -> None:
-    platform = new_platform(tmp_path, answer_keepalive=False, hb_interval=1)
-    await platform.start()
-    daemon = make_daemon(platform, tmp_path / "pu", rpc_timeout=1.0)
-    task = asyncio.create_task(daemon.run())
-    try:
-        await platform.wait_online(DEVICE)
-        first = platform.logins[-1]
-        again = await platform.wait_login(lambda r: r.accepted and r is not first, timeout=10)
-        assert again.params["reconnect"] == "1"
-    finally:
-        await stop(daemon, task)
-        await platform.close()
+@pytest.mark.platform(answer_keepalive=False, hb_interval=1)
+@pytest.mark.rig(rpc_timeout=1.0)
+async def test_dead_link_detected_when_keepalives_go_unanswered(rig: Rig) -> None:
+    first = rig.platform.logins[-1]
+    again = await rig.platform.wait_login(lambda r: r.accepted and r is not first, timeout=10)
+    assert again.params["reconnect"] == "1"
 
 
-async def test_bind_configured_is_sent_after_login(tmp_path: Path) -> None:
-    platform = new_platform(tmp_path)
-    await platform.start()
-    daemon = make_daemon(platform, tmp_path / "pu", bind_id="BIND-CFG-1")
-    task = asyncio.create_task(daemon.run())
-    try:
-        ev = await platform.wait_record(lambda r: r.name == "Bind")
-        assert ev.kind == "event" and ev.params == {"mac_id": MAC, "bind_id": "BIND-CFG-1"}
-    finally:
-        await stop(daemon, task)
-        await platform.close()
+@pytest.mark.rig(bind_id="BIND-CFG-1", online=False)
+async def test_bind_configured_is_sent_after_login(rig: Rig) -> None:
+    ev = await rig.platform.wait_record(lambda r: r.name == "Bind")
+    assert ev.kind == "event" and ev.params == {"mac_id": MAC, "bind_id": "BIND-CFG-1"}

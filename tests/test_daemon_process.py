@@ -3,96 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
 import signal
 import socket
 import subprocess
 import sys
-import time
-import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from hss_pu.reference_platform.server import PlatformOptions, ReferencePlatform
+from hss_pu.reference_platform.server import ReferencePlatform
 
-from .conftest import WriteConfig
-
-PASSWORD = "s3cret-Pa55word"
-
-
-class Proc:
-    def __init__(self, proc: asyncio.subprocess.Process) -> None:
-        self.proc = proc
-        self.lines: list[str] = []
-
-    async def wait_for(self, text: str, timeout: float = 20.0) -> str:
-        assert self.proc.stderr is not None
-        async with asyncio.timeout(timeout):
-            for line in self.lines:
-                if text in line:
-                    return line
-            while True:
-                raw = await self.proc.stderr.readline()
-                if not raw:
-                    raise AssertionError(f"exited before {text!r}: {self.lines}")
-                line = raw.decode().rstrip("\n")
-                self.lines.append(line)
-                if text in line:
-                    return line
-
-    async def stop(self, sig: signal.Signals = signal.SIGTERM) -> tuple[int, float]:
-        assert self.proc.stderr is not None
-        t0 = time.monotonic()
-        self.proc.send_signal(sig)
-        rest = await asyncio.wait_for(self.proc.stderr.read(), 10)
-        rc = await asyncio.wait_for(self.proc.wait(), 10)
-        self.lines += rest.decode().splitlines()
-        return rc, time.monotonic() - t0
-
-
-async def start(*args: str, env: dict[str, str] | None = None) -> Proc:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "hss_pu",
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, **(env or {})},
-    )
-    return Proc(proc)
-
-
-def marked_processes(mark: str) -> list[int]:
-    """Processes whose environment carries ``mark``: a daemon and everything it started,
-    reparented or not."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                env = Path(f"/proc/{entry}/environ").read_bytes()
-                state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            except (OSError, IndexError):
-                continue
-            if mark.encode() in env.split(b"\0") and state != "Z":
-                found.append(int(entry))
-    return found
+from .support.rig import DEVICE, MAC, PASSWORD, ConfigFile, Spawn
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-async def test_embedded_default_runs_and_stops(tmp_path: Path, sig: signal.Signals) -> None:
+async def test_embedded_default_runs_and_stops(
+    tmp_path: Path, spawn: Spawn, sig: signal.Signals
+) -> None:
     """The stop comes right after scheduling, while the embedded platform starts its demo
     live receiver: every process of the run must be gone afterwards. A leaked child used to
     keep the pipe open and hang the test: every wait here is bounded."""
-    token = uuid.uuid4().hex
-    mark = f"HSS_PU_TEST_RUN={token}"
-    env = {"XDG_STATE_HOME": str(tmp_path / "state"), "NOTIFY_SOCKET": "", "HSS_PU_TEST_RUN": token}
-    p = await start("run", env=env)
+    p = await spawn("run", env={"XDG_STATE_HOME": str(tmp_path / "state")})
     try:
         await p.wait_for("embedded default")
         await p.wait_for("reference platform: Vs https://127.0.0.1:")
@@ -102,16 +34,9 @@ async def test_embedded_default_runs_and_stops(tmp_path: Path, sig: signal.Signa
         await p.wait_for("Vs: scheduled to Vd at wss://127.0.0.1:")
         rc, took = await p.stop(sig)
     finally:
-        if p.proc.returncode is None:
-            p.proc.kill()
-            await asyncio.wait_for(p.proc.wait(), 10)
-        for _ in range(40):  # a killed process is gone within milliseconds, a leaked one stays
-            if not (left := marked_processes(mark)):
-                break
-            await asyncio.sleep(0.05)
-        for pid in left:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+        if p.returncode is None:
+            await p.kill()
+        left = await p.reap_leftovers(wait=2.0)
     assert not left, f"processes of the run left behind: {left}"
     assert rc == 0, p.lines
     assert took < 5.0
@@ -121,19 +46,17 @@ async def test_embedded_default_runs_and_stops(tmp_path: Path, sig: signal.Signa
     assert not any("embedded-demo-pass" in line for line in p.lines)
 
 
+@pytest.mark.platform(clock_offset=3600)
 async def test_config_file_run_notify_and_clock(
-    tmp_path: Path, write_config: WriteConfig, platform: ReferencePlatform
+    tmp_path: Path, config_file: ConfigFile, platform: ReferencePlatform, spawn: Spawn
 ) -> None:
-    path = write_config(
-        schedule_url=platform.schedule_url, ca_line=f'ca_file = "{platform.ca_file}"'
-    )
-    path.write_text(path.read_text() + '[log]\nlevel = "debug"\n')
+    path = config_file(platform, log_level="debug")
     notify = tmp_path / "notify.sock"
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(str(notify))
     sock.setblocking(False)
     try:
-        p = await start("run", "--config", str(path), env={"NOTIFY_SOCKET": str(notify)})
+        p = await spawn("run", "--config", str(path), env={"NOTIFY_SOCKET": str(notify)})
         await p.wait_for("Vs: scheduled")
         line = await p.wait_for("clock: platform time adopted, offset ")
         assert float(line.rsplit("offset ", 1)[1].split()[0]) == pytest.approx(3600, abs=2)
@@ -146,30 +69,31 @@ async def test_config_file_run_notify_and_clock(
     finally:
         sock.close()
     assert rc == 0 and took < 5.0
-    assert platform.vs_requests[-1].headers["mac-identity"] == "02:00:00:00:00:01"
+    assert platform.vs_requests[-1].headers["mac-identity"] == MAC
     # Debug level logs the most; the password is still nowhere.
     assert not any(PASSWORD in line for line in p.lines), p.lines
 
 
-async def test_unreachable_vs_backs_off_and_still_stops(write_config: WriteConfig) -> None:
+async def test_unreachable_vs_backs_off_and_still_stops(
+    config_file: ConfigFile, spawn: Spawn
+) -> None:
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
     s.close()  # nothing listens there now
-    path = write_config(schedule_url=f"https://127.0.0.1:{port}")
-    p = await start("run", "--config", str(path))
+    path = config_file(f"https://127.0.0.1:{port}")
+    p = await spawn("run", "--config", str(path))
     await p.wait_for("attempt 1 failed")
     await p.wait_for("attempt 3 failed")
     rc, took = await p.stop()
     assert rc == 0 and took < 5.0
 
 
-async def test_bad_config_exits_2(write_config: WriteConfig) -> None:
-    path = write_config(mode=0o644)
-    p = await start("run", "--config", str(path))
-    rc = await asyncio.wait_for(p.proc.wait(), 20)
-    assert p.proc.stderr is not None
-    err = (await p.proc.stderr.read()).decode()
+async def test_bad_config_exits_2(config_file: ConfigFile, spawn: Spawn) -> None:
+    path = config_file("https://127.0.0.1:8443", mode=0o644)
+    p = await spawn("run", "--config", str(path))
+    rc = await p.wait(20)
+    err = "\n".join(p.lines)
     assert rc == 2
     assert "device.password" in err and len(err.strip().splitlines()) == 1
     assert PASSWORD not in err
@@ -193,18 +117,6 @@ def test_version_and_profiles_commands() -> None:
     assert r.returncode == 0 and '"ptz": false' in r.stdout and '"auto_reboot": true' in r.stdout
 
 
-@pytest.fixture
-async def vd_platform(tmp_path: Path) -> AsyncIterator[ReferencePlatform]:
-    p = ReferencePlatform(
-        PlatformOptions(state_dir=tmp_path / "vdplatform", devices={"PU-0001": PASSWORD})
-    )
-    await p.start()
-    try:
-        yield p
-    finally:
-        await p.close()
-
-
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "hss_pu", *args], capture_output=True, text=True, timeout=30
@@ -212,22 +124,20 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def test_bind_and_status_through_the_running_daemon(
-    write_config: WriteConfig, vd_platform: ReferencePlatform
+    config_file: ConfigFile, platform: ReferencePlatform, spawn: Spawn
 ) -> None:
-    path = write_config(
-        schedule_url=vd_platform.schedule_url, ca_line=f'ca_file = "{vd_platform.ca_file}"'
-    )
-    p = await start("run", "--config", str(path))
+    path = config_file(platform)
+    p = await spawn("run", "--config", str(path))
     try:
         await p.wait_for("Vd: online")
         r = await asyncio.to_thread(_cli, "bind", "BIND-42", "--config", str(path))
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout) == {"ok": True, "sent": True}
-        ev = await vd_platform.wait_record(lambda rec: rec.name == "Bind")
-        assert ev.params == {"mac_id": "02:00:00:00:00:01", "bind_id": "BIND-42"}
+        ev = await platform.wait_record(lambda rec: rec.name == "Bind")
+        assert ev.params == {"mac_id": MAC, "bind_id": "BIND-42"}
         r = await asyncio.to_thread(_cli, "status", "--config", str(path))
         status = json.loads(r.stdout)
-        assert status["online"] is True and status["device"] == "PU-0001"
+        assert status["online"] is True and status["device"] == DEVICE
     finally:
         rc, _ = await p.stop()
     assert rc == 0
@@ -236,21 +146,20 @@ async def test_bind_and_status_through_the_running_daemon(
 
 
 async def test_reboot_device_restarts_the_daemon(
-    write_config: WriteConfig, vd_platform: ReferencePlatform
+    config_file: ConfigFile, platform: ReferencePlatform, spawn: Spawn
 ) -> None:
-    path = write_config(
-        schedule_url=vd_platform.schedule_url, ca_line=f'ca_file = "{vd_platform.ca_file}"'
-    )
-    p = await start("run", "--config", str(path))
+    path = config_file(platform)
+    p = await spawn("run", "--config", str(path))
     try:
         await p.wait_for("Vd: online")
-        first = vd_platform.logins[-1]
-        await vd_platform.send_event("PU-0001", "RebootDevice")
-        await p.wait_for("RebootDevice: restarting the daemon")
-        await p.wait_for("starting: device PU-0001")  # the same PID, started afresh
-        again = await vd_platform.wait_login(lambda r: r.accepted and r is not first, timeout=15)
+        first = platform.logins[-1]
+        await platform.send_event(DEVICE, "RebootDevice")
+        line = await p.wait_for("RebootDevice: restarting the daemon")
+        # The same PID, started afresh (after that line, not the first start's).
+        await p.wait_for(f"starting: device {DEVICE}", since=p.lines.index(line))
+        again = await platform.wait_login(lambda r: r.accepted and r is not first, timeout=15)
         assert again.params["reconnect"] == "0"  # a fresh start, as after a reboot
-        assert p.proc.returncode is None
+        assert p.returncode is None
     finally:
         rc, took = await p.stop()
     assert rc == 0 and took < 5.0
@@ -272,19 +181,12 @@ sys.exit(main(sys.argv[1:]))
 
 
 async def test_a_task_that_dies_exits_1_so_systemd_restarts_us(
-    write_config: WriteConfig, platform: ReferencePlatform
+    config_file: ConfigFile, platform: ReferencePlatform, spawn: Spawn
 ) -> None:
-    path = write_config(
-        schedule_url=platform.schedule_url, ca_line=f'ca_file = "{platform.ca_file}"'
-    )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", INJECTED_FAULT, "run", "--config", str(path),
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE, env={**os.environ, "NOTIFY_SOCKET": ""},
-    )  # fmt: skip
-    assert proc.stderr is not None
-    err = (await asyncio.wait_for(proc.stderr.read(), 20)).decode()
-    rc = await asyncio.wait_for(proc.wait(), 10)
+    path = config_file(platform)
+    p = await spawn("run", "--config", str(path), code=INJECTED_FAULT)
+    rc = await p.wait(30)
+    err = "\n".join(p.lines)
     assert rc == 1, err
     assert "platform-link" in err and "injected link fault" in err
     # A clean stop all the same, saying why the status is 1.

@@ -8,9 +8,7 @@ feature that lands adds its key to profiles.IMPLEMENTED and one line here.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,49 +18,36 @@ from typing import Any
 import pytest
 
 from hss_pu import profiles
-from hss_pu.config import (
-    CameraSection,
-    ConfigDoc,
-    DeviceSection,
-    PlatformSection,
-    StorageSection,
-    make_config,
-)
 from hss_pu.daemon import Daemon
 from hss_pu.media.channel import jpeg_size
 from hss_pu.profiles import load_profile, profile_names
-from hss_pu.reference_platform.server import PlatformOptions, ReferencePlatform
+from hss_pu.reference_platform.server import ReferencePlatform
 from hss_pu.services.autoreboot import STATE_FILE
 
-DEVICE = "PU-0001"
-PASSWORD = "Walk-Test-Pass1"
-MAC = "02:00:00:00:00:01"
+from .support.rig import DEVICE, MakeRig, Rig, until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.platform(hb_interval=1)]
 
 
 @dataclass
 class Walk:
-    platform: ReferencePlatform
-    daemon: Daemon
-    task: asyncio.Task[int]
+    rig: Rig
     profile: profiles.Profile
     size: tuple[int, int]
-    storage: Path
     reboots: list[float] = field(default_factory=list)
 
+    @property
+    def platform(self) -> ReferencePlatform:
+        return self.rig.platform
+
+    @property
+    def storage(self) -> Path:
+        return self.rig.storage
+
     async def call(self, method: str, params: dict[str, Any] | None = None) -> Any:
-        reply = await self.platform.call(DEVICE, method, params, timeout=20)
+        reply = await self.rig.call(method, params)
         assert reply.err is None, f"{method}: {reply.err}"
         return reply.resp
-
-
-async def until(pred: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def media_packets(path: Path) -> int:
@@ -123,7 +108,7 @@ async def daily_reboot(w: Walk) -> None:
     today = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d")
     await w.call("Settime", {"datetime": f"{today}T03:29:59", "tz": 0, "offset": 0})
     await w.call("SetConfig", {"auto_reboot": {"on": True, "time": "03:30"}})
-    await until(lambda: w.reboots, 5, "the auto-reboot")
+    assert await until(lambda: w.reboots, 5), "timed out waiting for the auto-reboot"
     assert len(w.reboots) == 1 and (w.storage / STATE_FILE).exists()
     await w.call("SetConfig", {"auto_reboot": {"on": False}})
     real = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S")
@@ -144,7 +129,9 @@ async def channel_switch(w: Walk) -> None:
     for ch in w.profile.channels:
         key = str(ch.id)
         await w.call("SetConfig", {"channels": {key: {"on": False}}})
-        await until(state_is(ch.id, 4), 5, f"channel {ch.id} reported off")
+        assert await until(state_is(ch.id, 4), 5), (
+            f"timed out waiting for channel {ch.id} reported off"
+        )
         t0 = time.monotonic()
         reply = await w.platform.call(
             DEVICE, "Snapshot", {"channel": ch.id, "url": w.platform.upload_url("off.jpg")}
@@ -152,7 +139,7 @@ async def channel_switch(w: Walk) -> None:
         assert reply.err is not None and reply.err.code == 103, reply
         assert time.monotonic() - t0 < 2
         await w.call("SetConfig", {"channels": {key: {"on": True}}})
-        await until(state_is(ch.id, 1), 10, f"channel {ch.id} back on")
+        assert await until(state_is(ch.id, 1), 10), f"timed out waiting for channel {ch.id} back on"
         await w.call("Snapshot", {"channel": ch.id, "url": w.platform.upload_url("on.jpg")})
 
 
@@ -193,42 +180,24 @@ def test_every_implemented_feature_has_an_exerciser() -> None:
 
 @pytest.fixture
 async def walk(
-    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest, make_rig: MakeRig, monkeypatch: pytest.MonkeyPatch
 ) -> AsyncIterator[Walk]:
+    """``request.param``'s profile on the rig, its smallest picture, slow and cheap."""
     profile = load_profile(request.param)
     ch = profile.channels[0]
     size = min(ch.resolutions, key=lambda r: r[0] * r[1])
-    platform = ReferencePlatform(
-        PlatformOptions(state_dir=tmp_path / "platform", devices={DEVICE: PASSWORD}, hb_interval=1)
-    )
-    await platform.start()
-    doc = ConfigDoc(
-        device=DeviceSection(id=DEVICE, password=PASSWORD, mac=MAC, profile=profile.name),
-        platform=PlatformSection(
-            schedule_url=platform.schedule_url, ca_file=str(platform.ca_file), backoff_scale=0.02
-        ),
-        camera=CameraSection(
-            source="emulated", width=size[0], height=size[1], fps=10, bitrate=200_000
-        ),
-        storage=StorageSection(dir=str(tmp_path / "pu")),
-    )
-    daemon = Daemon(make_config(doc), rng=random.Random(7), start_media=True)
     reboots: list[float] = []
 
-    async def reboot_device() -> None:  # never the host's reboot from a test
-        reboots.append(daemon.clock.now())
+    async def reboot_device(self: Daemon) -> None:  # never the host's reboot from a test
+        reboots.append(self.clock.now())
 
-    monkeypatch.setattr(daemon, "_reboot_device", reboot_device)
-    task = asyncio.create_task(daemon.run())
-    try:
-        await platform.wait_online(DEVICE)
-        yield Walk(platform, daemon, task, profile, size, tmp_path / "pu", reboots)
-        assert not task.done(), "the daemon stopped during the walk"
-    finally:
-        daemon.stop()
-        rc = await asyncio.wait_for(task, 15)
-        await platform.close()
-    assert rc == 0
+    monkeypatch.setattr(Daemon, "_reboot_device", reboot_device)
+    rig = await make_rig(
+        profile=profile.name, size=size, fps=10, bitrate=200_000, backoff_scale=0.02, seed=7
+    )
+    yield Walk(rig, profile, size, reboots)
+    assert not rig.task.done(), "the daemon stopped during the walk"
+    assert await rig.stop() == 0
 
 
 @pytest.mark.parametrize("walk", profile_names(), indirect=True)

@@ -16,7 +16,7 @@ import hss_pu
 from hss_pu.clients.http import Trust, UploadError, platform_http, tls_context, upload
 from hss_pu.errors import LinkError
 from hss_pu.reference_platform.http import HttpServer, Request, Response
-from hss_pu.reference_platform.pki import Pki, ensure_pki
+from hss_pu.reference_platform.pki import Pki
 
 MAC = "02:00:00:00:00:07"
 SECRET = "Sig-0123456789abcdef"
@@ -34,11 +34,6 @@ class Server:
         if req.path == "/fail":
             return Response(503, f"signature {SECRET} expired\n\x1b[31mred".encode())
         return Response(200, b"ok")
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return ensure_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,22 +24,17 @@ from hss_pu.services.link import PlatformLink
 from hss_pu.wire import vd
 from hss_pu.wire.vd import Code, login_url
 
-from .test_control_plane import DEVICE, MAC, Rig, make_daemon, new_platform, stop
+from .support.rig import DEVICE, MAC, PASSWORD, MakeRig, Rig, until
 
-
-@pytest.fixture
-async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
-    platform = new_platform(tmp_path, hb_interval=1)
-    await platform.start()
-    daemon = make_daemon(platform, tmp_path / "pu", rpc_timeout=1.0)
-    task = asyncio.create_task(daemon.run())
-    try:
-        await platform.wait_online(DEVICE, timeout=10)
-        yield Rig(platform, daemon, task, tmp_path / "pu")
-    finally:
-        if not task.done():
-            await stop(daemon, task)
-        await platform.close()
+# The control plane alone, Keepalive every second and each RPC answered within 1 s: a
+# link that notices quickly. Tests of one misbehaviour of the platform set their own.
+pytestmark = [
+    pytest.mark.platform(hb_interval=1),
+    pytest.mark.rig(start_media=False, rpc_timeout=1.0),
+]
+# The platform's defaults (Keepalive every 10 s from the config, 20 s per RPC).
+PLAIN_PLATFORM = pytest.mark.platform(hb_interval=None)
+PLAIN_RIG = pytest.mark.rig(rpc_timeout=20.0)
 
 
 def _link(r: Rig) -> PlatformLink:
@@ -63,10 +58,11 @@ def _slow(r: Rig, name: str, seconds: float) -> None:
 # --- item 1 and 2: everything Vs sends is validated where it enters ---------------------
 
 
+@pytest.mark.platform(clock_offset=3600, hb_interval=None)
+@PLAIN_RIG
 async def test_bad_vs_replies_are_failed_attempts_not_a_crash(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+    platform: ReferencePlatform, make_rig: MakeRig, caplog: pytest.LogCaptureFixture
 ) -> None:
-    platform = new_platform(tmp_path, clock_offset=3600)
     platform.vs_overrides += [
         {"PassDomain": "a" * 64 + ".example"},  # IDNA: UnicodeError deep in the resolver
         {"Secure_PassPort": 99999},
@@ -74,19 +70,13 @@ async def test_bad_vs_replies_are_failed_attempts_not_a_crash(
         # Table I.1's own trailing space; a time of 1e300 is ignored, not adopted.
         {"PassDomain": "127.0.0.1 ", "SyncTime": 1e300},
     ]
-    await platform.start()
-    daemon = make_daemon(platform, tmp_path / "pu")
-    task = asyncio.create_task(daemon.run())
-    try:
-        with caplog.at_level(logging.INFO, logger="hss_pu"):
-            await platform.wait_online(DEVICE, timeout=10)
-            assert not task.done()
-            assert len(platform.vs_requests) == 4
-            assert daemon.clock.offset == 0.0  # 1e300 ignored (the platform is 1 h ahead)
-            assert (await platform.call(DEVICE, "QueryTime", timeout=5)).err is None
-    finally:
-        rc = await stop(daemon, task)
-    await platform.close()
+    with caplog.at_level(logging.INFO, logger="hss_pu"):
+        rig = await make_rig()
+        assert not rig.task.done()
+        assert len(platform.vs_requests) == 4
+        assert rig.daemon.clock.offset == 0.0  # 1e300 ignored (the platform is 1 h ahead)
+        assert (await rig.call("QueryTime", timeout=5)).err is None
+        rc = await rig.stop()
     assert rc == 0
     text = caplog.text
     assert "attempt 3 failed" in text and "attempt 4" not in text
@@ -117,9 +107,9 @@ async def test_vd_connect_errors_are_link_errors(platform: ReferencePlatform) ->
     ssl_ctx = tls_context(str(platform.ca_file), Trust.PLATFORM)
     handler = _NullHandler()
 
-    def url(base: str, password: str = "embedded-demo-pass") -> str:
+    def url(base: str, password: str = PASSWORD) -> str:
         return login_url(
-            base, login_code="PU-0001", login_passwd=password, hardware_model="H",
+            base, login_code=DEVICE, login_passwd=password, hardware_model="H",
             firmware_model="F", sdk=None, reconnect=False,
         )  # fmt: skip
 
@@ -130,7 +120,7 @@ async def test_vd_connect_errors_are_link_errors(platform: ReferencePlatform) ->
         with pytest.raises(LinkError) as info:
             await vd_client.connect_vd(url(base), ssl_ctx, handler)
         assert not isinstance(info.value, LoginRefused)
-        assert "embedded-demo-pass" not in str(info.value)
+        assert PASSWORD not in str(info.value)
     session = await vd_client.connect_vd(url(platform.vd_url), ssl_ctx, handler)
     await session.close()
     source = await asyncio.to_thread(Path(link_module.__file__).read_text)
@@ -148,38 +138,35 @@ class _NullHandler:
 # --- item 4: GetServerInfo, a tolerant reader --------------------------------------------
 
 
+def _server_info(info: dict[str, Any]) -> pytest.MarkDecorator:
+    return pytest.mark.platform(server_info=info, hb_interval=None)
+
+
 @pytest.mark.parametrize(
-    ("info", "interval"),
-    [({"hb_interval": 1.0, "hb_token": "tok-1"}, 1.0),
-     ({"hb_interval": "1", "hb_token": "tok-1"}, 30.0)],
+    "interval",
+    [pytest.param(1.0, marks=_server_info({"hb_interval": 1.0, "hb_token": "tok-1"})),
+     pytest.param(30.0, marks=_server_info({"hb_interval": "1", "hb_token": "tok-1"}))],
 )  # fmt: skip
+@pytest.mark.rig(keepalive=30, rpc_timeout=20.0)
 async def test_server_info_fields_read_one_by_one(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture, info: dict[str, Any], interval: float
+    platform: ReferencePlatform,
+    make_rig: MakeRig,
+    caplog: pytest.LogCaptureFixture,
+    interval: float,
 ) -> None:
-    platform = new_platform(tmp_path, server_info=info)
-    await platform.start()
-    daemon = make_daemon(platform, tmp_path / "pu", keepalive=30)
-    task = asyncio.create_task(daemon.run())
-    try:
-        with caplog.at_level(logging.INFO, logger="hss_pu"):
-            await platform.wait_online(DEVICE)
-            await platform.wait_record(lambda r: r.name == "GetServerInfo")
-            link = daemon.link
-            assert link is not None
-            for _ in range(100):
-                if link.hb_token is not None:
-                    break
-                await asyncio.sleep(0.02)
-            assert link.hb_token == "tok-1"  # used even when hb_interval is not
-            assert link.hb_interval == interval
-            if interval == 1.0:
-                first = await platform.wait_record(lambda r: r.name == "Keepalive")
-                await platform.wait_record(
-                    lambda r: r.name == "Keepalive" and r.index > first.index, timeout=3
-                )
-    finally:
-        await stop(daemon, task)
-        await platform.close()
+    with caplog.at_level(logging.INFO, logger="hss_pu"):
+        rig = await make_rig()
+        await platform.wait_record(lambda r: r.name == "GetServerInfo")
+        link = _link(rig)
+        assert await until(lambda: link.hb_token is not None, 2)
+        assert link.hb_token == "tok-1"  # used even when hb_interval is not
+        assert link.hb_interval == interval
+        if interval == 1.0:
+            first = await platform.wait_record(lambda r: r.name == "Keepalive")
+            await platform.wait_record(
+                lambda r: r.name == "Keepalive" and r.index > first.index, timeout=3
+            )
+        await rig.stop()
     if interval == 30.0:
         assert "GetServerInfo reply: hb_interval" in caplog.text
     assert "tok-1" not in caplog.text
@@ -188,18 +175,14 @@ async def test_server_info_fields_read_one_by_one(
 # --- item 5: a platform that accepts and drops sends the PU back to Vs ------------------
 
 
-async def test_accept_then_drop_counts_as_failures_and_reschedules(tmp_path: Path) -> None:
-    platform = new_platform(tmp_path, drop_after_login=True)
-    await platform.start()
-    daemon = make_daemon(platform, tmp_path / "pu", backoff_scale=0.001)
-    task = asyncio.create_task(daemon.run())
-    try:
-        await platform.wait_login(lambda r: len(platform.vs_requests) >= 2, timeout=15)
-        second_vs = platform.vs_requests[1].time
-        before = [r for r in platform.logins if r.accepted and r.time <= second_vs]
-    finally:
-        await stop(daemon, task)
-        await platform.close()
+@pytest.mark.platform(drop_after_login=True, hb_interval=None)
+@pytest.mark.rig(backoff_scale=0.001, rpc_timeout=20.0, online=False)
+async def test_accept_then_drop_counts_as_failures_and_reschedules(rig: Rig) -> None:
+    platform = rig.platform
+    await platform.wait_login(lambda r: len(platform.vs_requests) >= 2, timeout=15)
+    second_vs = platform.vs_requests[1].time
+    before = [r for r in platform.logins if r.accepted and r.time <= second_vs]
+    await rig.stop()
     assert len(before) == 16  # more than 15 in a row, then Vs (9.3.1.2)
 
 
@@ -261,22 +244,16 @@ async def test_request_flood_beyond_the_hard_cap_closes_the_session(rig: Rig) ->
 # --- item 11: no loop in the link spins without a delay ------------------------------------
 
 
-async def test_reschedule_waits_its_retry_delay_before_vs(tmp_path: Path) -> None:
-    platform = new_platform(tmp_path)
-    await platform.start()
-    daemon = make_daemon(platform, tmp_path / "pu", backoff_scale=100.0, seed=1)
+@PLAIN_PLATFORM
+@pytest.mark.rig(backoff_scale=100.0, seed=1, rpc_timeout=20.0)
+async def test_reschedule_waits_its_retry_delay_before_vs(rig: Rig) -> None:
     assert retry_delay(1, 100.0, random.Random(1)) > 10
-    task = asyncio.create_task(daemon.run())
-    try:
-        await platform.wait_online(DEVICE)
-        vs = len(platform.vs_requests)
-        await platform.send_event(DEVICE, "Reschedule")
-        await platform.wait_offline(DEVICE)
-        await asyncio.sleep(0.5)
-        assert len(platform.vs_requests) == vs  # waiting, not hammering Vs
-    finally:
-        await stop(daemon, task)
-        await platform.close()
+    platform = rig.platform
+    vs = len(platform.vs_requests)
+    await platform.send_event(DEVICE, "Reschedule")
+    await platform.wait_offline(DEVICE)
+    await asyncio.sleep(0.5)
+    assert len(platform.vs_requests) == vs  # waiting, not hammering Vs
 
 
 # --- item 13 and section 4: tasks, the typed path --------------------------------------------
@@ -293,10 +270,7 @@ async def test_on_login_callback_failure_is_logged(
     with caplog.at_level(logging.ERROR, logger="hss_pu"):
         await rig.platform.kick(DEVICE)
         await rig.platform.wait_login(lambda r: r.accepted and r is not first, timeout=10)
-        for _ in range(100):
-            if "callback bug" in caplog.text:
-                break
-            await asyncio.sleep(0.02)
+        await until(lambda: "callback bug" in caplog.text, 2)
     assert "callback bug" in caplog.text and "failed" in caplog.text
     assert not rig.task.done()
 
@@ -324,34 +298,33 @@ async def test_typed_call_and_event(rig: Rig) -> None:
 
 
 async def _failing_daemon_rc(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, replace: Callable[..., Any]
+    make_rig: MakeRig, monkeypatch: pytest.MonkeyPatch, replace: Callable[..., Any]
 ) -> int:
-    platform = new_platform(tmp_path)
-    await platform.start()
     monkeypatch.setattr(PlatformLink, "run", replace)
-    daemon = make_daemon(platform, tmp_path / "pu")
-    try:
-        return await asyncio.wait_for(daemon.run(), 10)
-    finally:
-        await platform.close()
+    rig = await make_rig(online=False)
+    return await asyncio.wait_for(asyncio.shield(rig.task), 10)  # it ends by itself
 
 
+@PLAIN_PLATFORM
+@PLAIN_RIG
 async def test_a_long_lived_task_that_dies_exits_1(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    make_rig: MakeRig, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def dies(self: PlatformLink) -> None:
         await asyncio.sleep(0.05)
         raise RuntimeError("injected")
 
     with caplog.at_level(logging.ERROR, logger="hss_pu"):
-        assert await _failing_daemon_rc(tmp_path, monkeypatch, dies) == 1
+        assert await _failing_daemon_rc(make_rig, monkeypatch, dies) == 1
     assert "platform-link" in caplog.text and "injected" in caplog.text
 
 
+@PLAIN_PLATFORM
+@PLAIN_RIG
 async def test_a_long_lived_task_that_just_ends_exits_1(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    make_rig: MakeRig, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async def ends(self: PlatformLink) -> None:
         await asyncio.sleep(0.05)
 
-    assert await _failing_daemon_rc(tmp_path, monkeypatch, ends) == 1
+    assert await _failing_daemon_rc(make_rig, monkeypatch, ends) == 1

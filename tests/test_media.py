@@ -15,11 +15,9 @@ import subprocess
 import sys
 import threading
 import time
-import types
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
 
 import av
 import numpy as np
@@ -50,6 +48,7 @@ from hss_pu.media.tsmux import TsMuxer, mux_to_file
 from hss_pu.profiles import load_profile
 
 from .support.collector import PacketCollector
+from .support.fake_picamera2 import FakeCamera
 
 FPS = 30
 RUN_SECONDS = 2.5
@@ -679,99 +678,6 @@ async def test_picamera2_absent_is_a_clear_error(monkeypatch: pytest.MonkeyPatch
     assert "apt install python3-picamera2" in str(e.value)
 
 
-class _FakeCam:
-    """Just the picamera2 surface the source uses; feeds frames at ``fps`` from a thread."""
-
-    h264: ClassVar[list[tuple[bytes, bool]]] = []
-    yuv: ClassVar[list[np.ndarray]] = []
-    instances: ClassVar[list[_FakeCam]] = []
-    fps = 60
-
-    def __init__(self) -> None:
-        self.config: dict[str, Any] = {}
-        self.encoder: Any = None
-        self.calls: list[str] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._n = 0
-        _FakeCam.instances.append(self)
-
-    def create_video_configuration(self, **kw: Any) -> dict[str, Any]:
-        return kw
-
-    def configure(self, config: dict[str, Any]) -> None:
-        self.config = config
-
-    def start_recording(self, encoder: Any, output: Any) -> None:
-        self.calls.append("start_recording")
-        self.encoder = encoder
-        assert isinstance(output, sys.modules["picamera2.outputs"].Output)
-        output.start()
-
-        def feed() -> None:
-            for i, (data, key) in enumerate(self.h264):
-                if self._stop.wait(1 / self.fps):
-                    return
-                output.outputframe(data, key, round(i * 1e6 / 30))
-
-        self._thread = threading.Thread(target=feed, daemon=True)
-        self._thread.start()
-
-    def stop_recording(self) -> None:
-        self.calls.append("stop_recording")
-        self._stop.set()
-
-    def start(self) -> None:
-        self.calls.append("start")
-
-    def stop(self) -> None:
-        self.calls.append("stop")
-
-    def close(self) -> None:
-        self.calls.append("close")
-
-    def capture_request(self) -> Any:
-        time.sleep(1 / self.fps)
-        array = self.yuv[self._n % len(self.yuv)]
-        ts = 10**12 + self._n * 33_333_333
-        self._n += 1
-        return types.SimpleNamespace(
-            make_array=lambda name: array,
-            get_metadata=lambda: {"SensorTimestamp": ts},
-            release=lambda: None,
-        )
-
-
-@pytest.fixture
-def fake_picamera2(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[_FakeCam]]:
-    class Output:
-        def __init__(self, pts: Any = None) -> None:
-            self.recording = False
-
-        def start(self) -> None:
-            self.recording = True
-
-        def outputframe(self, frame: bytes, keyframe: bool = True, timestamp: Any = None) -> None:
-            raise AssertionError("the subclass must override outputframe")
-
-    class H264Encoder:
-        def __init__(self, bitrate: Any = None, repeat: bool = True, iperiod: Any = None) -> None:
-            self.bitrate, self.repeat, self.iperiod = bitrate, repeat, iperiod
-
-    mods = {
-        "picamera2": types.ModuleType("picamera2"),
-        "picamera2.encoders": types.ModuleType("picamera2.encoders"),
-        "picamera2.outputs": types.ModuleType("picamera2.outputs"),
-    }
-    mods["picamera2"].Picamera2 = _FakeCam  # type: ignore[attr-defined]
-    mods["picamera2.encoders"].H264Encoder = H264Encoder  # type: ignore[attr-defined]
-    mods["picamera2.outputs"].Output = Output  # type: ignore[attr-defined]
-    for name, mod in mods.items():
-        monkeypatch.setitem(sys.modules, name, mod)
-    _FakeCam.instances = []
-    yield _FakeCam
-
-
 async def _collect(ch: MediaChannel, n: int) -> list[EncodedPacket]:
     sub = PacketCollector(ch.hub)
     await ch.start()
@@ -781,7 +687,7 @@ async def _collect(ch: MediaChannel, n: int) -> list[EncodedPacket]:
 
 
 async def test_picamera2_hardware_encoder_output_becomes_packets(
-    fake_picamera2: type[_FakeCam],
+    fake_picamera2: type[FakeCamera],
 ) -> None:
     s = EncodeSettings(320, 180, FPS, 300_000, 10, "libx264")
     pkts, _, _ = _encode_emulated(s, 30)
@@ -816,7 +722,7 @@ async def test_picamera2_hardware_encoder_output_becomes_packets(
 
 
 async def test_picamera2_yuv_frames_are_encoded_with_libx264(
-    fake_picamera2: type[_FakeCam],
+    fake_picamera2: type[FakeCamera],
 ) -> None:
     s = EncodeSettings(320, 180, FPS, 300_000, 10, "libx264")
     src = EmulatedSource(s, lambda: 1.8e9, threading.Event(), realtime=False)

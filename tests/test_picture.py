@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import sys
 import threading
 import time
 import types
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import av
 import numpy as np
@@ -25,6 +23,7 @@ from hss_pu.media.sources import EmulatedSource, RawVideo, iter_items, read_time
 from hss_pu.media.tsmux import mux_to_file
 
 from .support.collector import PacketCollector
+from .support.fake_picamera2 import FakeCamera
 
 W, H, FPS = 320, 180, 30
 
@@ -197,70 +196,8 @@ async def test_a_file_passed_through_is_decoded_once_it_must_be_flipped(tmp_path
 # --- picamera2: flips by libcamera's transform, the OSD by pre_callback -----------------
 
 
-class _Transform:
-    def __init__(self, hflip: int = 0, vflip: int = 0) -> None:
-        self.hflip, self.vflip = hflip, vflip
-
-
-class _MappedArray:
-    def __init__(self, request: Any, stream: str) -> None:
-        self.array = request.array
-
-    def __enter__(self) -> _MappedArray:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-
-class _Cam:
-    instances: ClassVar[list[_Cam]] = []
-
-    def __init__(self) -> None:
-        self.config: dict[str, Any] = {}
-        self.pre_callback: Any = None
-        _Cam.instances.append(self)
-
-    def create_video_configuration(self, **kw: Any) -> dict[str, Any]:
-        return kw
-
-    def configure(self, config: dict[str, Any]) -> None:
-        self.config = config
-
-    def start_recording(self, encoder: Any, output: Any) -> None:
-        pass
-
-    def stop_recording(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-@pytest.fixture
-def fake_picamera2(monkeypatch: pytest.MonkeyPatch) -> Iterator[type[_Cam]]:
-    class Output:
-        pass
-
-    mods = {
-        "picamera2": types.ModuleType("picamera2"),
-        "picamera2.encoders": types.ModuleType("picamera2.encoders"),
-        "picamera2.outputs": types.ModuleType("picamera2.outputs"),
-        "libcamera": types.ModuleType("libcamera"),
-    }
-    mods["picamera2"].Picamera2 = _Cam  # type: ignore[attr-defined]
-    mods["picamera2"].MappedArray = _MappedArray  # type: ignore[attr-defined]
-    mods["picamera2.encoders"].H264Encoder = lambda **kw: kw  # type: ignore[attr-defined]
-    mods["picamera2.outputs"].Output = Output  # type: ignore[attr-defined]
-    mods["libcamera"].Transform = _Transform  # type: ignore[attr-defined]
-    for name, mod in mods.items():
-        monkeypatch.setitem(sys.modules, name, mod)
-    _Cam.instances = []
-    yield _Cam
-
-
 def test_picamera2_flips_in_the_camera_and_draws_the_osd_before_its_encoder(
-    fake_picamera2: type[_Cam],
+    fake_picamera2: type[FakeCamera],
 ) -> None:
     from hss_pu.media.sources import PiCameraSource
 

@@ -13,7 +13,9 @@ import os
 import time
 from pathlib import Path
 
-from hss_pu.reference_platform.server import PlatformOptions, ReferencePlatform
+from hss_pu.reference_platform.server import ReferencePlatform
+
+from .support.rig import start_platform
 
 NULL_TS = b"\x47\x1f\xff\x10" + b"\xff" * 184  # one null packet (PID 0x1fff)
 
@@ -49,9 +51,8 @@ async def assert_no_children() -> None:
 
 
 async def _platform(tmp_path: Path, n: int) -> ReferencePlatform:
-    p = ReferencePlatform(PlatformOptions(state_dir=tmp_path / f"p{n}", tls=False))
-    await p.start()
-    return p
+    """One of many, each closed by its test (plain transport: no TLS to set up each time)."""
+    return await start_platform(tmp_path / f"p{n}", tls=False)
 
 
 async def _steps(n: int) -> None:

@@ -20,8 +20,10 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from hss_pu.reference_platform.server import PlatformOptions, ReferencePlatform
+from hss_pu.reference_platform.server import ReferencePlatform
 from hss_pu.wire.vd import login_url
+
+from .support.rig import MakePlatform
 
 PASSWORD = "dev1-Pa55word"
 DEVICES = {f"PU-{i}": f"dev{i}-Pa55word" for i in range(1, 7)}
@@ -135,35 +137,14 @@ async def login_status(p: ReferencePlatform, url: str) -> int:
     return 101
 
 
-MakePlatform = Callable[..., Awaitable[ReferencePlatform]]
+pytestmark = pytest.mark.platform(devices=DEVICES)
 
 
 @pytest.fixture
-async def make_platform(tmp_path: Path) -> AsyncIterator[MakePlatform]:
-    made: list[ReferencePlatform] = []
-
-    async def make(**kw: Any) -> ReferencePlatform:
-        kw.setdefault("devices", dict(DEVICES))
-        kw.setdefault("state_dir", tmp_path / f"platform{len(made)}")
-        p = ReferencePlatform(PlatformOptions(**kw))
-        await p.start()
-        made.append(p)
-        return p
-
-    yield make
-    for p in made:
-        await p.close()
-
-
-@pytest.fixture
-async def plat(make_platform: MakePlatform) -> ReferencePlatform:
-    return await make_platform()
-
-
-@pytest.fixture
-async def dev(plat: ReferencePlatform) -> AsyncIterator[Device]:
-    d = await Device.login(plat.vd_url, ca=plat)
-    await plat.wait_online("PU-1")
+async def fake_device(platform: ReferencePlatform) -> AsyncIterator[Device]:
+    """A hand-rolled device logged in to ``platform`` as PU-1."""
+    d = await Device.login(platform.vd_url, ca=platform)
+    await platform.wait_online("PU-1")
     yield d
     await d.close()
 
@@ -171,20 +152,20 @@ async def dev(plat: ReferencePlatform) -> AsyncIterator[Device]:
 # --- login ---------------------------------------------------------------------------
 
 
-async def test_login_keepalive_answered_and_recorded(plat: ReferencePlatform) -> None:
-    assert plat.vd_url.startswith("wss://127.0.0.1:")
-    d = await Device.login(plat.vd_url, ca=plat, reconnect=True)
-    await plat.wait_online("PU-1")
-    assert plat.online("PU-1") and not plat.online("PU-2")
-    login = plat.logins[-1]
+async def test_login_keepalive_answered_and_recorded(platform: ReferencePlatform) -> None:
+    assert platform.vd_url.startswith("wss://127.0.0.1:")
+    d = await Device.login(platform.vd_url, ca=platform, reconnect=True)
+    await platform.wait_online("PU-1")
+    assert platform.online("PU-1") and not platform.online("PU-2")
+    login = platform.logins[-1]
     assert login.accepted and login.device_id == "PU-1" and login.status == 101
     assert "login_passwd" not in login.params
     assert login.params["reconnect"] == "1" and login.params["hardware_model"] == "HW-1"
-    assert PASSWORD not in repr(plat.logins)
+    assert PASSWORD not in repr(platform.logins)
 
     assert await d.rpc("Keepalive", KEEPALIVE) == {"seq": 1, "resp": {}}
-    assert plat.last_keepalive("PU-1") == KEEPALIVE
-    rec = await plat.wait_record(lambda r: r.name == "Keepalive")
+    assert platform.last_keepalive("PU-1") == KEEPALIVE
+    rec = await platform.wait_record(lambda r: r.name == "Keepalive")
     assert (rec.kind, rec.device_id, rec.seq, rec.params, rec.err) == (
         "rpc",
         "PU-1",
@@ -193,27 +174,27 @@ async def test_login_keepalive_answered_and_recorded(plat: ReferencePlatform) ->
         None,
     )
     await d.close()
-    await plat.wait_offline("PU-1")
-    assert plat.last_keepalive("PU-1") == KEEPALIVE  # kept for after-the-fact checks
+    await platform.wait_offline("PU-1")
+    assert platform.last_keepalive("PU-1") == KEEPALIVE  # kept for after-the-fact checks
 
 
-async def test_login_refusals(plat: ReferencePlatform) -> None:
-    base = plat.vd_url
-    assert await login_status(plat, _url(base, "PU-1", "wrong")) == 401
-    assert await login_status(plat, _url(base, "PU-99", PASSWORD)) == 401
-    assert await login_status(plat, base + "?login_code=PU-1&login_passwd=x") == 400
+async def test_login_refusals(platform: ReferencePlatform) -> None:
+    base = platform.vd_url
+    assert await login_status(platform, _url(base, "PU-1", "wrong")) == 401
+    assert await login_status(platform, _url(base, "PU-99", PASSWORD)) == 401
+    assert await login_status(platform, base + "?login_code=PU-1&login_passwd=x") == 400
     no_fw = _url(base, "PU-1", PASSWORD).replace("firmware_model=FW-1.0", "firmware_model=")
-    assert await login_status(plat, no_fw) == 400
-    assert await login_status(plat, _url(base, "PU-1", PASSWORD) + "&reconnect=7") == 400
-    assert await login_status(plat, _url(base[: -len("/Vd")] + "/Vx", "PU-1", PASSWORD)) == 404
-    reasons = [(r.status, r.reason) for r in plat.logins]
+    assert await login_status(platform, no_fw) == 400
+    assert await login_status(platform, _url(base, "PU-1", PASSWORD) + "&reconnect=7") == 400
+    assert await login_status(platform, _url(base[: -len("/Vd")] + "/Vx", "PU-1", PASSWORD)) == 404
+    reasons = [(r.status, r.reason) for r in platform.logins]
     assert reasons[:3] == [
         (401, "wrong password (1/5)"),
         (401, "unknown device id"),
         (400, "missing hardware_model, firmware_model"),
     ]
-    assert not any(r.accepted for r in plat.logins)
-    assert not plat.online("PU-1")
+    assert not any(r.accepted for r in platform.logins)
+    assert not platform.online("PU-1")
 
 
 async def test_lockout_then_unlock(
@@ -241,14 +222,16 @@ async def test_lockout_then_unlock(
     assert not any(PASSWORD in m or "nope" in m for m in ours)
 
 
-async def test_second_login_replaces_first(plat: ReferencePlatform, dev: Device) -> None:
-    await dev.rpc("Keepalive", KEEPALIVE)
-    second = await Device.login(plat.vd_url, ca=plat, reconnect=True)
-    await dev._reader  # the platform closed the first session
-    assert dev.ws.close_code == 1008
-    assert plat.online("PU-1")
+async def test_second_login_replaces_first(
+    platform: ReferencePlatform, fake_device: Device
+) -> None:
+    await fake_device.rpc("Keepalive", KEEPALIVE)
+    second = await Device.login(platform.vd_url, ca=platform, reconnect=True)
+    await fake_device._reader  # the platform closed the first session
+    assert fake_device.ws.close_code == 1008
+    assert platform.online("PU-1")
     second.answer = _echo
-    reply = await plat.call("PU-1", "QueryTime")
+    reply = await platform.call("PU-1", "QueryTime")
     assert reply.resp == {"method": "QueryTime", "seq": 1}  # a new session numbers from 1
     await second.close()
 
@@ -269,17 +252,17 @@ async def test_get_server_info(make_platform: MakePlatform) -> None:
     await d.close()
 
 
-async def test_device_request_errors(plat: ReferencePlatform, dev: Device) -> None:
-    r = await dev.rpc("Frobnicate")
+async def test_device_request_errors(platform: ReferencePlatform, fake_device: Device) -> None:
+    r = await fake_device.rpc("Frobnicate")
     assert r["err"]["code"] == 101
-    assert (await dev.rpc("GetCap"))["err"]["code"] == 101  # a platform->PU method
-    bad = await dev.rpc("Keepalive", {"mac_id": "x", "state": "online"})
+    assert (await fake_device.rpc("GetCap"))["err"]["code"] == 101  # a platform->PU method
+    bad = await fake_device.rpc("Keepalive", {"mac_id": "x", "state": "online"})
     assert bad["err"]["code"] == 12 and "state" in bad["err"]["msg"]
-    missing = await dev.rpc("AlarmNotify", {"channel": 0})
+    missing = await fake_device.rpc("AlarmNotify", {"channel": 0})
     assert missing["err"]["code"] == 12
     alarm = {"channel": 0, "timestamp": 1, "type": 2, "state": "start", "desc": "io"}
-    assert await dev.rpc("AlarmNotify", alarm) == {"seq": 5, "resp": {}}
-    errs = [(r.name, r.err) for r in plat.records]
+    assert await fake_device.rpc("AlarmNotify", alarm) == {"seq": 5, "resp": {}}
+    errs = [(r.name, r.err) for r in platform.records]
     assert errs == [
         ("Frobnicate", 101),
         ("GetCap", 101),
@@ -287,36 +270,36 @@ async def test_device_request_errors(plat: ReferencePlatform, dev: Device) -> No
         ("AlarmNotify", 12),
         ("AlarmNotify", None),
     ]
-    assert plat.last_keepalive("PU-1") is None  # the ill-typed one does not count
+    assert platform.last_keepalive("PU-1") is None  # the ill-typed one does not count
 
 
-async def test_events_recorded(plat: ReferencePlatform, dev: Device) -> None:
-    await dev.event("Bind", {"mac_id": "02:00:00:00:00:01", "bind_id": "b-1"})
-    await dev.event("BatteryChange", {"battery": 80})
-    await dev.event("BatteryChange", {"battery": 180})
-    await dev.event("Teleport")
-    last = await plat.wait_record(lambda r: r.name == "Teleport")
+async def test_events_recorded(platform: ReferencePlatform, fake_device: Device) -> None:
+    await fake_device.event("Bind", {"mac_id": "02:00:00:00:00:01", "bind_id": "b-1"})
+    await fake_device.event("BatteryChange", {"battery": 80})
+    await fake_device.event("BatteryChange", {"battery": 180})
+    await fake_device.event("Teleport")
+    last = await platform.wait_record(lambda r: r.name == "Teleport")
     assert last.err == 101 and last.kind == "event" and last.seq is None
-    assert [(r.name, r.params, r.err) for r in plat.records] == [
+    assert [(r.name, r.params, r.err) for r in platform.records] == [
         ("Bind", {"mac_id": "02:00:00:00:00:01", "bind_id": "b-1"}, None),
         ("BatteryChange", {"battery": 80}, None),
         ("BatteryChange", {"battery": 180}, 12),
         ("Teleport", {}, 101),
     ]
-    assert dev.inbox.empty()  # events are never answered
+    assert fake_device.inbox.empty()  # events are never answered
 
 
 async def test_malformed_frames_counted_session_survives(
-    plat: ReferencePlatform, dev: Device
+    platform: ReferencePlatform, fake_device: Device
 ) -> None:
     for frame in ["{not json", "[1, 2]", '{"foo": 1}', '{"req": "Keepalive"}']:
-        await dev.ws.send(frame)
-    await dev.ws.send(b"\x00\x01binary")
-    await dev.ws.send('{"req": 5, "seq": 77}')  # malformed but answerable: 400
-    assert await dev.next() == {"seq": 77, "err": {"code": 400, "msg": ANY_STR}}
-    assert await dev.rpc("Keepalive", KEEPALIVE) == {"seq": 1, "resp": {}}
-    assert plat.malformed == {"PU-1": 6}
-    assert plat.online("PU-1")
+        await fake_device.ws.send(frame)
+    await fake_device.ws.send(b"\x00\x01binary")
+    await fake_device.ws.send('{"req": 5, "seq": 77}')  # malformed but answerable: 400
+    assert await fake_device.next() == {"seq": 77, "err": {"code": 400, "msg": ANY_STR}}
+    assert await fake_device.rpc("Keepalive", KEEPALIVE) == {"seq": 1, "resp": {}}
+    assert platform.malformed == {"PU-1": 6}
+    assert platform.online("PU-1")
 
 
 class _AnyStr(str):
@@ -329,24 +312,28 @@ class _AnyStr(str):
 ANY_STR = _AnyStr()
 
 
-async def test_keepalive_unanswered_when_told(plat: ReferencePlatform, dev: Device) -> None:
-    plat.options.answer_keepalive = False
+async def test_keepalive_unanswered_when_told(
+    platform: ReferencePlatform, fake_device: Device
+) -> None:
+    platform.options.answer_keepalive = False
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.3):
-            await dev.rpc("Keepalive", KEEPALIVE)
-    assert (await plat.wait_record(lambda r: r.name == "Keepalive")).seq == 1
-    assert plat.last_keepalive("PU-1") == KEEPALIVE
+            await fake_device.rpc("Keepalive", KEEPALIVE)
+    assert (await platform.wait_record(lambda r: r.name == "Keepalive")).seq == 1
+    assert platform.last_keepalive("PU-1") == KEEPALIVE
 
 
-async def test_wait_record_sees_future_records(plat: ReferencePlatform, dev: Device) -> None:
-    waiter = asyncio.create_task(plat.wait_record(lambda r: r.params.get("battery") == 5))
+async def test_wait_record_sees_future_records(
+    platform: ReferencePlatform, fake_device: Device
+) -> None:
+    waiter = asyncio.create_task(platform.wait_record(lambda r: r.params.get("battery") == 5))
     await asyncio.sleep(0.05)
     assert not waiter.done()
-    await dev.event("BatteryChange", {"battery": 4})
-    await dev.event("BatteryChange", {"battery": 5})
+    await fake_device.event("BatteryChange", {"battery": 4})
+    await fake_device.event("BatteryChange", {"battery": 5})
     assert (await waiter).params == {"battery": 5}
     with pytest.raises(TimeoutError, match="no matching record"):
-        await plat.wait_record(lambda r: r.name == "Never", timeout=0.1)
+        await platform.wait_record(lambda r: r.name == "Never", timeout=0.1)
 
 
 # --- platform -> device ----------------------------------------------------------------
@@ -358,60 +345,64 @@ async def _echo(req: dict[str, Any]) -> dict[str, Any] | None:
     return {"resp": {"method": req["req"], "seq": req["seq"], **req.get("params", {})}}
 
 
-async def test_call_round_trip_numbers_from_one(plat: ReferencePlatform, dev: Device) -> None:
-    dev.answer = _echo
+async def test_call_round_trip_numbers_from_one(
+    platform: ReferencePlatform, fake_device: Device
+) -> None:
+    fake_device.answer = _echo
     for seq in (1, 2, 3):
-        reply = await plat.call("PU-1", "GetPTZPresetList", {"channel": 0})
+        reply = await platform.call("PU-1", "GetPTZPresetList", {"channel": 0})
         assert reply.seq == seq and reply.err is None
         assert reply.resp == {"method": "GetPTZPresetList", "seq": seq, "channel": 0}
-    err = await plat.call("PU-1", "Unknown")
+    err = await platform.call("PU-1", "Unknown")
     assert err.resp is None and err.err is not None
     assert (err.err.code, err.err.msg) == (101, "unsupported")
 
 
-async def test_request_frame_exact(plat: ReferencePlatform, dev: Device) -> None:
-    task = asyncio.create_task(plat.call("PU-1", "GetCap"))
-    assert await dev.next() == {"req": "GetCap", "seq": 1}  # no params key when empty
-    await dev.ws.send('{"seq": 1, "resp": {"ptz": true}}')
+async def test_request_frame_exact(platform: ReferencePlatform, fake_device: Device) -> None:
+    task = asyncio.create_task(platform.call("PU-1", "GetCap"))
+    assert await fake_device.next() == {"req": "GetCap", "seq": 1}  # no params key when empty
+    await fake_device.ws.send('{"seq": 1, "resp": {"ptz": true}}')
     assert (await task).resp == {"ptz": True}
-    await plat.send_event("PU-1", "RebootChannel", {"channel": 0})
-    assert await dev.next() == {"event": "RebootChannel", "params": {"channel": 0}}
-    await plat.send_event("PU-1", "Reschedule")
-    assert await dev.next() == {"event": "Reschedule"}
-    await plat.send_raw("PU-1", "not json at all")
-    assert await dev.next() == "not json at all"
+    await platform.send_event("PU-1", "RebootChannel", {"channel": 0})
+    assert await fake_device.next() == {"event": "RebootChannel", "params": {"channel": 0}}
+    await platform.send_event("PU-1", "Reschedule")
+    assert await fake_device.next() == {"event": "Reschedule"}
+    await platform.send_raw("PU-1", "not json at all")
+    assert await fake_device.next() == "not json at all"
 
 
-async def test_offline_timeout_and_disconnect(plat: ReferencePlatform, dev: Device) -> None:
+async def test_offline_timeout_and_disconnect(
+    platform: ReferencePlatform, fake_device: Device
+) -> None:
     with pytest.raises(LookupError, match="device PU-2 is not online"):
-        await plat.call("PU-2", "GetCap")
+        await platform.call("PU-2", "GetCap")
     with pytest.raises(LookupError):
-        await plat.send_event("PU-2", "RebootDevice")
+        await platform.send_event("PU-2", "RebootDevice")
     with pytest.raises(TimeoutError, match="did not answer GetCap"):
-        await plat.call("PU-1", "GetCap", timeout=0.2)
-    assert plat.online("PU-1")
-    late = asyncio.create_task(plat.call("PU-1", "GetDiskInfo"))
-    assert (await dev.next_msg())["seq"] == 1  # the timed-out call
-    assert (await dev.next_msg())["seq"] == 2
-    await plat.kick("PU-1")
-    assert not plat.online("PU-1")
+        await platform.call("PU-1", "GetCap", timeout=0.2)
+    assert platform.online("PU-1")
+    late = asyncio.create_task(platform.call("PU-1", "GetDiskInfo"))
+    assert (await fake_device.next_msg())["seq"] == 1  # the timed-out call
+    assert (await fake_device.next_msg())["seq"] == 2
+    await platform.kick("PU-1")
+    assert not platform.online("PU-1")
     with pytest.raises(ConnectionError, match="PU-1"):
         await late
-    await plat.kick("PU-1")  # offline: nothing to do
+    await platform.kick("PU-1")  # offline: nothing to do
 
 
-async def test_many_devices_at_once(plat: ReferencePlatform) -> None:
+async def test_many_devices_at_once(platform: ReferencePlatform) -> None:
     devs = await asyncio.gather(
-        *(Device.login(plat.vd_url, i, pw, ca=plat) for i, pw in DEVICES.items())
+        *(Device.login(platform.vd_url, i, pw, ca=platform) for i, pw in DEVICES.items())
     )
     for d in devs:
         d.answer = _echo
-    await asyncio.gather(*(plat.wait_online(i) for i in DEVICES))
-    assert plat.online_ids() == sorted(DEVICES)
-    replies = await asyncio.gather(*(plat.call(i, "QueryTime") for i in DEVICES for _ in "ab"))
+    await asyncio.gather(*(platform.wait_online(i) for i in DEVICES))
+    assert platform.online_ids() == sorted(DEVICES)
+    replies = await asyncio.gather(*(platform.call(i, "QueryTime") for i in DEVICES for _ in "ab"))
     assert sorted(r.seq for r in replies) == [1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2]
     await asyncio.gather(*(d.rpc("Keepalive", KEEPALIVE) for d in devs))
-    assert {r.device_id for r in plat.records} == set(DEVICES)
+    assert {r.device_id for r in platform.records} == set(DEVICES)
     await asyncio.gather(*(d.close() for d in devs))
 
 

@@ -12,7 +12,7 @@ import shutil
 import ssl
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import pytest
 
 from hss_pu.cli import main
 from hss_pu.reference_platform import vr as platform_vr
-from hss_pu.reference_platform.server import PlatformOptions, ReferencePlatform
+from hss_pu.reference_platform.server import ReferencePlatform
 from hss_pu.reference_platform.vr import decode_check
 from hss_pu.wire.vr import (
     CONTENT_TYPE_FORM,
@@ -36,8 +36,11 @@ from hss_pu.wire.vr import (
     parse_error_info,
 )
 
-MAC = "02:00:00:00:00:01"
+from .support.rig import MAC, MakePlatform
+
 START = 1_700_000_000.0
+
+pytestmark = pytest.mark.platform(clock_offset=3600)  # Vr answers in the platform's time
 
 
 @pytest.fixture(scope="session")
@@ -106,36 +109,19 @@ def _client(platform: ReferencePlatform, **kw: Any) -> httpx.AsyncClient:
 
 
 @pytest.fixture
-async def pu(platform: ReferencePlatform) -> AsyncIterator[Pu]:
+async def fake_pu(platform: ReferencePlatform) -> AsyncIterator[Pu]:
+    """A hand-rolled PU's HTTPS client for ``platform``."""
     async with _client(platform) as http:
         yield Pu(platform, http)
-
-
-MakePlatform = Callable[..., Awaitable[ReferencePlatform]]
-
-
-@pytest.fixture
-async def make_platform(tmp_path: Path) -> AsyncIterator[MakePlatform]:
-    made: list[ReferencePlatform] = []
-
-    async def make(**kw: Any) -> ReferencePlatform:
-        p = ReferencePlatform(PlatformOptions(state_dir=tmp_path / f"p{len(made)}", **kw))
-        await p.start()
-        made.append(p)
-        return p
-
-    yield make
-    for p in made:
-        await p.close()
 
 
 # --- the happy path --------------------------------------------------------------------
 
 
-async def test_create_put_save_and_decode_check(pu: Pu, segment_ts: bytes) -> None:
-    p = pu.platform
+async def test_create_put_save_and_decode_check(fake_pu: Pu, segment_ts: bytes) -> None:
+    p = fake_pu.platform
     assert p.vr_cbk_url(3) == f"{p.schedule_url}/live/cseg/3"
-    r = await pu.post(3, encode_create(len(segment_ts), START, 2.0, False, True))
+    r = await fake_pu.post(3, encode_create(len(segment_ts), START, 2.0, False, True))
     assert r.status_code == 200
     assert r.headers["content-type"] == "application/json; charset=utf-8"
     assert r.headers["access-control-allow-origin"] == "*"
@@ -145,11 +131,11 @@ async def test_create_put_save_and_decode_check(pu: Pu, segment_ts: bytes) -> No
     assert reply.url.startswith("https://")
     assert p.vr.pending_names() == [reply.name]
 
-    assert (await pu.put(reply.url, segment_ts)).status_code == 200
+    assert (await fake_pu.put(reply.url, segment_ts)).status_code == 200
     path = p.options.state_dir / "vr" / "3" / f"{reply.name}.ts"
     assert path.read_bytes() == segment_ts
     t0 = p.now()
-    r = await pu.save(3, reply.name)
+    r = await fake_pu.save(3, reply.name)
     assert (r.status_code, r.json()) == (200, {})
     # save answered after the check: it is there at once
     (seg,) = p.vr_segments[3]
@@ -170,17 +156,17 @@ async def test_create_put_save_and_decode_check(pu: Pu, segment_ts: bytes) -> No
 
     # A PU that never heard its save answered (kill -9) uploads again under the same name
     # and saves again: both 200, the segment recorded once. Another size is refused.
-    r = await pu.put(reply.url, segment_ts)
+    r = await fake_pu.put(reply.url, segment_ts)
     assert r.status_code == 200 and p.vr.reputs == 1
-    assert (await pu.save(3, reply.name)).status_code == 200
+    assert (await fake_pu.save(3, reply.name)).status_code == 200
     assert len(p.vr_segments[3]) == 1
-    r = await pu.put(reply.url, segment_ts[:-188])
+    r = await fake_pu.put(reply.url, segment_ts[:-188])
     assert r.status_code == 400 and "is saved with" in parse_error_info(r.content)
 
     # The next segment follows on: gap 0; a discontinuity has no gap.
-    await pu.upload(3, segment_ts, START + 2.0)
-    await pu.upload(3, segment_ts, START + 10.0, discontinue=True)
-    await pu.upload(3, segment_ts, START + 12.5)
+    await fake_pu.upload(3, segment_ts, START + 2.0)
+    await fake_pu.upload(3, segment_ts, START + 10.0, discontinue=True)
+    await fake_pu.upload(3, segment_ts, START + 12.5)
     segs = await p.vr.wait_segments(3, 4, timeout=1)
     assert [s.gap for s in segs] == [None, 0.0, None, 0.5]
     assert [s.saved_at for s in segs] == sorted(s.saved_at for s in segs)
@@ -194,13 +180,13 @@ async def test_create_put_save_and_decode_check(pu: Pu, segment_ts: bytes) -> No
     assert 15 * 100 < p.vr_header_bytes < 15 * 400
 
 
-async def test_wait_segments_waits_and_times_out(pu: Pu, segment_ts: bytes) -> None:
+async def test_wait_segments_waits_and_times_out(fake_pu: Pu, segment_ts: bytes) -> None:
     with pytest.raises(TimeoutError, match=r"channel 0: 0 of 1 segments saved within 0\.1 s"):
-        await pu.platform.vr.wait_segments(0, 1, timeout=0.1)
-    waiter = asyncio.create_task(pu.platform.vr.wait_segments(0, 2, timeout=10))
-    await pu.upload(0, segment_ts)
+        await fake_pu.platform.vr.wait_segments(0, 1, timeout=0.1)
+    waiter = asyncio.create_task(fake_pu.platform.vr.wait_segments(0, 2, timeout=10))
+    await fake_pu.upload(0, segment_ts)
     assert not waiter.done()
-    await pu.upload(0, segment_ts, START + 2)
+    await fake_pu.upload(0, segment_ts, START + 2)
     assert [s.start for s in await waiter] == [START, START + 2]
 
 
@@ -239,9 +225,9 @@ def test_decode_check_finds_bad_segments(tmp_path: Path, segment_ts: bytes) -> N
     assert not decode_check(tmp_path / "missing.ts").ok
 
 
-async def test_undecodable_segment_is_saved_with_a_failed_check(pu: Pu) -> None:
-    await pu.upload(1, b"\x47" + b"\x00" * 187 * 3)
-    (seg,) = pu.platform.vr_segments[1]
+async def test_undecodable_segment_is_saved_with_a_failed_check(fake_pu: Pu) -> None:
+    await fake_pu.upload(1, b"\x47" + b"\x00" * 187 * 3)
+    (seg,) = fake_pu.platform.vr_segments[1]
     assert seg.check is not None and not seg.check.ok and seg.check.frames == 0
 
 
@@ -261,74 +247,74 @@ async def test_decode_check_off(make_platform: MakePlatform, segment_ts: bytes) 
 # --- refusals ----------------------------------------------------------------------------
 
 
-async def test_save_refusals(pu: Pu, segment_ts: bytes) -> None:
+async def test_save_refusals(fake_pu: Pu, segment_ts: bytes) -> None:
     n = len(segment_ts)
-    name, url = await pu.create(0, n)
-    r = await pu.save(0, name)
+    name, url = await fake_pu.create(0, n)
+    r = await fake_pu.save(0, name)
     assert r.status_code == 400
     assert parse_error_info(r.content) == f"segment {name} was never uploaded (no PUT)"
 
-    await pu.put(url, segment_ts[:-188])
-    r = await pu.save(0, name)
+    await fake_pu.put(url, segment_ts[:-188])
+    r = await fake_pu.save(0, name)
     assert r.status_code == 400
     assert parse_error_info(r.content) == (
         f"segment {name}: the PUT carried {n - 188} bytes, create declared size {n}"
     )
-    r = await pu.save(1, name)
+    r = await fake_pu.save(1, name)
     assert r.status_code == 400 and "created on channel 0, not 1" in r.json()["info"]
-    r = await pu.post(0, encode_save(name), {"Mac-Identity": "02:00:00:00:00:02"})
+    r = await fake_pu.post(0, encode_save(name), {"Mac-Identity": "02:00:00:00:00:02"})
     assert r.status_code == 400 and "created by 02:00:00:00:00:01" in r.json()["info"]
 
-    await pu.put(url, segment_ts)  # a retried PUT replaces the first
-    assert (await pu.save(0, name)).status_code == 200
+    await fake_pu.put(url, segment_ts)  # a retried PUT replaces the first
+    assert (await fake_pu.save(0, name)).status_code == 200
 
-    for r in (await pu.save(0, "nope"), await pu.post(0, encode_fail("nope"))):
+    for r in (await fake_pu.save(0, "nope"), await fake_pu.post(0, encode_fail("nope"))):
         assert r.status_code == 404
         assert parse_error_info(r.content).startswith("no segment nope")
-    r = await pu.put(f"{pu.platform.schedule_url}/vr/seg/nope", segment_ts)
+    r = await fake_pu.put(f"{fake_pu.platform.schedule_url}/vr/seg/nope", segment_ts)
     assert r.status_code == 404
-    r = await pu.http.get(url)
+    r = await fake_pu.http.get(url)
     assert r.status_code == 405 and r.headers["allow"] == "PUT"
-    assert pu.platform.vr_segments[0][0].size == n
+    assert fake_pu.platform.vr_segments[0][0].size == n
 
 
-async def test_fail_forgets_the_segment(pu: Pu, segment_ts: bytes) -> None:
-    name, url = await pu.create(2, len(segment_ts))
-    await pu.put(url, segment_ts)
-    path = pu.platform.options.state_dir / "vr" / "2" / f"{name}.ts"
+async def test_fail_forgets_the_segment(fake_pu: Pu, segment_ts: bytes) -> None:
+    name, url = await fake_pu.create(2, len(segment_ts))
+    await fake_pu.put(url, segment_ts)
+    path = fake_pu.platform.options.state_dir / "vr" / "2" / f"{name}.ts"
     assert path.exists()
-    r = await pu.post(2, encode_fail(name))
+    r = await fake_pu.post(2, encode_fail(name))
     assert (r.status_code, r.json()) == (200, {})
-    (failed,) = pu.platform.vr_failed
+    (failed,) = fake_pu.platform.vr_failed
     assert (failed.name, failed.channel, failed.mac, failed.uploaded) == (name, 2, MAC, True)
     assert failed.reason == "fail"
     assert not path.exists()
-    assert (await pu.save(2, name)).status_code == 404
-    assert (await pu.put(url, segment_ts)).status_code == 404
-    assert not pu.platform.vr_segments[2]
+    assert (await fake_pu.save(2, name)).status_code == 404
+    assert (await fake_pu.put(url, segment_ts)).status_code == 404
+    assert not fake_pu.platform.vr_segments[2]
 
-    saved = await pu.upload(2, segment_ts)
-    r = await pu.post(2, encode_fail(saved))
+    saved = await fake_pu.upload(2, segment_ts)
+    r = await fake_pu.post(2, encode_fail(saved))
     assert r.status_code == 409 and "already saved" in r.json()["info"]
 
 
-async def test_mac_identity_content_type_and_paths(pu: Pu) -> None:
+async def test_mac_identity_content_type_and_paths(fake_pu: Pu) -> None:
     body = encode_getcurrenttime()
-    url = pu.cbk(0)
-    async with _client(pu.platform) as http:
+    url = fake_pu.cbk(0)
+    async with _client(fake_pu.platform) as http:
         del http.headers["Mac-Identity"]
         r = await http.post(url, content=body, headers={"Content-Type": CONTENT_TYPE_FORM})
         assert r.status_code == 400
         assert r.json() == {"info": "Mac-Identity header missing or malformed"}
-    r = await pu.post(0, body, {"Mac-Identity": "not-a-mac"})
+    r = await fake_pu.post(0, body, {"Mac-Identity": "not-a-mac"})
     assert r.status_code == 400 and "Mac-Identity" in r.json()["info"]
-    r = await pu.http.post(url, content=body, headers={"Content-Type": "application/json"})
+    r = await fake_pu.http.post(url, content=body, headers={"Content-Type": "application/json"})
     assert r.status_code == 415 and CONTENT_TYPE_FORM in r.json()["info"]
-    r = await pu.post(0, body, {"Content-Type": f"{CONTENT_TYPE_FORM}; charset=utf-8"})
+    r = await fake_pu.post(0, body, {"Content-Type": f"{CONTENT_TYPE_FORM}; charset=utf-8"})
     assert r.status_code == 200
-    r = await pu.http.post(f"{pu.platform.schedule_url}/live/cseg/x", content=body)
+    r = await fake_pu.http.post(f"{fake_pu.platform.schedule_url}/live/cseg/x", content=body)
     assert r.status_code == 404
-    r = await pu.http.get(url)
+    r = await fake_pu.http.get(url)
     assert r.status_code == 405 and r.headers["allow"] == "POST"
 
 
@@ -349,36 +335,38 @@ async def test_mac_identity_content_type_and_paths(pu: Pu) -> None:
         (b"op=save&name=a&name=b", "field name given twice"),
     ],
 )
-async def test_bad_form_is_400_naming_the_field(pu: Pu, body: bytes, info: str) -> None:
-    r = await pu.post(0, body)
+async def test_bad_form_is_400_naming_the_field(fake_pu: Pu, body: bytes, info: str) -> None:
+    r = await fake_pu.post(0, body)
     assert r.status_code == 400
     assert info in parse_error_info(r.content)
-    assert pu.platform.vr_requests == {"invalid": 1}
+    assert fake_pu.platform.vr_requests == {"invalid": 1}
 
 
 @pytest.mark.parametrize(
     ("size", "duration", "info"),
     [(0, 2.0, "field size: a segment cannot be empty"), (10, 0.0, "field duration: must be > 0")],
 )
-async def test_create_refuses_empty_segments(pu: Pu, size: int, duration: float, info: str) -> None:
-    r = await pu.post(0, encode_create(size, START, duration, False, True))
+async def test_create_refuses_empty_segments(
+    fake_pu: Pu, size: int, duration: float, info: str
+) -> None:
+    r = await fake_pu.post(0, encode_create(size, START, duration, False, True))
     assert (r.status_code, r.json()) == (400, {"info": info})
 
 
 # --- time, stats, drop ---------------------------------------------------------------------
 
 
-async def test_getcurrenttime_is_the_platform_clock(pu: Pu) -> None:
-    r = await pu.post(0, encode_getcurrenttime())
+async def test_getcurrenttime_is_the_platform_clock(fake_pu: Pu) -> None:
+    r = await fake_pu.post(0, encode_getcurrenttime())
     assert r.status_code == 200
     assert parse_currenttime(r.content) - time.time() == pytest.approx(3600, abs=5)
 
 
-async def test_stat_is_recorded(pu: Pu) -> None:
-    assert (await pu.post(4, encode_stat(3, 30.0))).json() == {}
-    assert (await pu.post(5, b"op=stat&Dropped_nb=1&Dropped_time=2.5")).status_code == 200
-    assert (await pu.post(5, b"op=stat")).status_code == 200
-    stats = pu.platform.vr_stats
+async def test_stat_is_recorded(fake_pu: Pu) -> None:
+    assert (await fake_pu.post(4, encode_stat(3, 30.0))).json() == {}
+    assert (await fake_pu.post(5, b"op=stat&Dropped_nb=1&Dropped_time=2.5")).status_code == 200
+    assert (await fake_pu.post(5, b"op=stat")).status_code == 200
+    stats = fake_pu.platform.vr_stats
     assert [(s.channel, s.dropped_nb, s.dropped_time, s.mac) for s in stats] == [
         (4, 3, 30.0, MAC),
         (5, 1, 2.5, MAC),
@@ -387,89 +375,89 @@ async def test_stat_is_recorded(pu: Pu) -> None:
     assert stats[0].time - time.time() == pytest.approx(3600, abs=5)
 
 
-async def test_drop_reply(pu: Pu, segment_ts: bytes) -> None:
-    pu.platform.vr_drop_next = 1
-    r = await pu.post(0, encode_create(len(segment_ts), START, 2.0, False, True))
+async def test_drop_reply(fake_pu: Pu, segment_ts: bytes) -> None:
+    fake_pu.platform.vr_drop_next = 1
+    r = await fake_pu.post(0, encode_create(len(segment_ts), START, 2.0, False, True))
     assert r.json() == {"name": "", "url": ""}
     assert parse_create_reply(r.content).drop
-    assert pu.platform.vr_drop_next == 0 and pu.platform.vr.pending_names() == []
-    await pu.upload(0, segment_ts)
-    assert len(pu.platform.vr_segments[0]) == 1
+    assert fake_pu.platform.vr_drop_next == 0 and fake_pu.platform.vr.pending_names() == []
+    await fake_pu.upload(0, segment_ts)
+    assert len(fake_pu.platform.vr_segments[0]) == 1
 
 
 async def test_pending_segments_are_bounded(
-    pu: Pu, monkeypatch: pytest.MonkeyPatch, segment_ts: bytes
+    fake_pu: Pu, monkeypatch: pytest.MonkeyPatch, segment_ts: bytes
 ) -> None:
     monkeypatch.setattr(platform_vr, "MAX_PENDING", 3)
-    names = [(await pu.create(0, 100))[0] for _ in range(5)]
-    assert pu.platform.vr.pending_names() == names[2:]
-    assert [(f.name, f.reason) for f in pu.platform.vr_failed] == [
+    names = [(await fake_pu.create(0, 100))[0] for _ in range(5)]
+    assert fake_pu.platform.vr.pending_names() == names[2:]
+    assert [(f.name, f.reason) for f in fake_pu.platform.vr_failed] == [
         (names[0], "evicted"),
         (names[1], "evicted"),
     ]
     monkeypatch.setattr(platform_vr, "PENDING_TTL", 0.0)
-    name, _ = await pu.create(0, 100)
-    assert pu.platform.vr.pending_names() == [name]
-    assert [f.reason for f in pu.platform.vr_failed[2:]] == ["expired"] * 3
-    assert (await pu.save(0, names[4])).status_code == 404
+    name, _ = await fake_pu.create(0, 100)
+    assert fake_pu.platform.vr.pending_names() == [name]
+    assert [f.reason for f in fake_pu.platform.vr_failed[2:]] == ["expired"] * 3
+    assert (await fake_pu.save(0, names[4])).status_code == 404
 
 
 # --- fault injection -------------------------------------------------------------------
 
 
-async def test_fault_status_with_retry_after(pu: Pu, segment_ts: bytes) -> None:
-    p = pu.platform
+async def test_fault_status_with_retry_after(fake_pu: Pu, segment_ts: bytes) -> None:
+    p = fake_pu.platform
     p.vr.fail("create", 2, status=503, retry_after=7)
     p.vr.fail("create", 1, status=500)
     for want, after in ((503, "7"), (503, "7"), (500, None)):
-        r = await pu.post(0, encode_create(len(segment_ts), START, 2.0, False, True))
+        r = await fake_pu.post(0, encode_create(len(segment_ts), START, 2.0, False, True))
         assert r.status_code == want
         assert r.headers.get("retry-after") == after
         assert parse_error_info(r.content) == "injected fault on create"
     p.vr.fail("put", 1, status=502)
     p.vr.fail("save", 1)
-    name, url = await pu.create(0, len(segment_ts))
-    assert (await pu.put(url, segment_ts)).status_code == 502
-    assert (await pu.put(url, segment_ts)).status_code == 200
-    assert (await pu.save(0, name)).status_code == 503
-    assert (await pu.save(0, name)).status_code == 200
+    name, url = await fake_pu.create(0, len(segment_ts))
+    assert (await fake_pu.put(url, segment_ts)).status_code == 502
+    assert (await fake_pu.put(url, segment_ts)).status_code == 200
+    assert (await fake_pu.save(0, name)).status_code == 503
+    assert (await fake_pu.save(0, name)).status_code == 200
     assert p.vr_requests == {"create": 4, "put": 2, "save": 2}
     with pytest.raises(ValueError, match="op must be one of"):
         p.vr.fail("bogus", 1)
     p.vr.fail("stat", 5)
     p.vr.clear_faults()
-    assert (await pu.post(0, encode_stat(0, 0))).status_code == 200
+    assert (await fake_pu.post(0, encode_stat(0, 0))).status_code == 200
 
 
-async def test_fault_abort_closes_without_a_response(pu: Pu, segment_ts: bytes) -> None:
-    p = pu.platform
-    name, url = await pu.create(0, len(segment_ts))
+async def test_fault_abort_closes_without_a_response(fake_pu: Pu, segment_ts: bytes) -> None:
+    p = fake_pu.platform
+    name, url = await fake_pu.create(0, len(segment_ts))
     p.vr.fail("put", 1, mode="abort")
     p.vr.fail("save", 1, mode="abort")
     with pytest.raises(httpx.TransportError):
-        await pu.put(url, segment_ts)
-    assert (await pu.put(url, segment_ts)).status_code == 200
+        await fake_pu.put(url, segment_ts)
+    assert (await fake_pu.put(url, segment_ts)).status_code == 200
     with pytest.raises(httpx.TransportError):
-        await pu.save(0, name)
-    assert (await pu.save(0, name)).status_code == 200
+        await fake_pu.save(0, name)
+    assert (await fake_pu.save(0, name)).status_code == 200
     assert p.vr_requests == {"create": 1, "put": 2, "save": 2}
 
 
-async def test_fault_timeout_holds_then_503(pu: Pu) -> None:
-    pu.platform.vr.fail("getcurrenttime", 1, mode="timeout", hold=0.3, retry_after=1)
+async def test_fault_timeout_holds_then_503(fake_pu: Pu) -> None:
+    fake_pu.platform.vr.fail("getcurrenttime", 1, mode="timeout", hold=0.3, retry_after=1)
     t0 = time.monotonic()
-    r = await pu.post(0, encode_getcurrenttime())
+    r = await fake_pu.post(0, encode_getcurrenttime())
     assert time.monotonic() - t0 >= 0.3
     assert (r.status_code, r.headers["retry-after"]) == (503, "1")
-    assert (await pu.post(0, encode_getcurrenttime())).status_code == 200
+    assert (await fake_pu.post(0, encode_getcurrenttime())).status_code == 200
 
 
-async def test_fault_late_takes_effect_then_answers(pu: Pu, segment_ts: bytes) -> None:
-    name, url = await pu.create(0, len(segment_ts))
-    assert (await pu.put(url, segment_ts)).status_code == 200
-    pu.platform.vr.fail("save", 1, mode="late", hold=0.5)
-    save = asyncio.create_task(pu.save(0, name))
-    segs = await pu.platform.vr.wait_segments(0, 1, timeout=5)  # saved before the reply
+async def test_fault_late_takes_effect_then_answers(fake_pu: Pu, segment_ts: bytes) -> None:
+    name, url = await fake_pu.create(0, len(segment_ts))
+    assert (await fake_pu.put(url, segment_ts)).status_code == 200
+    fake_pu.platform.vr.fail("save", 1, mode="late", hold=0.5)
+    save = asyncio.create_task(fake_pu.save(0, name))
+    segs = await fake_pu.platform.vr.wait_segments(0, 1, timeout=5)  # saved before the reply
     assert [s.name for s in segs] == [name] and not save.done()
     r = await save
     assert (r.status_code, r.json()) == (200, {})
@@ -486,19 +474,19 @@ async def test_held_request_does_not_delay_close(make_platform: MakePlatform) ->
     assert time.monotonic() - t0 < 1.5
 
 
-async def test_down_aborts_every_vr_request_but_not_vs(pu: Pu, segment_ts: bytes) -> None:
-    p = pu.platform
-    name, url = await pu.create(0, len(segment_ts))
+async def test_down_aborts_every_vr_request_but_not_vs(fake_pu: Pu, segment_ts: bytes) -> None:
+    p = fake_pu.platform
+    name, url = await fake_pu.create(0, len(segment_ts))
     p.vr_down = True
     with pytest.raises(httpx.TransportError):
-        await pu.post(0, encode_getcurrenttime())
+        await fake_pu.post(0, encode_getcurrenttime())
     with pytest.raises(httpx.TransportError):
-        await pu.put(url, segment_ts)
-    r = await pu.http.get(f"{p.schedule_url}/Vs/getServerAddr", params={"macid": MAC})
+        await fake_pu.put(url, segment_ts)
+    r = await fake_pu.http.get(f"{p.schedule_url}/Vs/getServerAddr", params={"macid": MAC})
     assert r.status_code == 200
     p.vr_down = False
-    assert (await pu.put(url, segment_ts)).status_code == 200
-    assert (await pu.save(0, name)).status_code == 200
+    assert (await fake_pu.put(url, segment_ts)).status_code == 200
+    assert (await fake_pu.save(0, name)).status_code == 200
     assert p.vr_requests == {"create": 1, "down": 2, "put": 1, "save": 1}
 
 

@@ -7,133 +7,38 @@ import errno
 import itertools
 import json
 import logging
-import random
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from hss_pu.config import (
-    CameraSection,
-    ConfigDoc,
-    DeviceSection,
-    PlatformSection,
-    StorageSection,
-    make_config,
-)
-from hss_pu.daemon import Daemon
-from hss_pu.reference_platform.server import PlatformOptions, ReferencePlatform
+from hss_pu.reference_platform.server import ReferencePlatform
 from hss_pu.reference_platform.vr import VrSegment
 from hss_pu.services import spool as spool_mod
+from hss_pu.services.record import RecordService
 from hss_pu.wire.vd import Code
 
-DEVICE = "PU-0001"
-PASSWORD = "Record-Test-Pass1"
-MAC = "02:00:00:00:00:01"
+from .support.probe import decode_errors, ffprobe
+from .support.rig import DEVICE, MAC, ConfigFile, Rig, Spawn, until
+
 W, H, FPS = 320, 180, 15
 FRAME = 1 / FPS
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.platform(hb_interval=1),
+    pytest.mark.rig(
+        size=(W, H), fps=FPS, bitrate=300_000, prerecord_seconds=3, backoff_scale=0.05, seed=5
+    ),
+]
 
 
-@dataclass
-class Rig:
-    platform: ReferencePlatform
-    daemon: Daemon
-    task: asyncio.Task[int]
-    tmp: Path
-
-    async def call(self, method: str, params: dict[str, Any]) -> Any:
-        return await self.platform.call(DEVICE, method, params, timeout=20)
-
-    async def start_record(self, session: str = "rec-1", **kw: Any) -> Any:
-        params = {
-            "session_id": session,
-            "channel": 0,
-            "max_bitrate": 0,
-            "seg_duration": 4,
-            "seg_max_size": 8 << 20,
-            "seg_max_count": 5,
-            "start_ts": self.platform.now(),
-            "cbk_url": self.platform.vr_cbk_url(0),
-            **kw,
-        }
-        return await self.call("StartRecord", params)
-
-    async def stop(self) -> None:
-        self.daemon.stop()
-        await asyncio.wait_for(self.task, 15)
-
-
-async def start_daemon(platform: ReferencePlatform, tmp: Path, **storage: Any) -> Rig:
-    doc = ConfigDoc(
-        device=DeviceSection(id=DEVICE, password=PASSWORD, mac=MAC, profile="emulated"),
-        platform=PlatformSection(
-            schedule_url=platform.schedule_url, ca_file=str(platform.ca_file), backoff_scale=0.05
-        ),
-        camera=CameraSection(width=W, height=H, fps=FPS, bitrate=300_000, prerecord_seconds=6),
-        storage=StorageSection(dir=str(tmp / "pu"), **storage),
-    )
-    daemon = Daemon(make_config(doc), rng=random.Random(5), start_media=True)
-    task = asyncio.create_task(daemon.run())
-    await platform.wait_online(DEVICE)
-    return Rig(platform, daemon, task, tmp)
-
-
-@pytest.fixture
-async def platform(tmp_path: Path) -> AsyncIterator[ReferencePlatform]:
-    p = ReferencePlatform(
-        PlatformOptions(state_dir=tmp_path / "platform", devices={DEVICE: PASSWORD}, hb_interval=1)
-    )
-    await p.start()
-    try:
-        yield p
-    finally:
-        await p.close()
-
-
-@pytest.fixture
-async def rig(platform: ReferencePlatform, tmp_path: Path) -> AsyncIterator[Rig]:
-    r = await start_daemon(platform, tmp_path)
-    try:
-        yield r
-    finally:
-        if not r.task.done():
-            await r.stop()
-
-
-def ffprobe(path: Path) -> dict[str, Any]:
-    out = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-count_frames", "-show_entries",
-         "stream=codec_name,width,height,nb_read_frames", "-of", "json", str(path)],
-        capture_output=True, text=True, timeout=60, check=True,
-    )  # fmt: skip
-    stream: dict[str, Any] = json.loads(out.stdout)["streams"][0]
-    return stream
-
-
-def decode_errors(path: Path) -> str:
-    r = subprocess.run(
-        ["ffmpeg", "-v", "error", "-i", str(path), "-f", "null", "-"],
-        capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    return r.stderr.strip()
-
-
-async def until(pred: Callable[[], object], timeout: float) -> bool:
-    """Poll ``pred`` (state of another process or of the daemon) until true or timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if pred():
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(0.1)
+def count(rec: RecordService, key: str) -> int:
+    """One of the record service's counters (``hss-pu status``)."""
+    value = rec.status()[key]
+    assert isinstance(value, int), (key, value)
+    return value
 
 
 def assert_tiles(segs: list[VrSegment]) -> None:
@@ -143,22 +48,37 @@ def assert_tiles(segs: list[VrSegment]) -> None:
         assert not b.discontinue, b
 
 
-async def test_sixty_seconds_in_four_second_segments(rig: Rig) -> None:
+SEGMENTS, SEG_SECONDS = 12, 2
+
+
+async def test_twelve_segments_in_a_row_tile_exactly(rig: Rig, tmp_path: Path) -> None:
+    """24 s recorded in 2 s segments (two GOPs each): every segment within a frame of
+    2 s, each starting where the one before ended (11 boundaries), each decodable, and
+    all of them together one stream with every frame there."""
+    length = SEGMENTS * SEG_SECONDS
     t0 = rig.platform.now()
-    reply = await rig.start_record()
+    reply = await rig.start_record(seg_duration=SEG_SECONDS)
     assert reply.err is None, reply
     ka = await wait_keepalive(rig, lambda ch: ch.get("record_session") == "rec-1")
     assert ka
-    await asyncio.sleep(60)
+    await asyncio.sleep(length)  # the recording itself
     assert (await rig.call("StopRecord", {"session_id": "rec-1", "channel": 0})).err is None
     await wait_keepalive(rig, lambda ch: ch.get("record_session") is None)
-    segs = await rig.platform.vr.wait_segments(0, 15, timeout=20)
-    await asyncio.sleep(1)
+    rec = rig.daemon.record
+    assert rec is not None
+    segs = await rig.platform.vr.wait_segments(0, SEGMENTS, timeout=20)
+    # StopRecord handed the last, partial segment over before it answered: once nothing
+    # is queued, every segment is on the platform.
+    assert await until(
+        lambda: rec.status()["queued_memory"] == rec.status()["queued_disk"] == 0, 10
+    )
     segs = list(rig.platform.vr_segments[0])
     total = sum(s.duration for s in segs)
-    assert 59 <= total <= 62.5, [s.duration for s in segs]
+    assert length - 1 <= total <= length + 2.5, [s.duration for s in segs]
     assert segs[0].start <= t0 + 1.5  # at once (a key frame is asked for)
-    assert all(abs(s.duration - 4) <= FRAME for s in segs[:-1]), [s.duration for s in segs]
+    assert all(abs(s.duration - SEG_SECONDS) <= FRAME for s in segs[:-1]), [
+        s.duration for s in segs
+    ]
     assert_tiles(segs)
     for s in segs:
         assert s.check is not None and s.check.ok and s.check.key_first, s
@@ -166,7 +86,7 @@ async def test_sixty_seconds_in_four_second_segments(rig: Rig) -> None:
         assert (probe["codec_name"], probe["width"], probe["height"]) == ("h264", W, H)
         assert abs(int(probe["nb_read_frames"]) - s.duration * FPS) <= 1, (probe, s)
         assert s.mac == MAC and s.put_content_type == "video/mp2t"
-    whole = rig.tmp / "all.ts"
+    whole = tmp_path / "all.ts"
     whole.write_bytes(b"".join(s.path.read_bytes() for s in segs))
     assert decode_errors(whole) == ""
     assert abs(int(ffprobe(whole)["nb_read_frames"]) - total * FPS) <= 2
@@ -214,7 +134,7 @@ async def test_start_record_rules(rig: Rig, caplog: pytest.LogCaptureFixture) ->
 
 async def test_put_fails_three_times_then_saved_once(rig: Rig) -> None:
     rig.platform.vr.fail("put", 3)
-    assert (await rig.start_record(seg_duration=2)).err is None
+    assert (await rig.start_record(seg_duration=1)).err is None
     segs = await rig.platform.vr.wait_segments(0, 3, timeout=20)
     assert rig.platform.vr_requests["put"] >= 3 + 3
     names = [s.name for s in segs]
@@ -225,24 +145,26 @@ async def test_put_fails_three_times_then_saved_once(rig: Rig) -> None:
 
 async def test_put_always_failing_is_failed_and_reported(rig: Rig) -> None:
     rig.platform.vr.fail("put", 5, status=500)  # PUT_ATTEMPTS for the first segment
-    assert (await rig.start_record(seg_duration=2)).err is None
+    assert (await rig.start_record(seg_duration=1)).err is None
     await until(lambda: rig.platform.vr_stats, 20)
     assert [f.reason for f in rig.platform.vr_failed] == ["fail"]
     stat = rig.platform.vr_stats[0]
-    assert stat.dropped_nb == 1 and abs(stat.dropped_time - 2.0) <= FRAME
+    assert stat.dropped_nb == 1 and abs(stat.dropped_time - 1.0) <= FRAME
     segs = await rig.platform.vr.wait_segments(0, 2, timeout=10)
     assert segs[0].discontinue  # the one before it never arrived
 
 
 async def test_outage_loses_nothing(rig: Rig) -> None:
-    assert (await rig.start_record(seg_duration=2, seg_max_count=2)).err is None
+    """1 s segments, at most 2 in memory: an outage of a dozen segments goes to disk, and
+    once Vr is back every segment arrives, in order, while the recording goes on."""
+    assert (await rig.start_record(seg_duration=1, seg_max_count=2)).err is None
     await rig.platform.vr.wait_segments(0, 1, timeout=10)
     rig.platform.vr_down = True
-    await asyncio.sleep(30)
-    spool = rig.tmp / "pu" / "spool"
-    assert len(list(spool.glob("*.json"))) >= 12  # the outage went to disk
+    spool = rig.storage / "spool"
+    # The outage went to disk.
+    assert await until(lambda: len(list(spool.glob("*.json"))) >= 12, 30)
     rig.platform.vr_down = False
-    await asyncio.sleep(4)
+    assert await until(lambda: len(rig.platform.vr_segments[0]) >= 17, 20)
     assert (await rig.call("StopRecord", {"session_id": "rec-1", "channel": 0})).err is None
     rec = rig.daemon.record
     assert rec is not None
@@ -254,136 +176,101 @@ async def test_outage_loses_nothing(rig: Rig) -> None:
     assert rig.platform.vr_stats == [] and not list(spool.glob("*.ts"))
 
 
-async def test_full_spool_evicts_oldest_and_reports(
-    platform: ReferencePlatform, tmp_path: Path
-) -> None:
-    rig = await start_daemon(platform, tmp_path, spool_max_mb=1)
-    try:
-        assert (await rig.start_record(seg_duration=2, seg_max_count=1)).err is None
-        await platform.vr.wait_segments(0, 1, timeout=10)
-        platform.vr_down = True
-        await asyncio.sleep(45)  # ~1.7 MB of video for a 1 MiB spool
-        st = rig.daemon.record.status() if rig.daemon.record else {}
-        evicted = st["segments_evicted"]
-        assert isinstance(evicted, int) and evicted >= 3, st
-        platform.vr_down = False
-        await until(lambda: platform.vr_stats, 30)
-        assert sum(s.dropped_nb for s in platform.vr_stats) >= evicted
-        segs = await platform.vr.wait_segments(0, 2, timeout=30)
-        assert segs[1].discontinue  # the first kept after the evicted ones
-        assert segs[1].start - segs[0].end >= 2 * evicted - 1
-    finally:
-        await rig.stop()
+@pytest.mark.rig(spool_max_mb=1, bitrate=1_500_000)
+async def test_full_spool_evicts_oldest_and_reports(rig: Rig) -> None:
+    """A 1 MiB spool, 2 s segments of about 320 kB: from the fourth segment of the
+    outage on, each new one evicts the oldest."""
+    platform = rig.platform
+    rec = rig.daemon.record
+    assert rec is not None
+    assert (await rig.start_record(seg_duration=2, seg_max_count=1)).err is None
+    await platform.vr.wait_segments(0, 1, timeout=10)
+    platform.vr_down = True
+    assert await until(lambda: count(rec, "segments_evicted") >= 3, 40), rec.status()
+    st = rec.status()
+    evicted = st["segments_evicted"]
+    assert isinstance(evicted, int) and evicted >= 3, st
+    platform.vr_down = False
+    await until(lambda: platform.vr_stats, 30)
+    assert sum(s.dropped_nb for s in platform.vr_stats) >= evicted
+    segs = await platform.vr.wait_segments(0, 2, timeout=30)
+    assert segs[1].discontinue  # the first kept after the evicted ones
+    assert segs[1].start - segs[0].end >= 2 * evicted - 1
 
 
 async def test_prerecord_starts_before_start_ts(rig: Rig) -> None:
-    await asyncio.sleep(7)  # the ring fills (camera.prerecord_seconds = 6)
+    rec = rig.daemon.record
+    assert rec is not None
+    ring = rec.rings[0]  # camera.prerecord_seconds = 3
+    assert await until(lambda: ring.span >= 3, 10), ring.span  # the ring is full
     start_ts = rig.platform.now()
-    assert (await rig.start_record(prerecord_seconds=5, start_ts=start_ts)).err is None
+    assert (await rig.start_record(prerecord_seconds=2, start_ts=start_ts)).err is None
     segs = await rig.platform.vr.wait_segments(0, 1, timeout=15)
     lead = start_ts - segs[0].start
-    assert 4.5 <= lead <= 6.1, lead  # at the key frame at or before start_ts - 5
+    assert 1.5 <= lead <= 3.1, lead  # at the key frame at or before start_ts - 2
     assert segs[0].check is not None and segs[0].check.ok and segs[0].check.key_first
 
 
-CONFIG = """\
-[device]
-id = "{device}"
-password = "{password}"
-mac = "{mac}"
-profile = "emulated"
-[platform]
-schedule_url = "{url}"
-ca_file = "{ca}"
-backoff_scale = 0.05
-[camera]
-width = {w}
-height = {h}
-fps = {fps}
-bitrate = 300000
-[storage]
-dir = "{storage}"
-"""
-
-
-async def spawn(config: Path) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "hss_pu", "run", "--config", str(config),
-        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )  # fmt: skip
-
-
 async def test_sigkill_during_a_save_reply_then_restart_saves_each_segment_once(
-    platform: ReferencePlatform, tmp_path: Path
+    platform: ReferencePlatform, config_file: ConfigFile, spawn: Spawn, tmp_path: Path
 ) -> None:
     """kill -9 while the platform holds the reply of a save it carried out: the restarted
     daemon uploads that segment again under the name create gave (persisted with it),
     so the platform keeps it once; the rest of the spool follows, in order."""
-    cfg = tmp_path / "config.toml"
-    text = CONFIG.format(
-        device=DEVICE, password=PASSWORD, mac=MAC, url=platform.schedule_url,
-        ca=platform.ca_file, w=W, h=H, fps=FPS, storage=tmp_path / "pu",
+    cfg = config_file(platform, size=(W, H), fps=FPS, bitrate=300_000, backoff_scale=0.05)
+    spool = tmp_path / "state" / "spool"
+    run = ("run", "--config", str(cfg))
+    proc = await spawn(*run)
+    await platform.wait_online(DEVICE, timeout=30)
+    reply = await platform.call(
+        DEVICE, "StartRecord",
+        {"session_id": "k", "channel": 0, "max_bitrate": 0, "seg_duration": 1,
+         "seg_max_size": 8 << 20, "seg_max_count": 1, "start_ts": platform.now(),
+         "cbk_url": platform.vr_cbk_url(0)},
+        timeout=20,
     )  # fmt: skip
-    cfg.write_text(text)
-    cfg.chmod(0o600)
-    spool = tmp_path / "pu" / "spool"
-    proc = await spawn(cfg)
-    try:
-        await platform.wait_online(DEVICE, timeout=30)
-        reply = await platform.call(
-            DEVICE, "StartRecord",
-            {"session_id": "k", "channel": 0, "max_bitrate": 0, "seg_duration": 1,
-             "seg_max_size": 8 << 20, "seg_max_count": 1, "start_ts": platform.now(),
-             "cbk_url": platform.vr_cbk_url(0)},
-            timeout=20,
-        )  # fmt: skip
-        assert reply.err is None, reply
-        await platform.vr.wait_segments(0, 1, timeout=15)
-        platform.vr_down = True
-        await until(lambda: len(list(spool.glob("*.json"))) >= 4, 15)
-        saved_before = len(platform.vr_segments[0])
-        # Back, but the next save is answered only after a minute: kill -9 before that.
-        platform.vr.fail("save", 1, mode="late", hold=60)
-        platform.vr_down = False
-        await platform.vr.wait_segments(0, saved_before + 1, timeout=20)
-        proc.kill()
-        await proc.wait()
-        held = platform.vr_segments[0][saved_before]
-        metas = [json.loads(p.read_text()) for p in sorted(spool.glob("*.json"))]
-        assert metas[0]["name"] == held.name, metas[0]  # persisted before the PUT
-        spooled = [round(m["start"], 3) for m in metas]
-        assert len(spooled) >= 3, spooled
-        platform.vr.clear_faults()
-        proc = await spawn(cfg)
-        assert await until(lambda: not list(spool.glob("*.json")), 30), "spool not drained"
-        await asyncio.sleep(0.5)
-        segs = platform.vr_segments[0]
-        starts = [round(s.start, 3) for s in segs]
-        assert len(starts) == len(set(starts)), starts  # no segment saved twice
-        assert starts[saved_before : saved_before + len(spooled)] == spooled  # in order
-        assert platform.vr.reputs == 1 and platform.vr_requests["save"] >= len(spooled) + 1
-        assert all(s.check is not None and s.check.ok for s in segs)
-        assert_tiles(segs[: saved_before + len(spooled)])
-        # The session itself was resumed: Keepalive shows it, and new segments follow.
-        ka = await until(
-            lambda: (
-                (platform.last_keepalive(DEVICE) or {})
-                .get("channels", [{}])[0]
-                .get("record_session")
-                == "k"
-            ),
-            15,
-        )
-        assert ka, platform.last_keepalive(DEVICE)
-        n = len(segs)
-        await platform.vr.wait_segments(0, n + 1, timeout=15)
-        new = platform.vr_segments[0][n]
-        assert new.start > spooled[-1] and new.discontinue
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-            await asyncio.wait_for(proc.wait(), 15)
+    assert reply.err is None, reply
+    await platform.vr.wait_segments(0, 1, timeout=15)
+    platform.vr_down = True
+    await until(lambda: len(list(spool.glob("*.json"))) >= 4, 15)
+    saved_before = len(platform.vr_segments[0])
+    # Back, but the next save is answered only after a minute: kill -9 before that.
+    platform.vr.fail("save", 1, mode="late", hold=60)
+    platform.vr_down = False
+    await platform.vr.wait_segments(0, saved_before + 1, timeout=20)
+    await proc.kill()
+    held = platform.vr_segments[0][saved_before]
+    metas = [json.loads(p.read_text()) for p in sorted(spool.glob("*.json"))]
+    assert metas[0]["name"] == held.name, metas[0]  # persisted before the PUT
+    spooled = [round(m["start"], 3) for m in metas]
+    assert len(spooled) >= 3, spooled
+    platform.vr.clear_faults()
+    proc = await spawn(*run)
+    drained = await until(lambda: not list(spool.glob("*.json")), 30)
+    assert drained, ("spool not drained", proc.lines[-20:])
+    await asyncio.sleep(0.5)
+    segs = platform.vr_segments[0]
+    starts = [round(s.start, 3) for s in segs]
+    assert len(starts) == len(set(starts)), starts  # no segment saved twice
+    assert starts[saved_before : saved_before + len(spooled)] == spooled  # in order
+    assert platform.vr.reputs == 1 and platform.vr_requests["save"] >= len(spooled) + 1
+    assert all(s.check is not None and s.check.ok for s in segs)
+    assert_tiles(segs[: saved_before + len(spooled)])
+    # The session itself was resumed: Keepalive shows it, and new segments follow.
+    ka = await until(
+        lambda: (
+            (platform.last_keepalive(DEVICE) or {}).get("channels", [{}])[0].get("record_session")
+            == "k"
+        ),
+        15,
+    )
+    assert ka, platform.last_keepalive(DEVICE)
+    n = len(segs)
+    await platform.vr.wait_segments(0, n + 1, timeout=15)
+    new = platform.vr_segments[0][n]
+    assert new.start > spooled[-1] and new.discontinue
+    rc, _ = await proc.stop()
+    assert rc == 0, proc.lines[-20:]
 
 
 async def test_full_disk_is_reported_and_memory_keeps_what_it_can(
@@ -396,9 +283,10 @@ async def test_full_disk_is_reported_and_memory_keeps_what_it_can(
     assert (await rig.start_record(seg_duration=1, seg_max_count=2)).err is None
     await rig.platform.vr.wait_segments(0, 1, timeout=10)
     rig.platform.vr_down = True
-    await asyncio.sleep(5)
     rec = rig.daemon.record
-    assert rec is not None and not rig.task.done()
+    assert rec is not None
+    assert await until(lambda: count(rec, "queued_memory") >= 3, 10), rec.status()
+    assert not rig.task.done()
     st = rec.status()
     assert "no space left" in str(st["last_error"]) and "no space left" in str(st["spool_error"])
     assert st["queued_disk"] == 0 and isinstance(st["queued_memory"], int)

@@ -15,7 +15,9 @@ from hss_pu.reference_platform.pki import ensure_pki
 from hss_pu.reference_platform.server import ReferencePlatform
 from hss_pu.wire.vs import vd_base_url
 
-MAC = "02:00:00:00:00:01"
+from .support.rig import MAC
+
+pytestmark = pytest.mark.platform(clock_offset=3600)  # Vs tells the platform's time
 
 
 async def test_schedule_over_verified_tls(platform: ReferencePlatform) -> None:

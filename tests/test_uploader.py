@@ -12,7 +12,6 @@ import logging
 import os
 import subprocess
 import threading
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,25 +23,20 @@ from hss_pu import fsutil
 from hss_pu.clients.http import HttpClient, Trust, platform_http
 from hss_pu.clients.vr import SegmentBody, VrClient
 from hss_pu.media.segmenter import Segment
-from hss_pu.reference_platform.server import PlatformOptions, ReferencePlatform
+from hss_pu.reference_platform.server import ReferencePlatform
 from hss_pu.services import spool as spool_mod
 from hss_pu.services.spool import SegmentMeta, Spool, SpoolError
 from hss_pu.services.uploader import PUT_ATTEMPTS, Uploader
 
-MAC = "02:00:00:00:00:01"
+from .support.rig import MAC, until
+
 MiB = 1024 * 1024
 T0 = 1_700_000_000.0
 SCALE = 0.01  # back-off scale: outage retries every 10-300 ms
 
 
-@pytest.fixture
-async def platform(tmp_path: Path) -> AsyncIterator[ReferencePlatform]:
-    p = ReferencePlatform(PlatformOptions(state_dir=tmp_path / "platform", vr_decode_check=False))
-    await p.start()
-    try:
-        yield p
-    finally:
-        await p.close()
+# Synthetic segments: the platform does not decode what it is sent.
+pytestmark = pytest.mark.platform(vr_decode_check=False)
 
 
 def http_client(platform: ReferencePlatform, timeout: float = 30.0) -> HttpClient:
@@ -74,9 +68,11 @@ async def make_uploader(platform: ReferencePlatform) -> AsyncIterator[MakeUpload
         made.append(up)
         return up
 
-    yield make
-    for up in made:
-        await up.close()
+    try:
+        yield make
+    finally:
+        for up in made:
+            await up.close()
 
 
 class Feed:
@@ -97,15 +93,6 @@ def submit(
     up: Uploader, platform: ReferencePlatform, seg: Segment, max_count: int = 10_000
 ) -> None:
     up.submit(seg, "s1", platform.vr_cbk_url(seg.channel), True, max_count)
-
-
-async def until(pred: Callable[[], object], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() >= deadline:
-            return False
-        await asyncio.sleep(0.02)
-    return True
 
 
 def saved_starts(platform: ReferencePlatform, channel: int = 0) -> list[float]:

@@ -6,7 +6,6 @@ a well-formed RPC.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 from collections.abc import AsyncIterator
@@ -17,10 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hss_pu.reference_platform.server import ReferencePlatform
 from hss_pu.wire.vd import MESSAGES
 
-from .test_control_plane import DEVICE, Rig, make_daemon, new_platform, stop
+from .support.rig import DEVICE, Rig
+
+pytestmark = pytest.mark.rig(start_media=False)  # the control plane alone
 
 FIXTURES = Path(__file__).parent / "fixtures" / "vd"
 # Valid commands that would legitimately end the session or the process are left out:
@@ -97,22 +97,13 @@ def mutate(frame: dict[str, Any], rnd: random.Random, junk: Any) -> str | bytes:
 
 
 @pytest.fixture
-async def live(tmp_path: Path) -> AsyncIterator[Rig]:
-    platform: ReferencePlatform = new_platform(tmp_path)
-    await platform.start()
-    daemon = make_daemon(platform, tmp_path / "pu")
-    task = asyncio.create_task(daemon.run())
+async def fuzz_rig(rig: Rig) -> AsyncIterator[Rig]:
+    """``rig``, checked afterwards: every example of the run went through its one session."""
     SENT["frames"] = 0
-    try:
-        await platform.wait_online(DEVICE)
-        yield Rig(platform, daemon, task, tmp_path / "pu")
-        link = daemon.link
-        assert link is not None and link.session is not None
-        stats = link.session.stats
-    finally:
-        await stop(daemon, task)
-        await platform.close()
-    # The whole run, not just one example, went through the one session.
+    yield rig
+    link = rig.daemon.link
+    assert link is not None and link.session is not None
+    stats = link.session.stats
     assert SENT["frames"] >= 10_000, SENT
     assert stats.malformed + stats.requests + stats.events >= 10_000
 
@@ -130,10 +121,10 @@ async def live(tmp_path: Path) -> AsyncIterator[Rig]:
     raw_bytes=st.binary(max_size=60),
 )
 async def test_fuzzed_frames_do_not_break_the_session(
-    live: Rig, seed: int, junk: list[Any], raw_text: str, raw_bytes: bytes
+    fuzz_rig: Rig, seed: int, junk: list[Any], raw_text: str, raw_bytes: bytes
 ) -> None:
     rnd = random.Random(seed)
-    logins = len(live.platform.logins)
+    logins = len(fuzz_rig.platform.logins)
     for i in range(FRAMES_PER_EXAMPLE):
         kind = rnd.randrange(10)
         if kind == 0:
@@ -144,10 +135,10 @@ async def test_fuzzed_frames_do_not_break_the_session(
             frame = json.dumps(junk[i], allow_nan=True)
         else:
             frame = mutate(rnd.choice(GOLDEN), rnd, junk[i])
-        await live.platform.send_raw(DEVICE, frame)
+        await fuzz_rig.platform.send_raw(DEVICE, frame)
         SENT["frames"] += 1
     # Every example ends with a well-formed RPC, which must be answered on the same session.
-    reply = await live.platform.call(DEVICE, "QueryTime", timeout=10)
+    reply = await fuzz_rig.platform.call(DEVICE, "QueryTime", timeout=10)
     assert reply.err is None, reply
-    assert len(live.platform.logins) == logins, "the fuzz frames made the daemon reconnect"
-    assert not live.task.done()
+    assert len(fuzz_rig.platform.logins) == logins, "the fuzz frames made the daemon reconnect"
+    assert not fuzz_rig.task.done()

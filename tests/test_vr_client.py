@@ -23,20 +23,18 @@ from hss_pu.clients.vr import (
     retrying,
 )
 from hss_pu.reference_platform.http import HttpServer, Request, Response, json_response
-from hss_pu.reference_platform.pki import Pki, ensure_pki
+from hss_pu.reference_platform.pki import Pki
 from hss_pu.wire.urls import redact_url
 
-MAC = "02:00:00:00:00:01"
+from .support.rig import MAC
+
 NOW = 1_700_000_000.0
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return ensure_pki(tmp_path_factory.mktemp("pki"))
-
-
-class Platform:
-    """Records every request; answers from ``replies`` first, else like a good platform."""
+class FakeVr:
+    """A fake Vr server: records every request; answers from ``replies`` first, else like
+    a good platform. (Not the reference platform: this one says exactly what a test
+    tells it to, byte for byte.)"""
 
     def __init__(self) -> None:
         self.base = ""
@@ -76,15 +74,15 @@ async def _close(srv: HttpServer) -> None:
         await asyncio.wait(others, timeout=2)
 
 
-async def _serve(pki: Pki, handler: Platform, host: str) -> tuple[HttpServer, str]:
+async def _serve(pki: Pki, handler: FakeVr, host: str) -> tuple[HttpServer, str]:
     srv = HttpServer(handler, pki.server_context())
     port = await srv.start("127.0.0.1", 0)
     return srv, f"https://{host}:{port}"
 
 
 @pytest.fixture
-async def platform(pki: Pki) -> AsyncIterator[Platform]:
-    p = Platform()
+async def fake_vr(pki: Pki) -> AsyncIterator[FakeVr]:
+    p = FakeVr()
     srv, p.base = await _serve(pki, p, "127.0.0.1")
     p.upload_base = p.base
     try:
@@ -100,8 +98,8 @@ async def http(pki: Pki) -> AsyncIterator[httpx.AsyncClient]:
 
 
 @pytest.fixture
-def vr(platform: Platform, http: httpx.AsyncClient) -> VrClient:
-    return VrClient(f"{platform.base}/Vr?session=s1", http, https=True)
+def vr(fake_vr: FakeVr, http: httpx.AsyncClient) -> VrClient:
+    return VrClient(f"{fake_vr.base}/Vr?session=s1", http, https=True)
 
 
 def _head_size(r: Request) -> int:
@@ -117,7 +115,7 @@ def _payload(n: int, seed: int = 1) -> bytes:
 
 
 async def test_happy_path_forms_headers_and_bodies(
-    vr: VrClient, platform: Platform, tmp_path: Path
+    vr: VrClient, fake_vr: FakeVr, tmp_path: Path
 ) -> None:
     data = _payload(3 * CHUNK_SIZE + 123)
     seg = tmp_path / "seg.ts"
@@ -134,7 +132,7 @@ async def test_happy_path_forms_headers_and_bodies(
     await vr.stat(3, 12.5)
     assert await vr.current_time() == 1_700_000_000.5
 
-    reqs = platform.requests
+    reqs = fake_vr.requests
     assert [(r.method, r.target) for r in reqs] == [
         ("POST", "/Vr?session=s1"),
         ("PUT", "/store/seg-1.ts?sig=TOPSECRET"),
@@ -175,10 +173,10 @@ async def test_happy_path_forms_headers_and_bodies(
 
 
 @pytest.fixture
-async def storage(pki: Pki) -> AsyncIterator[Platform]:
+async def fake_storage(pki: Pki) -> AsyncIterator[FakeVr]:
     """A second server under another name and port, as cloud storage would be. Request it
     before ``vr`` so that the client is closed first and the teardown does not wait."""
-    p = Platform()
+    p = FakeVr()
     srv, p.base = await _serve(pki, p, "localhost")
     try:
         yield p
@@ -187,37 +185,37 @@ async def storage(pki: Pki) -> AsyncIterator[Platform]:
 
 
 async def test_put_to_another_host_keeps_mac_identity(
-    storage: Platform, platform: Platform, vr: VrClient
+    fake_storage: FakeVr, fake_vr: FakeVr, vr: VrClient
 ) -> None:
-    platform.upload_base = storage.base
+    fake_vr.upload_base = fake_storage.base
     reply = await vr.create(5, NOW, 2.0, True)
     await vr.put(reply.url, SegmentBody.from_bytes(b"12345"))
-    (put,) = storage.requests
+    (put,) = fake_storage.requests
     assert put.headers["mac-identity"] == MAC
     assert put.headers["host"].startswith("localhost:")
     assert put.body == b"12345"
-    assert platform.requests[0].body.endswith(b"&discontinue=1&https=1")
+    assert fake_vr.requests[0].body.endswith(b"&discontinue=1&https=1")
 
 
-async def test_empty_segment_sends_content_length_zero(vr: VrClient, platform: Platform) -> None:
-    await vr.put(f"{platform.base}/store/empty.ts", SegmentBody.from_bytes(b""))
-    (put,) = platform.requests
+async def test_empty_segment_sends_content_length_zero(vr: VrClient, fake_vr: FakeVr) -> None:
+    await vr.put(f"{fake_vr.base}/store/empty.ts", SegmentBody.from_bytes(b""))
+    (put,) = fake_vr.requests
     assert put.headers["content-length"] == "0" and put.body == b""
     assert "transfer-encoding" not in put.headers
 
 
-async def test_create_reply_uri_alias_and_drop(vr: VrClient, platform: Platform) -> None:
-    platform.create_reply = {"name": "a", "uri": "https://storage.example/a.ts"}
+async def test_create_reply_uri_alias_and_drop(vr: VrClient, fake_vr: FakeVr) -> None:
+    fake_vr.create_reply = {"name": "a", "uri": "https://storage.example/a.ts"}
     reply = await vr.create(1, NOW, 1.0, False)
     assert reply.url == "https://storage.example/a.ts" and not reply.drop
-    platform.create_reply = {"name": "", "url": ""}
+    fake_vr.create_reply = {"name": "", "url": ""}
     assert (await vr.create(1, NOW, 1.0, False)).drop
 
 
-async def test_https_flag_off(platform: Platform, http: httpx.AsyncClient) -> None:
-    vr = VrClient(f"{platform.base}/Vr", http, https=False)
+async def test_https_flag_off(fake_vr: FakeVr, http: httpx.AsyncClient) -> None:
+    vr = VrClient(f"{fake_vr.base}/Vr", http, https=False)
     await vr.create(1, NOW, 1.0, False)
-    assert platform.requests[0].body.endswith(b"&https=0")
+    assert fake_vr.requests[0].body.endswith(b"&https=0")
 
 
 # --- errors ---------------------------------------------------------------------------
@@ -242,9 +240,9 @@ def _err(status: int, info: str | None = None, **headers: str) -> Response:
     ],
 )
 async def test_status_errors(
-    vr: VrClient, platform: Platform, reply: Response, transient: bool, retry_after: float | None
+    vr: VrClient, fake_vr: FakeVr, reply: Response, transient: bool, retry_after: float | None
 ) -> None:
-    platform.replies = [reply]
+    fake_vr.replies = [reply]
     with pytest.raises(VrError) as ei:
         await vr.save("seg-1")
     e = ei.value
@@ -274,74 +272,74 @@ async def test_connection_refused_is_transient(http: httpx.AsyncClient) -> None:
     assert "ConnectError" in str(ei.value) and "abc" not in str(ei.value)
 
 
-async def test_untrusted_certificate_is_not_transient(platform: Platform) -> None:
+async def test_untrusted_certificate_is_not_transient(fake_vr: FakeVr) -> None:
     async with platform_http(
         MAC, None, trust=Trust.UPLOADS, timeout=10.0
     ) as http:  # the system store lacks our CA
-        vr = VrClient(f"{platform.base}/Vr", http, https=True)
+        vr = VrClient(f"{fake_vr.base}/Vr", http, https=True)
         with pytest.raises(VrError, match="does not verify") as ei:
             await vr.stat(0, 0)
-    assert not ei.value.transient and platform.requests == []
+    assert not ei.value.transient and fake_vr.requests == []
 
 
 @pytest.mark.parametrize("body", [b"not json", b'{"name": "x"}', b"[]", b""])
 async def test_bad_create_reply_is_not_transient(
-    vr: VrClient, platform: Platform, body: bytes
+    vr: VrClient, fake_vr: FakeVr, body: bytes
 ) -> None:
-    platform.replies = [json_response(200, body)]
+    fake_vr.replies = [json_response(200, body)]
     with pytest.raises(VrError, match="bad create reply") as ei:
         await vr.create(1, NOW, 1.0, False)
     assert not ei.value.transient and ei.value.status is None
 
 
-async def test_bad_currenttime_reply_is_not_transient(vr: VrClient, platform: Platform) -> None:
-    platform.replies = [json_response(200, b'{"currenttime": "soon"}')]
+async def test_bad_currenttime_reply_is_not_transient(vr: VrClient, fake_vr: FakeVr) -> None:
+    fake_vr.replies = [json_response(200, b'{"currenttime": "soon"}')]
     with pytest.raises(VrError, match="bad getcurrenttime reply") as ei:
         await vr.current_time()
     assert not ei.value.transient
 
 
-async def test_put_error_hides_the_signed_query(vr: VrClient, platform: Platform) -> None:
-    platform.replies = [_err(403, "signature TOPSECRET expired")]
-    url = f"{platform.base}/store/x.ts?sig=TOPSECRET&token=T0K3N"
+async def test_put_error_hides_the_signed_query(vr: VrClient, fake_vr: FakeVr) -> None:
+    fake_vr.replies = [_err(403, "signature TOPSECRET expired")]
+    url = f"{fake_vr.base}/store/x.ts?sig=TOPSECRET&token=T0K3N"
     with pytest.raises(VrError) as ei:
         await vr.put(url, SegmentBody.from_bytes(b"x" * 10))
     msg = str(ei.value)
     assert "TOPSECRET" not in msg and "T0K3N" not in msg
-    assert f"({platform.base}/store/x.ts?sig=***&token=***)" in msg and not ei.value.transient
+    assert f"({fake_vr.base}/store/x.ts?sig=***&token=***)" in msg and not ei.value.transient
 
 
-async def test_plain_http_upload_refused_when_https_asked(vr: VrClient, platform: Platform) -> None:
+async def test_plain_http_upload_refused_when_https_asked(vr: VrClient, fake_vr: FakeVr) -> None:
     with pytest.raises(VrError, match="plain http") as ei:
         await vr.put("http://127.0.0.1:1/x.ts?sig=s", SegmentBody.from_bytes(b"x"))
-    assert not ei.value.transient and platform.requests == []
+    assert not ei.value.transient and fake_vr.requests == []
     with pytest.raises(VrError, match="bad upload URL"):
         await vr.put("ftp://127.0.0.1/x.ts", SegmentBody.from_bytes(b"x"))
 
 
 async def test_segment_file_changed_is_not_transient(
-    vr: VrClient, platform: Platform, tmp_path: Path
+    vr: VrClient, fake_vr: FakeVr, tmp_path: Path
 ) -> None:
     seg = tmp_path / "seg.ts"
     seg.write_bytes(b"x" * 1000)
     body = SegmentBody.from_file(seg)
     seg.write_bytes(b"x" * 10)  # truncated behind our back
     with pytest.raises(VrError, match="1000 were declared") as ei:
-        await vr.put(f"{platform.base}/store/s.ts", body)
+        await vr.put(f"{fake_vr.base}/store/s.ts", body)
     assert not ei.value.transient
     seg.unlink()
     with pytest.raises(VrError, match="cannot open segment") as ei:
-        await vr.put(f"{platform.base}/store/s.ts", body)
+        await vr.put(f"{fake_vr.base}/store/s.ts", body)
     assert not ei.value.transient
     # The client is still usable afterwards.
     await vr.save("seg-1")
-    assert platform.requests[-1].body == b"op=save&name=seg-1"
+    assert fake_vr.requests[-1].body == b"op=save&name=seg-1"
 
 
-async def test_timeout_is_transient(pki: Pki, platform: Platform) -> None:
-    platform.delay = 0.5
+async def test_timeout_is_transient(pki: Pki, fake_vr: FakeVr) -> None:
+    fake_vr.delay = 0.5
     async with platform_http(MAC, str(pki.ca_file), timeout=0.1, trust=Trust.UPLOADS) as http:
-        vr = VrClient(f"{platform.base}/Vr", http, https=True)
+        vr = VrClient(f"{fake_vr.base}/Vr", http, https=True)
         with pytest.raises(VrError, match="ReadTimeout") as ei:
             await vr.current_time()
     assert ei.value.transient and ei.value.status is None
@@ -495,8 +493,8 @@ async def test_retrying_raises_non_transient_at_once() -> None:
         await retrying(boom, attempts=0)
 
 
-async def test_retrying_over_the_wire(vr: VrClient, platform: Platform) -> None:
-    platform.replies = [_err(503, "busy"), _err(429, "later", **{"retry-after": "1"})]
+async def test_retrying_over_the_wire(vr: VrClient, fake_vr: FakeVr) -> None:
+    fake_vr.replies = [_err(503, "busy"), _err(429, "later", **{"retry-after": "1"})]
     sleeps: list[float] = []
 
     async def sleep(s: float) -> None:
@@ -505,5 +503,5 @@ async def test_retrying_over_the_wire(vr: VrClient, platform: Platform) -> None:
     await retrying(
         lambda: vr.save("seg-1"), attempts=3, base=0.01, rng=random.Random(0), sleep=sleep
     )
-    assert len(platform.requests) == 3 and sleeps[1] == 1.0
+    assert len(fake_vr.requests) == 3 and sleeps[1] == 1.0
     assert vr.counters["save"].requests == 3 and vr.counters["save"].failures == 2

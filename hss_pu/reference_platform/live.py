@@ -17,18 +17,36 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-__all__ = ["LiveReceiver", "free_udp_port"]
+__all__ = ["LiveReceiver", "bound_udp_ports", "free_udp_port"]
 
 log = logging.getLogger("hss_pu.platform.live")
 
 READ_CHUNK = 1316 * 32
 VIEWER_BACKLOG = 4 << 20  # bytes buffered towards a slow viewer before we skip data
+UDP_TABLES = (Path("/proc/net/udp"), Path("/proc/net/udp6"))
+BIND_WAIT = 2.0  # seconds a new listener gets to bind its port
 
 
 def free_udp_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def bound_udp_ports(tables: tuple[Path, ...] = UDP_TABLES) -> set[int]:
+    """The local ports of this host's UDP sockets (Linux: /proc/net/udp*; elsewhere, or
+    unreadable: none)."""
+    ports: set[int] = set()
+    for table in tables:
+        try:
+            lines = table.read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 1 and ":" in fields[1]:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
 
 
 def _slt() -> str:
@@ -109,11 +127,25 @@ class LiveReceiver:
                     stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.DEVNULL,
                 )  # fmt: skip
+            await self._bound(self._proc)
         except BaseException:
             await self._abandon()
             raise
         self._reader = asyncio.create_task(self._read(self._proc, path))
         log.info("live: listening for %s on srt://%s:%d", self.stream_id, self.host, self.port)
+
+    async def _bound(self, proc: asyncio.subprocess.Process) -> None:
+        """Return once the listener's port is bound, so that a PushLive sent now connects
+        at the first try (a PU refused retries only after its back-off). Where the bound
+        ports cannot be read (no /proc), or the process has exited, it does not wait."""
+        if not any(t.exists() for t in UDP_TABLES):
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + BIND_WAIT
+        while proc.returncode is None and loop.time() < deadline:
+            if self.port in bound_udp_ports():  # procfs: no disk behind it
+                return
+            await asyncio.sleep(0.005)
 
     async def _spawn(self, *args: str, **kw: Any) -> asyncio.subprocess.Process:
         # asyncio kills a child whose start is cancelled; one started while close() ran
