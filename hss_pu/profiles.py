@@ -55,6 +55,9 @@ IMPLEMENTED: frozenset[str] = frozenset(
 # H.627.2 Table I.2-16 alarm type values for the sensors a profile can wire up.
 ALARM_TYPE_OF_SENSOR: dict[str, int] = {"external": 2, "lock": 9, "bell": 10, "pir": 12}
 
+# Backends whose sound this build captures and encodes (an AAC track when there is sound).
+_AUDIO_BACKENDS = frozenset({"emulated", "file", "rtsp"})
+
 _ENCODERS_FOR_BACKEND: dict[str, frozenset[str]] = {
     "emulated": frozenset({"libx264", "h264_v4l2m2m"}),
     "picamera2": frozenset({"picamera2-h264", "libx264"}),
@@ -235,9 +238,10 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True):
                     "resolutions": [f"{w}x{h}" for w, h in c.resolutions],
                     "max_fps": c.max_fps,
                     "max_bitrate": c.max_bitrate,
-                    # Only the emulated source makes sound yet (picamera2 and the demuxer
-                    # deliver video only), whatever microphone the profile lists.
-                    "audio_in": c.audio.input and c.backend == "emulated",
+                    # Sound is carried from the emulated tone and from a file's or RTSP
+                    # camera's audio track; picamera2 and v4l2 capture video only yet,
+                    # whatever microphone the profile lists.
+                    "audio_in": c.audio.input and c.backend in _AUDIO_BACKENDS,
                     "encoder": c.encoder,
                 }
                 for c in d.channels

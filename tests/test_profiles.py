@@ -159,3 +159,23 @@ def test_profiles_dir_override(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
 def test_profile_name_cannot_escape_dir() -> None:
     with pytest.raises(SchemaError, match="unknown profile"):
         load_profile("..")
+
+
+@pytest.mark.parametrize(
+    ("backend", "encoder", "claimed"),
+    [("file", "passthrough", True), ("rtsp", "passthrough", True), ("v4l2", "libx264", False)],
+)
+def test_audio_in_follows_what_the_backend_captures(
+    tmp_path: Path, backend: str, encoder: str, claimed: bool
+) -> None:
+    """A file or RTSP camera's sound reaches the stream (an AAC track); v4l2 and picamera2
+    capture video only, whatever microphone the profile lists."""
+    path = tmp_path / "custom.toml"
+    path.write_text(
+        'hardware_model = "X"\nfirmware_model = "x"\n[[channels]]\nid = 0\n'
+        f'backend = "{backend}"\nencoder = "{encoder}"\nresolutions = [[640, 360]]\n'
+        "max_fps = 30\nmax_bitrate = 2000000\ndefault_bitrate = 1000000\n"
+        "audio = { input = true }\n"
+    )
+    cap = profiles.load_profile_file(path).capabilities()
+    assert cap["channels"][0]["audio_in"] is claimed
