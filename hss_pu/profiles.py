@@ -16,6 +16,7 @@ import msgspec
 
 from hss_pu import __version__
 from hss_pu.schema import SchemaError, convert, key_error, load_toml
+from hss_pu.wire.alarms import ALARM_KINDS, KIND_OF_SENSOR
 
 __all__ = [
     "ALARM_TYPE_OF_SENSOR",
@@ -53,7 +54,9 @@ IMPLEMENTED: frozenset[str] = frozenset(
 )
 
 # H.627.2 Table I.2-16 alarm type values for the sensors a profile can wire up.
-ALARM_TYPE_OF_SENSOR: dict[str, int] = {"external": 2, "lock": 9, "bell": 10, "pir": 12}
+ALARM_TYPE_OF_SENSOR: dict[str, int] = {
+    sensor: ALARM_KINDS[kind].type for sensor, kind in KIND_OF_SENSOR.items()
+}
 
 # Backends whose sound this build captures and encodes (an AAC track when there is sound).
 _AUDIO_BACKENDS = frozenset({"emulated", "file", "rtsp"})

@@ -27,6 +27,7 @@ from hss_pu.wire.vd import (
 )
 
 __all__ = [
+    "AlarmSink",
     "CameraService",
     "DiskService",
     "LiveService",
@@ -44,6 +45,16 @@ class CameraService(Protocol):
     def check(self, new: Mapping[str, Any], old: Mapping[str, Any]) -> None: ...
     async def apply(self, doc: Mapping[str, Any]) -> None: ...
     def report(self, doc: Mapping[str, Any]) -> dict[str, Any]: ...
+
+
+class AlarmSink(Protocol):
+    """Where detectors report (the hardware inputs, motion, person detection); called on
+    the event loop (a detector on another thread hands over through a LoopBridge).
+    ``kind`` is a key of :data:`hss_pu.wire.alarms.ALARM_KINDS`; ``at`` the daemon-clock
+    time the detector saw it (the alarm's timestamp, and which frame is its picture)."""
+
+    def state(self, channel: int, kind: str, active: bool, at: float) -> None: ...
+    def pulse(self, channel: int, kind: str, at: float) -> None: ...
 
 
 class LiveService(Protocol):
