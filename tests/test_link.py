@@ -287,12 +287,14 @@ async def test_typed_call_and_event(rig: Rig) -> None:
     with pytest.raises(ValueError, match="bind_id"):
         await link.send_event(vd.BindParams(mac_id=MAC, bind_id=""))
     # The messages of the next issues go the same way, nothing to add but their callers.
-    alarm = vd.AlarmNotifyParams(channel=0, timestamp=1_800_000_000, type=12, state="pulse",
-                                 desc="PIR")  # fmt: skip
-    assert await link.call(alarm) == vd.AlarmNotifyResp()
+    alarm = vd.AlarmNotifyParams(channel=0, timestamp=1_800_000_000, type=10, state="pulse",
+                                 desc="door bell")  # fmt: skip
+    resp = await link.call(alarm)
+    assert isinstance(resp, vd.AlarmNotifyResp) and resp.pic_upload_url is not None
+    assert resp.pic_upload_url.startswith(rig.platform.schedule_url + "/")
     assert await link.send_event(vd.BatteryChangeParams(battery=42))
     rec = await rig.platform.wait_record(lambda r: r.name == "AlarmNotify")
-    assert rec.err is None and rec.params["type"] == 12, rec
+    assert rec.err is None and rec.params["type"] == 10, rec
     rec = await rig.platform.wait_record(lambda r: r.name == "BatteryChange")
     assert rec.err is None and rec.params == {"battery": 42}, rec
 

@@ -261,7 +261,8 @@ async def test_device_request_errors(platform: ReferencePlatform, fake_device: D
     missing = await fake_device.rpc("AlarmNotify", {"channel": 0})
     assert missing["err"]["code"] == 12
     alarm = {"channel": 0, "timestamp": 1, "type": 2, "state": "start", "desc": "io"}
-    assert await fake_device.rpc("AlarmNotify", alarm) == {"seq": 5, "resp": {}}
+    r = await fake_device.rpc("AlarmNotify", alarm)
+    assert r["seq"] == 5 and r["resp"]["pic_upload_url"].startswith(platform.schedule_url)
     errs = [(r.name, r.err) for r in platform.records]
     assert errs == [
         ("Frobnicate", 101),

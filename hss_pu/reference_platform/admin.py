@@ -15,6 +15,10 @@ Plain HTTP on loopback, guarded by a bearer token that only the owner of platfor
 - ``GET /admin/vr/segments?channel=N&last=K`` -> ``{"segments": [...]}``: saved Vr
   segments (``VrSegment.to_json``), by channel then save order; ``last``: the K most
   recent of each channel.
+- ``GET /admin/alarms?device=ID&last=K`` -> ``{"alarms": [...]}``: the alarms devices sent
+  (``Alarm.to_json``), oldest first, each with its picture (path, size, dimensions) and
+  ``recording``: the alarm policy's recording it belongs to (``AlarmRecording.to_json``
+  plus ``segments``, its saved Vr segments), or null; ``last``: the K most recent.
 
 Every failure is ``{"info": TEXT}`` (wire-notes' error body); 401 without the token.
 """
@@ -31,8 +35,10 @@ from typing import TYPE_CHECKING, Any
 from hss_pu.reference_platform.http import Request, Response, json_response
 
 if TYPE_CHECKING:
+    from hss_pu.reference_platform.alarms import AlarmStore
+    from hss_pu.reference_platform.policy import AlarmPolicy
     from hss_pu.reference_platform.vd import VdServer
-    from hss_pu.reference_platform.vr import VrServer
+    from hss_pu.reference_platform.vr import VrSegment, VrServer
 
 __all__ = ["MAX_CALL_TIMEOUT", "AdminApi"]
 
@@ -79,12 +85,21 @@ def _params(body: dict[str, Any]) -> dict[str, Any] | None:
 
 
 class AdminApi:
-    """Routes admin requests to the Vd sessions (calls, events, records) and Vr's saved
-    segments."""
+    """Routes admin requests to the Vd sessions (calls, events, records), Vr's saved
+    segments and the alarms."""
 
-    def __init__(self, vd: VdServer, vr: VrServer, token: str) -> None:
+    def __init__(
+        self,
+        vd: VdServer,
+        vr: VrServer,
+        token: str,
+        alarms: AlarmStore | None = None,
+        policy: AlarmPolicy | None = None,
+    ) -> None:
         self.vd = vd
         self.vr = vr
+        self.alarms = alarms
+        self.policy = policy
         self._token = f"Bearer {token}".encode()
 
     def _authorized(self, req: Request) -> bool:
@@ -103,6 +118,7 @@ class AdminApi:
             "/admin/event": ("POST", self._event),
             "/admin/kick": ("POST", self._kick),
             "/admin/vr/segments": ("GET", self._vr_segments),
+            "/admin/alarms": ("GET", self._alarms),
         }
         route = routes.get(req.path)
         if route is None:
@@ -210,3 +226,36 @@ class AdminApi:
             saved = list(by_channel.get(ch, ()))
             segs += [s.to_json() for s in (saved[-last:] if last else saved)]
         return _json(200, {"segments": segs})
+
+    async def _alarms(self, req: Request) -> Response:
+        q = req.query
+        try:
+            last = int(q.get("last", "0"))
+        except ValueError:
+            raise _BadRequest("last must be an integer") from None
+        if last < 0:
+            raise _BadRequest("last must be >= 0")
+        alarms = self.alarms.alarms(q.get("device") or None) if self.alarms else []
+        out = []
+        for a in alarms[-last:] if last else alarms:
+            j = a.to_json()
+            rec = self.policy.recording(a.session_id) if self.policy and a.session_id else None
+            j["recording"] = None if rec is None else {
+                **rec.to_json(),
+                "segments": [_segment(s) for s in self.vr.session_segments(rec.session_id)],
+            }  # fmt: skip
+            out.append(j)
+        return _json(200, {"alarms": out})
+
+
+def _segment(s: VrSegment) -> dict[str, Any]:
+    """A recording's segment, in short: where it is and what it holds."""
+    check = s.check
+    return {
+        "name": s.name,
+        "start": s.start,
+        "duration": s.duration,
+        "size": s.size,
+        "path": str(s.path),
+        "ok": None if check is None else check.ok,
+    }

@@ -16,7 +16,7 @@ import logging
 import shlex
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,21 @@ def _non_negative(text: str) -> int:
     return v
 
 
+def _int_in(top: int, bottom: int = 0) -> Callable[[str], int]:
+    """An argparse type: a whole number in [bottom, top]."""
+
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not bottom <= v <= top:
+            raise argparse.ArgumentTypeError(f"must be in [{bottom}, {top}]")
+        return v
+
+    return parse
+
+
 def _parser() -> argparse.ArgumentParser:
     plat = argparse.ArgumentParser(
         prog="hss-pu platform",
@@ -107,6 +122,43 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--clock-offset", type=float, default=0.0, help="seconds added to the Vs time"
     )
+    serve.add_argument(
+        "--no-alarm-record",
+        action="store_true",
+        help="do not record on alarms (default: StartRecord with pre-record on an alarm)",
+    )
+    serve.add_argument(
+        "--no-alarm-pictures", action="store_true", help="answer AlarmNotify without a picture URL"
+    )
+    d = PlatformOptions
+    serve.add_argument(
+        "--alarm-prerecord",
+        type=_int_in(3600),
+        metavar="S",
+        default=d.alarm_prerecord_seconds,
+        help="prerecord_seconds of an alarm's StartRecord (default %(default)s)",
+    )
+    serve.add_argument(
+        "--alarm-post-roll",
+        type=_int_in(3600),
+        metavar="S",
+        default=d.alarm_post_roll,
+        help="recording after the last alarm ends (default %(default)s)",
+    )
+    serve.add_argument(
+        "--alarm-seg-duration",
+        type=_int_in(3600, 1),
+        metavar="S",
+        default=d.alarm_seg_duration,
+        help="seg_duration of an alarm's StartRecord (default %(default)s)",
+    )
+    serve.add_argument(
+        "--alarm-keep",
+        type=_int_in(10**6, 1),
+        metavar="N",
+        default=d.alarm_keep,
+        help="alarms (and pictures) kept per device (default %(default)s)",
+    )
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
 
     call = with_state_dir(psub.add_parser("call", help="an RPC to a device; prints the reply"))
@@ -135,6 +187,13 @@ def _parser() -> argparse.ArgumentParser:
         "--last", type=_non_negative, default=0, help="the N most recent per channel (0: all)"
     )
     segs.add_argument("--json", action="store_true", help="the admin API's JSON, as is")
+
+    alarms = with_state_dir(
+        psub.add_parser("alarms", help="alarms devices sent, their pictures and recordings")
+    )
+    alarms.add_argument("device", nargs="?")
+    alarms.add_argument("--last", type=_non_negative, default=0, help="the N most recent (0: all)")
+    alarms.add_argument("--json", action="store_true", help="the admin API's JSON, as is")
     return plat
 
 
@@ -173,6 +232,12 @@ def _cmd_serve(args: argparse.Namespace, state_dir: Path) -> int:
         devices=devices,
         hb_interval=args.hb_interval,
         hb_token=args.hb_token,
+        alarm_record=not args.no_alarm_record,
+        alarm_pictures=not args.no_alarm_pictures,
+        alarm_prerecord_seconds=args.alarm_prerecord,
+        alarm_post_roll=float(args.alarm_post_roll),
+        alarm_seg_duration=args.alarm_seg_duration,
+        alarm_keep=args.alarm_keep,
     )
     try:
         return asyncio.run(_serve(opts))
@@ -219,9 +284,20 @@ def _banner(p: ReferencePlatform) -> None:
         f"  admin API:    {p.admin_url} (token in {p.state_file})",
         f"  Vr cbk_url:   {p.schedule_url}{CSEG_PREFIX}<channel>",
         f"  devices:      {', '.join(p.options.devices)}",
+        f"  alarms:       {_policy_text(p.options)} (hss-pu platform alarms)",
         f"try: hss-pu platform call {shlex.quote(first)} GetCap --state-dir {state}",
     ]
     print("\n".join(lines), flush=True)
+
+
+def _policy_text(o: PlatformOptions) -> str:
+    pictures = "pictures" if o.alarm_pictures else "no pictures"
+    if not o.alarm_record:
+        return f"kept with {pictures}; no recording"
+    return (
+        f"kept with {pictures}; recorded with {o.alarm_prerecord_seconds} s pre-record "
+        f"and {o.alarm_post_roll:g} s post-roll"
+    )
 
 
 # --- the admin API's clients ----------------------------------------------------------
@@ -353,6 +429,16 @@ def _client_command(args: argparse.Namespace, state_dir: Path) -> int:
         else:
             print(_segments_table(data.get("segments", [])), flush=True)
         return EXIT_OK
+    if cmd == "alarms":
+        query = {"last": str(args.last)}
+        if args.device:
+            query["device"] = args.device
+        _, data = _request(state_dir, "GET", "/admin/alarms", query=query)
+        if args.json:
+            _print(data)
+        else:
+            print(_alarms_text(data.get("alarms", [])), flush=True)
+        return EXIT_OK
     if cmd == "kick":
         _, data = _request(state_dir, "POST", "/admin/kick", body={"device": args.device})
         _print(data)
@@ -393,3 +479,47 @@ def _check_text(check: dict[str, Any] | None, discontinue: bool) -> str:
     if check.get("error") is None:
         return f"ok: {frames}{flag}"
     return f"BAD: {check['error']} ({frames}){flag}"
+
+
+def _utc(epoch: float, spec: str = "seconds") -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec=spec).replace("+00:00", "Z")
+
+
+def _alarms_text(alarms: list[dict[str, Any]]) -> str:
+    """A few lines per alarm: when, what, its picture and its recording's segments."""
+    if not alarms:
+        return "no alarms"
+    lines: list[str] = []
+    for a in alarms:
+        delay = a["received"] - a["timestamp"]
+        lines.append(
+            f"#{a['index']} {a['device']} ch{a['channel']} {_utc(a['timestamp'])} "
+            f"type {a['type']} {a['state']} {a['desc']!r} (received {delay:+.1f} s)"
+        )
+        pic = a.get("picture")
+        if pic:
+            lines.append(
+                f"    picture:   {pic['path']} ({pic['size']} bytes, "
+                f"{pic['width']}x{pic['height']} JPEG)"
+            )
+        elif a.get("picture_error"):
+            lines.append(f"    picture:   refused: {a['picture_error']}")
+        elif a.get("picture_expected"):
+            lines.append("    picture:   not uploaded (yet)")
+        rec = a.get("recording")
+        if rec:
+            segs = rec.get("segments", [])
+            span = sum(s["duration"] for s in segs)
+            what = rec["state"] + (f": {rec['error']}" if rec.get("error") else "")
+            lines.append(
+                f"    recording: {rec['session_id']} ({what}; {len(segs)} segments, {span:.1f} s)"
+            )
+            for s in segs:
+                ok = {True: "ok", False: "BAD", None: "not checked"}[s.get("ok")]
+                lines.append(
+                    f"      {_utc(s['start'], 'milliseconds')} {s['duration']:.3f} s "
+                    f"{s['size']} bytes {ok} {s['path']}"
+                )
+        elif a.get("stale"):
+            lines.append("    recording: none (the alarm came too late)")
+    return "\n".join(lines)

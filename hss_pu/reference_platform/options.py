@@ -43,3 +43,36 @@ class PlatformOptions:
     vr_decode_check: bool = True
     # Vr: saved segments (records and files) kept per channel; older ones are deleted.
     vr_keep_segments: int = 10_000
+    # AlarmNotify: a start or pulse is answered with a pic_upload_url (an HTTPS PUT on the
+    # platform's own port, one name per alarm); False tests the "no picture" path.
+    alarm_pictures: bool = True
+    alarm_picture_max_bytes: int = 8 << 20  # a larger PUT is refused (413)
+    # Alarms kept per device (with their pictures); older ones and their files are deleted.
+    alarm_keep: int = 200
+    # The platform policy: StartRecord (with pre-record) on an alarm start or pulse,
+    # StopRecord alarm_post_roll seconds after the last end (or pulse); overlapping alarms
+    # on a channel extend one recording. On for `hss-pu platform serve` and `make run`;
+    # tests/support/rig.py turns it off unless a test asks (tests drive recordings).
+    alarm_record: bool = True
+    alarm_prerecord_seconds: int = 5
+    alarm_seg_duration: int = 4
+    alarm_post_roll: float = 10.0
+    # A recording whose alarm never ends (its end lost) is stopped after this long.
+    alarm_record_max_seconds: float = 600.0
+    # A start or pulse this much older than the platform's clock when it arrives (queued
+    # while the device was offline) is kept, but starts no recording: its video is gone.
+    alarm_stale_seconds: float = 60.0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "alarm_picture_max_bytes": self.alarm_picture_max_bytes >= 1,
+            "alarm_keep": self.alarm_keep >= 1,
+            "alarm_prerecord_seconds": 0 <= self.alarm_prerecord_seconds <= 3600,
+            "alarm_seg_duration": 1 <= self.alarm_seg_duration <= 3600,
+            "alarm_post_roll": 0 <= self.alarm_post_roll <= 3600,
+            "alarm_record_max_seconds": self.alarm_record_max_seconds > 0,
+            "alarm_stale_seconds": self.alarm_stale_seconds >= 0,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"PlatformOptions: out of range: {', '.join(bad)}")

@@ -22,10 +22,12 @@ from typing import Any
 
 from hss_pu.fsutil import atomic_write
 from hss_pu.reference_platform.admin import AdminApi
+from hss_pu.reference_platform.alarms import PIC_PREFIX, Alarm, AlarmPicture, AlarmStore, Ticker
 from hss_pu.reference_platform.http import HttpServer, Request, Response, json_response
 from hss_pu.reference_platform.live import LiveReceiver, free_udp_port
 from hss_pu.reference_platform.options import PlatformOptions
 from hss_pu.reference_platform.pki import Pki, ensure_pki
+from hss_pu.reference_platform.policy import AlarmPolicy, AlarmRecording, RecordingState
 from hss_pu.reference_platform.vd import LoginRecord, Record, ReplyRecord, VdServer
 from hss_pu.reference_platform.vr import (
     CSEG_PREFIX,
@@ -35,10 +37,13 @@ from hss_pu.reference_platform.vr import (
     VrServer,
     VrStat,
 )
-from hss_pu.wire.vd import Reply
+from hss_pu.wire.vd import AlarmNotifyParams, Reply
 from hss_pu.wire.vs import MAC_PATTERN, ServerAddr, encode_server_addr
 
 __all__ = [
+    "Alarm",
+    "AlarmPicture",
+    "AlarmRecording",
     "LoginRecord",
     "PlatformOptions",
     "Record",
@@ -88,6 +93,19 @@ class ReferencePlatform:
         self.receivers: dict[str, LiveReceiver] = {}
         self._closing = False
         self.vr = VrServer(options, now=self.now, base_url=lambda: self.schedule_url)
+        ticker = Ticker()
+        self.alarm_store = AlarmStore(
+            options, now=self.now, base_url=lambda: self.schedule_url, ticker=ticker
+        )
+        self.alarm_policy = AlarmPolicy(
+            options,
+            call=self._vd.call,
+            wait_online=self._vd.wait_online,
+            now=self.now,
+            cbk_url=self.vr_cbk_url,
+            ticker=ticker,
+        )
+        self._vd.on_alarm = self._on_alarm
 
     @property
     def scheme(self) -> str:
@@ -127,7 +145,9 @@ class ReferencePlatform:
             self._vs = HttpServer(self._handle_http, ctx)
             self.vs_port = await self._vs.start(self.options.host, self.options.vs_port)
             if self.options.admin_port is not None:
-                api = AdminApi(self._vd, self.vr, self.admin_token)
+                api = AdminApi(
+                    self._vd, self.vr, self.admin_token, self.alarm_store, self.alarm_policy
+                )
                 self._admin = HttpServer(api.handle, None)
                 # Loopback whatever the host: the token is the only thing guarding it.
                 self.admin_port = await self._admin.start("127.0.0.1", self.options.admin_port)
@@ -164,6 +184,7 @@ class ReferencePlatform:
     async def close(self) -> None:
         self._closing = True  # open_live refuses from now on
         self.vr.close()
+        await self.alarm_policy.close()
         # Every receiver is registered before it starts, so this kills each process
         # started so far; one still starting kills its own (LiveReceiver.start).
         for rx in list(self.receivers.values()):
@@ -259,6 +280,63 @@ class ReferencePlatform:
     async def kick(self, device_id: str) -> None:
         await self._vd.kick(device_id)
 
+    # --- alarms: see hss_pu.reference_platform.alarms and .policy ---------------------------
+
+    def _on_alarm(self, device_id: str, params: AlarmNotifyParams) -> dict[str, Any]:
+        alarm = self.alarm_store.add(device_id, params)
+        if self.options.alarm_record:
+            self.alarm_policy.on_alarm(alarm)
+        return self.alarm_store.reply(alarm)
+
+    def alarms(self, device_id: str | None = None) -> list[Alarm]:
+        """The alarms devices sent (one device's, or all), oldest first; the last
+        ``alarm_keep`` per device. ``picture`` is filled in when its PUT arrives."""
+        return self.alarm_store.alarms(device_id)
+
+    async def wait_alarm(
+        self,
+        device_id: str,
+        *,
+        type: int | None = None,
+        state: str | None = None,
+        channel: int | None = None,
+        picture: bool = False,
+        timeout: float = 10.0,
+    ) -> Alarm:
+        """The first alarm of the device that matches, already received or still to come;
+        ``picture=True``: one whose picture has arrived (and passed the JPEG check)."""
+        return await self.alarm_store.wait_alarm(
+            device_id,
+            type=type,
+            state=state,
+            channel=channel,
+            picture=picture,
+            timeout=timeout,
+        )
+
+    def alarm_recordings(self, device_id: str | None = None) -> list[AlarmRecording]:
+        """The recordings the alarm policy started, oldest first."""
+        return self.alarm_policy.recordings(device_id)
+
+    async def wait_alarm_recording(
+        self,
+        device_id: str,
+        *,
+        channel: int | None = None,
+        state: RecordingState | None = None,
+        timeout: float = 10.0,
+    ) -> AlarmRecording:
+        """The first policy recording of the device that matches (state: starting,
+        recording, stopping, stopped, failed), already there or still to come."""
+        return await self.alarm_policy.wait_recording(
+            device_id, channel=channel, state=state, timeout=timeout
+        )
+
+    def recording_segments(self, session_id: str) -> list[VrSegment]:
+        """The saved Vr segments of a recording started with a tagged cbk_url (the alarm
+        policy's), in time order."""
+        return self.vr.session_segments(session_id)
+
     # --- uploads (Snapshot, alarm pictures, logs) -------------------------------------
 
     def upload_url(self, name: str) -> str:
@@ -268,6 +346,8 @@ class ReferencePlatform:
     async def _handle_http(self, req: Request) -> Response:
         if req.path.startswith("/upload/"):
             return self._handle_upload(req)
+        if req.path.startswith(PIC_PREFIX):
+            return await self.alarm_store.handle_put(req)
         if req.path.startswith((CSEG_PREFIX, SEG_PREFIX)):
             return await self.vr.handle(req)
         return await self._handle_vs(req)

@@ -25,6 +25,7 @@ from websockets.http11 import Response as WsResponse
 
 from hss_pu.wire.vd import (
     MESSAGES,
+    AlarmNotifyParams,
     Code,
     Event,
     Malformed,
@@ -151,6 +152,8 @@ class VdServer:
         self._next_index = 0
         self._tick = asyncio.Event()
         self._closers: set[asyncio.Task[None]] = set()
+        # AlarmNotify: (device id, its params) -> the reply body; RpcError refuses it.
+        self.on_alarm: Callable[[str, AlarmNotifyParams], dict[str, Any]] | None = None
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -550,7 +553,7 @@ class VdServer:
         spec = MESSAGES.get(req.req)
         if spec is None or spec.direction != "pu->platform" or spec.kind != "rpc":
             raise RpcError(Code.UNSUPPORTED_METHOD, f"unsupported method {req.req!r}")
-        decode_params(req.req, req.params)
+        params = decode_params(req.req, req.params)
         if req.req == "Keepalive":
             self._keepalives[s.device_id] = (time.time(), dict(req.params or {}))
             return {} if self.options.answer_keepalive else None
@@ -566,7 +569,9 @@ class VdServer:
             if o.hb_token is not None:
                 info["hb_token"] = o.hb_token
             return info
-        return {}  # AlarmNotify: no pic_upload_url until the platform stores pictures
+        if req.req == "AlarmNotify" and self.on_alarm is not None:
+            return self.on_alarm(s.device_id, params)
+        return {}
 
     def _event(self, s: _Session, ev: Event) -> None:
         log.info("Vd: <- %s event %s %s", s.device_id, ev.event, _short(ev.params or {}))

@@ -89,6 +89,7 @@ FaultMode = Literal["status", "timeout", "abort", "late"]
 
 _MAC = re.compile(MAC_PATTERN)
 _CHANNEL = re.compile(r"[0-9]{1,9}")
+_SESSION = re.compile(r"[A-Za-z0-9._-]{1,128}")
 # Table I.3-x reply headers.
 _REPLY_HEADERS = {
     "content-type": "application/json; charset=utf-8",
@@ -142,6 +143,9 @@ class VrSegment:
     # start minus the previous saved segment's end on this channel; None for the first,
     # or when discontinue=1. Segments must tile time, so this is about 0 (one frame).
     gap: float | None = None
+    # The ``session`` query parameter of the cbk_url it was created on: the platform's own
+    # tag for a recording (the alarm policy's StartRecord sets it); "" when absent.
+    session: str = ""
 
     @property
     def end(self) -> float:
@@ -165,6 +169,7 @@ class VrSegment:
             "put_mac": self.put_mac,
             "https": self.https,
             "gap": self.gap,
+            "session": self.session,
             "check": None if check is None else {**check.__dict__, "ok": check.ok},
         }
 
@@ -218,6 +223,7 @@ class _Pending:
     put_mac: str = ""
     saving: asyncio.Future[VrSegment] | None = None
     puts_in_flight: int = 0
+    session: str = ""
 
 
 # --- the decode check ----------------------------------------------------------------
@@ -373,6 +379,11 @@ class VrServer:
             ) from None
         return list(self.segments[channel])
 
+    def session_segments(self, session: str) -> list[VrSegment]:
+        """The saved segments created on a cbk_url tagged ``?session=<session>``, by start."""
+        segs = [s for ch in self.segments.values() for s in ch if s.session == session]
+        return sorted(segs, key=lambda s: s.start)
+
     def close(self) -> None:
         """Release requests held by a "timeout" fault (they are aborted)."""
         self._closing.set()
@@ -430,7 +441,8 @@ class VrServer:
         if not _MAC.fullmatch(mac):
             return _info(400, "Mac-Identity header missing or malformed")
         if isinstance(op, CreateRequest):
-            return self._create(channel, mac, op)
+            session = req.query.get("session", "")
+            return self._create(channel, mac, op, session if _SESSION.fullmatch(session) else "")
         if isinstance(op, SaveRequest):
             return await self._save(channel, mac, op.name)
         if isinstance(op, FailRequest):
@@ -470,7 +482,7 @@ class VrServer:
 
     # --- ops -------------------------------------------------------------------------
 
-    def _create(self, channel: int, mac: str, req: CreateRequest) -> Response:
+    def _create(self, channel: int, mac: str, req: CreateRequest, session: str) -> Response:
         if req.size == 0:
             return _info(400, "field size: a segment cannot be empty")
         if req.size > MAX_BODY:
@@ -484,7 +496,9 @@ class VrServer:
         self._expire()
         name = f"ch{channel}-{next(self._counter)}-{secrets.token_hex(4)}"
         path = self.options.state_dir / "vr" / str(channel) / f"{name}.ts"
-        self._pending[name] = _Pending(name, channel, mac, req, self.now(), time.monotonic(), path)
+        self._pending[name] = _Pending(
+            name, channel, mac, req, self.now(), time.monotonic(), path, session=session
+        )
         url = f"{self.base_url()}{SEG_PREFIX}{name}"
         log.info(
             "Vr: ch%d create %s (%d bytes, start %.3f, %.3f s%s)",
@@ -620,6 +634,7 @@ class VrServer:
             put_mac=p.put_mac,
             https=c.https,
             gap=gap,
+            session=p.session,
         )
         del self._pending[p.name]
         segs.append(seg)
