@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from hss_pu import __version__
 from hss_pu.config import (
+    CameraSection,
     ConfigDoc,
     DeviceSection,
     PlatformSection,
@@ -83,7 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     # own parser before this one runs, so other commands never import the platform.
     sub.add_parser(
         "platform",
-        help="the reference platform (serve, call, event, devices, records, kick, segments)",
+        help="the reference platform (serve, call, event, devices, records, kick, segments, "
+        "alarms)",
         add_help=False,
     )
     return p
@@ -162,12 +164,18 @@ async def _run_embedded(level: str | None) -> int:
                 schedule_url=platform.schedule_url, ca_file=str(ca) if ca else None
             ),
             storage=StorageSection(dir=str(state / "pu")),
+            # The ring from start-up, so the platform's alarm recordings begin before the alarm.
+            camera=CameraSection(prerecord_seconds=platform.options.alarm_prerecord_seconds),
         )
         cfg = make_config(doc)
         log.info("reference platform: Vs %s, CA %s", platform.schedule_url, ca)
         log.info(
             "try: hss-pu platform call %s DevStatus --state-dir %s",
             EMBEDDED_DEVICE.id,
+            state / "platform",
+        )
+        log.info(
+            "alarms, their pictures and recordings: hss-pu platform alarms --state-dir %s",
             state / "platform",
         )
         demo = asyncio.create_task(_demo_live(platform))

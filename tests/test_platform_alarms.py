@@ -15,6 +15,7 @@ import json
 import ssl
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -25,11 +26,12 @@ import pytest
 from av.video.frame import VideoFrame
 
 from hss_pu.cli import main
-from hss_pu.reference_platform.server import ReferencePlatform
+from hss_pu.reference_platform.server import ReferencePlatform, VrSegment
 from hss_pu.services.link import PlatformLink
 from hss_pu.wire import vd
 
 from .support.rig import DEVICE, MAC, PASSWORD, MakePlatform, MakeRig
+from .test_platform_cli import SECRET, Serve, hss_pu
 from .test_platform_vd import DEVICES, Device
 
 pytestmark = pytest.mark.platform(devices=DEVICES)
@@ -67,12 +69,15 @@ def alarm(type_: int, state: str, channel: int = 0, ts: int | None = None) -> di
     }
 
 
-def _https(platform: ReferencePlatform) -> httpx.AsyncClient:
-    ctx = ssl.create_default_context(cafile=str(platform.ca_file))
+def _https(platform: ReferencePlatform | Path) -> httpx.AsyncClient:
+    ca = platform if isinstance(platform, Path) else platform.ca_file
+    ctx = ssl.create_default_context(cafile=str(ca))
     return httpx.AsyncClient(verify=ctx, headers={"Mac-Identity": MAC}, trust_env=False)
 
 
-async def put(platform: ReferencePlatform, url: str, body: bytes, ctype: str = "image/jpeg") -> int:
+async def put(
+    platform: ReferencePlatform | Path, url: str, body: bytes, ctype: str = "image/jpeg"
+) -> int:
     async with _https(platform) as http:
         r = await http.put(url, content=body, headers={"Content-Type": ctype})
         return r.status_code
@@ -390,9 +395,10 @@ async def test_an_alarm_that_never_ends_stops_at_the_maximum(make_platform: Make
     alarm_prerecord_seconds=2,
     alarm_seg_duration=1,
     alarm_post_roll=1.0,
+    admin_port=0,
 )
 async def test_the_daemon_records_the_alarm_with_prerecord(
-    platform: ReferencePlatform, make_rig: MakeRig
+    platform: ReferencePlatform, make_rig: MakeRig, capsys: pytest.CaptureFixture[str]
 ) -> None:
     rig = await make_rig(prerecord_seconds=2)
     await asyncio.sleep(2.5)  # the pre-record ring fills
@@ -417,9 +423,17 @@ async def test_the_daemon_records_the_alarm_with_prerecord(
     assert segs and all(s.check is not None and s.check.ok for s in segs)
     assert segs[0].start <= r.start_ts - 1.5  # pre-recorded: before the alarm
     assert segs[-1].end >= r.start_ts + 1.8  # the alarm's second and the post-roll
+    # hss-pu platform alarms shows the recording's segments under each of its alarms.
+    cli = ["platform", "alarms", "--state-dir", str(platform.options.state_dir)]
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, cli) == 0
+    out = capsys.readouterr().out
+    assert out.count(f"recording: {r.session_id} (stopped; {len(segs)} segments") == 2
+    for seg in segs:
+        assert out.count(f" ok {seg.path}\n") == 2
 
 
-async def _segments(platform: ReferencePlatform, session: str, until: float) -> list[Any]:
+async def _segments(platform: ReferencePlatform, session: str, until: float) -> list[VrSegment]:
     """The recording's segments once the one covering its stop is saved."""
     async with asyncio.timeout(15):
         while True:
@@ -482,3 +496,42 @@ async def test_admin_and_cli_alarms(
     assert json.loads(capsys.readouterr().out)["alarms"][0]["index"] == a.index
     assert await asyncio.to_thread(main, [*cli, "PU-2"]) == 0
     assert capsys.readouterr().out == "no alarms\n"
+
+
+async def test_serve_keeps_alarms_and_records_them_by_default(tmp_path: Path) -> None:
+    state_dir = tmp_path / "platform"
+    serve = await Serve.start(
+        state_dir,
+        "--device",
+        f"PU-9:{SECRET}",
+        "--alarm-prerecord",
+        "2",
+        "--alarm-post-roll",
+        "0",
+        "--alarm-seg-duration",
+        "1",
+    )
+    try:
+        line = "  alarms:       kept with pictures; recorded with 2 s pre-record and 0 s post-roll"
+        assert line + " (hss-pu platform alarms)" in serve.banner
+        state = serve.state
+        ca = Path(state["ca_file"])
+        d = await Device.login(f"wss://127.0.0.1:{state['vd_port']}/Vd", "PU-9", SECRET, ca=ca)
+        rec = Recorder(d)
+        try:
+            url = (await d.rpc("AlarmNotify", alarm(10, "pulse")))["resp"]["pic_upload_url"]
+            assert await put(ca, url, jpeg(80, 60)) == 200
+            await rec.wait("StopRecord")
+        finally:
+            await d.close()
+        (start,) = rec.named("StartRecord")
+        assert (start["prerecord_seconds"], start["seg_duration"]) == (2, 1)
+        rc, out, err = await hss_pu("platform", "alarms", "PU-9", "--state-dir", str(state_dir))
+        assert rc == 0, err
+        lines = out.splitlines()
+        assert lines[0].startswith("#0 PU-9 ch0 ") and "type 10 pulse 'test 10'" in lines[0]
+        assert lines[1].startswith(f"    picture:   {state_dir / 'alarms'}/")
+        assert lines[1].endswith("80x60 JPEG)")
+        assert lines[2].startswith(f"    recording: {start['session_id']} (")
+    finally:
+        assert await serve.stop() == 0, serve.lines
