@@ -386,6 +386,29 @@ async def test_an_alarm_that_never_ends_stops_at_the_maximum(make_platform: Make
         await d.close()
 
 
+async def test_a_stop_due_while_the_device_is_away_is_sent_when_it_is_back(
+    make_platform: MakePlatform,
+) -> None:
+    # A PU resumes its recording sessions after a restart: without the StopRecord it
+    # would record on and on.
+    p, d, rec = await policy_device(make_platform)
+    await d.rpc("AlarmNotify", alarm(10, "pulse"))
+    await rec.wait("StartRecord")
+    await d.close()
+    await p.wait_offline(PU)
+    await asyncio.sleep(POST_ROLL + 0.3)  # the stop fell due meanwhile
+    (r,) = p.alarm_recordings(PU)
+    assert r.state == "stopping"
+    d = await Device.login(p.vd_url, ca=p, reconnect=True)
+    back = Recorder(d)
+    try:
+        await back.wait("StopRecord")
+        assert back.named("StopRecord") == [{"session_id": r.session_id, "channel": 0}]
+        await p.wait_alarm_recording(PU, state="stopped", timeout=2)
+    finally:
+        await d.close()
+
+
 # --- end to end with the real daemon ---------------------------------------------------
 
 
