@@ -179,8 +179,9 @@ async def test_pictures_that_are_not_jpegs_are_refused(
     assert await put(platform, url, b"") == 400
     assert await put(platform, url, pic, "image/png") == 415
     (a,) = platform.alarms(PU)
-    assert a.picture is None and a.picture_error is not None and "415" not in a.picture_error
-    assert "image/png" in a.picture_error
+    assert (
+        a.picture is None and a.picture_error == "Content-Type must be image/jpeg, not 'image/png'"
+    )
     assert not list((platform.options.state_dir / "alarms").glob("*.jpg"))
     base = url.rsplit("/", 1)[0]
     assert await put(platform, base + "/1-0123456789abcdef.jpg", pic) == 404  # never handed out
@@ -263,7 +264,7 @@ async def test_start_records_with_prerecord_and_end_stops_after_the_post_roll(
         ended = time.monotonic()
         await d.rpc("AlarmNotify", alarm(12, "end"))
         stopped = await rec.wait("StopRecord")
-        assert POST_ROLL - 0.05 <= stopped - ended < POST_ROLL + 1.0
+        assert POST_ROLL <= stopped - ended < POST_ROLL + 2.0
         assert rec.named("StopRecord") == [{"session_id": start["session_id"], "channel": 0}]
         r = await p.wait_alarm_recording(PU, state="stopped", timeout=1)
         assert r.stopped_at is not None and r.alarms == [0, 1]
@@ -280,6 +281,7 @@ async def test_overlapping_alarms_make_one_recording(make_platform: MakePlatform
         await d.rpc("AlarmNotify", alarm(12, "end"))
         await d.rpc("AlarmNotify", alarm(10, "pulse"))  # the bell while motion is on
         await d.rpc("AlarmNotify", alarm(2, "start", channel=1))  # another channel: its own
+        await rec.wait("StartRecord", 2)
         await asyncio.sleep(POST_ROLL + 0.3)
         assert [c["channel"] for c in rec.named("StartRecord")] == [0, 1]
         assert rec.named("StopRecord") == []  # motion goes on
@@ -291,11 +293,11 @@ async def test_overlapping_alarms_make_one_recording(make_platform: MakePlatform
         ch0 = [a for a in p.alarms(PU) if a.channel == 0]
         assert {a.session_id for a in ch0} == {session}
         # A pulse after the stop starts a new recording, stopped a post-roll later.
-        await d.rpc("AlarmNotify", alarm(10, "pulse"))
         pulsed = time.monotonic()
+        await d.rpc("AlarmNotify", alarm(10, "pulse"))
         await rec.wait("StartRecord", 3)
         stopped = await rec.wait("StopRecord", 2)
-        assert POST_ROLL - 0.05 <= stopped - pulsed < POST_ROLL + 1.0
+        assert POST_ROLL <= stopped - pulsed < POST_ROLL + 2.0
         sessions = [c["session_id"] for c in rec.named("StartRecord")]
         assert len(set(sessions)) == 3
         assert rec.named("StopRecord")[1] == {"session_id": sessions[2], "channel": 0}
@@ -306,14 +308,14 @@ async def test_overlapping_alarms_make_one_recording(make_platform: MakePlatform
 async def test_a_pulse_during_the_post_roll_extends_the_recording(
     make_platform: MakePlatform,
 ) -> None:
-    _, d, rec = await policy_device(make_platform, alarm_post_roll=0.6)
+    _, d, rec = await policy_device(make_platform, alarm_post_roll=1.0)
     try:
         await d.rpc("AlarmNotify", alarm(10, "pulse"))
-        await asyncio.sleep(0.4)
-        await d.rpc("AlarmNotify", alarm(9, "pulse"))
+        await asyncio.sleep(0.3)
         second = time.monotonic()
+        await d.rpc("AlarmNotify", alarm(9, "pulse"))
         stopped = await rec.wait("StopRecord")
-        assert stopped - second >= 0.55
+        assert stopped - second >= 1.0
         assert len(rec.named("StartRecord")) == 1 and len(rec.named("StopRecord")) == 1
     finally:
         await d.close()
@@ -378,7 +380,7 @@ async def test_an_alarm_that_never_ends_stops_at_the_maximum(make_platform: Make
         await d.rpc("AlarmNotify", alarm(12, "start"))
         started = await rec.wait("StartRecord")
         stopped = await rec.wait("StopRecord")
-        assert 0.45 <= stopped - started < 1.5
+        assert 0.45 <= stopped - started < 3.0
         # The lost end does not keep the channel "active": a pulse is a post-roll long.
         await d.rpc("AlarmNotify", alarm(10, "pulse"))
         await rec.wait("StopRecord", 2)

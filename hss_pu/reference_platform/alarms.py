@@ -294,7 +294,7 @@ class AlarmStore:
         name = alarm.pic_name
         ctype = req.headers.get("content-type", "")
         if ctype.partition(";")[0].strip().lower() != "image/jpeg":
-            return self._refuse(alarm, 415, f"Content-Type must be image/jpeg, not {ctype!r}")
+            return self._refuse(alarm, 415, f"Content-Type must be image/jpeg, not {ctype[:64]!r}")
         if len(req.body) > self.options.alarm_picture_max_bytes:
             return self._refuse(
                 alarm,
@@ -317,8 +317,8 @@ class AlarmStore:
             len(req.body),
             width,
             height,
-            ctype,
-            req.headers.get("mac-identity", ""),
+            ctype[:64],
+            req.headers.get("mac-identity", "")[:64],
             self.now(),
             puts,
         )
