@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 
 from hss_pu import __version__
-from hss_pu.clients.http import Trust, platform_http
+from hss_pu.clients.http import Trust, UrlGuard, platform_http
 from hss_pu.clients.vd import RPC_TIMEOUT, VdSession
 from hss_pu.clock import OffsetClock
 from hss_pu.config import CameraSection, Config
@@ -87,6 +87,12 @@ class Daemon:
         self._stop = asyncio.Event()
         self._tasks = TaskSet(log, self._task_failed)
         self._failed: list[str] = []  # tasks that failed: the exit status is then 1
+        # URL safety for every URL the platform hands us (wire-notes).
+        self.url_guard = UrlGuard(
+            allow_insecure=config.platform.allow_insecure,
+            allowed_hosts=config.platform.allowed_hosts,
+            platform_hosts=lambda: self.link.platform_hosts() if self.link else [],
+        )
         add_secret(config.password.reveal())
 
     def stop(self) -> None:
@@ -240,7 +246,7 @@ class Daemon:
             self.media, self.channels, backoff_scale=p.backoff_scale, rng=self.rng
         )
         self.snapshot = SnapshotService(
-            self.media, mac=c.device.mac, ca_file=c.ca_file, allow_insecure=p.allow_insecure
+            self.media, mac=c.device.mac, ca_file=c.ca_file, guard=self.url_guard
         )
         self.record = self._record_service()
         camera = CameraService(self.media, base, self.channels, live=self.live, record=self.record)
@@ -258,8 +264,9 @@ class Daemon:
             spool = Spool(base / "spool", max_mb * 1024 * 1024)
         # Segment uploads may go to a storage service the system store trusts.
         http = platform_http(
-            c.device.mac, c.ca_file, trust=Trust.UPLOADS, timeout=30.0, connect_timeout=10.0
-        )
+            c.device.mac, c.ca_file, trust=Trust.UPLOADS, timeout=30.0, connect_timeout=10.0,
+            guard=self.url_guard,
+        )  # fmt: skip
         uploader = Uploader(
             http,
             spool,
@@ -277,6 +284,7 @@ class Daemon:
             prerecord_cap=rec.max_prerecord_seconds,
             prerecord_default=c.doc.camera.prerecord_seconds,
             allow_insecure=c.platform.allow_insecure,
+            guard=self.url_guard,
         )
 
     def _platform_time(self, t: float) -> None:
