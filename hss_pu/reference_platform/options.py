@@ -43,3 +43,6 @@ class PlatformOptions:
     vr_decode_check: bool = True
     # Vr: saved segments (records and files) kept per channel; older ones are deleted.
     vr_keep_segments: int = 10_000
+    # Test hook until the platform's alarm policy lands: AlarmNotify start/pulse replies
+    # carry this pic_upload_url ("{n}" becomes 1, 2, ... per alarm). Read live.
+    alarm_pic_url: str | None = None

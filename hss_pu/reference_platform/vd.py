@@ -149,6 +149,7 @@ class VdServer:
         self._failures: dict[str, int] = {}  # known device ids only: bounded
         self._locked_until: dict[str, float] = {}  # monotonic time
         self._next_index = 0
+        self._alarm_pictures = 0
         self._tick = asyncio.Event()
         self._closers: set[asyncio.Task[None]] = set()
 
@@ -566,7 +567,11 @@ class VdServer:
             if o.hb_token is not None:
                 info["hb_token"] = o.hb_token
             return info
-        return {}  # AlarmNotify: no pic_upload_url until the platform stores pictures
+        pic = self.options.alarm_pic_url
+        if req.req == "AlarmNotify" and pic and (req.params or {}).get("state") != "end":
+            self._alarm_pictures += 1
+            return {"pic_upload_url": pic.replace("{n}", str(self._alarm_pictures))}
+        return {}  # AlarmNotify: no pic_upload_url unless alarm_pic_url says so
 
     def _event(self, s: _Session, ev: Event) -> None:
         log.info("Vd: <- %s event %s %s", s.device_id, ev.event, _short(ev.params or {}))
