@@ -118,13 +118,14 @@ def test_alarm_entries_defaults_and_bounds() -> None:
     assert ch["motion"] == {"on": False, "sensitivity": 50, "hold": 10, "regions": []}
     doc = merge(doc_for(), {"channels": {"0": {"alarms": {"motion": {"regions": [[0, 0, 1, 1]]}}}}})
     assert doc["channels"]["0"]["alarms"]["motion"]["regions"] == [[0.0, 0.0, 1.0, 1.0]]
-    for bad in (
+    bads: list[dict[str, Any]] = [
         {"pir": {"hold": wire.MAX_HOLD + 1}}, {"pir": {"hold": 1.5}}, {"pir": {"on": 1}},
         {"lock": {"hold": 1}}, {"pir": {"regions": []}}, {"motion": {"regions": {}}},
         {"motion": {"regions": [[0, 0, 0, 1]]}}, {"motion": {"regions": [[0, 0, 1]]}},
         {"motion": {"regions": [[-0.1, 0, 0.5, 0.5]]}}, {"motion": {"regions": [["0", 0, 1, 1]]}},
         {"motion": {"regions": [[0, 0, 0.5, 0.5]] * (wire.MAX_REGIONS + 1)}},
-    ):  # fmt: skip
+    ]  # fmt: skip
+    for bad in bads:
         with pytest.raises(InvalidParam):
             merge(doc, {"channels": {"0": {"alarms": bad}}})
 
