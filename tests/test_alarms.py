@@ -10,16 +10,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import av
 import numpy as np
 import pytest
 
-from hss_pu.media.channel import jpeg_size
+from hss_pu.media.channel import EncodeSettings, MediaChannel, jpeg_size
 from hss_pu.media.sources import read_timecode
 from hss_pu.reference_platform.vd import Record
-from hss_pu.services.alarms import AlarmService
+from hss_pu.services.alarms import QUEUE_ITEMS, AlarmService
 from hss_pu.wire.vd import Code
 
 from .support.rig import DEVICE, PASSWORD, MakeRig, Rig, until
@@ -166,6 +167,24 @@ async def test_an_alarm_raised_offline_arrives_after_login_with_its_timestamp(
     assert alarms.status()["queued"] == 0
 
 
+async def test_the_offline_queue_is_bounded_and_drops_the_oldest(make_rig: MakeRig) -> None:
+    rig = await make_rig(alarms_per_minute=600)
+    p = rig.platform
+    p.options.devices = {}
+    await p.kick(DEVICE)
+    await p.wait_offline(DEVICE)
+    alarms = sink(rig)
+    base = int(rig.daemon.clock.now()) - 100
+    raised = QUEUE_ITEMS + 6
+    for i in range(raised):  # one second apart, so each is known by its timestamp
+        alarms.pulse(0, "bell", base + i + 0.5)
+    assert alarms.status()["queued"] == QUEUE_ITEMS and alarms.stats.dropped == 6
+    t0 = time.time()
+    p.options.devices = {DEVICE: PASSWORD}
+    assert await until(lambda: len(notices(rig, t0)) == QUEUE_ITEMS, 15)
+    assert [x["timestamp"] for x in notices(rig, t0)] == list(range(base + 6, base + raised))
+
+
 async def test_a_kind_switched_off_raises_nothing(rig: Rig) -> None:
     alarms = sink(rig)
     clock = rig.daemon.clock
@@ -236,6 +255,56 @@ async def test_the_picture_is_the_frame_of_the_alarms_start(rig: Rig) -> None:
     drawn = read_timecode(jpeg_luma(data))
     assert drawn is not None and at - 0.5 <= drawn <= at + 0.01, (drawn, at)
     assert sink(rig).stats.pictures == 1
+
+
+async def test_a_kept_frame_is_the_picture_of_its_moment() -> None:
+    """MediaChannel.latest_frame is a reference taken now; frame_jpeg encodes it later,
+    unchanged by the frames captured since. None while the camera is not running."""
+    s = EncodeSettings(320, 180, 15, 300_000, 15, "libx264")
+    ch = MediaChannel(0, "emulated", s, time.time)
+    assert ch.latest_frame() is None
+    await ch.start()
+    try:
+        assert await ch.wait_running()
+        assert await until(lambda: ch.latest_frame() is not None, 5)
+        ref = ch.latest_frame()
+        assert ref is not None and ref.frame is not None and ref.nbytes == 320 * 180 * 3 // 2
+        await asyncio.sleep(0.5)  # later frames do not touch it
+        jpeg = await ch.frame_jpeg(ref)
+    finally:
+        await ch.stop()
+    assert jpeg_size(jpeg) == (320, 180)
+    drawn = read_timecode(jpeg_luma(jpeg))
+    assert drawn is not None and abs(drawn - ref.capture_time) < 0.002
+    assert ch.latest_frame() is None  # stopped
+
+
+async def test_a_passthrough_channel_keeps_its_last_key_frame(tmp_path: Path) -> None:
+    clip = tmp_path / "clip.ts"
+    with av.open(str(clip), "w", format="mpegts") as out:
+        st = out.add_stream("libx264", rate=15)
+        st.width, st.height, st.pix_fmt = 320, 180, "yuv420p"
+        st.codec_context.gop_size = 15
+        st.codec_context.options = {"preset": "ultrafast", "bf": "0"}
+        for k in range(30):
+            f = av.VideoFrame.from_ndarray(
+                np.full((270, 320), (k * 8) % 255, np.uint8), format="yuv420p"
+            )
+            f.pts = k
+            out.mux(st.encode(f))
+        out.mux(st.encode(None))
+    s = EncodeSettings(320, 180, 15, 300_000, 15, "passthrough")
+    ch = MediaChannel(0, f"file:{clip}", s, time.time)
+    await ch.start()
+    try:
+        assert await until(lambda: ch.latest_frame() is not None, 5)
+        ref = ch.latest_frame()
+        assert ref is not None and ref.frame is None and ref.keyframe
+        assert ch.stats.passthrough
+        jpeg = await ch.frame_jpeg(ref)
+    finally:
+        await ch.stop()
+    assert jpeg_size(jpeg) == (320, 180)
 
 
 # --- URL safety --------------------------------------------------------------------------------
