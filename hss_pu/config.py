@@ -25,9 +25,11 @@ import msgspec
 from hss_pu.fsutil import FileRefused, read_bounded
 from hss_pu.profiles import Profile, load_profile
 from hss_pu.schema import SchemaError, convert, key_error, load_toml
+from hss_pu.wire.urlsafety import MAX_ALLOWED_HOSTS, host_problem
 from hss_pu.wire.vs import MAC_PATTERN
 
 __all__ = [
+    "AlarmsSection",
     "CameraSection",
     "Config",
     "ConfigDoc",
@@ -80,6 +82,9 @@ class PlatformSection(_Section, frozen=True, kw_only=True):
     keepalive_interval: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 10.0
     # > 0: a zero scale would let every retry loop spin without a delay.
     backoff_scale: Annotated[float, msgspec.Meta(gt=0, le=100)] = 1.0
+    # Hosts on the LAN (private/loopback addresses) that URLs from the platform may name,
+    # besides the platform's own (wire-notes "URL safety").
+    allowed_hosts: Annotated[list[str], msgspec.Meta(max_length=MAX_ALLOWED_HOSTS)] = []
 
 
 class CameraSection(_Section, frozen=True, kw_only=True):
@@ -103,6 +108,12 @@ class StorageSection(_Section, frozen=True, kw_only=True):
     memory_queue_mb: Annotated[int, msgspec.Meta(ge=4, le=4096)] | None = None
 
 
+class AlarmsSection(_Section, frozen=True, kw_only=True):
+    # AlarmNotify per alarm type, channel and minute (a start counts with its end, so at
+    # least 2): a bouncing input cannot flood the platform.
+    max_per_minute: Annotated[int, msgspec.Meta(ge=2, le=600)] = 6
+
+
 class LogSection(_Section, frozen=True, kw_only=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -112,6 +123,7 @@ class ConfigDoc(_Section, frozen=True, kw_only=True):
     platform: PlatformSection
     camera: CameraSection = CameraSection()
     storage: StorageSection = StorageSection()
+    alarms: AlarmsSection = AlarmsSection()
     log: LogSection = LogSection()
 
 
@@ -357,6 +369,10 @@ def _check_platform(p: PlatformSection, path: Path | None, base: Path | None) ->
     problem = _url_problem(p.schedule_url)
     if problem:
         raise key_error(path, "platform.schedule_url", problem)
+    for host in p.allowed_hosts:
+        problem = host_problem(host)
+        if problem:
+            raise key_error(path, "platform.allowed_hosts", problem)
     if p.ca_file is None:
         return None
     ca = _resolve(base, p.ca_file, path, "platform.ca_file")

@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 
 from hss_pu import __version__
-from hss_pu.clients.http import Trust, platform_http
+from hss_pu.clients.http import Trust, UrlGuard, platform_http
 from hss_pu.clients.vd import RPC_TIMEOUT, VdSession
 from hss_pu.clock import OffsetClock
 from hss_pu.config import CameraSection, Config
@@ -29,6 +29,7 @@ from hss_pu.logsetup import add_secret
 from hss_pu.media.channel import MediaChannel
 from hss_pu.media.encoder import EncodeSettings, MediaError
 from hss_pu.sdnotify import SdNotifier
+from hss_pu.services.alarms import AlarmService
 from hss_pu.services.autoreboot import AutoReboot
 from hss_pu.services.camera import CameraService, settings_for
 from hss_pu.services.channels import ChannelRegistry, camera_state
@@ -83,10 +84,17 @@ class Daemon:
         self.link: PlatformLink | None = None
         self.dispatcher: Dispatcher | None = None
         self.autoreboot: AutoReboot | None = None
+        self.alarms: AlarmService | None = None  # the detectors' AlarmSink, once running
         self._pending_bind = config.device.bind_id
         self._stop = asyncio.Event()
         self._tasks = TaskSet(log, self._task_failed)
         self._failed: list[str] = []  # tasks that failed: the exit status is then 1
+        # URL safety for every URL the platform hands us (wire-notes).
+        self.url_guard = UrlGuard(
+            allow_insecure=config.platform.allow_insecure,
+            allowed_hosts=config.platform.allowed_hosts,
+            platform_hosts=lambda: self.link.platform_hosts() if self.link else [],
+        )
         add_secret(config.password.reveal())
 
     def stop(self) -> None:
@@ -177,6 +185,7 @@ class Daemon:
         ctx.reschedule = link.reschedule
         ctx.local_address = link.local_address
         link.on_login(self._after_login)
+        self.alarms = alarms = self._alarm_service(devconfig, link)
         control = LocalControl(storage, {"bind": self._cmd_bind, "status": self._cmd_status})
         try:
             await control.start()
@@ -202,6 +211,7 @@ class Daemon:
             await media.stop()
         if self.snapshot is not None:
             await self.snapshot.close()
+        await alarms.close()
         await control.close()
         if self._failed:
             log.error("stopped: exit status 1 (task %s failed)", ", ".join(self._failed))
@@ -240,13 +250,29 @@ class Daemon:
             self.media, self.channels, backoff_scale=p.backoff_scale, rng=self.rng
         )
         self.snapshot = SnapshotService(
-            self.media, mac=c.device.mac, ca_file=c.ca_file, allow_insecure=p.allow_insecure
+            self.media, mac=c.device.mac, ca_file=c.ca_file, guard=self.url_guard
         )
         self.record = self._record_service()
         camera = CameraService(self.media, base, self.channels, live=self.live, record=self.record)
         for cid in self.media:  # RebootChannel restarts the camera's capture and encoder
             self.channels.get(cid).restart_hooks.append(functools.partial(camera.restart, cid))
         return Services(live=self.live, snapshot=self.snapshot, record=self.record, camera=camera)
+
+    def _alarm_service(self, devconfig: DevConfigStore, link: PlatformLink) -> AlarmService:
+        """Alarms follow the configuration document, go out through the link (queued
+        while offline) and upload their pictures under the URL-safety rules."""
+        c = self.config
+        http = platform_http(
+            c.device.mac, c.ca_file, trust=Trust.UPLOADS, timeout=10.0, guard=self.url_guard
+        )
+        alarms = AlarmService(
+            self.channels, devconfig.get, link, self.clock.now,
+            max_per_minute=c.doc.alarms.max_per_minute, media=self.media, http=http,
+        )  # fmt: skip
+        devconfig.subscribe(alarms.config_changed)
+        link.on_login(alarms.logged_in)
+        alarms.start()
+        return alarms
 
     def _record_service(self) -> RecordService:
         c = self.config
@@ -258,8 +284,9 @@ class Daemon:
             spool = Spool(base / "spool", max_mb * 1024 * 1024)
         # Segment uploads may go to a storage service the system store trusts.
         http = platform_http(
-            c.device.mac, c.ca_file, trust=Trust.UPLOADS, timeout=30.0, connect_timeout=10.0
-        )
+            c.device.mac, c.ca_file, trust=Trust.UPLOADS, timeout=30.0, connect_timeout=10.0,
+            guard=self.url_guard,
+        )  # fmt: skip
         uploader = Uploader(
             http,
             spool,
@@ -277,6 +304,7 @@ class Daemon:
             prerecord_cap=rec.max_prerecord_seconds,
             prerecord_default=c.doc.camera.prerecord_seconds,
             allow_insecure=c.platform.allow_insecure,
+            guard=self.url_guard,
         )
 
     def _platform_time(self, t: float) -> None:
@@ -301,7 +329,7 @@ class Daemon:
 
     def _keepalive(self) -> KeepaliveParams:
         return KeepaliveParams(
-            mac_id=self.config.device.mac, state=1, channels=self.channels.keepalive()
+            mac_id=self.config.device.mac, state=1, channels=self.channels.next_keepalive()
         )
 
     async def _after_login(self, session: VdSession) -> None:
@@ -338,6 +366,7 @@ class Daemon:
             "media": {ch: msgspec.to_builtins(m.stats) for ch, m in self.media.items()},
             "live": self._live_status(),
             "record": self.record.status() if self.record else None,
+            "alarms": self.alarms.status() if self.alarms else None,
         }
 
     def _live_status(self) -> dict[int, dict[str, Any]]:

@@ -46,12 +46,24 @@ SensorKind = Literal["pir", "bell", "lock", "external"]
 
 # The GetCap features this build implements end to end (a profile's hardware decides the
 # rest). The issue that lands a feature adds its key here, with its exerciser in
-# tests/test_getcap_walk.py. Not yet: ptz, battery, audio_out, voice_out, alarms.*, led
-# (device services), log_upload_https (LogUploadAsync), firmware_download_https
-# (UpgradeFirmware), switch (SetConfig "on").
+# tests/test_getcap_walk.py. Alarms count per kind (``alarms.<kind>``: the standard keys
+# io, motion, body, and ours, pir, bell, lock, listed by GetCap's ``sensors``). Not yet:
+# ptz, battery, audio_out, voice_out, alarms.body (person detection), led (device
+# services), log_upload_https (LogUploadAsync), firmware_download_https (UpgradeFirmware).
 IMPLEMENTED: frozenset[str] = frozenset(
     {"cloud_record", "pic_upload_https", "video_encrypt", "auto_reboot", "switch"}
+    | {"alarms.io", "alarms.motion", "alarms.pir", "alarms.bell", "alarms.lock"}
 )
+
+# Wired sensors GetCap lists under ``sensors`` (no standard key; external is alarms.io).
+_SENSOR_KINDS = ("pir", "bell", "lock")
+
+
+def _person_detection() -> bool:
+    """Whether human-shape detection (alarms.body) can run here: not in this build (the
+    person detector's availability check replaces this)."""
+    return False
+
 
 # H.627.2 Table I.2-16 alarm type values for the sensors a profile can wire up.
 ALARM_TYPE_OF_SENSOR: dict[str, int] = {
@@ -195,6 +207,21 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True):
     def channel(self, channel_id: int) -> ChannelSpec | None:
         return next((c for c in self.doc.channels if c.id == channel_id), None)
 
+    def alarm_kinds(self, channel_id: int) -> list[str]:
+        """The detectors this device runs on the channel (keys of wire.alarms.ALARM_KINDS,
+        in its order): its wired sensors, motion where the channel has it, person
+        detection on top of motion where available; each only once this build drives it
+        (:data:`IMPLEMENTED`). What ``channels.N.alarms`` lists, and GetCap claims."""
+        ch = self.channel(channel_id)
+        if ch is None:
+            return []
+        kinds = {KIND_OF_SENSOR[s.kind] for s in self.doc.sensors if s.channel == channel_id}
+        if ch.motion_detection:
+            kinds.add("motion")
+            if _person_detection():
+                kinds.add("body")
+        return [k for k in ALARM_KINDS if k in kinds and f"alarms.{k}" in IMPLEMENTED]
+
     def capabilities(self) -> dict[str, Any]:
         """The ``GetCap`` reply, with the origin protocol's keys (wire-notes).
 
@@ -207,7 +234,7 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True):
         def has(feature: str, hardware: bool = True) -> bool:
             return hardware and feature in IMPLEMENTED
 
-        kinds = {s.kind for s in d.sensors}
+        kinds = {k for c in d.channels for k in self.alarm_kinds(c.id)}
         audio_out = any(c.audio.output for c in d.channels)
         return {
             "ptz": has("ptz", d.ptz.type != "none"),
@@ -217,14 +244,14 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True):
             "voice_out": has("voice_out", audio_out),
             "cloud_record": has("cloud_record"),
             "trace": False,
+            # The detectors this device runs (alarm_kinds); a PIR is type 12, not body (11).
             "alarms": {
-                "io": has("alarms.io", bool(kinds & {"external"})),
+                "io": "io" in kinds,
                 "face": False,
                 "cry": False,
                 "voice": False,
-                "motion": has("alarms.motion", any(c.motion_detection for c in d.channels)),
-                # Human-shape detection (type 11), which no profile has; a PIR is type 12.
-                "body": False,
+                "motion": "motion" in kinds,
+                "body": "body" in kinds,
                 "cross": False,
             },
             "pic_upload_https": has("pic_upload_https"),
@@ -235,6 +262,7 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True):
             "led": has("led", bool(d.leds)),
             "auto_reboot": has("auto_reboot"),
             # Ours, after the standard keys.
+            "sensors": [k for k in _SENSOR_KINDS if k in kinds],
             "channels": [
                 {
                     "channel": c.id,

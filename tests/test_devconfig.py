@@ -85,36 +85,63 @@ def test_merge_copies_only_what_it_changes(monkeypatch: pytest.MonkeyPatch) -> N
     assert msgspec.json.encode(cur) == snapshot
 
 
-# --- alarms and led: 13 until something applies them ----------------------------------
+# --- alarms: exactly the detectors each channel runs; led: 13 until something applies it --
 
 
 @pytest.mark.parametrize("name", profile_names())
-def test_alarms_and_led_are_13_until_applied(name: str) -> None:
+def test_alarms_list_the_channels_detectors_and_led_is_13_until_applied(name: str) -> None:
+    profile = load_profile(name)
     doc = doc_for(name)
     assert doc["led"] is False  # nothing drives an LED: do not report one as lit
-    for ch in doc["channels"].values():
-        assert ch["alarms"] == {}
-    for kind in wire.ALARM_KINDS:
-        with pytest.raises(UnsupportedConfig):
-            merge(doc, {"channels": {"0": {"alarms": {kind: {"on": True}}}}}, name)
-        with pytest.raises(UnsupportedConfig):
-            merge(doc, {"channels": {"0": {"alarms": {kind: {"sensitivity": 10}}}}}, name)
+    for key, ch in doc["channels"].items():
+        runs = profile.alarm_kinds(int(key))
+        assert list(ch["alarms"]) == runs
+        for kind in wire.ALARM_KINDS:
+            patch = {"channels": {key: {"alarms": {kind: {"on": True, "sensitivity": 10}}}}}
+            if kind in runs:
+                assert merge(doc, patch, name)["channels"][key]["alarms"][kind]["on"] is True
+            else:
+                with pytest.raises(UnsupportedConfig):
+                    merge(doc, patch, name)
+        with pytest.raises(InvalidParam, match="unknown alarm kind"):
+            merge(doc, {"channels": {key: {"alarms": {"nose": {"on": True}}}}}, name)
     with pytest.raises(UnsupportedConfig):
         merge(doc, {"led": True}, name)
     # What is already true may be sent back (a platform echoing GetConfig).
     assert merge(doc, {"led": False, "channels": {"0": {"alarms": {}}}}, name) == doc
 
 
+def test_alarm_entries_defaults_and_bounds() -> None:
+    ch = doc_for()["channels"]["0"]["alarms"]
+    assert ch["pir"] == {"on": True, "sensitivity": 50, "hold": 10}  # wired: on
+    assert ch["bell"] == {"on": True, "sensitivity": 50}  # a pulse: no hold
+    assert ch["motion"] == {"on": False, "sensitivity": 50, "hold": 10, "regions": []}
+    doc = merge(doc_for(), {"channels": {"0": {"alarms": {"motion": {"regions": [[0, 0, 1, 1]]}}}}})
+    assert doc["channels"]["0"]["alarms"]["motion"]["regions"] == [[0.0, 0.0, 1.0, 1.0]]
+    bads: list[dict[str, Any]] = [
+        {"pir": {"hold": wire.MAX_HOLD + 1}}, {"pir": {"hold": 1.5}}, {"pir": {"on": 1}},
+        {"lock": {"hold": 1}}, {"pir": {"regions": []}}, {"motion": {"regions": {}}},
+        {"motion": {"regions": [[0, 0, 0, 1]]}}, {"motion": {"regions": [[0, 0, 1]]}},
+        {"motion": {"regions": [[-0.1, 0, 0.5, 0.5]]}}, {"motion": {"regions": [["0", 0, 1, 1]]}},
+        {"motion": {"regions": [[0, 0, 0.5, 0.5]] * (wire.MAX_REGIONS + 1)}},
+    ]  # fmt: skip
+    for bad in bads:
+        with pytest.raises(InvalidParam):
+            merge(doc, {"channels": {"0": {"alarms": bad}}})
+
+
 def test_stored_alarms_and_led_of_an_older_version_do_not_lose_the_rest() -> None:
-    """A document saved when alarms/led were (wrongly) accepted keeps its other settings."""
+    """A document saved with kinds (or an LED) this device no longer runs keeps its other
+    settings, the alarms it still runs included."""
     old = doc_for()
     old["tz"] = 2
     old["led"] = True
     old["channels"]["0"]["osd"]["text"] = "Porch"
-    old["channels"]["0"]["alarms"] = {"motion": {"on": True, "sensitivity": 70}}
+    old["channels"]["0"]["alarms"] = {"face": {"on": True}, "pir": {"on": False}}
     doc = wire.validate_stored(old, load_profile("emulated"), BASE)
     assert doc["tz"] == 2 and doc["channels"]["0"]["osd"]["text"] == "Porch"
-    assert doc["led"] is False and doc["channels"]["0"]["alarms"] == {}
+    assert doc["led"] is False and "face" not in doc["channels"]["0"]["alarms"]
+    assert doc["channels"]["0"]["alarms"]["pir"] == {"on": False, "sensitivity": 50, "hold": 10}
 
 
 # --- auto_reboot ----------------------------------------------------------------------------

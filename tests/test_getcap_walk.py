@@ -23,6 +23,7 @@ from hss_pu.media.channel import jpeg_size
 from hss_pu.profiles import load_profile, profile_names
 from hss_pu.reference_platform.server import ReferencePlatform
 from hss_pu.services.autoreboot import STATE_FILE
+from hss_pu.wire.alarms import ALARM_KINDS, flag
 
 from .support.rig import DEVICE, MakeRig, Rig, until
 
@@ -143,6 +144,47 @@ async def channel_switch(w: Walk) -> None:
         await w.call("Snapshot", {"channel": ch.id, "url": w.platform.upload_url("on.jpg")})
 
 
+def alarm_of(kind: str) -> Callable[[Walk], Awaitable[None]]:
+    """alarms.<kind> (sensors: pir, bell, lock): the detector switched on, its report
+    gives AlarmNotify on the platform (a state kind start, Keepalive bit, end).
+
+    The detectors are reported through the daemon's AlarmSink here until the hardware
+    layer and motion detection land; the lead replaces these triggers with the real
+    ones (a MockFactory pin for io/pir/bell/lock, the emulated scene for motion)."""
+    spec = ALARM_KINDS[kind]
+
+    async def exercise(w: Walk) -> None:
+        alarms = w.rig.daemon.alarms
+        assert alarms is not None
+        body: dict[str, Any] = {"on": True} | ({"hold": 1} if spec.state == "state" else {})
+        await w.call("SetConfig", {"channels": {"0": {"alarms": {kind: body}}}})
+        since = time.time()
+
+        async def notified(state: str) -> dict[str, Any]:
+            rec = await w.platform.wait_record(
+                lambda r: r.name == "AlarmNotify" and r.time >= since
+                and r.params["type"] == spec.type and r.params["state"] == state,
+                timeout=5,
+            )  # fmt: skip
+            return rec.params
+
+        if spec.state == "pulse":
+            alarms.pulse(0, kind, w.rig.daemon.clock.now())
+            assert (await notified("pulse"))["desc"] == spec.desc
+            return
+        alarms.state(0, kind, True, w.rig.daemon.clock.now())
+        await notified("start")
+        await w.platform.wait_record(
+            lambda r: r.name == "Keepalive" and r.time >= since
+            and int(r.params["channels"][0].get("alarm") or 0) & flag(spec.type) != 0,
+            timeout=5,
+        )  # fmt: skip
+        alarms.state(0, kind, False, w.rig.daemon.clock.now())
+        await notified("end")
+
+    return exercise
+
+
 Exerciser = Callable[[Walk], Awaitable[None]]
 EXERCISERS: dict[str, Exerciser] = {
     "media_protocol": srt_push,
@@ -151,15 +193,23 @@ EXERCISERS: dict[str, Exerciser] = {
     "pic_upload_https": snapshot_upload,
     "auto_reboot": daily_reboot,
     "switch": channel_switch,
+    "alarms.io": alarm_of("io"),
+    "alarms.motion": alarm_of("motion"),
+    "alarms.pir": alarm_of("pir"),
+    "alarms.bell": alarm_of("bell"),
+    "alarms.lock": alarm_of("lock"),
 }
 
 
 def claimed(cap: dict[str, Any]) -> list[str]:
-    """The standard keys a GetCap reply says yes to (alarms as alarms.<kind>)."""
+    """The standard keys a GetCap reply says yes to (alarms as alarms.<kind>), and the
+    wired sensors of our ``sensors`` key (as alarms.<kind> too)."""
     keys: list[str] = []
     for key, value in cap.items():
         if key == "alarms":
             keys += [f"alarms.{kind}" for kind, on in value.items() if on is True]
+        elif key == "sensors":
+            keys += [f"alarms.{kind}" for kind in value]
         elif value is True or (key == "media_protocol" and value):
             keys.append(key)
     return keys

@@ -838,3 +838,24 @@ def test_settings_from_config_follow_the_profile() -> None:
     assert (s.width, s.height) == ch.max_resolution and s.bitrate == ch.max_bitrate
     with pytest.raises(ValueError):
         EncodeSettings(641, 360, 30, 500_000, 30, "libx264")
+
+
+def test_one_frame_encoded_to_jpeg_by_many_threads_at_once() -> None:
+    """A Snapshot and alarm pictures share the latest frame and encode it in worker
+    threads together: PyAV's per-frame cached reformatter hung under that."""
+    frame = av.VideoFrame.from_ndarray(
+        np.random.default_rng(1).integers(0, 255, (540, 640), np.uint8), format="yuv420p"
+    )
+    sizes: list[tuple[int, int] | None] = []
+
+    def work() -> None:
+        for _ in range(15):
+            sizes.append(jpeg_size(encode_jpeg(frame, 320, 180)))
+
+    threads = [threading.Thread(target=work, daemon=True) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    assert not any(t.is_alive() for t in threads), "JPEG encoding hung"
+    assert sizes == [(320, 180)] * 90

@@ -48,17 +48,32 @@ NOT_BUILT = (
 )  # fmt: skip
 
 
+# The detectors each profile runs: its wired inputs, motion where a channel has it; no
+# person detection (alarms.body) in this build.
+ALARMS = {
+    "emulated": ({"io", "motion"}, ["pir", "bell", "lock"]),
+    "emulated-dual": (set(), []),
+    "pi-zero-2w-cam3": (set(), ["pir"]),
+    "pi4-hq": ({"io", "motion"}, ["bell", "lock"]),
+    "pi5-cam3-ptz": ({"motion"}, ["pir"]),
+    "usb-webcam": ({"motion"}, []),
+}
+
+
 @pytest.mark.parametrize("name", sorted(REQUIRED | {"emulated-dual"}))
 def test_getcap_claims_nothing_this_build_lacks(name: str) -> None:
-    """Hardware alone does not make a capability: nothing drives PTZ, audio out, LEDs,
-    alarms or a battery yet, and LogUploadAsync / UpgradeFirmware answer 101."""
+    """Hardware alone does not make a capability: nothing drives PTZ, audio out, LEDs
+    or a battery yet, and LogUploadAsync / UpgradeFirmware answer 101; the alarm keys
+    are exactly the detectors the profile runs."""
     cap = load_profile(name).capabilities()
     for key in NOT_BUILT:
         assert cap[key] is False, key
-    assert not any(cap["alarms"].values()), cap["alarms"]
-    # Our own keys say nothing the device cannot back either: no alarm comes from the
-    # wired sensors yet, no PTZ, and only the emulated source produces audio.
-    assert not {"sensors", "ptz_type", "ptz_presets"} & cap.keys()
+    standard, sensors = ALARMS[name]
+    assert {k for k, on in cap["alarms"].items() if on} == standard
+    assert cap["sensors"] == sensors
+    # Our own keys say nothing the device cannot back either: no PTZ, and only the
+    # emulated source produces audio.
+    assert not {"ptz_type", "ptz_presets"} & cap.keys()
     audio = [ch["audio_in"] for ch in cap["channels"]]
     assert audio == [name == "emulated"] * len(audio)  # pi4-hq, pi5, usb list a microphone
 

@@ -25,26 +25,53 @@ Trust differs on purpose, and the caller says which it needs (:class:`Trust`):
   Snapshot and alarm pictures): these often point at public cloud storage, so the
   system store, *plus* the configured CA file for a platform that hosts them itself.
 
+URL safety (wire-notes; the rules are :mod:`hss_pu.wire.urlsafety`): a client for URLs
+the platform hands out is made with a :class:`UrlGuard`, and then *every* request it
+sends, retries and redirects' targets included, is checked where it cannot be missed:
+the scheme before the request, and the addresses at the moment a connection is opened,
+by a network backend that resolves the name itself (off the event loop), refuses it
+unless every address is public (or the host is exempt), and connects to the very
+addresses it checked, so a name that answers differently a moment later (DNS
+rebinding) cannot slip a private address past the check. :meth:`UrlGuard.check` runs
+the same check ahead of time, for an RPC that must answer 12 before doing anything.
+
 httpx's exceptions never leave ``clients/``: :func:`upload` maps them to
 :class:`UploadError`, ``vs.fetch_server_addr`` and ``vr.VrClient`` do the same for theirs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
+import socket
 import ssl
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
+import httpcore
 import httpx
 
 from hss_pu.errors import LinkError
 from hss_pu.wire.urls import redact_url, scrub_url
+from hss_pu.wire.urlsafety import (
+    Target,
+    UrlRefused,
+    check_addresses,
+    host_target,
+    is_exempt,
+    parse_target,
+)
 
 __all__ = [
     "MAX_UPLOAD_REPLY",
     "HttpClient",
+    "Resolver",
     "Trust",
     "UploadError",
+    "UrlGuard",
+    "UrlNotAllowed",
     "platform_http",
+    "resolve",
     "tls_context",
     "upload",
 ]
@@ -70,6 +97,149 @@ class UploadError(LinkError):
         self.status = status
 
 
+class UrlNotAllowed(UploadError):
+    """The URL breaks the URL-safety rules; nothing was sent to it."""
+
+
+# (host, port) -> the addresses the name has, in the resolver's order.
+Resolver = Callable[[str, int], Awaitable[list[str]]]
+
+
+async def resolve(host: str, port: int) -> list[str]:
+    """Every address ``host`` resolves to; getaddrinfo runs in the loop's executor, never
+    on the event loop thread. OSError (socket.gaierror) when the name does not resolve."""
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    out: list[str] = []
+    for *_, sockaddr in infos:
+        addr = str(sockaddr[0])
+        if addr not in out:
+            out.append(addr)
+    return out
+
+
+class UrlGuard:
+    """The URL-safety rules of one device: its ``allow_insecure``, its
+    ``platform.allowed_hosts``, and the platform's own hosts (asked each time: the Vd
+    host changes when Vs schedules us elsewhere)."""
+
+    def __init__(
+        self,
+        *,
+        allow_insecure: bool,
+        allowed_hosts: Iterable[str] = (),
+        platform_hosts: Callable[[], Iterable[str]] = lambda: (),
+        resolver: Resolver = resolve,
+    ) -> None:
+        self.allow_insecure = allow_insecure
+        self.allowed_hosts = tuple(allowed_hosts)
+        self.platform_hosts = platform_hosts
+        self.resolver = resolver
+
+    def exempt(self, host: str) -> bool:
+        return is_exempt(host, (*self.platform_hosts(), *self.allowed_hosts))
+
+    def target(self, url: str) -> Target:
+        """The scheme rules alone (no I/O); UrlNotAllowed when they refuse."""
+        try:
+            return parse_target(url, allow_insecure=self.allow_insecure)
+        except UrlRefused as exc:
+            raise UrlNotAllowed(str(exc)) from None
+
+    async def check(self, url: str) -> None:
+        """The whole check ahead of a request: UrlNotAllowed when the rules refuse the URL,
+        UploadError when its name does not resolve (a network fault, not a bad URL)."""
+        t = self.target(url)
+        await self.addresses(t.host, t.port, url)
+
+    async def addresses(self, host: str, port: int, url: str = "") -> list[str] | None:
+        """The checked addresses to connect to, or None for an exempt host (connect to it
+        by name). UrlNotAllowed / UploadError as :meth:`check`."""
+        if self.exempt(host):
+            return None
+        t = host_target(host, port)
+        where = url or (f"[{t.host}]:{port}" if ":" in t.host else f"{t.host}:{port}")
+        if t.literal is not None:
+            found = [str(t.literal)]
+        else:
+            try:
+                found = await self.resolver(t.host, port)
+            except OSError as exc:
+                raise UploadError(f"cannot resolve {t.host}: {exc}") from None
+        try:
+            check_addresses(where, t, found)
+        except UrlRefused as exc:
+            raise UrlNotAllowed(str(exc)) from None
+        return found
+
+
+class _GuardedBackend(httpcore.AsyncNetworkBackend):
+    """Opens TCP connections only to addresses the guard accepted, the ones it checked."""
+
+    def __init__(self, guard: UrlGuard) -> None:
+        self._guard = guard
+        self._inner = httpcore.AnyIOBackend()
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            async with asyncio.timeout(timeout):
+                addresses = await self._guard.addresses(host, port)
+        except TimeoutError:
+            raise httpcore.ConnectTimeout(f"resolving {host} timed out") from None
+        except UrlNotAllowed:
+            raise
+        except UploadError as exc:
+            raise httpcore.ConnectError(str(exc)) from None
+        last: Exception | None = None
+        for addr in addresses or [host]:
+            try:
+                return await self._inner.connect_tcp(
+                    addr, port, timeout=timeout, local_address=local_address,
+                    socket_options=socket_options,
+                )  # fmt: skip
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                last = exc
+        assert last is not None
+        raise last
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.AsyncNetworkStream:
+        raise httpcore.ConnectError("unix sockets are not platform URLs")
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+class _GuardedTransport(httpx.AsyncHTTPTransport):
+    """httpx's transport with the scheme checked per request and connections opened
+    through :class:`_GuardedBackend` (httpx takes no network backend, so its pool is
+    replaced by one made with ours: tests/test_url_safety.py notices if that stops
+    working)."""
+
+    def __init__(self, ctx: ssl.SSLContext, guard: UrlGuard) -> None:
+        super().__init__(verify=ctx, trust_env=False)
+        limits = httpx.Limits(max_connections=100, max_keepalive_connections=20)
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=ctx,
+            max_connections=limits.max_connections,
+            max_keepalive_connections=limits.max_keepalive_connections,
+            keepalive_expiry=5.0,
+            network_backend=_GuardedBackend(guard),
+        )
+        self._guard = guard
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self._guard.target(str(request.url))
+        return await super().handle_async_request(request)
+
+
 def tls_context(ca_file: str | None, trust: Trust) -> ssl.SSLContext:
     """A verifying client context; certificate and host name are always checked."""
     if trust is Trust.PLATFORM and ca_file:
@@ -87,15 +257,20 @@ def platform_http(
     trust: Trust,
     timeout: float,
     connect_timeout: float | None = None,
+    guard: UrlGuard | None = None,
 ) -> HttpClient:
     """A keep-alive client for the platform (one per purpose; close it with ``aclose``
-    or ``async with``). ``mac`` goes out as ``Mac-Identity`` on every request."""
+    or ``async with``). ``mac`` goes out as ``Mac-Identity`` on every request. With a
+    ``guard`` (every client for URLs the platform hands out), each request obeys it and
+    a refused one raises UrlNotAllowed before anything is sent."""
     if not mac:
         raise ValueError("an HTTP client for the platform needs the device's MAC (9.2)")
     if timeout <= 0 or (connect_timeout is not None and connect_timeout <= 0):
         raise ValueError("timeouts must be positive")
+    ctx = tls_context(ca_file, trust)
     return httpx.AsyncClient(
-        verify=tls_context(ca_file, trust),
+        verify=ctx,
+        transport=_GuardedTransport(ctx, guard) if guard is not None else None,
         headers={"Mac-Identity": mac},
         timeout=httpx.Timeout(timeout, connect=connect_timeout or timeout),
         follow_redirects=False,
@@ -106,13 +281,15 @@ def platform_http(
 async def upload(http: HttpClient, url: str, data: bytes, content_type: str) -> None:
     """PUT ``data`` to ``url``; any 2xx is success. UploadError otherwise (transport
     failure, bad URL, a redirect or an error status), its message free of the URL's
-    secrets. The caller decides which URL schemes it accepts."""
+    secrets; UrlNotAllowed when the client's guard refused the URL (nothing was sent)."""
     where = redact_url(url)
     try:
         async with http.stream(
             "PUT", url, content=data, headers={"Content-Type": content_type}
         ) as resp:
             body = await _read_prefix(resp)
+    except UploadError:
+        raise
     except Exception as exc:  # httpx and anyio raise more than HTTPError (InvalidURL, ...)
         detail = scrub_url(str(exc), url)
         reason = f"{type(exc).__name__} ({where})" + (f": {detail}" if detail else "")

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from hss_pu.clients.http import UrlNotAllowed
 from hss_pu.errors import LinkError
 from hss_pu.logsetup import redact
 from hss_pu.wire import vr as wire
@@ -433,6 +434,9 @@ class VrClient:
         except httpx.HTTPError as exc:
             stats.failures += 1
             raise _transport_error(op, url, exc) from None
+        except UrlNotAllowed as exc:  # URL safety: nothing was sent, and never will be
+            stats.failures += 1
+            raise VrError(op, str(exc), transient=False) from None
         except BaseException:
             stats.failures += 1
             raise

@@ -25,6 +25,7 @@ from typing import Literal
 import av
 import av.error
 from av.video.frame import VideoFrame
+from av.video.reformatter import VideoReformatter
 
 from hss_pu.media.encoder import (
     AudioEncoder,
@@ -42,6 +43,7 @@ from hss_pu.wire.urls import redact_url
 __all__ = [
     "ChannelStats",
     "EncodeSettings",
+    "FrameRef",
     "MediaChannel",
     "MediaError",
     "SourceUnavailable",
@@ -71,6 +73,23 @@ class ChannelStats:
     encode_ms_avg: float = 0.0  # moving average (alpha 0.05) per video frame
     retries: int = 0
     last_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FrameRef:
+    """A picture kept for later (an alarm's start): a raw frame, which is never written to
+    after capture, or, on a passthrough channel, the last key frame's H.264."""
+
+    frame: VideoFrame | None
+    keyframe: bytes | None
+    capture_time: float  # daemon clock (epoch s)
+
+    @property
+    def nbytes(self) -> int:
+        """Roughly what holding it costs (a YUV 4:2:0 frame, or the key frame)."""
+        if self.frame is not None:
+            return self.frame.width * self.frame.height * 3 // 2
+        return len(self.keyframe or b"")
 
 
 class _Timeline:
@@ -121,6 +140,7 @@ class MediaChannel:
         self._aenc: AudioEncoder | None = None
         self._timeline = _Timeline()
         self._latest: VideoFrame | None = None
+        self._latest_ref: FrameRef | None = None  # the same frame, with its capture time
         self._keyframe_wanted = False
         self._delivered = False
         self._dropped_base = 0
@@ -399,6 +419,7 @@ class MediaChannel:
         t = time.perf_counter()
         frame = self._paint(item.frame)
         self._latest = frame
+        self._latest_ref = FrameRef(frame, None, item.capture_time)
         pkts = self._venc.encode(frame, self._timeline.map(item.pts), item.capture_time)
         ms = (time.perf_counter() - t) * 1000
         st.encode_ms_avg = ms if st.frames_encoded == 0 else st.encode_ms_avg * 0.95 + ms * 0.05
@@ -471,6 +492,22 @@ class MediaChannel:
                 raise MediaError(f"channel {self.channel_id}: no frame captured yet")
             await asyncio.sleep(0.05)
 
+    def latest_frame(self) -> FrameRef | None:
+        """The picture now, to encode later with :meth:`frame_jpeg` (an alarm keeps the
+        frame of its start): the latest raw frame, or on a passthrough channel the last
+        key frame (up to one GOP old). None while the camera is not running. Cheap: a
+        reference, no copy, no encoding."""
+        if not (self.running and self.stats.state == "running"):
+            return None
+        if self.stats.passthrough:
+            key = self.hub.last_keyframe
+            return FrameRef(None, key.data, key.capture_time) if key is not None else None
+        return self._latest_ref
+
+    async def frame_jpeg(self, ref: FrameRef, quality: int = 85) -> bytes:
+        """A JPEG of ``ref`` at the configured size, encoded off the event loop."""
+        return await asyncio.to_thread(self._jpeg, ref.frame, ref.keyframe, quality)
+
     def _jpeg(self, frame: VideoFrame | None, h264: bytes | None, quality: int) -> bytes:
         if frame is None:
             assert h264 is not None
@@ -519,7 +556,10 @@ def encode_jpeg(frame: VideoFrame, width: int, height: int, quality: int = 85) -
     ctx.time_base = Fraction(1, 25)
     q = _jpeg_qscale(quality)
     ctx.options = {"qmin": str(q), "qmax": str(q)}
-    f = frame.reformat(width=width, height=height, format="yuvj420p")
+    # A reformatter of its own: frame.reformat() caches one on the frame, and the same
+    # frame may be encoded by several threads at once (a Snapshot and alarm pictures
+    # share the latest frame); swscale contexts are not thread-safe (seen: a hang).
+    f = VideoReformatter().reformat(frame, width=width, height=height, format="yuvj420p")
     f.pts = 0
     f.time_base = ctx.time_base
     data = b"".join(bytes(p) for p in ctx.encode(f) + ctx.encode(None))

@@ -47,6 +47,9 @@ class PlatformOptions:
     # platform's own port, one name per alarm); False tests the "no picture" path.
     alarm_pictures: bool = True
     alarm_picture_max_bytes: int = 8 << 20  # a larger PUT is refused (413)
+    # Where pic_upload_url points (scheme://host:port); None: the platform's own HTTPS
+    # base. A platform behind another name sets it; tests use it for URL-safety refusals.
+    alarm_pic_base: str | None = None
     # Alarms kept per device (with their pictures); older ones and their files are deleted.
     alarm_keep: int = 200
     # The platform policy: StartRecord (with pre-record) on an alarm start or pulse,

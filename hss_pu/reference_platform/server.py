@@ -95,7 +95,10 @@ class ReferencePlatform:
         self.vr = VrServer(options, now=self.now, base_url=lambda: self.schedule_url)
         ticker = Ticker()
         self.alarm_store = AlarmStore(
-            options, now=self.now, base_url=lambda: self.schedule_url, ticker=ticker
+            options,
+            now=self.now,
+            base_url=lambda: options.alarm_pic_base or self.schedule_url,
+            ticker=ticker,
         )
         self.alarm_policy = AlarmPolicy(
             options,

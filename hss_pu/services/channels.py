@@ -27,6 +27,7 @@ class ChannelState:
     stream_id: str | None = None
     record_session: str | None = None
     alarms: int = 0  # bit T set while alarm type T is active (wire-notes)
+    pulses: int = 0  # bit T of a pulse alarm raised since the last Keepalive was built
     awake_until: float = 0.0  # monotonic deadline set by KeepAwaken
     reboots: int = 0
     restart_hooks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
@@ -50,7 +51,7 @@ class ChannelState:
             state=self.state,  # type: ignore[arg-type]
             stream_id=self.stream_id,
             record_session=self.record_session,
-            alarm=self.alarms,
+            alarm=self.alarms | self.pulses,
         )
 
 
@@ -79,7 +80,25 @@ class ChannelRegistry:
         return ch
 
     def keepalive(self) -> list[KeepaliveChannel]:
+        """What the next Keepalive will say (a view: status and tests may ask any time)."""
         return [c.keepalive() for c in self._channels.values()]
+
+    def next_keepalive(self) -> list[KeepaliveChannel]:
+        """The channels of a Keepalive about to be sent: a pulse's bit goes out in this
+        one only (wire-notes), so it is consumed here."""
+        out = self.keepalive()
+        for c in self._channels.values():
+            c.pulses = 0
+        return out
+
+    def set_alarm(self, channel: int, bit: int, active: bool) -> None:
+        """A state alarm's bit, set from its start to its end."""
+        ch = self.get(channel)
+        ch.alarms = ch.alarms | bit if active else ch.alarms & ~bit
+
+    def add_pulse(self, channel: int, bit: int) -> None:
+        """A pulse alarm's bit, for the next Keepalive only."""
+        self.get(channel).pulses |= bit
 
     def set_enabled(self, channel: int, on: bool) -> None:
         self.get(channel).enabled = on

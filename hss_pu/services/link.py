@@ -14,6 +14,7 @@ import random
 import ssl
 from collections.abc import Callable
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 from hss_pu import __version__
 from hss_pu.clients.http import HttpClient, Trust, platform_http, tls_context
@@ -83,6 +84,12 @@ class PlatformLink:
 
     def local_address(self) -> str | None:
         return self.session.local_address if self.session else None
+
+    def platform_hosts(self) -> list[str]:
+        """The hosts the device reached Vs and Vd on: URL safety lets platform URLs name
+        them even where they are private addresses (a platform on the LAN)."""
+        urls = [self.config.platform.schedule_url, self.vd_base or ""]
+        return [h for h in (urlsplit(u).hostname for u in urls if u) if h]
 
     async def call(self, params: UpCall[R]) -> R:
         """A PU -> platform RPC, named by its params' type; returns the typed reply.

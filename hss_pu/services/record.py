@@ -22,7 +22,8 @@ from urllib.parse import urlsplit
 import msgspec
 
 from hss_pu.bridge import LoopBridge
-from hss_pu.errors import DeviceError, InvalidParam
+from hss_pu.clients.http import UploadError, UrlGuard, UrlNotAllowed
+from hss_pu.errors import DeviceError, DeviceFailure, InvalidParam
 from hss_pu.fsutil import atomic_write
 from hss_pu.media.channel import MediaChannel
 from hss_pu.media.packets import EncodedPacket, StreamInfo
@@ -127,6 +128,7 @@ class RecordService:
         prerecord_cap: int,
         prerecord_default: int = 0,
         allow_insecure: bool = False,
+        guard: UrlGuard | None = None,
         on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.media = media
@@ -137,6 +139,7 @@ class RecordService:
         self.sessions_file = state_dir / "record-sessions.json"
         self.prerecord_cap = prerecord_cap
         self.allow_insecure = allow_insecure
+        self.guard = guard  # URL safety for cbk_url (the uploader's client enforces it too)
         self.sessions: dict[int, _Session] = {}
         self.rings: dict[int, PrerecordRing] = {}
         self._lock = asyncio.Lock()
@@ -195,6 +198,13 @@ class RecordService:
     async def start_record(self, p: StartRecordParams) -> None:
         media = await stream_for(self.media, p.channel, p.max_bitrate, "records")
         https = self._check_cbk_url(p.cbk_url)
+        if self.guard is not None:
+            try:
+                await self.guard.check(p.cbk_url)
+            except UrlNotAllowed as exc:
+                raise InvalidParam(f"params.cbk_url: {exc}") from None
+            except UploadError as exc:
+                raise DeviceFailure(f"params.cbk_url: {exc}") from None
         state = self.channels.get(p.channel)
         await self.uploader.wait_ready()  # the spool's segments come first
         async with self._lock:

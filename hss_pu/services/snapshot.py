@@ -1,16 +1,16 @@
-"""Snapshot (and the alarm picture): a JPEG of the current frame, HTTP PUT to a URL.
+"""Snapshot: a JPEG of the current frame, HTTP PUT to a URL.
 
 The reply is sent only after the upload has succeeded (wire-notes); any failure is a
-clear error naming what went wrong, never a silent success.
+clear error naming what went wrong, never a silent success. The URL obeys the URL-safety
+rules (clients.http.UrlGuard): a refused one is error 12 before a picture is even taken.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from urllib.parse import urlsplit
 
-from hss_pu.clients.http import Trust, UploadError, platform_http, upload
+from hss_pu.clients.http import Trust, UploadError, UrlGuard, UrlNotAllowed, platform_http, upload
 from hss_pu.errors import ChannelOffline, DeviceFailure, InvalidParam
 from hss_pu.media.channel import MediaChannel
 from hss_pu.wire.vd import SnapshotParams
@@ -29,25 +29,25 @@ class SnapshotService:
         *,
         mac: str,
         ca_file: str | None,
-        allow_insecure: bool,
+        guard: UrlGuard,
     ) -> None:
         self.media = media
-        self.allow_insecure = allow_insecure
+        self.guard = guard
         # Upload URLs point at cloud storage (public CAs) or at the platform (its CA).
-        self._http = platform_http(mac, ca_file, trust=Trust.UPLOADS, timeout=UPLOAD_TIMEOUT)
+        self._http = platform_http(
+            mac, ca_file, trust=Trust.UPLOADS, timeout=UPLOAD_TIMEOUT, guard=guard
+        )
 
     async def close(self) -> None:
         await self._http.aclose()
 
-    def _check_url(self, url: str) -> None:
-        u = urlsplit(url)
-        if (u.scheme == "https" or (u.scheme == "http" and self.allow_insecure)) and u.hostname:
-            return
-        if u.scheme == "http":
-            raise InvalidParam(
-                "params.url: plain http:// upload refused (platform.allow_insecure is off)"
-            )
-        raise InvalidParam("params.url: expected an https:// URL")
+    async def _check_url(self, url: str) -> None:
+        try:
+            await self.guard.check(url)
+        except UrlNotAllowed as exc:
+            raise InvalidParam(f"params.url: {exc}") from None
+        except UploadError as exc:
+            raise DeviceFailure(f"upload failed: {exc}") from None
 
     async def take(self, channel: int) -> bytes:
         media = self.media.get(channel)
@@ -59,13 +59,15 @@ class SnapshotService:
             raise DeviceFailure(f"no picture from channel {channel}: {exc}") from None
 
     async def put(self, url: str, jpeg: bytes) -> None:
-        self._check_url(url)
         try:
             await upload(self._http, url, jpeg, "image/jpeg")
+        except UrlNotAllowed as exc:  # its name answered differently since the check
+            raise InvalidParam(f"params.url: {exc}") from None
         except UploadError as exc:
             raise DeviceFailure(f"upload failed: {exc}") from None
 
     async def snapshot(self, p: SnapshotParams) -> None:
+        await self._check_url(p.url)
         jpeg = await self.take(p.channel)
         await self.put(p.url, jpeg)
         log.info("snapshot ch%d: %d bytes uploaded", p.channel, len(jpeg))

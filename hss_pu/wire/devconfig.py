@@ -4,13 +4,22 @@ Shape (wire-notes, from the origin protocol)::
 
     {"channels": {"0": {"on", "video_encoding": {"encoder", "quality", "fps", "bitrate",
      "width", "height", "gop"}, "image": {"horflip", "verflip"}, "alarms": {KIND: {"on",
-     "sensitivity"}}, "osd": {"text", "font", "pos"}, "extension": {}}},
+     "sensitivity", "hold", "regions"}}, "osd": {"text", "font", "pos"}, "extension": {}}},
      "log_level", "tz", "led", "auto_reboot": {"on", "time"}, "extension": {}}
 
 SetConfig carries only what changes (a merge). Errors: a channel we do not have → 102,
 a feature the device lacks → 13, a bad value → 12. Read-only fields (fps, bitrate, width,
 height, gop) are reported, never set: a SetConfig that carries them has them ignored.
 ``alarms`` and ``led`` follow GetCap: a kind (or the LED) this build does not drive is 13.
+
+``channels.N.alarms`` lists exactly the detectors the channel runs
+(profiles.Profile.alarm_kinds): each ``{"on", "sensitivity": 0-100}`` (0 never fires),
+a state kind also ``"hold"`` (seconds 0-3600 its alarm lasts after the detector goes
+quiet), motion also ``"regions"`` (at most :data:`MAX_REGIONS` rectangles ``[x, y, w,
+h]`` in 0-1 picture coordinates where motion counts; empty: the whole picture). Wired
+sensors are on from the factory (someone wired them to be heard), picture detectors
+off (the platform chooses to watch). A kind nobody knows is 12; a known one the channel
+does not run (``face``, or ``pir`` on a camera without one) is 13.
 
 The documents are platform-supplied: the free-form ``extension`` objects are bounded in
 depth and size (checked without recursion), and a merge copies only the fixed-shape parts
@@ -27,11 +36,15 @@ import msgspec
 
 from hss_pu.errors import InvalidParam, NoSuchChannel, UnsupportedConfig
 from hss_pu.profiles import Profile
+from hss_pu.wire import alarms as kinds
 
 __all__ = [
     "ALARM_KINDS",
+    "DEFAULT_HOLD",
     "MAX_EXTENSION_BYTES",
     "MAX_EXTENSION_DEPTH",
+    "MAX_HOLD",
+    "MAX_REGIONS",
     "QUALITIES",
     "Base",
     "default_document",
@@ -41,7 +54,15 @@ __all__ = [
     "validate_stored",
 ]
 
-ALARM_KINDS = ("io", "motion", "body", "cry", "voice", "face", "cross")
+# Every alarm kind a document may name: the origin protocol's keys, then ours.
+ALARM_KINDS = (
+    *kinds.STANDARD_KINDS,
+    *(k for k in kinds.ALARM_KINDS if k not in kinds.STANDARD_KINDS),
+)
+DEFAULT_HOLD = 10  # s
+MAX_HOLD = 3600  # s
+MAX_REGIONS = 8
+_SENSOR_KINDS = frozenset(kinds.KIND_OF_SENSOR.values())
 QUALITIES = ("ld", "sd", "hd", "fhd")
 OSD_POSITIONS = ("topleft", "topright", "bottomleft", "bottomright")
 READ_ONLY = frozenset({"fps", "bitrate", "width", "height", "gop"})
@@ -74,10 +95,14 @@ def quality_resolution(profile: Profile, channel: int, quality: str) -> tuple[in
     return max(fits, key=lambda r: r[0] * r[1]) if fits else None
 
 
-def supported_alarms(profile: Profile) -> list[str]:
-    """The detectors this build drives on the profile: GetCap's alarms, nothing more."""
-    caps = profile.capabilities()["alarms"]
-    return [k for k in ALARM_KINDS if caps.get(k)]
+def _alarm_defaults(kind: str) -> dict[str, Any]:
+    """A detector's factory settings (module docstring)."""
+    entry: dict[str, Any] = {"on": kind in _SENSOR_KINDS, "sensitivity": 50}
+    if kinds.ALARM_KINDS[kind].state == "state":
+        entry["hold"] = DEFAULT_HOLD
+    if kind == "motion":
+        entry["regions"] = []
+    return entry
 
 
 def _led_supported(profile: Profile) -> bool:
@@ -124,7 +149,6 @@ def _budget(profile: Profile, cid: int, base: Base) -> tuple[int, int]:
 def default_document(profile: Profile, base: Base) -> dict[str, Any]:
     """Factory settings: what ResetConfig restores. Channel 0 follows the config file."""
     channels: dict[str, Any] = {}
-    alarms = supported_alarms(profile)
     for ch in profile.channels:
         if ch.id == 0:
             q, f, b = _band(base.height), base.fps, base.bitrate
@@ -134,7 +158,7 @@ def default_document(profile: Profile, base: Base) -> dict[str, Any]:
             "on": True,
             "video_encoding": _encoding(profile, ch.id, q, f, b),
             "image": {"horflip": False, "verflip": False},
-            "alarms": {k: {"on": False, "sensitivity": 50} for k in alarms},
+            "alarms": {k: _alarm_defaults(k) for k in profile.alarm_kinds(ch.id)},
             "osd": {"text": "", "font": 16, "pos": "topleft"},
             "extension": {},
         }
@@ -253,20 +277,7 @@ def _merge_channel(
                     raise _lacks(f"{p}.image.{k}", "this camera cannot flip the image")
                 doc["image"][k] = v
     if "alarms" in patch:
-        al = _obj(patch["alarms"], f"{p}.alarms")
-        for kind, body in al.items():
-            ap = f"{p}.alarms.{kind}"
-            if kind not in ALARM_KINDS:
-                raise _bad(ap, f"unknown alarm kind (expected {', '.join(ALARM_KINDS)})")
-            if kind not in doc["alarms"]:
-                raise _lacks(ap, f"this device has no {kind} detection")
-            b = _obj(body, ap)
-            if "on" in b:
-                doc["alarms"][kind]["on"] = _bool(b["on"], f"{ap}.on")
-            if "sensitivity" in b:
-                doc["alarms"][kind]["sensitivity"] = _int(
-                    b["sensitivity"], f"{ap}.sensitivity", 0, 100
-                )
+        _merge_alarms(doc["alarms"], _obj(patch["alarms"], f"{p}.alarms"), p)
     if "osd" in patch:
         osd = _obj(patch["osd"], f"{p}.osd")
         if "text" in osd:
@@ -280,6 +291,54 @@ def _merge_channel(
             doc["osd"]["pos"] = _choice(osd["pos"], f"{p}.osd.pos", OSD_POSITIONS)
     if "extension" in patch:
         doc["extension"] = _extension(patch["extension"], f"{p}.extension")
+
+
+def _merge_alarms(alarms: dict[str, Any], patch: dict[str, Any], p: str) -> None:
+    """``channels.N.alarms`` (its entries already copied by :func:`_own_channel`)."""
+    for kind, body in patch.items():
+        ap = f"{p}.alarms.{kind}"
+        if kind not in ALARM_KINDS:
+            raise _bad(ap[:120], f"unknown alarm kind (expected {', '.join(ALARM_KINDS)})")
+        if kind not in alarms:
+            raise _lacks(ap, f"channel {p.split('.')[-1]} has no {kind} detection")
+        b = _obj(body, ap)
+        entry = alarms[kind]
+        if "on" in b:
+            entry["on"] = _bool(b["on"], f"{ap}.on")
+        if "sensitivity" in b:
+            entry["sensitivity"] = _int(b["sensitivity"], f"{ap}.sensitivity", 0, 100)
+        if "hold" in b:
+            if "hold" not in entry:
+                raise _bad(f"{ap}.hold", f"{kind} is a single (pulse) alarm: it has no hold")
+            entry["hold"] = _int(b["hold"], f"{ap}.hold", 0, MAX_HOLD)
+        if "regions" in b:
+            if "regions" not in entry:
+                raise _bad(f"{ap}.regions", "only motion detection has regions")
+            entry["regions"] = _regions(b["regions"], f"{ap}.regions")
+
+
+def _regions(v: Any, path: str) -> list[list[float]]:
+    """At most MAX_REGIONS rectangles [x, y, w, h] inside the 0-1 picture, not empty."""
+    if not isinstance(v, list) or len(v) > MAX_REGIONS:
+        raise _bad(path, f"expected a list of at most {MAX_REGIONS} rectangles [x, y, w, h]")
+    out = []
+    for i, r in enumerate(v):
+        if not (
+            isinstance(r, list)
+            and len(r) == 4
+            and all(isinstance(n, int | float) and not isinstance(n, bool) for n in r)
+        ):
+            raise _bad(f"{path}[{i}]", "expected [x, y, w, h], four numbers")
+        x, y, w, h = (float(n) for n in r)
+        eps = 1e-9
+        if not (0 <= x <= 1 and 0 <= y <= 1 and 0 < w <= 1 and 0 < h <= 1) or (
+            x + w > 1 + eps or y + h > 1 + eps
+        ):
+            raise _bad(
+                f"{path}[{i}]", f"{[x, y, w, h]} is not a rectangle inside the 0-1 picture"[:120]
+            )
+        out.append([x, y, w, h])
+    return out
 
 
 def merge(current: dict[str, Any], patch: Any, profile: Profile, base: Base) -> dict[str, Any]:
@@ -350,12 +409,15 @@ def _applicable(stored: dict[str, Any], defaults: dict[str, Any]) -> dict[str, A
         out.pop("led", None)
     chans = out.get("channels")
     if isinstance(chans, dict):
-        out["channels"] = {k: _applicable_channel(v, defaults) for k, v in chans.items()}
+        out["channels"] = {
+            k: _applicable_channel(v, defaults["channels"].get(k)) for k, v in chans.items()
+        }
     return out
 
 
-def _applicable_channel(ch: Any, defaults: dict[str, Any]) -> Any:
-    if not isinstance(ch, dict) or not isinstance(ch.get("alarms"), dict):
+def _applicable_channel(ch: Any, defaults: dict[str, Any] | None) -> Any:
+    """The channel without the alarm kinds it no longer runs (a profile that changed)."""
+    if not isinstance(ch, dict) or not isinstance(ch.get("alarms"), dict) or defaults is None:
         return ch
-    kinds = next(iter(defaults["channels"].values()))["alarms"]
+    kinds = defaults["alarms"]
     return {**ch, "alarms": {k: v for k, v in ch["alarms"].items() if k in kinds}}

@@ -26,6 +26,7 @@ from typing import Any
 import msgspec
 
 from hss_pu.config import (
+    AlarmsSection,
     CameraSection,
     ConfigDoc,
     DeviceSection,
@@ -105,6 +106,8 @@ def daemon_config(
     spool_max_mb: int | None = None,
     memory_queue_mb: int | None = None,
     log_level: str = "info",
+    allowed_hosts: Sequence[str] = (),
+    alarms_per_minute: int = 6,
 ) -> ConfigDoc:
     """The config of the rig's device for ``platform`` (its Vs URL and CA) or a bare
     schedule URL (no CA: the system store), storing under ``storage``. Back-offs scaled
@@ -122,6 +125,7 @@ def daemon_config(
             ca_file=None if ca is None else str(ca),
             backoff_scale=backoff_scale,
             keepalive_interval=keepalive,
+            allowed_hosts=list(allowed_hosts),
         ),
         camera=CameraSection(
             source=source,
@@ -134,6 +138,7 @@ def daemon_config(
         storage=StorageSection(
             dir=str(storage), spool_max_mb=spool_max_mb, memory_queue_mb=memory_queue_mb
         ),
+        alarms=AlarmsSection(max_per_minute=alarms_per_minute),
         log=msgspec.convert({"level": log_level}, LogSection),
     )
 
@@ -145,6 +150,8 @@ def _toml_value(value: object) -> str:
         return repr(value)
     if isinstance(value, str):
         return json.dumps(value)  # a TOML basic string: JSON's escapes are TOML's
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     raise TypeError(f"no TOML for {value!r}")
 
 
