@@ -229,9 +229,8 @@ async def test_set_config_persists_and_survives_restart(rig: Rig, make_rig: Make
     assert bad.err is not None and bad.err.code == Code.UNSUPPORTED_CONFIG
     bad = await rig.call("SetConfig", {"log_level": 9})
     assert bad.err is not None and bad.err.code == Code.PARAM
-    # Nothing drives the LED or the detectors yet: 13, not "saved and ignored".
+    # Nothing drives the detectors yet: 13, not "saved and ignored".
     unapplied: list[dict[str, Any]] = [
-        {"led": True},
         {"channels": {"0": {"alarms": {"motion": {"on": True}}}}},
     ]
     for p in unapplied:

@@ -91,7 +91,11 @@ def test_merge_copies_only_what_it_changes(monkeypatch: pytest.MonkeyPatch) -> N
 @pytest.mark.parametrize("name", profile_names())
 def test_alarms_and_led_are_13_until_applied(name: str) -> None:
     doc = doc_for(name)
-    assert doc["led"] is False  # nothing drives an LED: do not report one as lit
+    has_led = any(led.role == "status" for led in load_profile(name).doc.leds)
+    assert doc["led"] is has_led  # a device without a status LED does not report one lit
+    if has_led:  # services/leds.py applies it
+        assert merge(doc, {"led": False}, name)["led"] is False
+        doc = merge(doc, {"led": False}, name)
     for ch in doc["channels"].values():
         assert ch["alarms"] == {}
     for kind in wire.ALARM_KINDS:
@@ -99,8 +103,9 @@ def test_alarms_and_led_are_13_until_applied(name: str) -> None:
             merge(doc, {"channels": {"0": {"alarms": {kind: {"on": True}}}}}, name)
         with pytest.raises(UnsupportedConfig):
             merge(doc, {"channels": {"0": {"alarms": {kind: {"sensitivity": 10}}}}}, name)
-    with pytest.raises(UnsupportedConfig):
-        merge(doc, {"led": True}, name)
+    if not has_led:
+        with pytest.raises(UnsupportedConfig):
+            merge(doc, {"led": True}, name)
     # What is already true may be sent back (a platform echoing GetConfig).
     assert merge(doc, {"led": False, "channels": {"0": {"alarms": {}}}}, name) == doc
 
@@ -114,7 +119,8 @@ def test_stored_alarms_and_led_of_an_older_version_do_not_lose_the_rest() -> Non
     old["channels"]["0"]["alarms"] = {"motion": {"on": True, "sensitivity": 70}}
     doc = wire.validate_stored(old, load_profile("emulated"), BASE)
     assert doc["tz"] == 2 and doc["channels"]["0"]["osd"]["text"] == "Porch"
-    assert doc["led"] is False and doc["channels"]["0"]["alarms"] == {}
+    assert doc["led"] is True  # the emulated status LED is driven now: the setting is kept
+    assert doc["channels"]["0"]["alarms"] == {}
 
 
 # --- auto_reboot ----------------------------------------------------------------------------

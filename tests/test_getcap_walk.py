@@ -143,6 +143,24 @@ async def channel_switch(w: Walk) -> None:
         await w.call("Snapshot", {"channel": ch.id, "url": w.platform.upload_url("on.jpg")})
 
 
+async def status_led(w: Walk) -> None:
+    """led: SetConfig led false darkens the status LED (its pin low) and it stays dark
+    whatever the device does; true gives it its pattern back."""
+    board = w.rig.daemon.board
+    assert board is not None, "no GPIO board"
+    led = board.leds["status"]
+
+    def lights_within(seconds: float) -> Awaitable[bool]:
+        return until(lambda: led.lit, seconds, interval=0.02)  # a blink lights within 2 s
+
+    assert await lights_within(3), f"status LED never lit ({led.label})"
+    await w.call("SetConfig", {"led": False})
+    assert await until(lambda: not led.lit and led.label == "off", 2)
+    assert not await lights_within(2.5), "the status LED lit while switched off"
+    await w.call("SetConfig", {"led": True})
+    assert await lights_within(3) and led.label != "off"
+
+
 Exerciser = Callable[[Walk], Awaitable[None]]
 EXERCISERS: dict[str, Exerciser] = {
     "media_protocol": srt_push,
@@ -151,6 +169,7 @@ EXERCISERS: dict[str, Exerciser] = {
     "pic_upload_https": snapshot_upload,
     "auto_reboot": daily_reboot,
     "switch": channel_switch,
+    "led": status_led,
 }
 
 
@@ -192,6 +211,7 @@ async def walk(
         reboots.append(self.clock.now())
 
     monkeypatch.setattr(Daemon, "_reboot_device", reboot_device)
+    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")  # a Pi profile's LEDs on mock pins here
     rig = await make_rig(
         profile=profile.name, size=size, fps=10, bitrate=200_000, backoff_scale=0.02, seed=7
     )

@@ -44,17 +44,20 @@ def test_profile_loads_and_reports_getcap(name: str) -> None:
 
 NOT_BUILT = (
     "ptz", "battery", "audio_out", "voice_out", "log_upload_https", "firmware_download_https",
-    "led", "trace",
+    "trace",
 )  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(REQUIRED | {"emulated-dual"}))
 def test_getcap_claims_nothing_this_build_lacks(name: str) -> None:
-    """Hardware alone does not make a capability: nothing drives PTZ, audio out, LEDs,
+    """Hardware alone does not make a capability: nothing drives PTZ, audio out,
     alarms or a battery yet, and LogUploadAsync / UpgradeFirmware answer 101."""
-    cap = load_profile(name).capabilities()
+    prof = load_profile(name)
+    cap = prof.capabilities()
     for key in NOT_BUILT:
         assert cap[key] is False, key
+    # SetConfig led switches the status LED (services/leds.py): true where there is one.
+    assert cap["led"] is any(led.role == "status" for led in prof.doc.leds)
     assert not any(cap["alarms"].values()), cap["alarms"]
     # Our own keys say nothing the device cannot back either: no alarm comes from the
     # wired sensors yet, no PTZ, and only the emulated source produces audio.
