@@ -163,8 +163,16 @@ class LedService:
         }
 
     async def run(self) -> None:
+        """Refresh every REFRESH seconds and at once after a configuration change. An LED
+        that cannot be driven is logged (once per kind of error), never fatal."""
+        failed: set[str] = set()
         while True:
-            self.refresh()
+            try:
+                self.refresh()
+            except Exception as exc:
+                if repr(exc) not in failed and len(failed) < 10:
+                    failed.add(repr(exc))
+                    log.exception("LEDs: cannot show the device's state")
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), REFRESH)
