@@ -275,7 +275,7 @@ class Board:
         else:
             device.source = itertools.cycle(levels)
         led.pattern, led.label = pattern, label
-        log.info("gpio: %s LED (GPIO %d): %s", role, led.spec.pin, label)
+        log.debug("gpio: %s LED (GPIO %d): %s", role, led.spec.pin, label)
 
     # --- the rest ---------------------------------------------------------------------
 
