@@ -29,7 +29,7 @@ from hss_pu.config import (
 from hss_pu.logsetup import setup_logging
 from hss_pu.profiles import load_profile, profile_names
 from hss_pu.schema import SchemaError
-from hss_pu.services.localctl import send_command
+from hss_pu.services.localctl import SENSOR_ACTIONS, send_command
 
 # Only what every command needs is imported here: ``status``, ``bind`` and
 # ``check-config`` must answer in well under 150 ms on a Pi, so the daemon (PyAV, numpy,
@@ -45,6 +45,7 @@ log = logging.getLogger("hss_pu")
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 EXIT_RESTART = -1  # internal: re-exec ourselves
+SENSOR_NAMES = ("pir", "bell", "lock", "external", "motion")
 
 # The embedded default's device: a demo identity on a loopback-only platform.
 EMBEDDED_DEVICE = DeviceSection(
@@ -80,6 +81,16 @@ def _parser() -> argparse.ArgumentParser:
     bind.add_argument("--config", "-c", type=Path, help="the running daemon's config")
     status = sub.add_parser("status", help="ask the running daemon how it is")
     status.add_argument("--config", "-c", type=Path, help="the running daemon's config")
+    sensor = sub.add_parser(
+        "sensor",
+        help="drive an emulated sensor of the running daemon",
+        description="Drive an emulated device's sensor input (its mock GPIO pin) or, for "
+        "motion, its emulated camera's scene. Refused on real hardware.",
+    )
+    sensor.add_argument("name", choices=SENSOR_NAMES)
+    sensor.add_argument("action", choices=SENSOR_ACTIONS)
+    sensor.add_argument("--channel", type=int, help="the channel, where several have one")
+    sensor.add_argument("--config", "-c", type=Path, help="the running daemon's config")
     # Listed for --help only: main() hands ``platform ...`` to the reference platform's
     # own parser before this one runs, so other commands never import the platform.
     sub.add_parser(
@@ -206,8 +217,9 @@ async def _demo_live(platform: ReferencePlatform) -> None:
     log.info("received stream is recorded to %s", rx.files[-1])
 
 
-def cmd_local(command: dict[str, object], config: Path | None) -> int:
-    """Talk to the running daemon over its control socket in storage.dir."""
+def cmd_local(command: dict[str, object], config: Path | None, *, say_error: bool = False) -> int:
+    """Talk to the running daemon over its control socket in storage.dir; ``say_error``:
+    a refusal is one line on stderr instead of the reply."""
     if config is not None:
         try:
             directory = Path(load_config(config).storage_dir)
@@ -219,6 +231,9 @@ def cmd_local(command: dict[str, object], config: Path | None) -> int:
         reply = send_command(directory, command)
     except (OSError, TimeoutError, ValueError) as exc:
         print(f"hss-pu: no running daemon answers at {directory} ({exc})", file=sys.stderr)
+        return EXIT_FAILURE
+    if say_error and not reply.get("ok"):
+        print(f"hss-pu: {command['cmd']}: {reply.get('error')}", file=sys.stderr)
         return EXIT_FAILURE
     print(json.dumps(reply, indent=2))
     return EXIT_OK if reply.get("ok") else EXIT_FAILURE
@@ -246,6 +261,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_local({"cmd": "bind", "bind_id": args.bind_id}, args.config)
     if args.command == "status":
         return cmd_local({"cmd": "status"}, args.config)
+    if args.command == "sensor":
+        req = {"cmd": "sensor", "name": args.name, "action": args.action, "channel": args.channel}
+        return cmd_local(req, args.config, say_error=True)
     if args.command == "run":
         import asyncio
 

@@ -24,7 +24,9 @@ from hss_pu.clients.http import Trust, UrlGuard, platform_http
 from hss_pu.clients.vd import RPC_TIMEOUT, VdSession
 from hss_pu.clock import OffsetClock
 from hss_pu.config import CameraSection, Config
+from hss_pu.errors import NotSupported
 from hss_pu.fsutil import atomic_write, ensure_private_dir
+from hss_pu.hw import Board, GpioUnavailable
 from hss_pu.logsetup import add_secret
 from hss_pu.media.channel import MediaChannel
 from hss_pu.media.encoder import EncodeSettings, MediaError
@@ -35,10 +37,11 @@ from hss_pu.services.camera import CameraService, settings_for
 from hss_pu.services.channels import ChannelRegistry, camera_state
 from hss_pu.services.control import DeviceContext, Dispatcher
 from hss_pu.services.devconfig import DevConfigStore
-from hss_pu.services.interfaces import Services
+from hss_pu.services.interfaces import AlarmSink, Services
+from hss_pu.services.leds import LedService, status_mode
 from hss_pu.services.link import PlatformLink
 from hss_pu.services.live import LiveService
-from hss_pu.services.localctl import LocalControl
+from hss_pu.services.localctl import LocalControl, SensorDriver, sensor_command
 from hss_pu.services.record import RecordService
 from hss_pu.services.snapshot import SnapshotService
 from hss_pu.services.spool import Spool
@@ -57,6 +60,10 @@ FIRMWARE_STATE = "firmware.json"
 class _FirmwareState(msgspec.Struct):
     version: str
     since: float
+
+
+async def _refuse(reason: str, action: str, channel: int | None) -> dict[str, Any]:
+    raise NotSupported(reason)
 
 
 class Daemon:
@@ -85,6 +92,11 @@ class Daemon:
         self.dispatcher: Dispatcher | None = None
         self.autoreboot: AutoReboot | None = None
         self.alarms: AlarmService | None = None  # the detectors' AlarmSink, once running
+        self.board: Board | None = None
+        self.leds: LedService | None = None
+        self._hw_error: str | None = None
+        # ``hss-pu sensor NAME``: the board's inputs (and whoever else adds an entry).
+        self.sensors: dict[str, SensorDriver] = {}
         self._pending_bind = config.device.bind_id
         self._stop = asyncio.Event()
         self._tasks = TaskSet(log, self._task_failed)
@@ -186,7 +198,15 @@ class Daemon:
         ctx.local_address = link.local_address
         link.on_login(self._after_login)
         self.alarms = alarms = self._alarm_service(devconfig, link)
-        control = LocalControl(storage, {"bind": self._cmd_bind, "status": self._cmd_status})
+        self._start_hw(devconfig, alarms)
+        control = LocalControl(
+            storage,
+            {
+                "bind": self._cmd_bind,
+                "status": self._cmd_status,
+                "sensor": sensor_command(self.sensors),
+            },
+        )
         try:
             await control.start()
         except OSError as exc:
@@ -211,6 +231,8 @@ class Daemon:
             await media.stop()
         if self.snapshot is not None:
             await self.snapshot.close()
+        if self.board is not None:
+            self.board.close()
         await alarms.close()
         await control.close()
         if self._failed:
@@ -218,6 +240,35 @@ class Daemon:
             return 1
         log.info("stopped")
         return 0
+
+    def _start_hw(self, devconfig: DevConfigStore, sink: AlarmSink) -> None:
+        """The profile's GPIO devices (reporting to ``sink``), their ``hss-pu sensor``
+        entries and the LEDs; a machine that cannot give the pins logs why and runs
+        without them."""
+        p = self.config.profile
+        if not (p.doc.sensors or p.doc.leds):
+            return
+        try:
+            self.board = board = Board.open(p, sink, self.clock.now)
+        except GpioUnavailable as exc:
+            self._hw_error = str(exc)
+            log.error("gpio: %s; running without sensors and LEDs", exc)
+            reason = Board.refusal(p) if not p.gpio_emulated else f"no GPIO devices: {exc}"
+            for s in p.doc.sensors:
+                self.sensors[s.kind] = functools.partial(_refuse, reason)
+            return
+        for s in p.doc.sensors:
+            self.sensors[s.kind] = functools.partial(board.drive, s.kind)
+        self.leds = LedService(
+            board,
+            devconfig,
+            self._led_mode,
+            recording=lambda: any(c.record_session for c in self.channels),
+        )
+        self._spawn(self.leds.run(), "leds", forever=True)
+
+    def _led_mode(self) -> str:
+        return status_mode(self.channels, bool(self.link and self.link.session))
 
     def _media_services(self, doc: dict[str, Any]) -> Services:
         """One capture+encode per channel, consumed by live and snapshot (encode once);
@@ -367,7 +418,16 @@ class Daemon:
             "live": self._live_status(),
             "record": self.record.status() if self.record else None,
             "alarms": self.alarms.status() if self.alarms else None,
+            "hw": self._hw_status(),
         }
+
+    def _hw_status(self) -> dict[str, Any] | None:
+        if self.board is None:
+            return {"error": self._hw_error} if self._hw_error else None
+        out = self.board.status()
+        if self.leds is not None:
+            out["light"] = self.leds.status()
+        return out
 
     def _live_status(self) -> dict[int, dict[str, Any]]:
         """Per push: our counters and libsrt's (RTT, retransmissions, losses, drops)."""

@@ -43,15 +43,19 @@ Backend = Literal["emulated", "picamera2", "v4l2", "file", "rtsp"]
 # passthrough: the source already delivers H.264 (RTSP cameras, H.264 files).
 Encoder = Literal["picamera2-h264", "h264_v4l2m2m", "libx264", "passthrough"]
 SensorKind = Literal["pir", "bell", "lock", "external"]
+# Which pins the GPIO devices are on (hss_pu/hw): "lgpio", the machine's gpiochip through
+# lgpio (a Pi); "mock", gpiozero's MockFactory, pins that exist only in the daemon and
+# that ``hss-pu sensor`` drives; "auto", mock when every channel is emulated, else lgpio.
+GpioPins = Literal["auto", "lgpio", "mock"]
 
 # The GetCap features this build implements end to end (a profile's hardware decides the
 # rest). The issue that lands a feature adds its key here, with its exerciser in
 # tests/test_getcap_walk.py. Alarms count per kind (``alarms.<kind>``: the standard keys
 # io, motion, body, and ours, pir, bell, lock, listed by GetCap's ``sensors``). Not yet:
-# ptz, battery, audio_out, voice_out, alarms.body (person detection), led (device
-# services), log_upload_https (LogUploadAsync), firmware_download_https (UpgradeFirmware).
+# ptz, battery, audio_out, voice_out (device services), log_upload_https
+# (LogUploadAsync), firmware_download_https (UpgradeFirmware).
 IMPLEMENTED: frozenset[str] = frozenset(
-    {"cloud_record", "pic_upload_https", "video_encrypt", "auto_reboot", "switch"}
+    {"cloud_record", "pic_upload_https", "video_encrypt", "auto_reboot", "switch", "led"}
     | {"alarms.io", "alarms.motion", "alarms.pir", "alarms.bell", "alarms.lock"}
 )
 
@@ -64,6 +68,12 @@ def _person_detection() -> bool:
     person detector's availability check replaces this)."""
     return False
 
+
+# A sensor's hold-off when the profile gives none: how long a re-trigger is absorbed (a
+# state input's end waits this long for it; a pulse input raises at most one per hold-off).
+# An HC-SR501 PIR drops its output for a moment between re-triggers; a door bell is pressed
+# several times by an impatient visitor; a lock contact chatters while it is forced.
+DEFAULT_HOLDOFF_MS: dict[str, int] = {"pir": 2000, "bell": 3000, "lock": 3000, "external": 1000}
 
 # H.627.2 Table I.2-16 alarm type values for the sensors a profile can wire up.
 ALARM_TYPE_OF_SENSOR: dict[str, int] = {
@@ -140,18 +150,38 @@ class SensorSpec(_Spec, frozen=True, kw_only=True):
     channel: Annotated[int, msgspec.Meta(ge=0, le=15)] = 0
     # True: the pin reads high while the sensor is active (HC-SR501 PIR output).
     active_high: bool = True
+    # None: floating (the sensor drives the line both ways). gpiozero's rule: an input
+    # pulled up is active low, one pulled down active high (checked at load).
     pull_up: bool | None = None
+    # Debounce (gpiozero bounce_time): edges within this time of the last one are ignored.
     bounce_ms: Annotated[int, msgspec.Meta(ge=0, le=5000)] = 50
+    # None: DEFAULT_HOLDOFF_MS for the kind.
+    holdoff_ms: Annotated[int, msgspec.Meta(ge=0, le=600_000)] | None = None
 
     @property
     def alarm_type(self) -> int:
         return ALARM_TYPE_OF_SENSOR[self.kind]
+
+    @property
+    def holdoff(self) -> float:
+        """The hold-off in seconds."""
+        ms = DEFAULT_HOLDOFF_MS[self.kind] if self.holdoff_ms is None else self.holdoff_ms
+        return ms / 1000
+
+
+Lux = Annotated[float, msgspec.Meta(ge=0, le=200_000)]
 
 
 class LedSpec(_Spec, frozen=True, kw_only=True):
     role: Literal["status", "ir", "record"]
     pin: Pin
     active_high: bool = True
+    # role "ir": on below ``on_below_lux``, off above ``off_above_lux`` (the gap is the
+    # hysteresis), and at most one switch per ``min_switch_s`` (the IR light itself
+    # brightens what the camera measures).
+    on_below_lux: Lux = 5.0
+    off_above_lux: Lux = 30.0
+    min_switch_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0
 
 
 class BatterySpec(_Spec, frozen=True, kw_only=True):
@@ -178,6 +208,7 @@ class ProfileDoc(_Spec, frozen=True, kw_only=True):
     reboot: Literal["host", "daemon"] = "daemon"
     channels: Annotated[list[ChannelSpec], msgspec.Meta(min_length=1, max_length=16)]
     ptz: PtzSpec = PtzSpec()
+    gpio: GpioPins = "auto"
     sensors: list[SensorSpec] = []
     leds: list[LedSpec] = []
     battery: BatterySpec = BatterySpec()
@@ -203,6 +234,15 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True):
     @property
     def channels(self) -> list[ChannelSpec]:
         return self.doc.channels
+
+    @property
+    def gpio_emulated(self) -> bool:
+        """Whether the profile's GPIO devices are on mock pins (``gpio``, or ``auto`` and
+        every channel emulated): a laptop, CI, or a demo without wiring."""
+        gpio = self.doc.gpio
+        if gpio == "auto":
+            return all(c.backend == "emulated" for c in self.doc.channels)
+        return gpio == "mock"
 
     def channel(self, channel_id: int) -> ChannelSpec | None:
         return next((c for c in self.doc.channels if c.id == channel_id), None)
@@ -259,7 +299,8 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True):
             "firmware_download_https": has("firmware_download_https"),
             "video_encrypt": has("video_encrypt"),
             "switch": has("switch"),
-            "led": has("led", bool(d.leds)),
+            # SetConfig ``led`` switches the status LED (services/leds.py).
+            "led": has("led", any(led.role == "status" for led in d.leds)),
             "auto_reboot": has("auto_reboot"),
             # Ours, after the standard keys.
             "sensors": [k for k in _SENSOR_KINDS if k in kinds],
@@ -354,12 +395,26 @@ def _check(doc: ProfileDoc, path: Path) -> None:
             )
     claim(p.pan_pin, "ptz.pan_pin")
     claim(p.tilt_pin, "ptz.tilt_pin")
+    seen: set[tuple[str, int]] = set()
     for i, s in enumerate(doc.sensors):
         if s.channel not in ids:
             raise key_error(path, f"sensors[{i}].channel", f"no channel {s.channel}")
+        if s.pull_up is not None and s.pull_up == s.active_high:
+            want = "false" if s.pull_up else "true"
+            raise key_error(
+                path,
+                f"sensors[{i}].active_high",
+                f"an input pulled {'up' if s.pull_up else 'down'} is active "
+                f"{'low' if s.pull_up else 'high'}: set active_high = {want}",
+            )
+        if (s.kind, s.channel) in seen:
+            raise key_error(path, f"sensors[{i}]", f"a second {s.kind} on channel {s.channel}")
+        seen.add((s.kind, s.channel))
         claim(s.pin, f"sensors[{i}].pin")
     for i, led in enumerate(doc.leds):
         claim(led.pin, f"leds[{i}].pin")
+        if led.on_below_lux >= led.off_above_lux:
+            raise key_error(path, f"leds[{i}].on_below_lux", "must be below off_above_lux")
     roles = [led.role for led in doc.leds]
     for role in set(roles):
         if roles.count(role) > 1:

@@ -229,8 +229,10 @@ async def test_set_config_persists_and_survives_restart(rig: Rig, make_rig: Make
     assert bad.err is not None and bad.err.code == Code.UNSUPPORTED_CONFIG
     bad = await rig.call("SetConfig", {"log_level": 9})
     assert bad.err is not None and bad.err.code == Code.PARAM
-    # Nothing drives the LED yet: 13, not "saved and ignored".
-    unapplied: list[dict[str, Any]] = [{"led": True}]
+    # What the device cannot do: 13, not "saved and ignored".
+    unapplied: list[dict[str, Any]] = [
+        {"channels": {"0": {"video_encoding": {"encoder": "h265"}}}},
+    ]
     for p in unapplied:
         bad = await rig.call("SetConfig", p)
         assert bad.err is not None and bad.err.code == Code.UNSUPPORTED_CONFIG, p

@@ -92,7 +92,14 @@ def test_merge_copies_only_what_it_changes(monkeypatch: pytest.MonkeyPatch) -> N
 def test_alarms_list_the_channels_detectors_and_led_is_13_until_applied(name: str) -> None:
     profile = load_profile(name)
     doc = doc_for(name)
-    assert doc["led"] is False  # nothing drives an LED: do not report one as lit
+    has_led = any(led.role == "status" for led in load_profile(name).doc.leds)
+    assert doc["led"] is has_led  # a device without a status LED does not report one lit
+    if has_led:  # services/leds.py applies it
+        assert merge(doc, {"led": False}, name)["led"] is False
+        doc = merge(doc, {"led": False}, name)
+    else:
+        with pytest.raises(UnsupportedConfig):
+            merge(doc, {"led": True}, name)
     for key, ch in doc["channels"].items():
         runs = profile.alarm_kinds(int(key))
         assert list(ch["alarms"]) == runs
@@ -105,8 +112,6 @@ def test_alarms_list_the_channels_detectors_and_led_is_13_until_applied(name: st
                     merge(doc, patch, name)
         with pytest.raises(InvalidParam, match="unknown alarm kind"):
             merge(doc, {"channels": {key: {"alarms": {"nose": {"on": True}}}}}, name)
-    with pytest.raises(UnsupportedConfig):
-        merge(doc, {"led": True}, name)
     # What is already true may be sent back (a platform echoing GetConfig).
     assert merge(doc, {"led": False, "channels": {"0": {"alarms": {}}}}, name) == doc
 
@@ -140,7 +145,8 @@ def test_stored_alarms_and_led_of_an_older_version_do_not_lose_the_rest() -> Non
     old["channels"]["0"]["alarms"] = {"face": {"on": True}, "pir": {"on": False}}
     doc = wire.validate_stored(old, load_profile("emulated"), BASE)
     assert doc["tz"] == 2 and doc["channels"]["0"]["osd"]["text"] == "Porch"
-    assert doc["led"] is False and "face" not in doc["channels"]["0"]["alarms"]
+    assert doc["led"] is True  # the emulated status LED is driven: the setting is kept
+    assert "face" not in doc["channels"]["0"]["alarms"]
     assert doc["channels"]["0"]["alarms"]["pir"] == {"on": False, "sensitivity": 50, "hold": 10}
 
 

@@ -185,6 +185,24 @@ def alarm_of(kind: str) -> Callable[[Walk], Awaitable[None]]:
     return exercise
 
 
+async def status_led(w: Walk) -> None:
+    """led: SetConfig led false darkens the status LED (its pin low) and it stays dark
+    whatever the device does; true gives it its pattern back."""
+    board = w.rig.daemon.board
+    assert board is not None, "no GPIO board"
+    led = board.leds["status"]
+
+    def lights_within(seconds: float) -> Awaitable[bool]:
+        return until(lambda: led.lit, seconds, interval=0.02)  # a blink lights within 2 s
+
+    assert await lights_within(3), f"status LED never lit ({led.label})"
+    await w.call("SetConfig", {"led": False})
+    assert await until(lambda: not led.lit and led.label == "off", 2)
+    assert not await lights_within(2.1), "the status LED lit while switched off"  # a period
+    await w.call("SetConfig", {"led": True})
+    assert await lights_within(3) and led.label != "off"
+
+
 Exerciser = Callable[[Walk], Awaitable[None]]
 EXERCISERS: dict[str, Exerciser] = {
     "media_protocol": srt_push,
@@ -198,6 +216,7 @@ EXERCISERS: dict[str, Exerciser] = {
     "alarms.pir": alarm_of("pir"),
     "alarms.bell": alarm_of("bell"),
     "alarms.lock": alarm_of("lock"),
+    "led": status_led,
 }
 
 
@@ -242,6 +261,7 @@ async def walk(
         reboots.append(self.clock.now())
 
     monkeypatch.setattr(Daemon, "_reboot_device", reboot_device)
+    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")  # a Pi profile's LEDs on mock pins here
     rig = await make_rig(
         profile=profile.name, size=size, fps=10, bitrate=200_000, backoff_scale=0.02, seed=7
     )

@@ -44,7 +44,7 @@ def test_profile_loads_and_reports_getcap(name: str) -> None:
 
 NOT_BUILT = (
     "ptz", "battery", "audio_out", "voice_out", "log_upload_https", "firmware_download_https",
-    "led", "trace",
+    "trace",
 )  # fmt: skip
 
 
@@ -68,6 +68,8 @@ def test_getcap_claims_nothing_this_build_lacks(name: str) -> None:
     cap = load_profile(name).capabilities()
     for key in NOT_BUILT:
         assert cap[key] is False, key
+    # SetConfig led switches the status LED (services/leds.py): true where there is one.
+    assert cap["led"] is any(led.role == "status" for led in load_profile(name).doc.leds)
     standard, sensors = ALARMS[name]
     assert {k for k, on in cap["alarms"].items() if on} == standard
     assert cap["sensors"] == sensors

@@ -1,4 +1,4 @@
-"""Local control socket: ``hss-pu bind`` and ``hss-pu status`` talk to the running daemon.
+"""Local control socket: ``hss-pu bind``, ``status`` and ``sensor`` talk to the running daemon.
 
 A Unix socket in storage.dir, mode 0600: only the daemon's user (and root) can use it, so
 it needs no authentication of its own. One JSON object per line each way.
@@ -16,14 +16,23 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from hss_pu.errors import DeviceError
 
 if TYPE_CHECKING:
     import asyncio
 
-__all__ = ["SOCKET_NAME", "LocalControl", "send_command"]
+__all__ = [
+    "SENSOR_ACTIONS",
+    "SOCKET_NAME",
+    "LocalControl",
+    "SensorDriver",
+    "send_command",
+    "sensor_command",
+]
 
 log = logging.getLogger("hss_pu.localctl")
 
@@ -32,6 +41,35 @@ MAX_LINE = 4096  # a request
 MAX_REPLY = 1 << 20  # what the client reads (a status reply grows with channels)
 
 Command = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+# ``hss-pu sensor NAME ACTION [--channel N]``: (action, channel or None) -> the reply;
+# a DeviceError is the refusal the person sees.
+SensorDriver = Callable[[str, int | None], Awaitable[dict[str, Any]]]
+SENSOR_ACTIONS = ("on", "off", "press")
+
+
+def sensor_command(drivers: Mapping[str, SensorDriver]) -> Command:
+    """The ``sensor`` command over a table NAME -> driver (the board's emulated inputs,
+    the emulated camera's ``motion``...). The table is read at each request, so an entry
+    added after start-up is there."""
+
+    async def sensor(req: dict[str, Any]) -> dict[str, Any]:
+        name, action, channel = req.get("name"), req.get("action"), req.get("channel")
+        if not isinstance(name, str) or action not in SENSOR_ACTIONS:
+            return {"ok": False, "error": f"expected a sensor name and {'|'.join(SENSOR_ACTIONS)}"}
+        if channel is not None and (
+            not isinstance(channel, int) or isinstance(channel, bool) or not 0 <= channel <= 15
+        ):
+            return {"ok": False, "error": "channel must be an integer 0..15"}
+        driver = drivers.get(name)
+        if driver is None:
+            have = ", ".join(sorted(drivers)) or "none"
+            return {"ok": False, "error": f"no sensor {name!r} on this device (have: {have})"}
+        try:
+            return await driver(action, channel)
+        except DeviceError as exc:
+            return {"ok": False, "error": str(exc)}
+
+    return sensor
 
 
 class LocalControl:

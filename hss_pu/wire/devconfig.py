@@ -10,7 +10,8 @@ Shape (wire-notes, from the origin protocol)::
 SetConfig carries only what changes (a merge). Errors: a channel we do not have → 102,
 a feature the device lacks → 13, a bad value → 12. Read-only fields (fps, bitrate, width,
 height, gop) are reported, never set: a SetConfig that carries them has them ignored.
-``alarms`` and ``led`` follow GetCap: a kind (or the LED) this build does not drive is 13.
+``alarms`` and ``led`` follow GetCap: a kind (or the LED) this build does not drive is 13;
+``led`` false darkens the status LED (services/leds.py), true gives it its pattern back.
 
 ``channels.N.alarms`` lists exactly the detectors the channel runs
 (profiles.Profile.alarm_kinds): each ``{"on", "sensitivity": 0-100}`` (0 never fires),
@@ -369,8 +370,7 @@ def merge(current: dict[str, Any], patch: Any, profile: Profile, base: Base) -> 
     if "led" in patch:
         led = _bool(patch["led"], "led")
         if led and not _led_supported(profile):
-            what = "LED control is not available yet" if profile.doc.leds else "no LED"
-            raise _lacks("led", f"this device has {what}")
+            raise _lacks("led", "this device has no status LED")
         doc["led"] = led
     if "auto_reboot" in patch:
         ar = _obj(patch["auto_reboot"], "auto_reboot")
