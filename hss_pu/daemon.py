@@ -28,6 +28,7 @@ from hss_pu.fsutil import atomic_write, ensure_private_dir
 from hss_pu.logsetup import add_secret
 from hss_pu.media.channel import MediaChannel
 from hss_pu.media.encoder import EncodeSettings, MediaError
+from hss_pu.media.sources import Scene
 from hss_pu.sdnotify import SdNotifier
 from hss_pu.services.autoreboot import AutoReboot
 from hss_pu.services.camera import CameraService, settings_for
@@ -227,7 +228,13 @@ class Daemon:
                 source = "emulated" if spec.backend == "emulated" else c.camera_source
             base[spec.id] = settings
             ch_doc = doc["channels"][str(spec.id)]
-            media = MediaChannel(spec.id, source, settings_for(settings, ch_doc), self.clock.now)
+            media = MediaChannel(
+                spec.id,
+                source,
+                settings_for(settings, ch_doc),
+                self.clock.now,
+                scene=Scene(c.camera.scene) if source == "emulated" else None,
+            )
             media.enabled = bool(ch_doc["on"])
             self.media[spec.id] = media
             self.channels.get(spec.id).camera = functools.partial(camera_state, media)

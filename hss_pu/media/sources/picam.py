@@ -27,7 +27,7 @@ from hss_pu.media.sources.base import (
     SourceItem,
 )
 
-__all__ = ["PICAMERA2_MISSING", "PiCameraSource"]
+__all__ = ["PICAMERA2_MISSING", "PiCameraSource", "lores_size"]
 
 log = logging.getLogger("hss_pu.media.source")
 
@@ -75,6 +75,11 @@ class PiCameraSource(Source):
     The picture settings: flips through libcamera's transform (the ISP does them, for
     free); with the hardware encoder the OSD is drawn by picamera2's ``pre_callback`` into
     each frame before it is encoded (with libx264 the channel draws it).
+
+    Analysis (when the channel sets ``luma_tap``): the ISP also makes a ``lores`` YUV420
+    stream about 240 rows high, for free, and its Y plane goes to the tap: from
+    ``post_callback`` with the hardware encoder, with each captured frame with libx264.
+    The main stream is never touched for it.
     """
 
     camera_flips = True
@@ -100,6 +105,8 @@ class PiCameraSource(Source):
         self._painter: Painter | None = None
         self._mapped: Any = None
         self._osd_failed = False
+        self._lores: tuple[int, int] | None = None
+        self._lores_failed = False
 
     def open(self) -> None:
         picamera2_cls, encoder_cls, output_cls = _import_picamera2()
@@ -115,6 +122,8 @@ class PiCameraSource(Source):
             p = s.picture
             if p.horflip or p.verflip:
                 extra["transform"] = _transform(p.horflip, p.verflip)
+            if self.luma_tap is not None:
+                extra["lores"] = {"size": lores_size(*self._size), "format": "YUV420"}
             config = cam.create_video_configuration(
                 main={"size": (s.width, s.height), "format": "YUV420"},
                 controls={"FrameDurationLimits": (frame_us, frame_us)},
@@ -126,6 +135,15 @@ class PiCameraSource(Source):
             if actual and tuple(actual) != (s.width, s.height):
                 log.warning("picamera2: %dx%d configured as %dx%d", s.width, s.height, *actual)
                 self._size = (int(actual[0]), int(actual[1]))
+            if "lores" in extra:
+                lores = (getattr(cam, "camera_config", None) or {}).get("lores") or {}
+                size = lores.get("size") or extra["lores"]["size"]
+                self._lores = (int(size[0]), int(size[1]))
+                self.own_luma = True
+                if self._mapped is None:
+                    self._mapped = _mapped_array()
+                if self.hardware:
+                    cam.post_callback = self._on_lores
             if self.hardware and p.osd_text:
                 self._painter = Painter(p, *self._size, flip=False)
                 self._mapped = _mapped_array()
@@ -156,6 +174,28 @@ class PiCameraSource(Source):
             if not self._osd_failed:
                 log.warning("picamera2: cannot draw the OSD: %s", exc)
             self._osd_failed = True
+
+    def _on_lores(self, request: Any) -> None:
+        """picamera2's thread, each frame (hardware encoder): the lores Y plane to the
+        tap, which copies what it keeps and returns at once."""
+        tap, size = self.luma_tap, self._lores
+        if tap is None or size is None:
+            return
+        try:
+            ts = int(request.get_metadata().get("SensorTimestamp", 0))
+            with self._mapped(request, "lores") as m:
+                tap(m.array[: size[1], : size[0]], self._sensor_time(ts))
+        except Exception as exc:  # never break picamera2's thread over analysis
+            if not self._lores_failed:
+                log.warning("picamera2: cannot read the lores stream: %s", exc)
+            self._lores_failed = True
+
+    def _sensor_time(self, ts_ns: int) -> float:
+        """A sensor timestamp (CLOCK_MONOTONIC ns) on the daemon clock; now if it is not
+        a recent monotonic time."""
+        age = (time.monotonic_ns() - ts_ns) / 1e9
+        now = self.clock()
+        return now - age if 0 <= age < 1.0 else now
 
     def close(self) -> None:
         cam, self._cam = self._cam, None
@@ -234,9 +274,13 @@ class PiCameraSource(Source):
     def _capture(self) -> RawVideo:
         s = self.settings
         request = self._cam.capture_request()
+        lores = None
         try:
             array = request.make_array("main")
             ts_ns = int(request.get_metadata().get("SensorTimestamp", 0))
+            if self._lores is not None and self.luma_tap is not None:
+                lw, lh = self._lores
+                lores = request.make_array("lores")[:lh, :lw]
         finally:
             request.release()
         self._last = time.monotonic()
@@ -248,7 +292,19 @@ class PiCameraSource(Source):
         frame = VideoFrame.from_ndarray(_yuv420_packed(array, w, h), "yuv420p")
         if (w, h) != (s.width, s.height):
             frame = frame.reformat(width=s.width, height=s.height)
-        return RawVideo(frame, round(rel * HZ / 1_000_000), self._capture_time(rel))
+        capture_time = self._capture_time(rel)
+        if lores is not None and self.luma_tap is not None:
+            self.luma_tap(lores, capture_time)
+        return RawVideo(frame, round(rel * HZ / 1_000_000), capture_time)
+
+
+def lores_size(width: int, height: int, rows: int = 240) -> tuple[int, int]:
+    """The lores stream for analysis: ``rows`` high (or the main size if smaller), the
+    main stream's shape, the width a multiple of 32 (what the ISP's scaler likes)."""
+    if height <= rows:
+        return width, height
+    w = max(32, round(width * rows / height / 32) * 32)
+    return min(w, width), rows
 
 
 def _yuv420_planes(array: np.ndarray, w: int, h: int) -> tuple[np.ndarray, ...]:
