@@ -228,3 +228,5 @@ def test_downscale_is_a_strided_copy() -> None:
     small = downscale(big, 6)
     assert small.shape == (120, 214) and small.flags.c_contiguous
     assert small[1, 1] == big[6, 6]
+    lores = big[:96, :128]
+    assert not np.shares_memory(downscale(lores, 1), lores)  # the owner reuses its buffer
