@@ -27,6 +27,7 @@ from hss_pu.media.analysis import MotionAnalyser, parse_alarm_config
 from hss_pu.media.channel import MediaChannel
 from hss_pu.media.encoder import EncodeSettings, VideoEncoder
 from hss_pu.media.people import people_available
+from hss_pu.media.picture import Picture
 from hss_pu.media.sources import EmulatedSource, Scene
 from hss_pu.media.sources.picam import lores_size
 from hss_pu.schema import SchemaError
@@ -254,6 +255,41 @@ async def test_the_daemons_emulated_camera_gives_motion_in_real_time(rig: Rig) -
     start = sink.calls[0][2]
     assert on_at - 0.1 <= start <= on_at + 0.6
     assert a.stats.dropped == 0 and a.stats.analysed > 15
+
+
+class Tap:
+    """A FrameTap that keeps the luma planes it is shown."""
+
+    def __init__(self) -> None:
+        self.planes: list[np.ndarray] = []
+
+    def frame(self, frame: Any, capture_time: float) -> None:
+        self.planes.append(frame.to_ndarray(format="gray"))
+
+    def luma(self, plane: np.ndarray, capture_time: float) -> None:
+        raise AssertionError("the emulated camera has no lores stream")
+
+    def keyframe(self, pkt: Any) -> None:
+        raise AssertionError("the emulated camera is encoded, not passed through")
+
+
+async def test_analysis_sees_the_picture_as_viewers_do_flipped() -> None:
+    """Regions are drawn on the picture the platform shows: the tap gets it flipped."""
+    s = EncodeSettings(320, 180, FPS, 300_000, FPS, "libx264", picture=Picture(horflip=True))
+    ch = MediaChannel(0, "emulated", s, time.time, scene=Scene("static"))
+    tap = Tap()
+    ch.attach_analysis(tap)
+    await ch.start()
+    try:
+        assert await until(lambda: len(tap.planes) >= 3, 5)
+    finally:
+        await ch.stop()
+    y = tap.planes[-1].astype(float)
+    # The room's bright window is drawn at x 0.62-0.9, y 0.12-0.4: flipped, on the left.
+    rows = slice(int(0.15 * 180), int(0.35 * 180))
+    left = y[rows, int(0.12 * 320) : int(0.36 * 320)].mean()
+    right = y[rows, int(0.64 * 320) : int(0.88 * 320)].mean()
+    assert left > right + 30
 
 
 # --- picamera2: the ISP's lores stream -----------------------------------------------------

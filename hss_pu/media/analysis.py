@@ -4,7 +4,8 @@
 Where the pictures come from, and what each costs the capture path:
 
 - frames the channel encodes itself (libx264): :meth:`MotionAnalyser.frame` is called for
-  every frame, before the OSD is drawn; about ``rate`` times a second it keeps a strided
+  every frame as it goes to the encoder (flipped, OSD drawn: regions are in the picture
+  viewers see; the OSD is fixed text); about ``rate`` times a second it keeps a strided
   copy of the luma plane (~120 rows; ~10 µs from 720p), otherwise it returns at once;
 - a source with its own low-resolution stream (picamera2's ``lores``, made by the ISP):
   :meth:`MotionAnalyser.luma` with that plane, from whichever thread has it;
@@ -284,7 +285,7 @@ class MotionAnalyser:
     # -- the capture side: return at once ----------------------------------------------
 
     def frame(self, frame: VideoFrame, capture_time: float) -> None:
-        """A raw frame about to be encoded (before the OSD)."""
+        """A raw frame about to be encoded."""
         if not self._on:
             return
         pick = capture_time - self._last_pick >= self._min_gap

@@ -80,7 +80,8 @@ class FrameTap(Protocol):
     capture thread (or the source's own): each call must return at once."""
 
     def frame(self, frame: VideoFrame, capture_time: float) -> None:
-        """A raw frame about to be encoded, before flips and OSD are drawn on it."""
+        """A raw frame about to be encoded, as viewers will see it (flipped, OSD drawn),
+        so that motion regions drawn on the picture match."""
 
     def luma(self, plane: np.ndarray, capture_time: float) -> None:
         """A low-resolution luma plane the source makes itself (picamera2's lores)."""
@@ -438,11 +439,11 @@ class MediaChannel:
             self._keyframe_wanted = False
             self._venc.request_keyframe()
         t = time.perf_counter()
-        tap = self.analysis
-        if tap is not None and not self._own_luma:
-            tap.frame(item.frame, item.capture_time)  # before the OSD: its clock moves
         frame = self._paint(item.frame)
         self._latest = frame
+        tap = self.analysis
+        if tap is not None and not self._own_luma:
+            tap.frame(frame, item.capture_time)  # as viewers see it: regions match
         pkts = self._venc.encode(frame, self._timeline.map(item.pts), item.capture_time)
         ms = (time.perf_counter() - t) * 1000
         st.encode_ms_avg = ms if st.frames_encoded == 0 else st.encode_ms_avg * 0.95 + ms * 0.05

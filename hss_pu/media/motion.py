@@ -13,7 +13,9 @@ What it does per analysed frame (a plane of ~120 rows, a few times a second), an
    the quiet frames (a clipped mean: no per-frame percentiles), so a noisy night picture
    raises its own threshold.
 4. A 2x2 erosion (isolated pixels are noise, an object covers neighbours), the motion
-   regions, and a minimum changed area.
+   regions, and a minimum changed area; and some of those pixels must also have changed
+   since the last frame: a change that stays put (a moved chair, what is left of a
+   lighting change) is not motion, and is absorbed into the background within seconds.
 5. What the fit could not explain and changes a large part of the picture at once (the
    IR-cut filter switching to a monochrome picture, a lamp lighting half the room) while
    nothing was moving: the background is re-learnt from this frame and the frame counts
@@ -22,13 +24,14 @@ What it does per analysed frame (a plane of ~120 rows, a few times a second), an
    large change while something *is* moving (a visitor filling a door-bell picture)
    still counts as motion (Frigate's ``lightning_threshold`` missed that case).
 6. Persistence: motion in ``start_frames`` analysed frames in a row (one quiet frame
-   forgiven) starts it; no motion for ``end_seconds`` ends it. The background absorbs
-   changed pixels slowly (an object that stops becomes background within about a
-   minute) and the rest quickly.
+   forgiven) starts it; no motion for :data:`END_SECONDS` ends it. Unchanged pixels
+   follow the scene quickly (2 s), changed ones that keep still in ~6 s, moving ones
+   slowly (20 s), so a walker is not absorbed while it walks.
 
 Sensitivity 0-100 maps to the thresholds of :func:`thresholds` (the table is in
-docs/protocol.md). Cost: ~0.1 ms per analysed frame at 120 rows on a laptop core
-(bench/motion.py); the caller downscales with :func:`downscale` (a strided copy).
+docs/protocol.md, reading 22). Cost: ~0.1 ms per analysed frame at 120 rows on a laptop
+core, no per-frame percentile or sort (bench/motion.py); the caller downscales with
+:func:`downscale` (a strided copy).
 """
 
 from __future__ import annotations
@@ -166,8 +169,9 @@ def _alpha(tau: float, rate: float) -> float:
 
 
 class MotionDetector:
-    """Feed it every analysed plane (uint8, any size from ~48 to ~240 rows) with its
-    capture time; it answers a :class:`Transition` when motion starts or ends.
+    """Feed it every analysed plane (uint8, ~48 to ~240 rows; the size may change, which
+    re-learns) with its capture time; it answers a :class:`Transition` when motion
+    starts or ends.
 
     ``rate``: analysed frames per second (the time constants and the persistence are in
     seconds). Not thread-safe: one thread feeds and configures it.
