@@ -469,3 +469,23 @@ def test_camera_scene_config(tmp_path: Any) -> None:
     data["device"]["password"] = "x"
     with pytest.raises(SchemaError, match=r"camera\.scene: applies to the emulated camera only"):
         config_mod.make_config(config_mod.parse_config_doc(data))
+
+
+@needs_opencv
+async def test_body_alone_looks_for_people_without_reporting_motion() -> None:
+    sink = Sink()
+    cfg = {"motion": {"on": False}, "body": {"on": True}}
+    a = MotionAnalyser(0, sink, lambda: T0, config=parse_alarm_config(cfg))
+    f = Feeder(a, size=(640, 360))
+    try:
+        await _feed(f, 2)
+        f.scene.set_motion(True)
+        await _feed(f, 3)
+        assert a.active and sink.kinds() == [] and sink.kinds("body") == [True]
+        a.apply({"body": {"on": False}})  # nothing on: body ends now, detection stops
+        await asyncio.to_thread(a.wait_idle)
+        await asyncio.sleep(0.01)
+    finally:
+        await a.close()
+    assert sink.kinds("body") == [True, False] and sink.calls[-1][2] == T0
+    assert not a.active

@@ -226,7 +226,7 @@ class MotionAnalyser:
         self.stats = AnalysisStats()
         self._bridge = bridge if bridge is not None else LoopBridge()
         self.config = config if config is not None else AnalysisConfig()
-        self._on = self.config.motion  # read by the capture side per frame
+        self._on = self._detecting(self.config)  # read by the capture side per frame
         self._config_version = 0
         self._min_gap = 0.9 / rate
         self._last_pick = -1e18
@@ -243,7 +243,8 @@ class MotionAnalyser:
         self._body_lock = threading.Lock()
         self._body_active = False
         self._body_last_seen = 0.0
-        self._motion_active = False
+        self._motion_active = False  # the detector's state
+        self._reported = False  # ... and what the sink was told (motion may be off)
         self._body_threshold = score_threshold(self.config.body_sensitivity)
         self._thread = threading.Thread(target=self._run, name=f"motion-ch{channel}", daemon=True)
         self._people_thread: threading.Thread | None = None
@@ -253,11 +254,13 @@ class MotionAnalyser:
 
     def apply(self, alarms: Mapping[str, Any] | AnalysisConfig) -> None:
         """The channel's ``alarms`` settings (see :func:`parse_alarm_config`), in force
-        from the next picture. Switching motion off ends an active motion (and person)
-        alarm now. Raises ValueError on an unusable value (nothing is changed then)."""
+        from the next picture. Switching motion (or body) off ends its active alarm now.
+        Motion is detected while either is on: ``body`` alone still needs motion to
+        look for people, it is just not reported. Raises ValueError on an unusable value
+        (nothing is changed then)."""
         cfg = alarms if isinstance(alarms, AnalysisConfig) else parse_alarm_config(alarms)
         self.config = cfg
-        self._on = cfg.motion
+        self._on = self._detecting(cfg)
         self._body_threshold = score_threshold(cfg.body_sensitivity)
         self._slot.poke()
 
@@ -268,9 +271,13 @@ class MotionAnalyser:
         ok = self._slot.wait_idle(timeout)
         return ok and self._people_slot.wait_idle(max(0.0, deadline - time.monotonic()))
 
+    @staticmethod
+    def _detecting(cfg: AnalysisConfig) -> bool:
+        return cfg.motion or cfg.body
+
     @property
     def active(self) -> bool:
-        """Motion is going on (as last reported)."""
+        """Motion is going on (whether or not it is reported)."""
         return self._motion_active
 
     async def close(self) -> None:
@@ -335,7 +342,7 @@ class MotionAnalyser:
                 return
             try:
                 self._reconfigure()
-                if item is not None and self.config.motion:
+                if item is not None and self._detecting(self.config):
                     self._analyse(*item)
             except Exception:  # a bug must not end detection for good: log, go on
                 self.stats.errors += 1
@@ -348,15 +355,17 @@ class MotionAnalyser:
             return
         old, self._applied = self._applied, cfg
         self._detector.configure(cfg.sensitivity, cfg.regions)
-        if not cfg.motion:
-            now = self.clock()
-            tr = self._detector.stop(now)
-            if tr is not None:
-                self._motion(tr)
-        elif old is not None and not old.motion:
+        now = self.clock()
+        if not self._detecting(cfg):
+            self._detector.stop(now)
+            self._motion_active = False
+            self._want_people = False
+        elif old is not None and not self._detecting(old):
             self._detector.reset()  # pictures missed while off: learn afresh
-        if not cfg.body:
-            self._end_body(self.clock())
+        if self._reported and not (cfg.motion and self._motion_active):
+            self._report_motion(False, now)
+        if not (cfg.body and self._motion_active):
+            self._end_body(now)
 
     def _analyse(self, kind: str, data: Any, capture_time: float) -> None:
         t0 = time.perf_counter()
@@ -409,10 +418,16 @@ class MotionAnalyser:
 
     def _motion(self, tr: Transition) -> None:
         self._motion_active = tr.active
-        self._bridge.call(self.sink.state, self.channel, "motion", tr.active, tr.at)
+        if self.config.motion or self._reported:
+            self._report_motion(tr.active, tr.at)
         if not tr.active:
             self._want_people = False
             self._end_body(tr.at)
+
+    def _report_motion(self, active: bool, at: float) -> None:
+        if active != self._reported:
+            self._reported = active
+            self._bridge.call(self.sink.state, self.channel, "motion", active, at)
 
     # -- people ------------------------------------------------------------------------
 
