@@ -319,7 +319,7 @@ class EmulatedSource(Source):
                 room = self._room = _Room(w, h, scene, self._room)
             room.draw(y, u, v)
             if scene.motion:
-                self._walker.draw(y, u, v, room.gain)
+                self._walker.draw(y, u, v, room.gain, room.saturation)
             else:
                 self._walker.reset()
             return frame  # no codes: a still picture stays still
@@ -331,7 +331,7 @@ class EmulatedSource(Source):
         else:
             self._draw_pattern(k, y, u, v)
         if scene.motion:
-            self._walker.draw(y, u, v, 1.0)
+            self._walker.draw(y, u, v, 1.0, 1.0)
         else:
             self._walker.reset()
         self._draw_codes(k, capture_time, y)
@@ -408,7 +408,8 @@ def _room_picture(w: int, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     u = np.full((hh, hw), 122, np.uint8)
     v = np.full((hh, hw), 136, np.uint8)
     u[int(floor / 2) :], v[int(floor / 2) :] = 108, 150
-    u[int(0.5 * hh) : int(0.78 * hh), int(0.55 * hw) : int(0.95 * hw)] = 150  # blue sofa
+    sofa = (slice(int(0.5 * hh), int(0.78 * hh)), slice(int(0.55 * hw), int(0.95 * hw)))
+    u[sofa], v[sofa] = 150, 118  # a blue sofa
     return y, u, v
 
 
@@ -421,6 +422,7 @@ class _Room:
     v0: np.ndarray
     noise: np.ndarray
     size: tuple[int, int]
+    saturation: float
 
     def __init__(self, w: int, h: int, scene: Scene, old: _Room | None) -> None:
         if old is not None and old.size == (w, h):
@@ -440,8 +442,11 @@ class _Room:
             np.clip(lit + n * np.float32(scene.noise / 32), 0, 255).astype(np.uint8)
             for n in self.noise
         ]
-        self.u = np.full_like(self.u0, 128) if scene.ir else self.u0
-        self.v = np.full_like(self.v0, 128) if scene.ir else self.v0
+        # Colours fade with the light (the ISP's saturation drops with its gain); IR: grey.
+        sat = 0.0 if scene.ir else g
+        self.u = (128 + (self.u0.astype(np.float32) - 128) * sat).astype(np.uint8)
+        self.v = (128 + (self.v0.astype(np.float32) - 128) * sat).astype(np.uint8)
+        self.saturation = sat
         self._rng = np.random.default_rng()
 
     def draw(self, y: np.ndarray, u: np.ndarray, v: np.ndarray) -> None:
@@ -467,7 +472,9 @@ class _Walker:
     def reset(self) -> None:
         self.k = 0
 
-    def draw(self, y: np.ndarray, u: np.ndarray, v: np.ndarray, gain: float) -> None:
+    def draw(
+        self, y: np.ndarray, u: np.ndarray, v: np.ndarray, gain: float, saturation: float
+    ) -> None:
         span = max(1, self.w - self.pw)
         x = _bounce(self.step * self.k, span) & ~1
         top = max(0, int(self.h * 0.92) - self.ph) & ~1
@@ -479,7 +486,8 @@ class _Walker:
         cu = u[top // 2 : (top + self.ph) // 2, x // 2 : (x + self.pw) // 2]
         cv = v[top // 2 : (top + self.ph) // 2, x // 2 : (x + self.pw) // 2]
         mc = m[::2, ::2][: cu.shape[0], : cu.shape[1]]
-        cu[mc], cv[mc] = 140, 120
+        cu[mc] = round(128 + 12 * saturation)  # a blue coat
+        cv[mc] = round(128 - 8 * saturation)
 
 
 def _person_mask(ph: int, pw: int, stride: float) -> np.ndarray:
