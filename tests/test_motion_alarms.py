@@ -267,10 +267,10 @@ class Tap:
         self.planes.append(frame.to_ndarray(format="gray"))
 
     def luma(self, plane: np.ndarray, capture_time: float) -> None:
-        raise AssertionError("the emulated camera has no lores stream")
+        raise AssertionError("no lores stream here")
 
     def keyframe(self, pkt: Any) -> None:
-        raise AssertionError("the emulated camera is encoded, not passed through")
+        raise AssertionError("this camera is encoded, not passed through")
 
 
 async def test_analysis_sees_the_picture_as_viewers_do_flipped() -> None:
@@ -337,6 +337,24 @@ async def test_picamera2_lores_feeds_the_analyser(
     assert set(planes) == {(240, 416)}  # the lores Y plane, never the main stream
     assert (cam.post_callback is not None) == (encoder == "picamera2-h264")
     assert sink.calls == [] and a.stats.errors == 0
+
+
+async def test_picamera2_refusing_lores_still_runs_and_is_analysed_from_the_main_stream(
+    fake_picamera2: type[FakeCamera],
+) -> None:
+    fake_picamera2.refuse_lores = True
+    fake_picamera2.yuv = [np.zeros((270, 320), np.uint8)]
+    s = EncodeSettings(320, 180, 30, 300_000, 30, "libx264")
+    ch = MediaChannel(0, "picamera2", s, time.time)
+    tap = Tap()
+    ch.attach_analysis(tap)
+    await ch.start()
+    try:
+        assert await until(lambda: len(tap.planes) >= 3, 5)  # frame(), not luma()
+    finally:
+        await ch.stop()
+    assert "lores" not in fake_picamera2.instances[0].config
+    assert tap.planes[0].shape == (180, 320)
 
 
 async def test_picamera2_without_analysis_configures_no_lores(

@@ -43,7 +43,11 @@ class FakeCamera:
     def create_video_configuration(self, **kw: Any) -> dict[str, Any]:
         return kw
 
+    refuse_lores = False  # configure() raises for a lores stream, as some ISPs might
+
     def configure(self, config: dict[str, Any]) -> None:
+        if self.refuse_lores and "lores" in config:
+            raise RuntimeError("lores stream not supported")
         self.config = config
 
     def start_recording(self, encoder: Any, output: Any) -> None:
@@ -156,4 +160,5 @@ def install(monkeypatch: pytest.MonkeyPatch) -> type[FakeCamera]:
     FakeCamera.h264 = []
     FakeCamera.yuv = []
     FakeCamera.lores = []
+    FakeCamera.refuse_lores = False
     return FakeCamera

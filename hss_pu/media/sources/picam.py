@@ -124,12 +124,18 @@ class PiCameraSource(Source):
                 extra["transform"] = _transform(p.horflip, p.verflip)
             if self.luma_tap is not None:
                 extra["lores"] = {"size": lores_size(*self._size), "format": "YUV420"}
-            config = cam.create_video_configuration(
-                main={"size": (s.width, s.height), "format": "YUV420"},
-                controls={"FrameDurationLimits": (frame_us, frame_us)},
-                **extra,
-            )
-            cam.configure(config)
+            main = {"size": (s.width, s.height), "format": "YUV420"}
+            controls = {"FrameDurationLimits": (frame_us, frame_us)}
+            try:
+                cam.configure(cam.create_video_configuration(main=main, controls=controls, **extra))
+            except Exception as exc:
+                if "lores" not in extra:
+                    raise
+                # Analysis must never cost the camera: without lores, the channel taps
+                # the frames (libx264) or the key frames (hardware encoder) instead.
+                log.warning("picamera2: no lores stream (%s); motion uses the main one", exc)
+                del extra["lores"]
+                cam.configure(cam.create_video_configuration(main=main, controls=controls, **extra))
             # libcamera may align the size it was asked for; believe what it configured.
             actual = (getattr(cam, "camera_config", None) or {}).get("main", {}).get("size")
             if actual and tuple(actual) != (s.width, s.height):
