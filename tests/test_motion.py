@@ -230,3 +230,12 @@ def test_downscale_is_a_strided_copy() -> None:
     assert small[1, 1] == big[6, 6]
     lores = big[:96, :128]
     assert not np.shares_memory(downscale(lores, 1), lores)  # the owner reuses its buffer
+
+
+def test_a_clock_set_back_does_not_keep_motion_on() -> None:
+    scene = Scene()
+    det = _settled(scene)
+    assert [t.active for t in scene.run(det, 5, _walker(0, 12))] == [True]
+    assert list(scene.run(det, 2)) == []  # gone: ending
+    scene.t -= 3600  # Settime: an hour back, while motion is ending
+    assert [t.active for t in scene.run(det, 10)] == [False]

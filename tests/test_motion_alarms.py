@@ -185,6 +185,18 @@ async def test_switching_motion_off_ends_an_active_alarm_and_costs_nothing_after
     assert f.analyser.stats.analysed == seen and sink.kinds() == [True, False]
 
 
+async def test_a_clock_set_back_does_not_stop_the_analysis(
+    sink_and_feeder: tuple[Sink, Feeder],
+) -> None:
+    sink, f = sink_and_feeder
+    await _feed(f, 2)
+    seen = f.analyser.stats.analysed
+    f.k -= 3600 * FPS  # Settime: capture times an hour back
+    await _feed(f, 2)
+    assert f.analyser.stats.analysed >= seen + 9
+    assert sink.calls == []
+
+
 def test_alarm_config_is_validated() -> None:
     cfg = parse_alarm_config({"motion": {"on": True, "sensitivity": 70, "regions": [[0, 0, 1, 1]]}})
     assert cfg.motion and cfg.sensitivity == 70 and cfg.regions == ((0.0, 0.0, 1.0, 1.0),)

@@ -295,7 +295,7 @@ class MotionAnalyser:
         """A raw frame about to be encoded."""
         if not self._on:
             return
-        pick = capture_time - self._last_pick >= self._min_gap
+        pick = self._due(capture_time)
         if not pick and not self._want_people:
             return
         if pick:
@@ -311,13 +311,18 @@ class MotionAnalyser:
         plane may be reused by its owner after this returns."""
         if not self._on:
             return
-        if capture_time - self._last_pick >= self._min_gap:
+        if self._due(capture_time):
             self._last_pick = capture_time
             self._post(downscale(plane, analysis_step(plane.shape[0])), capture_time)
         if self._want_people:
             self._want_people = False
             step = max(1, plane.shape[0] // PEOPLE_ROWS)
             self._post_people(downscale(plane, step), capture_time)
+
+    def _due(self, capture_time: float) -> bool:
+        """Time for the next analysed picture (a clock set backwards counts as due)."""
+        gap = capture_time - self._last_pick
+        return gap >= self._min_gap or gap < 0
 
     def keyframe(self, pkt: EncodedPacket) -> None:
         """A passthrough key frame (Annex B, with SPS/PPS)."""

@@ -306,7 +306,7 @@ class MotionDetector:
             self._run = 0
         if not self.active:
             return None
-        if self._quiet_since is None:
+        if self._quiet_since is None or at < self._quiet_since:  # (a clock set back)
             self._quiet_since = at
         if at - self._quiet_since >= END_SECONDS - 0.5 / self.rate:
             self.active = False
