@@ -31,6 +31,7 @@ __all__ = ["PICAMERA2_MISSING", "PiCameraSource", "lores_size"]
 
 log = logging.getLogger("hss_pu.media.source")
 
+LORES_RATE = 10  # lores pictures a second handed to the analysis tap, at most about
 PICAMERA2_MISSING = (
     "picamera2 is not installed (on Raspberry Pi OS: apt install python3-picamera2, "
     "and a venv with --system-site-packages)"
@@ -107,6 +108,10 @@ class PiCameraSource(Source):
         self._osd_failed = False
         self._lores: tuple[int, int] | None = None
         self._lores_failed = False
+        # The tap wants ~5 pictures a second (and a few for people): reading every
+        # frame's lores buffer would map and sync it for nothing.
+        self._lores_every = max(1, round(settings.fps / LORES_RATE))
+        self._lores_n = 0
 
     def open(self) -> None:
         picamera2_cls, encoder_cls, output_cls = _import_picamera2()
@@ -185,7 +190,7 @@ class PiCameraSource(Source):
         """picamera2's thread, each frame (hardware encoder): the lores Y plane to the
         tap, which copies what it keeps and returns at once."""
         tap, size = self.luma_tap, self._lores
-        if tap is None or size is None:
+        if tap is None or size is None or not self._lores_due():
             return
         try:
             ts = int(request.get_metadata().get("SensorTimestamp", 0))
@@ -195,6 +200,10 @@ class PiCameraSource(Source):
             if not self._lores_failed:
                 log.warning("picamera2: cannot read the lores stream: %s", exc)
             self._lores_failed = True
+
+    def _lores_due(self) -> bool:
+        self._lores_n += 1
+        return self._lores_n % self._lores_every == 0
 
     def _sensor_time(self, ts_ns: int) -> float:
         """A sensor timestamp (CLOCK_MONOTONIC ns) on the daemon clock; now if it is not
@@ -284,7 +293,7 @@ class PiCameraSource(Source):
         try:
             array = request.make_array("main")
             ts_ns = int(request.get_metadata().get("SensorTimestamp", 0))
-            if self._lores is not None and self.luma_tap is not None:
+            if self._lores is not None and self.luma_tap is not None and self._lores_due():
                 lw, lh = self._lores
                 lores = request.make_array("lores")[:lh, :lw]
         finally:
