@@ -256,6 +256,10 @@ async def test_the_daemons_emulated_camera_gives_motion_in_real_time(rig: Rig) -
     media.attach_analysis(a)
     try:
         assert await until(lambda: a.stats.analysed >= 8, 5)  # ~1.5 s of a quiet room
+        media.scene.set_lights(True)  # and a sudden brightness step, in real time
+        seen = a.stats.analysed
+        assert await until(lambda: a.stats.analysed >= seen + 6, 5)
+        assert sink.calls == []
         media.scene.set_motion(True)
         on_at = rig.daemon.clock.now()
         assert await until(lambda: sink.kinds() == [True], 3)
