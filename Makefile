@@ -3,10 +3,12 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.setup-stamp
-# A Raspberry Pi gets a venv that sees apt's picamera2/lgpio and the `pi` extra.
+# A Raspberry Pi gets a venv that sees apt's picamera2/lgpio (and python3-opencv, for
+# person detection) and the `pi` extra; elsewhere the `people` extra brings OpenCV, so
+# the person-detection tests run rather than skip.
 IS_PI  := $(shell grep -qas "Raspberry Pi" /proc/device-tree/model && echo 1)
 comma  := ,
-EXTRAS := dev$(if $(IS_PI),$(comma)pi)
+EXTRAS := dev$(if $(IS_PI),$(comma)pi,$(comma)people)
 CONFIG ?=
 
 .PHONY: setup system-deps test lint typecheck pytest run install clean

@@ -97,6 +97,9 @@ class CameraSection(_Section, frozen=True, kw_only=True):
     # Keep this many seconds of video from start-up for recordings that ask for pre-record
     # (a StartRecord asking for more raises it, up to the profile's cap, and it is kept).
     prerecord_seconds: Annotated[int, msgspec.Meta(ge=0, le=60)] = 0
+    # What the emulated camera shows: the moving test pattern, or a still room that
+    # `hss-pu sensor motion on` (and the light controls) change: for trying alarms.
+    scene: Literal["pattern", "static"] = "pattern"
 
 
 class StorageSection(_Section, frozen=True, kw_only=True):
@@ -409,6 +412,8 @@ def make_config(doc: ConfigDoc, path: Path | None = None) -> Config:
     ca_file = _check_platform(doc.platform, path, base)
     source = _check_source(doc.camera.source, profile, path, base)
     _check_camera(doc.camera, profile, path)
+    if doc.camera.scene != "pattern" and source != "emulated":
+        raise key_error(path, "camera.scene", "applies to the emulated camera only")
     storage = _resolve(base, doc.storage.dir, path, "storage.dir")
     return Config(
         path=str(path) if path is not None else None,

@@ -30,6 +30,7 @@ from hss_pu.hw import Board, GpioUnavailable
 from hss_pu.logsetup import add_secret
 from hss_pu.media.channel import MediaChannel
 from hss_pu.media.encoder import EncodeSettings, MediaError
+from hss_pu.media.sources import Scene
 from hss_pu.sdnotify import SdNotifier
 from hss_pu.services.alarms import AlarmService
 from hss_pu.services.autoreboot import AutoReboot
@@ -288,7 +289,13 @@ class Daemon:
                 source = "emulated" if spec.backend == "emulated" else c.camera_source
             base[spec.id] = settings
             ch_doc = doc["channels"][str(spec.id)]
-            media = MediaChannel(spec.id, source, settings_for(settings, ch_doc), self.clock.now)
+            media = MediaChannel(
+                spec.id,
+                source,
+                settings_for(settings, ch_doc),
+                self.clock.now,
+                scene=Scene(c.camera.scene) if source == "emulated" else None,
+            )
             media.enabled = bool(ch_doc["on"])
             self.media[spec.id] = media
             self.channels.get(spec.id).camera = functools.partial(camera_state, media)

@@ -20,10 +20,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Literal
+from typing import Literal, Protocol
 
 import av
 import av.error
+import numpy as np
 from av.video.frame import VideoFrame
 from av.video.reformatter import VideoReformatter
 
@@ -36,7 +37,7 @@ from hss_pu.media.encoder import (
 )
 from hss_pu.media.packets import TIME_BASE, EncodedPacket, PacketHub, StreamInfo
 from hss_pu.media.picture import Painter
-from hss_pu.media.sources import RawAudio, RawVideo, Source, make_source
+from hss_pu.media.sources import RawAudio, RawVideo, Scene, Source, make_source
 from hss_pu.threadname import set_native_name
 from hss_pu.wire.urls import redact_url
 
@@ -44,6 +45,7 @@ __all__ = [
     "ChannelStats",
     "EncodeSettings",
     "FrameRef",
+    "FrameTap",
     "MediaChannel",
     "MediaError",
     "SourceUnavailable",
@@ -92,6 +94,21 @@ class FrameRef:
         return len(self.keyframe or b"")
 
 
+class FrameTap(Protocol):
+    """Sees the channel's pictures for analysis (motion.analysis.MotionAnalyser), on the
+    capture thread (or the source's own): each call must return at once."""
+
+    def frame(self, frame: VideoFrame, capture_time: float) -> None:
+        """A raw frame about to be encoded, as viewers will see it (flipped, OSD drawn),
+        so that motion regions drawn on the picture match."""
+
+    def luma(self, plane: np.ndarray, capture_time: float) -> None:
+        """A low-resolution luma plane the source makes itself (picamera2's lores)."""
+
+    def keyframe(self, pkt: EncodedPacket) -> None:
+        """A passthrough video key frame."""
+
+
 class _Timeline:
     """Maps each source run's own timestamps onto one monotonic TIME_BASE line.
 
@@ -124,8 +141,13 @@ class MediaChannel:
         clock: Callable[[], float],
         *,
         retry_backoff: tuple[float, float] = (1.0, 30.0),
+        scene: Scene | None = None,
     ) -> None:
         self.channel_id = channel_id
+        # What an emulated camera looks at (controls: scene.set_motion, set_lights...).
+        self.scene = scene if scene is not None or source != "emulated" else Scene()
+        self.analysis: FrameTap | None = None  # read by the capture path per frame
+        self._own_luma = False  # the current source feeds analysis itself (lores)
         self.source_spec = source
         self.settings = settings
         self.clock = clock
@@ -293,9 +315,25 @@ class MediaChannel:
 
     # -- the worker ----------------------------------------------------------------------
 
+    def attach_analysis(self, tap: FrameTap | None) -> None:
+        """Let ``tap`` see the pictures from now on (None: no one). A source that makes
+        its own low-resolution stream (picamera2's lores) sets it up at its next
+        (re)start, so attach before :meth:`start`."""
+        self.analysis = tap
+
+    def _luma(self, plane: np.ndarray, capture_time: float) -> None:
+        tap = self.analysis
+        if tap is not None:
+            tap.luma(plane, capture_time)
+
     def _make_source(self, stop: threading.Event) -> Source:
         label = f"CH{self.channel_id}"
-        return make_source(self.source_spec, self.settings, self.clock, stop, label=label)
+        src = make_source(
+            self.source_spec, self.settings, self.clock, stop, label=label, scene=self.scene
+        )
+        if self.analysis is not None:
+            src.luma_tap = self._luma
+        return src
 
     def _failed(self, exc: BaseException) -> None:
         msg = str(exc) or type(exc).__name__
@@ -370,6 +408,7 @@ class MediaChannel:
         self._live_picture = not source.passthrough
         self._camera_flips = source.camera_flips
         self._frames_writable = source.frames_writable
+        self._own_luma = source.own_luma
         self._painter = None
         self._keyframe_wanted = True  # a new run starts with a key frame for everyone
         st = self.stats
@@ -389,6 +428,9 @@ class MediaChannel:
                         self._encode_audio(item, venc.info if venc else source.video_info)
                     else:
                         st.frames_captured += 1
+                        tap = self.analysis
+                        if tap is not None and item.keyframe and not self._own_luma:
+                            tap.keyframe(item)
                         tl = self._timeline  # (not dataclasses.replace: per packet, slow)
                         pkt = EncodedPacket(
                             item.kind,
@@ -420,6 +462,9 @@ class MediaChannel:
         frame = self._paint(item.frame)
         self._latest = frame
         self._latest_ref = FrameRef(frame, None, item.capture_time)
+        tap = self.analysis
+        if tap is not None and not self._own_luma:
+            tap.frame(frame, item.capture_time)  # as viewers see it: regions match
         pkts = self._venc.encode(frame, self._timeline.map(item.pts), item.capture_time)
         ms = (time.perf_counter() - t) * 1000
         st.encode_ms_avg = ms if st.frames_encoded == 0 else st.encode_ms_avg * 0.95 + ms * 0.05

@@ -19,10 +19,13 @@ __all__ = ["FakeCamera", "install"]
 class FakeCamera:
     """``picamera2.Picamera2``: records what it is told (``config``, ``encoder``,
     ``calls``, ``pre_callback``); as a hardware encoder it feeds the ``h264`` buffers
-    from a thread at ``fps``, as a YUV source it hands out the ``yuv`` frames in turn."""
+    from a thread at ``fps``, as a YUV source it hands out the ``yuv`` frames in turn.
+    A configured ``lores`` stream hands out the ``lores`` frames (YUV420, as the ISP
+    makes them), to ``make_array("lores")`` and, while recording, to ``post_callback``."""
 
     h264: ClassVar[list[tuple[bytes, bool]]] = []
     yuv: ClassVar[list[np.ndarray]] = []
+    lores: ClassVar[list[np.ndarray]] = []
     instances: ClassVar[list[FakeCamera]] = []
     fps = 60
 
@@ -30,6 +33,7 @@ class FakeCamera:
         self.config: dict[str, Any] = {}
         self.encoder: Any = None
         self.pre_callback: Any = None
+        self.post_callback: Any = None
         self.calls: list[str] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -39,7 +43,11 @@ class FakeCamera:
     def create_video_configuration(self, **kw: Any) -> dict[str, Any]:
         return kw
 
+    refuse_lores = False  # configure() raises for a lores stream, as some ISPs might
+
     def configure(self, config: dict[str, Any]) -> None:
+        if self.refuse_lores and "lores" in config:
+            raise RuntimeError("lores stream not supported")
         self.config = config
 
     def start_recording(self, encoder: Any, output: Any) -> None:
@@ -52,6 +60,9 @@ class FakeCamera:
             for i, (data, key) in enumerate(self.h264):
                 if self._stop.wait(1 / self.fps):
                     return
+                if self.post_callback is not None and self.lores:
+                    lores = self.lores[i % len(self.lores)]
+                    self.post_callback(self._request(lores, i, lores))
                 output.outputframe(data, key, round(i * 1e6 / 30))
 
         self._thread = threading.Thread(target=feed, daemon=True)
@@ -73,10 +84,18 @@ class FakeCamera:
     def capture_request(self) -> Any:
         time.sleep(1 / self.fps)
         array = self.yuv[self._n % len(self.yuv)]
-        ts = 10**12 + self._n * 33_333_333
+        lores = self.lores[self._n % len(self.lores)] if self.lores else None
+        req = self._request(array, self._n, lores)
         self._n += 1
+        return req
+
+    def _request(self, main: np.ndarray, n: int, lores: np.ndarray | None = None) -> Any:
+        ts = 10**12 + n * 33_333_333
+        arrays = {"main": main, "lores": main if lores is None else lores}
         return types.SimpleNamespace(
-            make_array=lambda name: array,
+            array=arrays["main"],
+            arrays=arrays,
+            make_array=lambda name: arrays[name],
             get_metadata=lambda: {"SensorTimestamp": ts},
             release=lambda: None,
         )
@@ -104,7 +123,8 @@ class MappedArray:
     """``picamera2.MappedArray`` over a request that carries its ``array``."""
 
     def __init__(self, request: Any, stream: str) -> None:
-        self.array = request.array
+        arrays = getattr(request, "arrays", None)
+        self.array = arrays[stream] if arrays is not None else request.array
 
     def __enter__(self) -> MappedArray:
         return self
@@ -139,4 +159,6 @@ def install(monkeypatch: pytest.MonkeyPatch) -> type[FakeCamera]:
     FakeCamera.instances = []
     FakeCamera.h264 = []
     FakeCamera.yuv = []
+    FakeCamera.lores = []
+    FakeCamera.refuse_lores = False
     return FakeCamera

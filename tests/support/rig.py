@@ -103,6 +103,7 @@ def daemon_config(
     fps: int = 15,
     bitrate: int | None = 300_000,
     prerecord_seconds: int = 0,
+    scene: str = "pattern",
     spool_max_mb: int | None = None,
     memory_queue_mb: int | None = None,
     log_level: str = "info",
@@ -134,6 +135,7 @@ def daemon_config(
             fps=fps,
             bitrate=bitrate,
             prerecord_seconds=prerecord_seconds,
+            scene=scene,  # type: ignore[arg-type]
         ),
         storage=StorageSection(
             dir=str(storage), spool_max_mb=spool_max_mb, memory_queue_mb=memory_queue_mb

@@ -13,17 +13,25 @@ from hss_pu.media.sources.base import (
     iter_items,
 )
 from hss_pu.media.sources.demux import DemuxSource
-from hss_pu.media.sources.emulated import EmulatedSource, read_timecode, timecode_bits
+from hss_pu.media.sources.emulated import (
+    SCENES,
+    EmulatedSource,
+    Scene,
+    read_timecode,
+    timecode_bits,
+)
 from hss_pu.media.sources.factory import make_source
 from hss_pu.media.sources.picam import PICAMERA2_MISSING, PiCameraSource
 
 __all__ = [
     "PICAMERA2_MISSING",
+    "SCENES",
     "DemuxSource",
     "EmulatedSource",
     "PiCameraSource",
     "RawAudio",
     "RawVideo",
+    "Scene",
     "Source",
     "SourceItem",
     "iter_items",

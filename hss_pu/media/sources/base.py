@@ -67,6 +67,11 @@ class Source(abc.ABC):
     camera_flips = False  # settings.picture's flips are done by the camera itself
     video_info: StreamInfo | None = None  # passthrough: known once SPS/PPS were seen
     dropped = 0  # frames the source itself had to skip
+    # Analysis (motion detection): the channel sets ``luma_tap`` before open(); a source
+    # that makes its own low-resolution luma (picamera2's lores) calls it with each such
+    # plane and its capture time, and sets ``own_luma`` (its frames are then not tapped).
+    luma_tap: Callable[[np.ndarray, float], None] | None = None
+    own_luma = False
 
     @abc.abstractmethod
     def open(self) -> None:

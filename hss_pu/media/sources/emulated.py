@@ -1,6 +1,11 @@
 """The emulated camera: a moving test picture with a machine-readable capture time, and a
 1 kHz tone. Laptops and CI run every path of the daemon with it; benchmarks and tests
 read the drawn timecode back out of what was encoded to measure latency exactly.
+
+With ``camera.scene = "static"`` it looks at a still room instead (sensor-like noise, no
+codes), which a :class:`Scene` lets a person or a test change: someone walks across,
+the lights go on or off, night falls, the IR LEDs light it. The moving pattern would
+keep a motion detector busy for ever; the room is for trying the alarms.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from hss_pu.media import font
 from hss_pu.media.encoder import EncodeSettings
 from hss_pu.media.sources.base import HZ, Clock, RawAudio, RawVideo, Source, SourceItem, pause
 
-__all__ = ["CODE_BITS", "EmulatedSource", "read_timecode", "timecode_bits"]
+__all__ = ["CODE_BITS", "SCENES", "EmulatedSource", "Scene", "read_timecode", "timecode_bits"]
 
 log = logging.getLogger("hss_pu.media.source")
 
@@ -106,6 +111,72 @@ def read_timecode(image: VideoFrame | np.ndarray) -> float | None:
     return ms / 1000
 
 
+SCENES = ("pattern", "static")
+_DAYLIGHT_LUX, _LAMP_LUX, _NIGHT_LUX = 250.0, 150.0, 0.5
+_FULL_LUX = _DAYLIGHT_LUX + _LAMP_LUX  # the room as drawn, gain 1
+_NOISE_BANK = 6  # noisy versions of the still picture, picked at random per frame
+_WALK_SECONDS = 4.0  # one crossing of the picture
+
+
+class Scene:
+    """What the emulated camera looks at, and the controls to change it from any thread
+    (the control socket's ``hss-pu sensor motion on``, the LED service, tests). Each
+    control is a plain attribute write the capture thread reads once per frame.
+
+    ``kind`` ``"pattern"`` is the moving test picture (only :meth:`set_motion` shows on
+    it); ``"static"`` the room, where every control shows.
+    """
+
+    def __init__(self, kind: str = "pattern") -> None:
+        if kind not in SCENES:
+            raise ValueError(f"scene {kind!r}: expected one of {', '.join(SCENES)}")
+        self.kind = kind
+        self.motion = False  # someone walks to and fro across the picture
+        self.lights = False  # the room's lamp
+        self.dark = False  # night: no daylight
+        self.ir = False  # IR LEDs lit (the picture turns monochrome)
+        self.changes = 0  # bumped by every change of light (the source redraws)
+
+    def set_motion(self, on: bool) -> None:
+        self.motion = bool(on)
+
+    def set_lights(self, on: bool) -> None:
+        """The lamp: a sudden global brightness step (about 1.3x by day, 100x by night)."""
+        self._light("lights", on)
+
+    def set_dark(self, on: bool) -> None:
+        """Night falls (or the day comes back) at once."""
+        self._light("dark", on)
+
+    def set_ir(self, on: bool) -> None:
+        """IR illumination: what the LED service switches on when :attr:`lux` is low."""
+        self._light("ir", on)
+
+    def _light(self, name: str, on: bool) -> None:
+        if getattr(self, name) != bool(on):
+            setattr(self, name, bool(on))
+            self.changes += 1
+
+    @property
+    def lux(self) -> float:
+        """The visible light on the scene, as a light sensor (or picamera2's ``Lux``)
+        would read it: ~250 by day, ~400 with the lamp, 0.5 at night; IR is not counted."""
+        return (
+            (0.0 if self.dark else _DAYLIGHT_LUX) + (_LAMP_LUX if self.lights else 0) + (_NIGHT_LUX)
+        )
+
+    @property
+    def gain(self) -> float:
+        """The picture's brightness relative to the room as drawn (sqrt: video gamma)."""
+        visible = math.sqrt(self.lux / _FULL_LUX)
+        return max(visible, 0.7) if self.ir else max(0.06, min(1.0, visible))
+
+    @property
+    def noise(self) -> float:
+        """Sensor noise (sd, luma levels): a dark picture is an amplified, noisy one."""
+        return 3.5 if self.ir else 1.5 + 4.0 * (1.0 - self.gain)
+
+
 class EmulatedSource(Source):
     """A synthetic camera: scrolling pattern, a bouncing box, a machine-readable clock.
 
@@ -122,7 +193,9 @@ class EmulatedSource(Source):
         *,
         label: str = "",
         realtime: bool = True,
+        scene: Scene | None = None,
     ) -> None:
+        self.scene = scene if scene is not None else Scene()
         self.settings = settings
         self.clock = clock
         self.stop = stop
@@ -161,7 +234,9 @@ class EmulatedSource(Source):
         self._bg_u[: self._band // 2] = 128
         self._bg_v[: self._band // 2] = 128
         self._box = max(8, (h // 6) & ~1)
-        self._graph = self._testsrc(w, h, s.fps)
+        self._room: _Room | None = None
+        self._walker = _Walker(w, h, s.fps)
+        self._graph = None if self.scene.kind == "static" else self._testsrc(w, h, s.fps)
         self._k = 0
         self._t0 = time.monotonic()
         self._samples = 0
@@ -237,6 +312,17 @@ class EmulatedSource(Source):
         y = np.frombuffer(memoryview(yp), np.uint8).reshape(h, yp.line_size)[:, :w]
         u = np.frombuffer(memoryview(up), np.uint8).reshape(h // 2, up.line_size)[:, : w // 2]
         v = np.frombuffer(memoryview(vp), np.uint8).reshape(h // 2, vp.line_size)[:, : w // 2]
+        scene = self.scene
+        if scene.kind == "static":
+            room = self._room
+            if room is None or room.changes != scene.changes:
+                room = self._room = _Room(w, h, scene, self._room)
+            room.draw(y, u, v)
+            if scene.motion:
+                self._walker.draw(y, u, v, room.gain, room.saturation)
+            else:
+                self._walker.reset()
+            return frame  # no codes: a still picture stays still
         if self._graph is not None:
             # testsrc2 moves by itself; clear the band that carries the codes.
             y[: self._band] = _BAND_Y
@@ -244,6 +330,10 @@ class EmulatedSource(Source):
             v[: self._band // 2] = 128
         else:
             self._draw_pattern(k, y, u, v)
+        if scene.motion:
+            self._walker.draw(y, u, v, 1.0, 1.0)
+        else:
+            self._walker.reset()
         self._draw_codes(k, capture_time, y)
         return frame
 
@@ -290,3 +380,128 @@ class EmulatedSource(Source):
 def _bounce(pos: int, span: int) -> int:
     p = pos % (2 * span)
     return p if p < span else 2 * span - p
+
+
+def _room_picture(w: int, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A still room at full light: (Y float32, U, V uint8 at half size). Walls, a
+    floor of planks, a door, a window, a picture frame: edges and texture, as a real
+    picture has, so that noise and the detector's fit meet real structure."""
+    yy = np.arange(h, dtype=np.float32)[:, None] / h
+    xx = np.arange(w, dtype=np.float32)[None, :] / w
+    y = np.broadcast_to(170 - 30 * yy + 10 * np.sin(xx * 37) * np.cos(yy * 23), (h, w)).copy()
+    floor = int(h * 0.62)
+    planks = 95 + 12 * np.sin(xx * w / 9.0) + 8 * ((np.arange(w)[None, :] // max(2, w // 12)) % 2)
+    y[floor:] = np.broadcast_to(planks, (h - floor, w))
+
+    def box(x0: float, y0: float, x1: float, y1: float, value: float) -> None:
+        y[int(y0 * h) : int(y1 * h), int(x0 * w) : int(x1 * w)] = value
+
+    box(0.06, 0.18, 0.24, 0.62, 120)  # door
+    box(0.08, 0.21, 0.22, 0.6, 132)
+    box(0.62, 0.12, 0.9, 0.4, 225)  # window
+    box(0.755, 0.12, 0.765, 0.4, 150)
+    box(0.62, 0.255, 0.9, 0.265, 150)
+    box(0.36, 0.2, 0.5, 0.34, 70)  # a picture on the wall
+    box(0.37, 0.22, 0.49, 0.32, 185)
+    box(0.55, 0.5, 0.95, 0.78, 60)  # a sofa
+    hh, hw = h // 2, w // 2
+    u = np.full((hh, hw), 122, np.uint8)
+    v = np.full((hh, hw), 136, np.uint8)
+    u[int(floor / 2) :], v[int(floor / 2) :] = 108, 150
+    sofa = (slice(int(0.5 * hh), int(0.78 * hh)), slice(int(0.55 * hw), int(0.95 * hw)))
+    u[sofa], v[sofa] = 150, 118  # a blue sofa
+    return y, u, v
+
+
+class _Room:
+    """The room as drawn under one light: a few noisy versions of the picture, made once
+    per change of light so a frame costs one copy."""
+
+    base: np.ndarray
+    u0: np.ndarray
+    v0: np.ndarray
+    noise: np.ndarray
+    size: tuple[int, int]
+    saturation: float
+
+    def __init__(self, w: int, h: int, scene: Scene, old: _Room | None) -> None:
+        if old is not None and old.size == (w, h):
+            self.base, self.u0, self.v0, self.noise = old.base, old.u0, old.v0, old.noise
+        else:
+            self.base, self.u0, self.v0 = _room_picture(w, h)
+            rng = np.random.default_rng(0)
+            n = rng.standard_normal((_NOISE_BANK, h, w), dtype=np.float32) * 32
+            self.noise = np.clip(n, -127, 127).astype(np.int8)  # sd 32: 1/4 the memory
+        self.size = (w, h)
+        self.changes = scene.changes
+        self.gain = g = scene.gain
+        lit = 16 + (self.base - 16) * g
+        if scene.ir:  # IR: materials reflect otherwise, and the colours go
+            lit = 16 + (lit - 16) * 0.8 + 25 * np.sin(self.base / 23.0)
+        self.bank = [
+            np.clip(lit + n * np.float32(scene.noise / 32), 0, 255).astype(np.uint8)
+            for n in self.noise
+        ]
+        # Colours fade with the light (the ISP's saturation drops with its gain); IR: grey.
+        sat = 0.0 if scene.ir else g
+        self.u = (128 + (self.u0.astype(np.float32) - 128) * sat).astype(np.uint8)
+        self.v = (128 + (self.v0.astype(np.float32) - 128) * sat).astype(np.uint8)
+        self.saturation = sat
+        self._rng = np.random.default_rng()
+
+    def draw(self, y: np.ndarray, u: np.ndarray, v: np.ndarray) -> None:
+        y[:] = self.bank[int(self._rng.integers(len(self.bank)))]
+        u[:] = self.u
+        v[:] = self.v
+
+
+class _Walker:
+    """A person walking to and fro across the picture: a silhouette (head, shoulders,
+    arms, two leg poses) half the picture high, so that motion detection, and a people
+    detector, have something like what they are for."""
+
+    def __init__(self, w: int, h: int, fps: int) -> None:
+        self.w, self.h = w, h
+        ph = max(16, int(h * 0.55)) & ~1
+        self.ph, self.pw = ph, max(6, int(ph * 0.42)) & ~1
+        self.poses = [_person_mask(ph, self.pw, stride) for stride in (0.05, 0.16)]
+        self.step = max(1, round((w - self.pw) / (_WALK_SECONDS * fps)))
+        self.fps = fps
+        self.reset()
+
+    def reset(self) -> None:
+        self.k = 0
+
+    def draw(
+        self, y: np.ndarray, u: np.ndarray, v: np.ndarray, gain: float, saturation: float
+    ) -> None:
+        span = max(1, self.w - self.pw)
+        x = _bounce(self.step * self.k, span) & ~1
+        top = max(0, int(self.h * 0.92) - self.ph) & ~1
+        mask = self.poses[(self.k * 4 // max(1, self.fps)) % 2]
+        self.k += 1
+        region = y[top : top + self.ph, x : x + self.pw]
+        m = mask[: region.shape[0], : region.shape[1]]
+        region[m] = int(16 + 28 * gain)  # dark clothes
+        cu = u[top // 2 : (top + self.ph) // 2, x // 2 : (x + self.pw) // 2]
+        cv = v[top // 2 : (top + self.ph) // 2, x // 2 : (x + self.pw) // 2]
+        mc = m[::2, ::2][: cu.shape[0], : cu.shape[1]]
+        cu[mc] = round(128 + 12 * saturation)  # a blue coat
+        cv[mc] = round(128 - 8 * saturation)
+
+
+def _person_mask(ph: int, pw: int, stride: float) -> np.ndarray:
+    """A standing person's silhouette in a ph x pw box (True inside); ``stride`` opens
+    the legs (fraction of the height)."""
+    yy, xx = np.mgrid[0:ph, 0:pw].astype(np.float32)
+    yy /= ph
+    xx = (xx - pw / 2) / ph  # in heights, from the middle
+    head = (xx / 0.06) ** 2 + ((yy - 0.075) / 0.07) ** 2 <= 1
+    neck = (np.abs(xx) < 0.025) & (yy >= 0.13) & (yy < 0.17)
+    t = np.clip((yy - 0.16) / 0.34, 0, 1)  # shoulders to hips
+    torso = (yy >= 0.16) & (yy < 0.52) & (np.abs(xx) < 0.12 - 0.03 * t)
+    arms = (yy >= 0.18) & (yy < 0.5) & (np.abs(xx) >= 0.12) & (np.abs(xx) < 0.16 - 0.02 * t)
+    leg_t = np.clip((yy - 0.5) / 0.5, 0, 1)
+    spread = 0.035 + stride * leg_t
+    legs = (yy >= 0.5) & (np.abs(np.abs(xx) - spread) < 0.045)
+    return np.asarray(head | neck | torso | arms | legs)

@@ -7,7 +7,7 @@ import threading
 from hss_pu.media.encoder import EncodeSettings, MediaError
 from hss_pu.media.sources.base import Clock, Source
 from hss_pu.media.sources.demux import DemuxSource
-from hss_pu.media.sources.emulated import EmulatedSource
+from hss_pu.media.sources.emulated import EmulatedSource, Scene
 from hss_pu.media.sources.picam import PiCameraSource
 from hss_pu.wire.urls import redact_url
 
@@ -22,10 +22,12 @@ def make_source(
     *,
     label: str = "",
     realtime: bool = True,
+    scene: Scene | None = None,
 ) -> Source:
-    """The source for a ``camera.source`` value (validated by config)."""
+    """The source for a ``camera.source`` value (validated by config); ``scene`` is what
+    an emulated camera looks at."""
     if spec == "emulated":
-        return EmulatedSource(settings, clock, stop, label=label, realtime=realtime)
+        return EmulatedSource(settings, clock, stop, label=label, realtime=realtime, scene=scene)
     if spec == "picamera2":
         return PiCameraSource(settings, clock, stop)
     if spec.startswith("file:"):

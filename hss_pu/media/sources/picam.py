@@ -27,10 +27,11 @@ from hss_pu.media.sources.base import (
     SourceItem,
 )
 
-__all__ = ["PICAMERA2_MISSING", "PiCameraSource"]
+__all__ = ["PICAMERA2_MISSING", "PiCameraSource", "lores_size"]
 
 log = logging.getLogger("hss_pu.media.source")
 
+LORES_RATE = 10  # lores pictures a second handed to the analysis tap, at most about
 PICAMERA2_MISSING = (
     "picamera2 is not installed (on Raspberry Pi OS: apt install python3-picamera2, "
     "and a venv with --system-site-packages)"
@@ -75,6 +76,11 @@ class PiCameraSource(Source):
     The picture settings: flips through libcamera's transform (the ISP does them, for
     free); with the hardware encoder the OSD is drawn by picamera2's ``pre_callback`` into
     each frame before it is encoded (with libx264 the channel draws it).
+
+    Analysis (when the channel sets ``luma_tap``): the ISP also makes a ``lores`` YUV420
+    stream about 240 rows high, for free, and its Y plane goes to the tap: from
+    ``post_callback`` with the hardware encoder, with each captured frame with libx264.
+    The main stream is never touched for it.
     """
 
     camera_flips = True
@@ -100,6 +106,12 @@ class PiCameraSource(Source):
         self._painter: Painter | None = None
         self._mapped: Any = None
         self._osd_failed = False
+        self._lores: tuple[int, int] | None = None
+        self._lores_failed = False
+        # The tap wants ~5 pictures a second (and a few for people): reading every
+        # frame's lores buffer would map and sync it for nothing.
+        self._lores_every = max(1, round(settings.fps / LORES_RATE))
+        self._lores_n = 0
 
     def open(self) -> None:
         picamera2_cls, encoder_cls, output_cls = _import_picamera2()
@@ -115,17 +127,34 @@ class PiCameraSource(Source):
             p = s.picture
             if p.horflip or p.verflip:
                 extra["transform"] = _transform(p.horflip, p.verflip)
-            config = cam.create_video_configuration(
-                main={"size": (s.width, s.height), "format": "YUV420"},
-                controls={"FrameDurationLimits": (frame_us, frame_us)},
-                **extra,
-            )
-            cam.configure(config)
+            if self.luma_tap is not None:
+                extra["lores"] = {"size": lores_size(*self._size), "format": "YUV420"}
+            main = {"size": (s.width, s.height), "format": "YUV420"}
+            controls = {"FrameDurationLimits": (frame_us, frame_us)}
+            try:
+                cam.configure(cam.create_video_configuration(main=main, controls=controls, **extra))
+            except Exception as exc:
+                if "lores" not in extra:
+                    raise
+                # Analysis must never cost the camera: without lores, the channel taps
+                # the frames (libx264) or the key frames (hardware encoder) instead.
+                log.warning("picamera2: no lores stream (%s); motion uses the main one", exc)
+                del extra["lores"]
+                cam.configure(cam.create_video_configuration(main=main, controls=controls, **extra))
             # libcamera may align the size it was asked for; believe what it configured.
             actual = (getattr(cam, "camera_config", None) or {}).get("main", {}).get("size")
             if actual and tuple(actual) != (s.width, s.height):
                 log.warning("picamera2: %dx%d configured as %dx%d", s.width, s.height, *actual)
                 self._size = (int(actual[0]), int(actual[1]))
+            if "lores" in extra:
+                lores = (getattr(cam, "camera_config", None) or {}).get("lores") or {}
+                size = lores.get("size") or extra["lores"]["size"]
+                self._lores = (int(size[0]), int(size[1]))
+                self.own_luma = True
+                if self._mapped is None:
+                    self._mapped = _mapped_array()
+                if self.hardware:
+                    cam.post_callback = self._on_lores
             if self.hardware and p.osd_text:
                 self._painter = Painter(p, *self._size, flip=False)
                 self._mapped = _mapped_array()
@@ -156,6 +185,32 @@ class PiCameraSource(Source):
             if not self._osd_failed:
                 log.warning("picamera2: cannot draw the OSD: %s", exc)
             self._osd_failed = True
+
+    def _on_lores(self, request: Any) -> None:
+        """picamera2's thread, each frame (hardware encoder): the lores Y plane to the
+        tap, which copies what it keeps and returns at once."""
+        tap, size = self.luma_tap, self._lores
+        if tap is None or size is None or not self._lores_due():
+            return
+        try:
+            ts = int(request.get_metadata().get("SensorTimestamp", 0))
+            with self._mapped(request, "lores") as m:
+                tap(m.array[: size[1], : size[0]], self._sensor_time(ts))
+        except Exception as exc:  # never break picamera2's thread over analysis
+            if not self._lores_failed:
+                log.warning("picamera2: cannot read the lores stream: %s", exc)
+            self._lores_failed = True
+
+    def _lores_due(self) -> bool:
+        self._lores_n += 1
+        return self._lores_n % self._lores_every == 0
+
+    def _sensor_time(self, ts_ns: int) -> float:
+        """A sensor timestamp (CLOCK_MONOTONIC ns) on the daemon clock; now if it is not
+        a recent monotonic time."""
+        age = (time.monotonic_ns() - ts_ns) / 1e9
+        now = self.clock()
+        return now - age if 0 <= age < 1.0 else now
 
     def close(self) -> None:
         cam, self._cam = self._cam, None
@@ -234,9 +289,13 @@ class PiCameraSource(Source):
     def _capture(self) -> RawVideo:
         s = self.settings
         request = self._cam.capture_request()
+        lores = None
         try:
             array = request.make_array("main")
             ts_ns = int(request.get_metadata().get("SensorTimestamp", 0))
+            if self._lores is not None and self.luma_tap is not None and self._lores_due():
+                lw, lh = self._lores
+                lores = request.make_array("lores")[:lh, :lw]
         finally:
             request.release()
         self._last = time.monotonic()
@@ -248,7 +307,19 @@ class PiCameraSource(Source):
         frame = VideoFrame.from_ndarray(_yuv420_packed(array, w, h), "yuv420p")
         if (w, h) != (s.width, s.height):
             frame = frame.reformat(width=s.width, height=s.height)
-        return RawVideo(frame, round(rel * HZ / 1_000_000), self._capture_time(rel))
+        capture_time = self._capture_time(rel)
+        if lores is not None and self.luma_tap is not None:
+            self.luma_tap(lores, capture_time)
+        return RawVideo(frame, round(rel * HZ / 1_000_000), capture_time)
+
+
+def lores_size(width: int, height: int, rows: int = 240) -> tuple[int, int]:
+    """The lores stream for analysis: ``rows`` high (or the main size if smaller), the
+    main stream's shape, the width a multiple of 32 (what the ISP's scaler likes)."""
+    if height <= rows:
+        return width, height
+    w = max(32, round(width * rows / height / 32) * 32)
+    return min(w, width), rows
 
 
 def _yuv420_planes(array: np.ndarray, w: int, h: int) -> tuple[np.ndarray, ...]:
