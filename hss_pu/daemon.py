@@ -24,10 +24,11 @@ from hss_pu.clients.http import Trust, UrlGuard, platform_http
 from hss_pu.clients.vd import RPC_TIMEOUT, VdSession
 from hss_pu.clock import OffsetClock
 from hss_pu.config import CameraSection, Config
-from hss_pu.errors import NotSupported
+from hss_pu.errors import InvalidParam, NotSupported
 from hss_pu.fsutil import atomic_write, ensure_private_dir
 from hss_pu.hw import Board, GpioUnavailable
 from hss_pu.logsetup import add_secret
+from hss_pu.media.analysis import MotionAnalyser, parse_alarm_config
 from hss_pu.media.channel import MediaChannel
 from hss_pu.media.encoder import EncodeSettings, MediaError
 from hss_pu.media.sources import Scene
@@ -67,6 +68,20 @@ async def _refuse(reason: str, action: str, channel: int | None) -> dict[str, An
     raise NotSupported(reason)
 
 
+async def _scene_motion(
+    media: dict[int, MediaChannel], action: str, channel: int | None
+) -> dict[str, Any]:
+    """``hss-pu sensor motion on|off``: someone walks across the emulated picture."""
+    ch = 0 if channel is None else channel
+    m = media.get(ch)
+    if m is None or m.scene is None:
+        raise InvalidParam(f"no emulated camera on channel {ch}")
+    if action not in ("on", "off"):
+        raise InvalidParam("motion: on or off (someone walks across the picture until off)")
+    m.scene.set_motion(action == "on")
+    return {"ok": True, "sensor": "motion", "channel": ch, "action": action}
+
+
 class Daemon:
     def __init__(
         self,
@@ -98,6 +113,7 @@ class Daemon:
         self._hw_error: str | None = None
         # ``hss-pu sensor NAME``: the board's inputs (and whoever else adds an entry).
         self.sensors: dict[str, SensorDriver] = {}
+        self.analysers: dict[int, MotionAnalyser] = {}  # per channel with motion detection
         self._pending_bind = config.device.bind_id
         self._stop = asyncio.Event()
         self._tasks = TaskSet(log, self._task_failed)
@@ -199,6 +215,7 @@ class Daemon:
         ctx.local_address = link.local_address
         link.on_login(self._after_login)
         self.alarms = alarms = self._alarm_service(devconfig, link)
+        self._start_cameras(devconfig, alarms)
         self._start_hw(devconfig, alarms)
         control = LocalControl(
             storage,
@@ -230,6 +247,8 @@ class Daemon:
         await self._cancel_all()
         for media in self.media.values():
             await media.stop()
+        for analyser in self.analysers.values():
+            await analyser.close()
         if self.snapshot is not None:
             await self.snapshot.close()
         if self.board is not None:
@@ -241,6 +260,41 @@ class Daemon:
             return 1
         log.info("stopped")
         return 0
+
+    def _start_cameras(self, devconfig: DevConfigStore, sink: AlarmSink) -> None:
+        """Motion (and person) detection on every channel whose profile asks for it,
+        attached before its camera starts (picamera2 sets up its lores stream when it
+        opens), then the cameras the configuration document has on."""
+        doc = devconfig.get()
+        for spec in self.config.profile.channels:
+            media = self.media.get(spec.id)
+            if media is None:
+                continue
+            if spec.motion_detection:
+                alarms = doc["channels"][str(spec.id)]["alarms"]
+                analyser = MotionAnalyser(
+                    spec.id, sink, self.clock.now, config=parse_alarm_config(alarms)
+                )
+                media.attach_analysis(analyser)
+                self.analysers[spec.id] = analyser
+            if media.scene is not None:  # the emulated camera: hss-pu sensor motion on|off
+                self.sensors.setdefault("motion", functools.partial(_scene_motion, self.media))
+            if media.enabled:
+                self._spawn(self._run_media(media), f"media-{spec.id}")
+            else:
+                log.info("camera ch%d: switched off (SetConfig)", spec.id)
+        if self.analysers:
+            devconfig.subscribe(functools.partial(self._apply_analysis, devconfig))
+
+    def _apply_analysis(self, devconfig: DevConfigStore) -> None:
+        """SetConfig/ResetConfig: each channel's motion and person settings, at once (the
+        document was validated by wire.devconfig before it was saved)."""
+        doc = devconfig.get()
+        for cid, analyser in self.analysers.items():
+            try:
+                analyser.apply(parse_alarm_config(doc["channels"][str(cid)]["alarms"]))
+            except ValueError as exc:
+                log.error("motion ch%d: settings not applied: %s", cid, exc)
 
     def _start_hw(self, devconfig: DevConfigStore, sink: AlarmSink) -> None:
         """The profile's GPIO devices (reporting to ``sink``), their ``hss-pu sensor``
@@ -260,13 +314,18 @@ class Daemon:
             return
         for s in p.doc.sensors:
             self.sensors[s.kind] = functools.partial(board.drive, s.kind)
-        self.leds = LedService(
+        first = self.media.get(0)  # the IR LEDs light the first camera's scene
+        self.leds = leds = LedService(
             board,
             devconfig,
             self._led_mode,
             recording=lambda: any(c.record_session for c in self.channels),
+            light=(lambda: first.lux) if first is not None else None,
         )
-        self._spawn(self.leds.run(), "leds", forever=True)
+        for media in self.media.values():
+            if media.scene is not None:  # the emulated picture turns monochrome under IR
+                leds.ir_listeners.append(media.scene.set_ir)
+        self._spawn(leds.run(), "leds", forever=True)
 
     def _led_mode(self) -> str:
         return status_mode(self.channels, bool(self.link and self.link.session))
@@ -299,10 +358,6 @@ class Daemon:
             media.enabled = bool(ch_doc["on"])
             self.media[spec.id] = media
             self.channels.get(spec.id).camera = functools.partial(camera_state, media)
-            if media.enabled:
-                self._spawn(self._run_media(media), f"media-{spec.id}")
-            else:
-                log.info("camera ch%d: switched off (SetConfig)", spec.id)
         p = c.platform
         self.live = LiveService(
             self.media, self.channels, backoff_scale=p.backoff_scale, rng=self.rng

@@ -56,7 +56,7 @@ GpioPins = Literal["auto", "lgpio", "mock"]
 # (LogUploadAsync), firmware_download_https (UpgradeFirmware).
 IMPLEMENTED: frozenset[str] = frozenset(
     {"cloud_record", "pic_upload_https", "video_encrypt", "auto_reboot", "switch", "led"}
-    | {"alarms.io", "alarms.motion", "alarms.pir", "alarms.bell", "alarms.lock"}
+    | {"alarms.io", "alarms.motion", "alarms.body", "alarms.pir", "alarms.bell", "alarms.lock"}
 )
 
 # Wired sensors GetCap lists under ``sensors`` (no standard key; external is alarms.io).
@@ -64,9 +64,12 @@ _SENSOR_KINDS = ("pir", "bell", "lock")
 
 
 def _person_detection() -> bool:
-    """Whether human-shape detection (alarms.body) can run here: not in this build (the
-    person detector's availability check replaces this)."""
-    return False
+    """Whether human-shape detection (alarms.body) can run here: OpenCV's HOG people
+    detector is importable (the ``people`` extra, or Debian's python3-opencv). Imported
+    when asked: numpy and OpenCV have no place in the quick commands."""
+    from hss_pu.media.people import people_available
+
+    return people_available()
 
 
 # A sensor's hold-off when the profile gives none: how long a re-trigger is absorbed (a

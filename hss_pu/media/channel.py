@@ -167,6 +167,7 @@ class MediaChannel:
         self._delivered = False
         self._dropped_base = 0
         self._run_audio: StreamInfo | None = None  # the current run's sound, if any
+        self.lux: float | None = None  # the light on the scene, when the source tells
         self._runs = 0  # source/encoder runs so far: StreamInfo.run
         self._video_in: StreamInfo | None = None  # the encoder's info, and ours stamped
         self._video_out: StreamInfo | None = None
@@ -416,6 +417,7 @@ class MediaChannel:
             while not stop.is_set():
                 item = source.read()
                 st.frames_dropped = self._dropped_base + source.dropped
+                self.lux = source.lux  # the IR LEDs read it (a plain attribute write)
                 if item is not None:
                     if not self._delivered:
                         self._delivered = True

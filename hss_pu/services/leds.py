@@ -107,12 +107,14 @@ class LedService:
         mode: Callable[[], str],
         *,
         recording: Callable[[], bool] = lambda: False,
+        light: Callable[[], float | None] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.board = board
         self.devconfig = devconfig
         self.mode = mode
         self.recording = recording
+        self.light = light  # read at each refresh: the camera's light level (lux)
         self._monotonic = monotonic
         self.status_on = "status" in board.leds
         self.record_on = "record" in board.leds
@@ -142,6 +144,10 @@ class LedService:
         if self.record_on:
             rec = indicators and self.recording()
             self.board.show("record", "#" if rec else ".", "recording" if rec else "off")
+        if self.light is not None:
+            level = self.light()
+            if level is not None:
+                self.set_light_level(level)
         lux = self.lux
         if self.ir is not None and lux is not None:
             changed = self.ir.update(lux, self._monotonic())

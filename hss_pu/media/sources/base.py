@@ -71,6 +71,9 @@ class Source(abc.ABC):
     # that makes its own low-resolution luma (picamera2's lores) calls it with each such
     # plane and its capture time, and sets ``own_luma`` (its frames are then not tapped).
     luma_tap: Callable[[np.ndarray, float], None] | None = None
+    # The light on the scene in lux, where the source can tell (picamera2's ``Lux``
+    # metadata, the emulated scene); None: unknown. Read by the IR LEDs.
+    lux: float | None = None
     own_luma = False
 
     @abc.abstractmethod

@@ -208,6 +208,11 @@ class EmulatedSource(Source):
         self._pending: collections.deque[RawAudio] = collections.deque(maxlen=4)
         self.draw_seconds = 0.0  # total time spent drawing (bench)
 
+    @property  # read-only here: the scene decides
+    def lux(self) -> float:  # type: ignore[override]
+        """The scene's visible light, as a light sensor would read it."""
+        return self.scene.lux
+
     def open(self) -> None:
         s = self.settings
         w, h = s.width, s.height

@@ -193,13 +193,21 @@ class PiCameraSource(Source):
         if tap is None or size is None or not self._lores_due():
             return
         try:
-            ts = int(request.get_metadata().get("SensorTimestamp", 0))
+            meta = request.get_metadata()
+            ts = int(meta.get("SensorTimestamp", 0))
+            self._note_lux(meta)
             with self._mapped(request, "lores") as m:
                 tap(m.array[: size[1], : size[0]], self._sensor_time(ts))
         except Exception as exc:  # never break picamera2's thread over analysis
             if not self._lores_failed:
                 log.warning("picamera2: cannot read the lores stream: %s", exc)
             self._lores_failed = True
+
+    def _note_lux(self, meta: Any) -> None:
+        """libcamera's light estimate (``Lux``), for the IR LEDs."""
+        lux = meta.get("Lux")
+        if isinstance(lux, int | float):
+            self.lux = float(lux)
 
     def _lores_due(self) -> bool:
         self._lores_n += 1
@@ -292,7 +300,9 @@ class PiCameraSource(Source):
         lores = None
         try:
             array = request.make_array("main")
-            ts_ns = int(request.get_metadata().get("SensorTimestamp", 0))
+            meta = request.get_metadata()
+            ts_ns = int(meta.get("SensorTimestamp", 0))
+            self._note_lux(meta)
             if self._lores is not None and self.luma_tap is not None and self._lores_due():
                 lw, lh = self._lores
                 lores = request.make_array("lores")[:lh, :lw]
