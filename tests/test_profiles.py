@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 
 from hss_pu import profiles
+from hss_pu.media.people import people_available
 from hss_pu.profiles import (
     ALARM_TYPE_OF_SENSOR,
     load_profile,
@@ -71,6 +72,8 @@ def test_getcap_claims_nothing_this_build_lacks(name: str) -> None:
     # SetConfig led switches the status LED (services/leds.py): true where there is one.
     assert cap["led"] is any(led.role == "status" for led in load_profile(name).doc.leds)
     standard, sensors = ALARMS[name]
+    if "motion" in standard and people_available():  # person detection confirms motion
+        standard = standard | {"body"}
     assert {k for k, on in cap["alarms"].items() if on} == standard
     assert cap["sensors"] == sensors
     # Our own keys say nothing the device cannot back either: no PTZ, and only the
@@ -83,6 +86,8 @@ def test_getcap_claims_nothing_this_build_lacks(name: str) -> None:
 def test_capabilities_follow_hardware_once_built(monkeypatch: pytest.MonkeyPatch) -> None:
     built = profiles.IMPLEMENTED | {"ptz", "alarms.io", "alarms.motion", "led", "audio_out"}
     monkeypatch.setattr(profiles, "IMPLEMENTED", built)
+    # Without a person detector, a PIR does not make human-shape detection (alarms.body).
+    monkeypatch.setattr(profiles, "_person_detection", lambda: False)
     pi5 = load_profile("pi5-cam3-ptz")
     assert pi5.capabilities()["ptz"] is True
     assert pi5.capabilities()["alarms"]["body"] is False  # a PIR is not human detection
