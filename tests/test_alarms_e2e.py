@@ -99,3 +99,23 @@ async def test_a_sensor_switched_off_by_setconfig_raises_nothing(rig: Rig) -> No
     assert rig.platform.alarms(DEVICE) == [] and keepalive_alarm(rig) == 0
     # The pins were seen (the board's input is active), the alarm service stayed quiet.
     assert rig.daemon.board is not None and rig.daemon.board.find("pir").level
+
+
+@pytest.mark.rig(size=(320, 180), scene="static")
+async def test_night_falls_the_ir_leds_light_and_no_motion_alarm_is_raised(rig: Rig) -> None:
+    """The emulated room goes dark: the IR LEDs switch on from the camera's light level,
+    the picture turns monochrome, and neither change is motion; someone walking in right
+    after still is."""
+    await set_alarm(rig, "motion", on=True, hold=1)
+    media = rig.daemon.media[0]
+    board = rig.daemon.board
+    assert media.scene is not None and board is not None
+    await asyncio.sleep(3.0)  # the detector learns the quiet room
+    assert board.leds["ir"].lit is False
+    media.scene.set_dark(True)
+    assert await until(lambda: board.leds["ir"].lit and media.scene.ir, 3)  # type: ignore[union-attr]
+    await asyncio.sleep(4.0)
+    assert states(rig, 3) == []  # darkness and IR light are not motion
+    media.scene.set_motion(True)
+    await rig.platform.wait_alarm(DEVICE, type=3, state="start", timeout=8)
+    media.scene.set_motion(False)

@@ -525,3 +525,21 @@ async def test_body_alone_looks_for_people_without_reporting_motion() -> None:
         await a.close()
     assert sink.kinds("body") == [True, False] and sink.calls[-1][2] == T0
     assert not a.active
+
+
+@pytest.mark.parametrize("gap_frames", [1, 2, 3, 4, 6])
+async def test_night_then_the_ir_leds_a_moment_later_give_none(gap_frames: int) -> None:
+    """In the daemon the IR LEDs switch on a refresh (~0.25 s) after night falls: the
+    noisy frames between must not make the IR switch count as motion under way."""
+    sink = Sink()
+    a = MotionAnalyser(0, sink, lambda: T0, config=parse_alarm_config(ON))
+    f = Feeder(a)
+    try:
+        await _feed(f, 3)
+        f.scene.set_dark(True)
+        await _feed(f, gap_frames / FPS)
+        f.scene.set_ir(True)
+        await _feed(f, 4)
+    finally:
+        await a.close()
+    assert sink.calls == []

@@ -21,8 +21,10 @@ What it does per analysed frame (a plane of ~120 rows, a few times a second), an
    nothing was moving: the background is re-learnt from this frame and the frame counts
    as no motion. The detector sees again from the next frame on (Motion's
    ``lightswitch_frames`` blinded it for frames, users' work-arounds for seconds). A
-   large change while something *is* moving (a visitor filling a door-bell picture)
-   still counts as motion (Frigate's ``lightning_threshold`` missed that case).
+   large change while motion is under way (a visitor filling a door-bell picture)
+   still counts as motion (Frigate's ``lightning_threshold`` missed that case); a lone
+   frame of a run that had not started yet does not (the noise of a picture that has
+   just gone dark, before the IR LEDs switch on).
 6. Persistence: motion in ``start_frames`` analysed frames in a row (one quiet frame
    forgiven) starts it; no motion for :data:`END_SECONDS` ends it. Unchanged pixels
    follow the scene quickly (2 s), changed ones that keep still in ~6 s, moving ones
@@ -255,14 +257,20 @@ class MotionDetector:
             pred += r * 0.5
             self._bg = pred
             return self._quiet(at)
-        busy = self.active or self._run > 0
+        # Only motion already under way makes a large change motion: a lone frame of a
+        # run (noise right after night fell, before the noise level caught up) must not
+        # turn the IR LEDs switching on a moment later into an alarm.
+        busy = self.active
         if changed > HUGE_FRACTION or (changed > LIGHT_FRACTION and not busy):
             # A lighting change the fit could not explain: see again from the next frame.
             self._bg = cur
             self._prev = None
             self.light_changes += 1
             self.area = 0.0
-            return self._motion(at) if busy else None
+            if busy:
+                return self._motion(at)
+            self._run = 0  # what led up to it was the light, not something moving
+            return None
         e = m[:-1, :-1] & m[1:, :-1] & m[:-1, 1:] & m[1:, 1:]
         mask = self._mask
         if mask is not None:
