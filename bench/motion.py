@@ -12,17 +12,21 @@ Prints, on pictures of the emulated camera's static room with the walker in it:
 - the person detector per call (only while motion is on, at most 2 a second);
 - latency: ``scene.set_motion(True)`` to the AlarmSink call (a real MediaChannel in real
   time, 640x360@30), p50 / p99 over ``--trials``; the persistence (two analysed frames at
-  5 a second) is most of it, by design.
+  5 a second) is most of it, by design;
+- and, from ``bench/alarms.py``, a sensor edge to AlarmNotify received by the platform
+  (the daemon and the reference platform in this process), p50 / p99.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import statistics
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 from av.video.frame import VideoFrame
@@ -245,6 +249,12 @@ def main() -> None:
     bench_keyframe_decode(1920, 1080)
     bench_people()
     asyncio.run(bench_latency(args.trials))
+    # The sensors' side of the alarm latency: a PIR edge to AlarmNotify at the platform.
+    spec = importlib.util.spec_from_file_location("alarms", Path(__file__).with_name("alarms.py"))
+    assert spec is not None and spec.loader is not None
+    alarms = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(alarms)
+    asyncio.run(alarms.run(20))
 
 
 if __name__ == "__main__":
