@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from hss_pu.media.channel import jpeg_size
 
-from .support.rig import DEVICE, PASSWORD, Rig, until
+from .support.rig import DEVICE, PASSWORD, Rig, daemon_config, until, write_config_file
 from .test_alarms import keepalive_alarm, next_keepalive, set_alarm
+from .test_cli_imports import run_cli
 from .test_hw_board import chatter
 
 pytestmark = pytest.mark.platform(hb_interval=1)
@@ -119,3 +121,23 @@ async def test_night_falls_the_ir_leds_light_and_no_motion_alarm_is_raised(rig: 
     media.scene.set_motion(True)
     await rig.platform.wait_alarm(DEVICE, type=3, state="start", timeout=8)
     media.scene.set_motion(False)
+
+
+@pytest.mark.rig(size=(320, 180), scene="static")
+async def test_hss_pu_sensor_motion_walks_someone_across_the_emulated_camera(
+    rig: Rig, tmp_path: Path
+) -> None:
+    """What a person on a laptop does: `hss-pu sensor motion on`, and the platform gets a
+    motion alarm (type 3); `off`, and it ends."""
+    await set_alarm(rig, "motion", on=True, hold=1)
+    doc = daemon_config(rig.platform, rig.storage, size=(320, 180), scene="static")
+    cfg = str(write_config_file(doc, tmp_path / "config.toml"))
+    await asyncio.sleep(1.5)  # the detector learns the quiet room
+    rc, _, err, _ = await run_cli("sensor", "motion", "on", "--config", cfg)
+    assert rc == 0, err
+    await rig.platform.wait_alarm(DEVICE, type=3, state="start", timeout=8)
+    rc, _, err, _ = await run_cli("sensor", "motion", "off", "--config", cfg)
+    assert rc == 0, err
+    await rig.platform.wait_alarm(DEVICE, type=3, state="end", timeout=8)
+    rc, _, err, _ = await run_cli("sensor", "motion", "press", "--config", cfg)
+    assert rc == 1 and "on or off" in err

@@ -543,3 +543,29 @@ async def test_night_then_the_ir_leds_a_moment_later_give_none(gap_frames: int) 
     finally:
         await a.close()
     assert sink.calls == []
+
+
+@pytest.mark.parametrize("encoder", ["picamera2-h264", "libx264"])
+async def test_picamera2_lux_reaches_the_channel_for_the_ir_leds(
+    fake_picamera2: type[FakeCamera], encoder: str
+) -> None:
+    """libcamera's ``Lux`` metadata is the light level the IR LEDs follow on a Pi."""
+    fake_picamera2.lores = [_yuv420(np.full((240, 416), 90, np.uint8))] * 2
+    if encoder == "libx264":
+        fake_picamera2.yuv = [np.zeros((1080, 1280), np.uint8)]
+    else:
+        fake_picamera2.h264 = [(b"\x00\x00\x00\x01\x65\x88", True)] * 200
+    fake_picamera2.fps = 30
+    fake_picamera2.lux = 3.5
+    a = MotionAnalyser(0, Sink(), time.time, config=parse_alarm_config(ON))
+    ch = MediaChannel(
+        0, "picamera2", EncodeSettings(1280, 720, 30, 1_000_000, 30, encoder), time.time
+    )
+    ch.attach_analysis(a)
+    assert ch.lux is None
+    await ch.start()
+    try:
+        assert await until(lambda: ch.lux == 3.5, 5)
+    finally:
+        await ch.stop()
+        await a.close()

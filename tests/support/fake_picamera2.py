@@ -26,6 +26,7 @@ class FakeCamera:
     h264: ClassVar[list[tuple[bytes, bool]]] = []
     yuv: ClassVar[list[np.ndarray]] = []
     lores: ClassVar[list[np.ndarray]] = []
+    lux: ClassVar[float | None] = None  # libcamera's light estimate in the metadata
     instances: ClassVar[list[FakeCamera]] = []
     fps = 60
 
@@ -92,11 +93,14 @@ class FakeCamera:
     def _request(self, main: np.ndarray, n: int, lores: np.ndarray | None = None) -> Any:
         ts = 10**12 + n * 33_333_333
         arrays = {"main": main, "lores": main if lores is None else lores}
+        meta: dict[str, Any] = {"SensorTimestamp": ts}
+        if self.lux is not None:
+            meta["Lux"] = self.lux
         return types.SimpleNamespace(
             array=arrays["main"],
             arrays=arrays,
             make_array=lambda name: arrays[name],
-            get_metadata=lambda: {"SensorTimestamp": ts},
+            get_metadata=lambda: meta,
             release=lambda: None,
         )
 
@@ -161,4 +165,5 @@ def install(monkeypatch: pytest.MonkeyPatch) -> type[FakeCamera]:
     FakeCamera.yuv = []
     FakeCamera.lores = []
     FakeCamera.refuse_lores = False
+    FakeCamera.lux = None
     return FakeCamera
