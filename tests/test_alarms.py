@@ -259,6 +259,27 @@ async def test_the_picture_is_the_frame_of_the_alarms_start(rig: Rig) -> None:
     assert await until(lambda: sink(rig).stats.pictures == 1, 5)  # counted once the PUT answers
 
 
+@pytest.mark.rig(size=(320, 180))
+async def test_an_alarm_raised_before_the_cameras_first_frame_gets_that_frame(rig: Rig) -> None:
+    """A PIR that wakes the camera fires before there is any frame: the picture is the
+    first frame the camera captures (within FIRST_FRAME_WAIT), not nothing."""
+    media = rig.daemon.media[0]
+    await media.stop()
+    assert media.latest_frame() is None and media.enabled
+    at = rig.daemon.clock.now()
+    sink(rig).pulse(0, "bell", at)
+    await notice(rig, "pulse", 10)
+    await asyncio.sleep(1.0)  # the platform has answered with its URL; still no frame
+    await media.start()
+    alarm = await rig.platform.wait_alarm(DEVICE, type=10, state="pulse", picture=True)
+    assert alarm.picture is not None
+    data = alarm.picture.path.read_bytes()
+    assert jpeg_size(data) == (320, 180)
+    drawn = read_timecode(jpeg_luma(data))
+    assert drawn is not None and drawn >= at + 1.0, (drawn, at)  # captured after the start
+    assert sink(rig).stats.pictures_failed == 0
+
+
 async def test_a_kept_frame_is_the_picture_of_its_moment() -> None:
     """MediaChannel.latest_frame is a reference taken now; frame_jpeg encodes it later,
     unchanged by the frames captured since. None while the camera is not running."""

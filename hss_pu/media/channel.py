@@ -551,6 +551,16 @@ class MediaChannel:
             return FrameRef(None, key.data, key.capture_time) if key is not None else None
         return self._latest_ref
 
+    async def first_frame(self, wait: float) -> FrameRef | None:
+        """:meth:`latest_frame` once the camera has one, waiting up to ``wait`` seconds
+        (a camera started or restarted a moment ago); None if it has none by then."""
+        deadline = time.monotonic() + wait
+        while True:  # polled like snapshot_jpeg: the capture thread sets no loop event
+            ref = self.latest_frame()
+            if ref is not None or time.monotonic() >= deadline:
+                return ref
+            await asyncio.sleep(0.05)
+
     async def frame_jpeg(self, ref: FrameRef, quality: int = 85) -> bytes:
         """A JPEG of ``ref`` at the configured size, encoded off the event loop."""
         return await asyncio.to_thread(self._jpeg, ref.frame, ref.keyframe, quality)

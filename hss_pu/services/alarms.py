@@ -29,7 +29,9 @@ a report (wire-notes "Device services"; the readings in docs/protocol.md "Alarms
   send that dies with the link is sent again after the login (at least once); an error
   reply is logged and the notification dropped.
 - **Pictures**: a start or pulse keeps a reference to its channel's latest frame at the
-  moment the report arrives (media.channel.MediaChannel.latest_frame). When the reply
+  moment the report arrives (media.channel.MediaChannel.latest_frame); one raised while
+  the camera is starting (a PIR woke it) takes the camera's first frame instead, waited
+  for up to :data:`FIRST_FRAME_WAIT` at upload time. When the reply
   carries ``pic_upload_url``, that frame is encoded (off the loop) and PUT as
   ``image/jpeg`` through the guarded upload client, so the URL-safety rules apply and a
   refused URL is a log line. Held frames are bounded in bytes (:data:`PICTURE_BYTES`, the
@@ -49,7 +51,7 @@ from typing import Any, Protocol
 
 from hss_pu.clients.http import HttpClient, UploadError, UrlNotAllowed, upload
 from hss_pu.errors import BadReply, DeadLinkError, NoSuchChannel, RpcRefused
-from hss_pu.media.channel import FrameRef, MediaChannel
+from hss_pu.media.channel import FrameRef, MediaChannel, MediaError
 from hss_pu.services.channels import ChannelRegistry
 from hss_pu.tasks import TaskSet
 from hss_pu.wire.alarms import ALARM_KINDS, AlarmKind, flag
@@ -72,6 +74,7 @@ DEFAULT_HOLD = 10  # s: a state alarm ends this long after its detector went qui
 QUEUE_ITEMS = 64  # notifications waiting for the platform
 PICTURE_BYTES = 32 * 1024 * 1024  # frames held for pictures not yet asked for or sent
 MAX_UPLOADS = 4  # picture uploads waiting or running
+FIRST_FRAME_WAIT = 5.0  # s: a camera woken by the alarm has this long to give its first frame
 UPLOADS_AT_ONCE = 2
 WINDOW = 60.0  # s: the rate limit's window
 MAX_SKEW = 3600.0  # s: a report's ``at`` further than this from the clock is replaced
@@ -125,6 +128,7 @@ class _Notice:
     params: AlarmNotifyParams
     alarm: _Alarm | None = None  # a state alarm's start or end
     picture: FrameRef | None = None  # a start's or a pulse's frame
+    first_frame: bool = False  # raised while the camera was starting: take its first frame
     queued_at: float = field(default_factory=time.monotonic)
 
 
@@ -240,7 +244,7 @@ class AlarmService:
             if announced:
                 self.channels.set_alarm(channel, flag(spec.type), True)
                 notice = self._notice(channel, spec, "start", at, alarm)
-                notice.picture = self._picture(channel)
+                self._take_picture(notice)
                 self._enqueue(notice)
                 log.info("alarm %s ch%d: start", kind, channel)
             return
@@ -265,7 +269,7 @@ class AlarmService:
             return
         self.channels.add_pulse(channel, flag(spec.type))
         notice = self._notice(channel, spec, "pulse", self._time(at), None)
-        notice.picture = self._picture(channel)
+        self._take_picture(notice)
         self._enqueue(notice)
         log.info("alarm %s ch%d: pulse", kind, channel)
 
@@ -353,9 +357,14 @@ class AlarmService:
         )
         return _Notice(params, alarm)
 
-    def _picture(self, channel: int) -> FrameRef | None:
-        media = self.media.get(channel)
-        return media.latest_frame() if media is not None and media.enabled else None
+    def _take_picture(self, notice: _Notice) -> None:
+        """The frame of this moment; if the camera is on but has not captured yet (a PIR
+        woke it, or it is restarting), the upload takes its first frame instead."""
+        media = self.media.get(notice.params.channel)
+        if media is None or not media.enabled:
+            return
+        notice.picture = media.latest_frame()
+        notice.first_frame = notice.picture is None
 
     # --- the queue --------------------------------------------------------------------------
 
@@ -454,7 +463,7 @@ class AlarmService:
             log.info("%s: pictures go with starts; this URL is not used", what)
             return
         media = self.media.get(p.channel)
-        if picture is None or media is None or self.http is None:
+        if (picture is None and not notice.first_frame) or media is None or self.http is None:
             self.stats.pictures_failed += 1
             log.warning("%s: none to upload (no frame was kept at the alarm's start)", what)
             return
@@ -465,10 +474,16 @@ class AlarmService:
         self._uploads += 1
         self._tasks.spawn(self._put(what, media, picture, url), "alarm-picture")
 
-    async def _put(self, what: str, media: MediaChannel, picture: FrameRef, url: str) -> None:
+    async def _put(
+        self, what: str, media: MediaChannel, picture: FrameRef | None, url: str
+    ) -> None:
         assert self.http is not None
         try:
             async with self._upload_slots:
+                if picture is None:
+                    picture = await media.first_frame(FIRST_FRAME_WAIT)
+                if picture is None:
+                    raise MediaError(f"no frame within {FIRST_FRAME_WAIT:g} s of the alarm")
                 jpeg = await media.frame_jpeg(picture)
                 await upload(self.http, url, jpeg, "image/jpeg")
         except UrlNotAllowed as exc:
@@ -477,6 +492,9 @@ class AlarmService:
         except UploadError as exc:
             self.stats.pictures_failed += 1
             log.warning("%s: upload failed: %s", what, exc)
+        except MediaError as exc:
+            self.stats.pictures_failed += 1
+            log.warning("%s: none to upload: %s", what, exc)
         except Exception as exc:  # the encoder (a frame it cannot read)
             self.stats.pictures_failed += 1
             log.warning("%s: no JPEG: %s", what, exc)
