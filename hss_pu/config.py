@@ -119,6 +119,10 @@ class AlarmsSection(_Section, frozen=True, kw_only=True):
 
 class LogSection(_Section, frozen=True, kw_only=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
+    # The daemon's own log files under storage.dir/logs (what LogUploadAsync uploads):
+    # this many files of file_kb KiB each, the oldest overwritten.
+    files: Annotated[int, msgspec.Meta(ge=1, le=16)] = 4
+    file_kb: Annotated[int, msgspec.Meta(ge=64, le=16384)] = 1024
 
 
 class ConfigDoc(_Section, frozen=True, kw_only=True):

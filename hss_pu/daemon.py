@@ -27,6 +27,7 @@ from hss_pu.config import CameraSection, Config
 from hss_pu.errors import InvalidParam, NotSupported
 from hss_pu.fsutil import atomic_write, ensure_private_dir
 from hss_pu.hw import Board, GpioUnavailable
+from hss_pu.logfiles import LogFiles
 from hss_pu.logsetup import add_secret
 from hss_pu.media.analysis import MotionAnalyser, parse_alarm_config
 from hss_pu.media.channel import MediaChannel
@@ -39,11 +40,13 @@ from hss_pu.services.camera import CameraService, settings_for
 from hss_pu.services.channels import ChannelRegistry, camera_state
 from hss_pu.services.control import DeviceContext, Dispatcher
 from hss_pu.services.devconfig import DevConfigStore
+from hss_pu.services.disk import PROTECTED_PATHS, DiskService
 from hss_pu.services.interfaces import AlarmSink, Services
 from hss_pu.services.leds import LedService, status_mode
 from hss_pu.services.link import PlatformLink
 from hss_pu.services.live import LiveService
 from hss_pu.services.localctl import LocalControl, SensorDriver, sensor_command
+from hss_pu.services.logs import LogUploadService
 from hss_pu.services.record import RecordService
 from hss_pu.services.snapshot import SnapshotService
 from hss_pu.services.spool import Spool
@@ -99,6 +102,9 @@ class Daemon:
         self.live: LiveService | None = None
         self.snapshot: SnapshotService | None = None
         self.record: RecordService | None = None
+        self.disk: DiskService | None = None
+        self.logfiles: LogFiles | None = None
+        self.logs: LogUploadService | None = None
         self.notifier = notifier or SdNotifier.from_env()
         self.clock = OffsetClock(set_host=config.device.set_system_clock)
         self.rng = rng
@@ -183,13 +189,41 @@ class Daemon:
         return now
 
     async def _run(self) -> int:
-        self._describe()
         try:
             storage = ensure_private_dir(self.config.storage_dir)
             upgraded_at = self._upgraded_at(storage)
         except OSError as exc:
+            self._describe()
             log.error("storage: %s is not usable: %s", self.config.storage_dir, exc)
             return 1
+        self._open_log_files(storage)
+        try:
+            return await self._run_in(storage, upgraded_at)
+        finally:
+            if self.logfiles is not None:
+                logging.getLogger().removeHandler(self.logfiles)
+                self.logfiles.close()
+
+    def _open_log_files(self, storage: Path) -> None:
+        """The daemon's own rotating log files (LogUploadAsync), from the first line on."""
+        c = self.config.doc.log
+        files = LogFiles(
+            storage / "logs",
+            files=c.files,
+            file_bytes=c.file_kb * 1024,
+            offset=lambda: self.clock.offset,
+        )
+        try:
+            files.open()
+        except OSError as exc:
+            log.error("logs: %s is not usable (%s); no log files, no LogUploadAsync",
+                      files.directory, exc)  # fmt: skip
+            return
+        logging.getLogger().addHandler(files)
+        self.logfiles = files
+
+    async def _run_in(self, storage: Path, upgraded_at: float) -> int:
+        self._describe()
         log.info("storage: %s ready", storage)
         devconfig = DevConfigStore(self.config)
         services = self._media_services(devconfig.get())
@@ -212,6 +246,8 @@ class Daemon:
             rpc_timeout=self.rpc_timeout,
         )
         ctx.reschedule = link.reschedule
+        if self.logfiles is not None:
+            services.logs = self.logs = self._log_service(self.logfiles, devconfig, link)
         ctx.local_address = link.local_address
         link.on_login(self._after_login)
         self.alarms = alarms = self._alarm_service(devconfig, link)
@@ -254,6 +290,10 @@ class Daemon:
         if self.board is not None:
             self.board.close()
         await alarms.close()
+        if self.logs is not None:
+            await self.logs.close()
+        if self.disk is not None:
+            await self.disk.close()
         await control.close()
         if self._failed:
             log.error("stopped: exit status 1 (task %s failed)", ", ".join(self._failed))
@@ -367,9 +407,45 @@ class Daemon:
         )
         self.record = self._record_service()
         camera = CameraService(self.media, base, self.channels, live=self.live, record=self.record)
+        self.disk = self._disk_service(self.record)
         for cid in self.media:  # RebootChannel restarts the camera's capture and encoder
             self.channels.get(cid).restart_hooks.append(functools.partial(camera.restart, cid))
-        return Services(live=self.live, snapshot=self.snapshot, record=self.record, camera=camera)
+        return Services(
+            live=self.live, snapshot=self.snapshot, record=self.record, camera=camera,
+            disk=self.disk,
+        )  # fmt: skip
+
+    def _disk_service(self, record: RecordService) -> DiskService:
+        """GetDiskInfo/FormatDisk on the recording store: the spool's directory, or the
+        profile's mount; never the system's own device nor storage.dir's."""
+        c = self.config
+        rec = c.profile.doc.recording
+        spool = record.uploader.spool
+        if rec.store == "mount":
+            point = Path(rec.path)
+        else:
+            point = spool.dir if spool is not None else Path(c.storage_dir) / "spool"
+        return DiskService(
+            rec.store, point, spool=spool, uploader=record.uploader,
+            protected=(*PROTECTED_PATHS, c.storage_dir),
+        )  # fmt: skip
+
+    def _log_service(
+        self, files: LogFiles, devconfig: DevConfigStore, link: PlatformLink
+    ) -> LogUploadService:
+        """LogUploadAsync: uploads under the URL-safety rules, LogDone on the link."""
+        c = self.config
+        http = platform_http(
+            c.device.mac, c.ca_file, trust=Trust.UPLOADS, timeout=30.0, connect_timeout=10.0,
+            guard=self.url_guard,
+        )  # fmt: skip
+        logs = LogUploadService(
+            files, http=http, guard=self.url_guard, mac=c.device.mac,
+            tz=lambda: devconfig.tz, send_done=link.send_event,
+            backoff_scale=c.platform.backoff_scale,
+        )  # fmt: skip
+        link.on_login(logs.logged_in)
+        return logs
 
     def _alarm_service(self, devconfig: DevConfigStore, link: PlatformLink) -> AlarmService:
         """Alarms follow the configuration document, go out through the link (queued
@@ -480,6 +556,10 @@ class Daemon:
             "live": self._live_status(),
             "record": self.record.status() if self.record else None,
             "alarms": self.alarms.status() if self.alarms else None,
+            "disk": {**self.disk.status(), **msgspec.to_builtins(await self.disk.info())}
+            if self.disk
+            else None,
+            "logs": self.logs.status() if self.logs else None,
             "hw": self._hw_status(),
         }
 

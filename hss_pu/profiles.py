@@ -52,10 +52,11 @@ GpioPins = Literal["auto", "lgpio", "mock"]
 # rest). The issue that lands a feature adds its key here, with its exerciser in
 # tests/test_getcap_walk.py. Alarms count per kind (``alarms.<kind>``: the standard keys
 # io, motion, body, and ours, pir, bell, lock, listed by GetCap's ``sensors``). Not yet:
-# ptz, battery, audio_out, voice_out (device services), log_upload_https
-# (LogUploadAsync), firmware_download_https (UpgradeFirmware).
+# ptz, battery, audio_out, voice_out (device services), firmware_download_https
+# (UpgradeFirmware).
 IMPLEMENTED: frozenset[str] = frozenset(
     {"cloud_record", "pic_upload_https", "video_encrypt", "auto_reboot", "switch", "led"}
+    | {"log_upload_https"}
     | {"alarms.io", "alarms.motion", "alarms.body", "alarms.pir", "alarms.bell", "alarms.lock"}
 )
 

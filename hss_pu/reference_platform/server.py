@@ -7,6 +7,7 @@ and the admin API (``platform call``).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -44,6 +45,7 @@ __all__ = [
     "Alarm",
     "AlarmPicture",
     "AlarmRecording",
+    "LogUpload",
     "LoginRecord",
     "PlatformOptions",
     "Record",
@@ -62,6 +64,22 @@ STATE_FILE = "platform.json"
 
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+LOG_PREFIX = "/logs/"
+MAX_LOG_UPLOADS = 100  # log bodies kept (in memory and as files)
+
+
+@dataclass(frozen=True)
+class LogUpload:
+    """A log a device PUT in answer to LogUploadAsync (``name``: the URL's last part)."""
+
+    name: str
+    content_type: str
+    body: bytes
+    path: Path
+    time: float
+    mac: str
 
 
 @dataclass(frozen=True)
@@ -88,6 +106,10 @@ class ReferencePlatform:
         self.vs_requests: list[Request] = []
         self.uploads: list[Upload] = []
         self.upload_failures: dict[str, int] = {}  # name -> further PUTs to answer 503
+        self.log_uploads: list[LogUpload] = []
+        # Fault: answer every log PUT with this status (and keep nothing) while set.
+        self.log_upload_status: int | None = None
+        self._log_event = asyncio.Event()
         # Fault: each Vs request takes the first of these and merges it into its reply.
         self.vs_overrides: list[dict[str, Any]] = []
         self.receivers: dict[str, LiveReceiver] = {}
@@ -346,9 +368,49 @@ class ReferencePlatform:
         """Where a PU may PUT a file: the platform's HTTPS port, /upload/<name>."""
         return f"{self.schedule_url}/upload/{name}"
 
+    def log_upload_url(self, name: str) -> str:
+        """A LogUploadAsync ``url``: the platform's HTTPS port, /logs/<name>."""
+        return f"{self.schedule_url}{LOG_PREFIX}{name}"
+
+    async def wait_log_upload(self, name: str, timeout: float = 10.0) -> LogUpload:
+        """The log PUT to /logs/<name>, already received or still to come."""
+        async with asyncio.timeout(timeout):
+            while True:
+                found = [u for u in self.log_uploads if u.name == name]
+                if found:
+                    return found[-1]
+                self._log_event.clear()
+                await self._log_event.wait()
+
+    def _handle_log(self, req: Request) -> Response:
+        name = req.path.removeprefix(LOG_PREFIX)
+        if req.method != "PUT":
+            return json_response(405, b'{"info": "PUT only"}')
+        if not _NAME.match(name):
+            return json_response(400, b'{"info": "bad log name"}')
+        if self.log_upload_status is not None:
+            body = json.dumps({"info": "told to refuse log uploads"}).encode()
+            return json_response(self.log_upload_status, body)
+        directory = self.options.state_dir / "logs"
+        directory.mkdir(parents=True, exist_ok=True)
+        path = directory / name
+        atomic_write(path, req.body, 0o600)
+        up = LogUpload(name, req.headers.get("content-type", ""), req.body, path, time.time(),
+                       req.headers.get("mac-identity", ""))  # fmt: skip
+        self.log_uploads.append(up)
+        for old in self.log_uploads[:-MAX_LOG_UPLOADS]:
+            if old.path != path:
+                old.path.unlink(missing_ok=True)
+        del self.log_uploads[:-MAX_LOG_UPLOADS]
+        self._log_event.set()
+        log.info("log upload: %s (%d bytes, %s)", name, len(req.body), up.content_type)
+        return Response(200, b"")
+
     async def _handle_http(self, req: Request) -> Response:
         if req.path.startswith("/upload/"):
             return self._handle_upload(req)
+        if req.path.startswith(LOG_PREFIX):
+            return self._handle_log(req)
         if req.path.startswith(PIC_PREFIX):
             return await self.alarm_store.handle_put(req)
         if req.path.startswith((CSEG_PREFIX, SEG_PREFIX)):

@@ -308,7 +308,7 @@ class Dispatcher:
         await self._service(self.ctx.services.logs, "LogUploadAsync").upload_async(p)
 
     async def rpc_GetDiskInfo(self, _: None) -> vd.GetDiskInfoResp:
-        return self._service(self.ctx.services.disk, "GetDiskInfo").info()
+        return await self._service(self.ctx.services.disk, "GetDiskInfo").info()
 
     async def rpc_FormatDisk(self, _: None) -> None:
         await self._service(self.ctx.services.disk, "FormatDisk").format()

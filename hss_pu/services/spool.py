@@ -259,6 +259,35 @@ class Spool:
         finally:
             self.unpin(entry.meta.seq)
 
+    def wipe(self, destroy: Callable[[], None]) -> list[SpoolEntry]:
+        """FormatDisk: ``destroy()`` the store (the spool's files with it), then open an
+        empty spool on it. Returns every segment the spool held (all gone: the caller
+        reports them). Raised by ``destroy`` (OSError, ...): the spool is read again,
+        what survived stays."""
+        try:
+            destroy()
+        except BaseException:
+            self._reload()
+            raise
+        with self._pins.lock:
+            gone = self.entries()
+            self._entries.clear()
+            self.used = 0
+        try:
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self._error("cannot open the spool after the format", exc) from None
+        self._recovered()
+        return gone
+
+    def _reload(self) -> None:
+        """Forget entries whose files are gone (a format that failed half way)."""
+        with self._pins.lock:
+            for seq, e in list(self._entries.items()):
+                if not e.meta_path.exists():
+                    del self._entries[seq]
+                    self.used -= e.meta.size
+
     def _make_room(self, size: int, evicted: list[SpoolEntry]) -> None:
         while True:
             over = self.used + size > self.max_bytes

@@ -62,6 +62,7 @@ MAX_STAT_URLS = 64  # cbk_urls with unreported drops kept (a platform chooses th
 SPOOL_RETRY = 5.0  # s after a failed spool write before the next is tried
 PIN_WAIT = 0.05  # s: a segment being evicted right now is waited out
 MIN_DELAY = 0.01  # s: no retry loop spins, whatever the scale
+FORMAT_WAIT = 30.0  # s FormatDisk lets uploads from the disk under way end first
 UNKNOWN_NAME = frozenset({404, 410})  # the platform does not know (any more) that name
 
 
@@ -153,6 +154,8 @@ class Uploader:
         self._failures = 0  # consecutive transient failures (outage back-off)
         self._seq = 1
         self._closing = False
+        self._formatted = asyncio.Event()  # clear while FormatDisk wipes the spool
+        self._formatted.set()
         self._spool_retry_at = 0.0
         self._ready = asyncio.Event()
         self._stat_wake = asyncio.Event()
@@ -258,7 +261,8 @@ class Uploader:
         mem = sorted(
             (i for i in self._items.values() if i.data is not None), key=lambda i: i.meta.seq
         )
-        if self.spool is not None and time.monotonic() >= self._spool_retry_at:
+        formatting = not self._formatted.is_set()  # nothing new goes to the disk meanwhile
+        if self.spool is not None and not formatting and time.monotonic() >= self._spool_retry_at:
             away = not self.stats.reachable
             used = 0
             per_channel: collections.Counter[int] = collections.Counter()
@@ -543,6 +547,10 @@ class Uploader:
             done = await self._create(vr, item)
             if done is not None:
                 return done
+        if item.data is None and not self._formatted.is_set():
+            await self._formatted.wait()  # FormatDisk may be destroying its file
+            if item.gone:
+                return True
         # From here the platform knows the name: the segment may end up saved, so it is
         # neither evicted nor dropped any more.
         if not self._pin(item):
@@ -650,6 +658,39 @@ class Uploader:
         self._back()
         self._drop(item.meta, f"upload failed: {exc}", "failed")
         return True
+
+    async def format_spool(self, destroy: Callable[[], None]) -> int:
+        """FormatDisk: ``destroy()`` the store on the disk thread, after the spool writes
+        already under way, and report every spooled segment it took as dropped (op=stat).
+        Meanwhile nothing new is spooled (memory keeps it, within its bound) and no upload
+        from the disk starts; those under way get up to FORMAT_WAIT s to end (their file
+        is open). Recording goes on throughout. Returns the segments lost."""
+        if self.spool is None:  # no usable spool: nothing of ours on it to account for
+            await asyncio.to_thread(destroy)
+            return 0
+        spool = self.spool
+        self._formatted.clear()
+        try:
+            for _ in range(int(FORMAT_WAIT / 0.05)):  # a poll: at most one per channel
+                if not any(i.pinned and i.data is None for i in self._items.values()):
+                    break
+                await asyncio.sleep(0.05)
+            gone = await self._run_io(spool.wipe, destroy)
+        finally:
+            self._formatted.set()
+        lost = 0
+        for e in gone:
+            item = self._items.get(e.meta.seq)
+            if item is not None and item.pinned:
+                continue  # being uploaded still: that upload decides (saved, or dropped)
+            if item is not None:
+                self._discard(item)
+            self._drop(e.meta, "destroyed by FormatDisk", "formatted")
+            lost += 1
+        self._balance()
+        for ch in self._wake:
+            self._kick(ch)
+        return lost
 
     async def check_clock(self, cbk_url: str, https: bool) -> None:
         """op=getcurrenttime: the platform's view of the time, against ours."""

@@ -329,6 +329,8 @@ class LogDoneParams(UpEvent, kw_only=True):
     end: DateTime
     url: Url
     size: Annotated[int, msgspec.Meta(ge=0)]
+    # Ours, after the table's fields, with ``fail`` only: why (an HTTP status, a timeout).
+    reason: Annotated[str, msgspec.Meta(max_length=500)] | None = None
 
     def __post_init__(self) -> None:
         _calendar(start=self.start, end=self.end)
