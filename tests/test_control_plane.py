@@ -168,12 +168,7 @@ SERVICE_LATER: dict[str, dict[str, Any] | None] = {
     "GetPTZPresetList": {"channel": 0},
     "QueryUpgrade": None,
     "QueryVideoStatus": {"channel": 0},
-    "LogUploadAsync": {
-        "trans_id": 1,
-        "start": "2030-01-01T00:00:00",
-        "end": "2030-01-01T01:00:00",
-        "url": "https://127.0.0.1/log",
-    },
+    # No media, no recording store (LogUploadAsync works: tests/test_log_upload.py).
     "GetDiskInfo": None,
     "FormatDisk": None,
 }

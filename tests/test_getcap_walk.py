@@ -9,6 +9,7 @@ feature that lands adds its key to profiles.IMPLEMENTED and one line here.
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -203,6 +204,31 @@ async def status_led(w: Walk) -> None:
     assert await lights_within(3) and led.label != "off"
 
 
+async def log_upload(w: Walk) -> None:
+    """log_upload_https: LogUploadAsync of the last hour PUTs the daemon's own log lines
+    (the one accepting this very upload among them) to the platform, then LogDone says
+    success with the size."""
+    now = dt.datetime.now(dt.UTC)  # the walk leaves the device at tz 0
+    fmt = "%Y-%m-%dT%H:%M:%S"
+    params = {"trans_id": "walk-log", "start": (now - dt.timedelta(hours=1)).strftime(fmt),
+              "end": (now + dt.timedelta(minutes=1)).strftime(fmt),
+              "url": w.platform.log_upload_url("walk.log")}  # fmt: skip
+    logger = logging.getLogger("hss_pu")
+    level = logger.level
+    logger.setLevel(logging.INFO)  # as log.level = "info" (pytest leaves the root at warning)
+    try:
+        await w.call("LogUploadAsync", params)
+        up = await w.platform.wait_log_upload("walk.log", timeout=15)
+    finally:
+        logger.setLevel(level)
+    done = await w.platform.wait_record(
+        lambda r: r.name == "LogDone" and r.params.get("trans_id") == "walk-log", timeout=10
+    )
+    assert done.params["status"] == "success" and done.params["size"] == len(up.body) > 0
+    assert b"accepted (trans_id 'walk-log')" in up.body
+    assert up.content_type == "text/plain; charset=utf-8"
+
+
 Exerciser = Callable[[Walk], Awaitable[None]]
 EXERCISERS: dict[str, Exerciser] = {
     "media_protocol": srt_push,
@@ -218,6 +244,7 @@ EXERCISERS: dict[str, Exerciser] = {
     "alarms.lock": alarm_of("lock"),
     "alarms.body": alarm_of("body"),
     "led": status_led,
+    "log_upload_https": log_upload,
 }
 
 
