@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from hss_pu.logfiles import records
 from hss_pu.logsetup import REDACTED
 from hss_pu.reference_platform.vd import Record
 
-from .support.rig import PASSWORD, MakeRig, Rig
+from .support.rig import DEVICE, PASSWORD, MakeRig, Rig
 
 pytestmark = pytest.mark.slow
 
@@ -155,3 +156,20 @@ async def test_start_after_end_is_12(rig: Rig) -> None:
          "url": rig.platform.log_upload_url("x.log")},
     )  # fmt: skip
     assert reply.err is not None and reply.err.code == 12
+
+
+@pytest.mark.platform(admin_port=0)
+async def test_platform_logs_command_shows_the_devices_log(rig: Rig) -> None:
+    """``hss-pu platform logs DEVICE``: LogUploadAsync of the last hour, the text shown."""
+    logging.getLogger("hss_pu.test.upload").info("visible through the CLI")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hss_pu", "platform", "logs", DEVICE,
+        "--state-dir", str(rig.platform.options.state_dir),
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err
+    assert b"visible through the CLI" in out and PASSWORD.encode() not in out
+    assert b"LogDone success" in err
+    assert rig.platform.log_uploads[-1].body == out

@@ -19,6 +19,10 @@ Plain HTTP on loopback, guarded by a bearer token that only the owner of platfor
   (``Alarm.to_json``), oldest first, each with its picture (path, size, dimensions) and
   ``recording``: the alarm policy's recording it belongs to (``AlarmRecording.to_json``
   plus ``segments``, its saved Vr segments), or null; ``last``: the K most recent.
+- ``POST /admin/logs`` ``{"device", "minutes"?}`` -> ``{"done": LogDone params, "path",
+  "size", "text"}``: LogUploadAsync of the device's last ``minutes`` (default 60) and
+  what arrived (``text`` only up to 64 KiB; ``path`` the platform's copy); 404 offline,
+  502 refused or failed, 504 no LogDone in time.
 
 Every failure is ``{"info": TEXT}`` (wire-notes' error body); 401 without the token.
 """
@@ -35,6 +39,8 @@ from typing import TYPE_CHECKING, Any
 from hss_pu.reference_platform.http import Request, Response, json_response
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
     from hss_pu.reference_platform.alarms import AlarmStore
     from hss_pu.reference_platform.policy import AlarmPolicy
     from hss_pu.reference_platform.vd import VdServer
@@ -45,6 +51,7 @@ __all__ = ["MAX_CALL_TIMEOUT", "AdminApi"]
 log = logging.getLogger("hss_pu.platform.admin")
 
 MAX_CALL_TIMEOUT = 600.0
+MAX_LOG_TEXT = 64 * 1024  # a log shown inline by /admin/logs; larger ones by path
 
 
 class _BadRequest(Exception):
@@ -95,7 +102,11 @@ class AdminApi:
         token: str,
         alarms: AlarmStore | None = None,
         policy: AlarmPolicy | None = None,
+        *,
+        # (device, minutes, timeout) -> (LogDone params, the upload or None).
+        logs: Callable[[str, float, float], Awaitable[tuple[dict[str, Any], Any]]] | None = None,
     ) -> None:
+        self.logs = logs
         self.vd = vd
         self.vr = vr
         self.alarms = alarms
@@ -119,6 +130,7 @@ class AdminApi:
             "/admin/kick": ("POST", self._kick),
             "/admin/vr/segments": ("GET", self._vr_segments),
             "/admin/alarms": ("GET", self._alarms),
+            "/admin/logs": ("POST", self._fetch_logs),
         }
         route = routes.get(req.path)
         if route is None:
@@ -246,6 +258,33 @@ class AdminApi:
             }  # fmt: skip
             out.append(j)
         return _json(200, {"alarms": out})
+
+    async def _fetch_logs(self, req: Request) -> Response:
+        body = _body(req)
+        device = _str(body, "device")
+        minutes = body.get("minutes", 60)
+        if (
+            isinstance(minutes, bool)
+            or not isinstance(minutes, int | float)
+            or not (0 < minutes <= 7 * 24 * 60)
+        ):
+            raise _BadRequest("minutes must be a number in (0, 10080]")
+        if self.logs is None:
+            return _info(404, "this platform keeps no log uploads")
+        log.info("admin: logs of %s (%g min)", device, minutes)
+        try:
+            done, up = await self.logs(device, float(minutes), 30.0)
+        except LookupError as exc:
+            return _info(404, str(exc))
+        except TimeoutError:
+            return _info(504, "no LogDone in time")
+        except (RuntimeError, ConnectionError) as exc:
+            return _info(502, str(exc))
+        if up is None:
+            return _json(502, {"info": f"the device's upload failed: {done.get('reason')}",
+                               "done": done})  # fmt: skip
+        text = up.body.decode("utf-8", "replace") if len(up.body) <= MAX_LOG_TEXT else None
+        return _json(200, {"done": done, "path": str(up.path), "size": len(up.body), "text": text})
 
 
 def _segment(s: VrSegment) -> dict[str, Any]:

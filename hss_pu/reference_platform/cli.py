@@ -178,6 +178,14 @@ def _parser() -> argparse.ArgumentParser:
     records.add_argument("device", nargs="?")
     records.add_argument("--since", type=int, default=0, help="first record index wanted")
 
+    logs = with_state_dir(
+        psub.add_parser("logs", help="a device's own log (LogUploadAsync), printed if small")
+    )
+    logs.add_argument("device")
+    logs.add_argument(
+        "--minutes", type=_positive, default=60.0, help="how far back (default %(default)s)"
+    )
+
     kick = with_state_dir(psub.add_parser("kick", help="close a device's Vd session"))
     kick.add_argument("device")
 
@@ -438,6 +446,21 @@ def _client_command(args: argparse.Namespace, state_dir: Path) -> int:
             _print(data)
         else:
             print(_alarms_text(data.get("alarms", [])), flush=True)
+        return EXIT_OK
+    if cmd == "logs":
+        body = {"device": args.device, "minutes": args.minutes}
+        _, data = _request(state_dir, "POST", "/admin/logs", body=body, timeout=45.0)
+        done = data.get("done", {})
+        if data.get("text") is not None:
+            sys.stdout.write(data["text"])
+            sys.stdout.flush()
+        else:
+            print(f"{data.get('size')} bytes: too long to show here; see {data.get('path')}")
+        print(
+            f"hss-pu platform: LogDone {done.get('status')} {done.get('start')} .. "
+            f"{done.get('end')} ({done.get('size')} bytes, platform copy {data.get('path')})",
+            file=sys.stderr,
+        )
         return EXIT_OK
     if cmd == "kick":
         _, data = _request(state_dir, "POST", "/admin/kick", body={"device": args.device})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import json
 import logging
 import os
@@ -171,8 +172,9 @@ class ReferencePlatform:
             self.vs_port = await self._vs.start(self.options.host, self.options.vs_port)
             if self.options.admin_port is not None:
                 api = AdminApi(
-                    self._vd, self.vr, self.admin_token, self.alarm_store, self.alarm_policy
-                )
+                    self._vd, self.vr, self.admin_token, self.alarm_store, self.alarm_policy,
+                    logs=self.fetch_logs,
+                )  # fmt: skip
                 self._admin = HttpServer(api.handle, None)
                 # Loopback whatever the host: the token is the only thing guarding it.
                 self.admin_port = await self._admin.start("127.0.0.1", self.options.admin_port)
@@ -381,6 +383,36 @@ class ReferencePlatform:
                     return found[-1]
                 self._log_event.clear()
                 await self._log_event.wait()
+
+    async def fetch_logs(
+        self, device_id: str, minutes: float = 60.0, timeout: float = 30.0
+    ) -> tuple[dict[str, Any], LogUpload | None]:
+        """What a platform does to read a device's log: QueryTime (its local time and
+        tz), LogUploadAsync of the last ``minutes`` to /logs/, then LogDone. Returns
+        LogDone's params and the upload (None when the device reported a failure).
+        LookupError offline, RuntimeError when the device refused, TimeoutError."""
+        since = time.time()
+        t = await self.call(device_id, "QueryTime", timeout=timeout)
+        if t.err is not None or t.resp is None:
+            raise RuntimeError(f"QueryTime failed: {t.err}")
+        end = dt.datetime.strptime(str(t.resp["datetime"]), "%Y-%m-%dT%H:%M:%S")
+        start = end - dt.timedelta(minutes=minutes)
+        trans_id = secrets.token_hex(4)
+        name = f"{device_id}-{trans_id}.log"
+        fmt = "%Y-%m-%dT%H:%M:%S"
+        params = {"trans_id": trans_id, "start": start.strftime(fmt), "end": end.strftime(fmt),
+                  "url": self.log_upload_url(name)}  # fmt: skip
+        reply = await self.call(device_id, "LogUploadAsync", params, timeout=timeout)
+        if reply.err is not None:
+            raise RuntimeError(f"LogUploadAsync refused: {reply.err.code} {reply.err.msg}")
+        done = await self.wait_record(
+            lambda r: r.name == "LogDone" and r.device_id == device_id and r.time >= since
+            and r.params.get("trans_id") == trans_id,
+            timeout=timeout,
+        )  # fmt: skip
+        if done.params.get("status") != "success":
+            return done.params, None
+        return done.params, await self.wait_log_upload(name, timeout=5)
 
     def _handle_log(self, req: Request) -> Response:
         name = req.path.removeprefix(LOG_PREFIX)
