@@ -173,3 +173,20 @@ async def test_platform_logs_command_shows_the_devices_log(rig: Rig) -> None:
     assert b"visible through the CLI" in out and PASSWORD.encode() not in out
     assert b"LogDone success" in err
     assert rig.platform.log_uploads[-1].body == out
+
+
+async def test_one_upload_at_a_time_three_wait_more_are_busy(rig: Rig) -> None:
+    rig.platform.log_upload_delay = 0.5
+    base = {"start": "2020-01-01T00:00:00", "end": "2020-01-01T00:00:01"}
+    codes = []
+    for i in range(6):
+        params = {**base, "trans_id": i, "url": rig.platform.log_upload_url(f"busy-{i}.log")}
+        reply = await rig.call("LogUploadAsync", params)
+        codes.append(None if reply.err is None else reply.err.code)
+    assert codes == [None, None, None, None, 1, 1], codes  # 1 running + 3 waiting
+    dones = [await _log_done(rig, i) for i in range(4)]
+    assert [d.params["status"] for d in dones] == ["success"] * 4
+    assert [d.index for d in dones] == sorted(d.index for d in dones)  # in order
+    assert len(rig.platform.log_uploads) == 4
+    again = {**base, "trans_id": 9, "url": rig.platform.log_upload_url("after.log")}
+    assert (await rig.call("LogUploadAsync", again)).err is None  # free again

@@ -110,6 +110,7 @@ class ReferencePlatform:
         self.log_uploads: list[LogUpload] = []
         # Fault: answer every log PUT with this status (and keep nothing) while set.
         self.log_upload_status: int | None = None
+        self.log_upload_delay = 0.0  # Fault: seconds each log PUT waits for its answer
         self._log_event = asyncio.Event()
         # Fault: each Vs request takes the first of these and merges it into its reply.
         self.vs_overrides: list[dict[str, Any]] = []
@@ -414,7 +415,9 @@ class ReferencePlatform:
             return done.params, None
         return done.params, await self.wait_log_upload(name, timeout=5)
 
-    def _handle_log(self, req: Request) -> Response:
+    async def _handle_log(self, req: Request) -> Response:
+        if self.log_upload_delay > 0:
+            await asyncio.sleep(self.log_upload_delay)
         name = req.path.removeprefix(LOG_PREFIX)
         if req.method != "PUT":
             return json_response(405, b'{"info": "PUT only"}')
@@ -442,7 +445,7 @@ class ReferencePlatform:
         if req.path.startswith("/upload/"):
             return self._handle_upload(req)
         if req.path.startswith(LOG_PREFIX):
-            return self._handle_log(req)
+            return await self._handle_log(req)
         if req.path.startswith(PIC_PREFIX):
             return await self.alarm_store.handle_put(req)
         if req.path.startswith((CSEG_PREFIX, SEG_PREFIX)):

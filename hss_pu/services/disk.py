@@ -299,7 +299,10 @@ class DiskService:
         """(total, free) bytes of the store; blocks (statvfs, mountinfo)."""
         if self.store == "mount" and mount_at(read_mounts(), str(self.point)) is None:
             raise FileNotFoundError(f"nothing is mounted at {self.point}")
-        st = os.statvfs(self.point)
+        # A directory store not made yet (the spool opens once the daemon runs) is
+        # measured on the filesystem it will be on.
+        exists = self.store == "mount" or self.point.exists()
+        st = os.statvfs(self.point if exists else self.point.parent)
         fs_total, fs_free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
         if self.store == "mount" or self.spool is None:
             return fs_total, fs_free
@@ -337,21 +340,27 @@ class DiskService:
             raise DeviceFailure("no recording store to format (GetDiskInfo state 0)")
         if self.formatting:
             return  # one format at a time; this one is what was asked
-        if self.store == "mount":
-            try:
-                await asyncio.to_thread(check_mount, str(self.point), self.protected)
-            except FormatRefused as exc:
-                raise UnsupportedConfig(f"FormatDisk refused: {exc}") from None
-            except OSError as exc:
-                raise DeviceFailure(f"FormatDisk: cannot read the mounts: {exc}") from None
+        try:
+            await asyncio.to_thread(self._check)
+        except FormatRefused as exc:
+            raise UnsupportedConfig(f"FormatDisk refused: {exc}") from None
+        except OSError as exc:
+            raise DeviceFailure(f"FormatDisk: {exc.strerror or exc}") from None
         await self.info()  # total/free to report while formatting
         self.formatting = True
         self._tasks.spawn(self._format(), "format-disk")
 
+    def _check(self) -> None:
+        """What makes a format impossible, before it is answered: FormatRefused."""
+        if self.store == "mount":
+            check_mount(str(self.point), self.protected)
+        elif self.point.is_symlink() or (self.point.exists() and not self.point.is_dir()):
+            raise FormatRefused(f"{self.point} is not a directory (a symlink in its place?)")
+
     def _wipe(self) -> None:
         if self.store == "mount":
             format_mount(str(self.point), self.protected, self._run)
-        else:
+        elif self.point.exists() or self.point.is_symlink():
             empty_dir(self.point)
 
     async def _format(self) -> None:

@@ -102,9 +102,9 @@ class LogUploadService:
             raise InvalidParam(f"params.url: {exc}") from None
         except UploadError as exc:
             raise DeviceFailure(f"params.url: {exc}") from None
-        if len(self._jobs) >= MAX_WAITING + (0 if self._running else 1):
+        if len(self._jobs) > MAX_WAITING:  # the one running (the first) and MAX_WAITING
             raise DeviceFailure(
-                f"busy: a log upload is running and {len(self._jobs)} wait; ask again later"
+                f"busy: a log upload is running and {len(self._jobs) - 1} wait; ask again later"
             )
         self._jobs.append(_Job(p, start, end))
         log.info(
