@@ -5,7 +5,11 @@ commands (pure: formatting a real device needs root and a spare disk)."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -201,3 +205,98 @@ async def test_dir_store_info_format_stat_and_recording_goes_on(
     status = await rig.status()
     assert status["disk"]["state"] == 1 and status["disk"]["formats"] == 1
     assert (await rig.stop_record()).err is None
+
+
+# --- a real filesystem of its own: needs root (mount, losetup) ---------------------------
+
+
+def _sh(*cmd: str) -> str:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip()
+
+
+@pytest.fixture
+def loop_mount(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A 16 MiB ext4 on a loop device mounted at tmp_path/card: an SD card for FormatDisk.
+    Skipped where this process may not set up loop devices and mount (not root)."""
+    if os.geteuid() != 0 or not shutil.which("losetup"):
+        pytest.skip("needs root and losetup to make a loop-mounted filesystem")
+    img, point = tmp_path / "card.img", tmp_path / "card"
+    point.mkdir()
+    with open(img, "wb") as f:
+        f.truncate(16 << 20)
+    try:
+        _sh("mkfs.ext4", "-q", "-F", "-L", "OLD", str(img))
+        dev = _sh("losetup", "--find", "--show", str(img))
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"no loop device here: {exc}")
+    try:
+        try:
+            _sh("mount", dev, str(point))
+        except subprocess.CalledProcessError as exc:
+            pytest.skip(f"cannot mount here: {exc.stderr}")
+        yield dev, point
+    finally:  # the daemon is gone by now (this fixture is set up before the rig)
+        if subprocess.run(["umount", str(point)], capture_output=True, check=False).returncode:
+            subprocess.run(["umount", "-l", str(point)], capture_output=True, check=False)
+        subprocess.run(["losetup", "-d", dev], capture_output=True, check=False)
+
+
+@pytest.mark.slow
+async def test_mount_store_formatted_with_mkfs_and_recording_goes_on(
+    loop_mount: tuple[str, Path], make_rig: MakeRig, tmp_path: Path
+) -> None:
+    dev, point = loop_mount
+    text = (Path(__file__).parent.parent / "firmware_profiles" / "emulated.toml").read_text()
+    profile = tmp_path / "card-camera.toml"
+    profile.write_text(
+        text.split("[recording]")[0]
+        + f'[recording]\nstore = "mount"\npath = "{point}"\nmax_mb = 8\nmemory_queue_mb = 16\n'
+    )
+    rig = await make_rig(profile=str(profile), fps=10)
+    platform, daemon = rig.platform, rig.daemon
+    info = (await rig.call("GetDiskInfo")).resp
+    assert info["state"] == 1 and 8 <= info["total"] <= 16 and 0 < info["free"] <= 16, info
+    assert daemon.record is not None and daemon.record.uploader.spool is not None
+    spool = daemon.record.uploader.spool
+    assert spool.dir == point / "spool"
+    (point / "left-by-someone").write_text("x")
+    platform.vr_down = True
+    assert (await rig.start_record(seg_duration=1, seg_max_count=1)).err is None
+    assert await until(lambda: len(spool) >= 2, 20), "nothing spooled on the card"
+    reply = await rig.call("FormatDisk")
+    assert reply.err is None and reply.resp == {}
+    assert daemon.disk is not None
+    assert await until(lambda: not daemon.disk.formatting, 60)  # type: ignore[union-attr]
+    formatted_at = daemon.clock.now()
+    assert daemon.disk.last_error is None
+    assert _sh("blkid", "-o", "value", "-s", "LABEL", dev) == "HSS-PU"  # a new filesystem
+    m = mount_at(disk.read_mounts(), str(point))
+    assert m is not None and m.fstype == "ext4"  # mounted back, same type
+    assert not (point / "left-by-someone").exists()
+    assert (await rig.call("GetDiskInfo")).resp["state"] == 1
+    lost = daemon.record.uploader.stats.segments_dropped
+    assert lost >= 2
+    saved_before = len(platform.vr_segments[0])
+    platform.vr_down = False
+    assert await until(lambda: sum(s.dropped_nb for s in platform.vr_stats) == lost, 15)
+    assert await until(
+        lambda: any(s.start >= formatted_at for s in platform.vr_segments[0][saved_before:]), 15
+    ), "no segment recorded after the format arrived"
+    assert (await rig.stop_record()).err is None
+
+
+async def test_mount_store_refused_when_it_holds_storage_dir(
+    loop_mount: tuple[str, Path], make_rig: MakeRig, tmp_path: Path
+) -> None:
+    """The card also holds the daemon's state: formatting it would wipe the daemon."""
+    _dev, point = loop_mount
+    text = (Path(__file__).parent.parent / "firmware_profiles" / "emulated.toml").read_text()
+    profile = tmp_path / "card-camera.toml"
+    profile.write_text(
+        text.split("[recording]")[0] + f'[recording]\nstore = "mount"\npath = "{point}"\n'
+    )
+    rig = await make_rig(profile=str(profile), storage=point / "state", spool_max_mb=8)
+    reply = await rig.call("FormatDisk")
+    assert reply.err is not None and reply.err.code == 13, reply
+    assert "runs from" in reply.err.msg
+    assert (point / "state" / "firmware.json").exists()  # nothing ran
