@@ -26,7 +26,8 @@ TZ = 8  # the device's zone in these tests: the range is local time there
 
 
 @pytest.fixture
-async def rig(make_rig: MakeRig, caplog: pytest.LogCaptureFixture) -> Rig:
+async def tz_rig(make_rig: MakeRig, caplog: pytest.LogCaptureFixture) -> Rig:
+    """The rig's daemon (control plane) at tz 8, logging at info."""
     caplog.set_level(logging.INFO, logger="hss_pu")  # what a daemon at log.level info logs
     r = await make_rig(start_media=False)
     local = dt.datetime.now(dt.timezone(dt.timedelta(hours=TZ))).strftime("%Y-%m-%dT%H:%M:%S")
@@ -60,7 +61,8 @@ async def _log_done(rig: Rig, trans_id: Any) -> Record:
     )  # fmt: skip
 
 
-async def test_uploads_exactly_the_lines_of_the_range_without_the_password(rig: Rig) -> None:
+async def test_uploads_exactly_the_lines_of_the_range_without_the_password(tz_rig: Rig) -> None:
+    rig = tz_rig
     log = logging.getLogger("hss_pu.test.upload")
     await _next_second()
     log.info("marker A")
@@ -103,7 +105,8 @@ async def test_uploads_exactly_the_lines_of_the_range_without_the_password(rig: 
         assert PASSWORD.encode() not in p.read_bytes(), p
 
 
-async def test_empty_range_uploads_zero_bytes_and_trans_id_keeps_its_type(rig: Rig) -> None:
+async def test_empty_range_uploads_zero_bytes_and_trans_id_keeps_its_type(tz_rig: Rig) -> None:
+    rig = tz_rig
     for trans_id, name in ((42, "empty-int.log"), ("42", "empty-str.log")):
         reply = await rig.call(
             "LogUploadAsync",
@@ -116,7 +119,8 @@ async def test_empty_range_uploads_zero_bytes_and_trans_id_keeps_its_type(rig: R
         assert (await rig.platform.wait_log_upload(name)).body == b""
 
 
-async def test_a_refused_upload_gives_logdone_fail_with_the_reason(rig: Rig) -> None:
+async def test_a_refused_upload_gives_logdone_fail_with_the_reason(tz_rig: Rig) -> None:
+    rig = tz_rig
     rig.platform.log_upload_status = 500
     reply = await rig.call(
         "LogUploadAsync",
@@ -135,7 +139,8 @@ async def test_a_refused_upload_gives_logdone_fail_with_the_reason(rig: Rig) -> 
     "url",
     ["https://10.20.30.40/logs/x.log", "http://{host}/logs/x.log", "ftp://{host}/x.log"],
 )
-async def test_a_refused_url_answers_12_and_sends_nothing(rig: Rig, url: str) -> None:
+async def test_a_refused_url_answers_12_and_sends_nothing(tz_rig: Rig, url: str) -> None:
+    rig = tz_rig
     host = rig.platform.schedule_url.split("//")[1]
     since = rig.platform.now()
     reply = await rig.call(
@@ -149,7 +154,8 @@ async def test_a_refused_url_answers_12_and_sends_nothing(rig: Rig, url: str) ->
     assert not rig.platform.log_uploads
 
 
-async def test_start_after_end_is_12(rig: Rig) -> None:
+async def test_start_after_end_is_12(tz_rig: Rig) -> None:
+    rig = tz_rig
     reply = await rig.call(
         "LogUploadAsync",
         {"trans_id": 1, "start": "2020-01-02T00:00:00", "end": "2020-01-01T00:00:00",
@@ -159,8 +165,9 @@ async def test_start_after_end_is_12(rig: Rig) -> None:
 
 
 @pytest.mark.platform(admin_port=0)
-async def test_platform_logs_command_shows_the_devices_log(rig: Rig) -> None:
+async def test_platform_logs_command_shows_the_devices_log(tz_rig: Rig) -> None:
     """``hss-pu platform logs DEVICE``: LogUploadAsync of the last hour, the text shown."""
+    rig = tz_rig
     logging.getLogger("hss_pu.test.upload").info("visible through the CLI")
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "hss_pu", "platform", "logs", DEVICE,
@@ -175,7 +182,8 @@ async def test_platform_logs_command_shows_the_devices_log(rig: Rig) -> None:
     assert rig.platform.log_uploads[-1].body == out
 
 
-async def test_one_upload_at_a_time_three_wait_more_are_busy(rig: Rig) -> None:
+async def test_one_upload_at_a_time_three_wait_more_are_busy(tz_rig: Rig) -> None:
+    rig = tz_rig
     rig.platform.log_upload_delay = 0.5
     base = {"start": "2020-01-01T00:00:00", "end": "2020-01-01T00:00:01"}
     codes = []
