@@ -26,6 +26,7 @@ from hss_pu.services.disk import (
     mount_command,
     mount_holding,
     parse_mountinfo,
+    privilege_problem,
 )
 
 from .support.rig import MakeRig, until
@@ -120,6 +121,16 @@ def test_format_mount_runs_umount_mkfs_mount_in_order(monkeypatch: pytest.Monkey
     with pytest.raises(FormatRefused, match=r"mkfs\.vfat failed"):
         format_mount("/mnt/hss-pu-store", PROTECTED, failing)
     assert [c[0] for c in ran] == ["umount", "mkfs.vfat", "mount"]  # mounted back
+
+
+def test_formatting_a_mount_needs_cap_sys_admin_and_the_device() -> None:
+    root = "Name:\tx\nCapEff:\t000001ffffffffff\n"
+    unprivileged = "Name:\tx\nCapEff:\t0000000000000000\n"
+    time_only = "CapEff:\t0000000002000000\n"  # CAP_SYS_TIME (25) alone
+    assert privilege_problem(root, "/dev/sda1", True) is None
+    assert "CAP_SYS_ADMIN" in (privilege_problem(unprivileged, "/dev/sda1", True) or "")
+    assert "CAP_SYS_ADMIN" in (privilege_problem(time_only, "/dev/sda1", True) or "")
+    assert "/dev/sda1" in (privilege_problem(root, "/dev/sda1", False) or "")
 
 
 def test_empty_dir_never_follows_symlinks(tmp_path: Path) -> None:

@@ -50,6 +50,7 @@ __all__ = [
     "mount_command",
     "mount_holding",
     "parse_mountinfo",
+    "privilege_problem",
 ]
 
 log = logging.getLogger("hss_pu.disk")
@@ -179,6 +180,21 @@ def mkfs_command(fstype: str, device: str, label: str = LABEL) -> list[str]:
     if not device.startswith("/dev/") or ".." in device:
         raise FormatRefused(f"{device!r} is not a device node")
     return make(device, label)
+
+
+CAP_SYS_ADMIN = 21  # capabilities(7)
+
+
+def privilege_problem(proc_status: str, device: str, device_writable: bool) -> str | None:
+    """What this process lacks to format a mount (None: nothing): CAP_SYS_ADMIN for
+    umount and mount (from /proc/self/status ``CapEff``), write access to the device
+    node for mkfs."""
+    m = re.search(r"^CapEff:\s*([0-9a-fA-F]+)\s*$", proc_status, re.MULTILINE)
+    if m is None or not int(m.group(1), 16) & (1 << CAP_SYS_ADMIN):
+        return "the daemon lacks CAP_SYS_ADMIN to unmount and mount the card (docs/systemd.md)"
+    if not device_writable:
+        return f"the daemon may not write to {device} (mkfs needs it; docs/systemd.md)"
+    return None
 
 
 def mount_command(m: Mount) -> list[str]:
@@ -353,7 +369,13 @@ class DiskService:
     def _check(self) -> None:
         """What makes a format impossible, before it is answered: FormatRefused."""
         if self.store == "mount":
-            check_mount(str(self.point), self.protected)
+            store = check_mount(str(self.point), self.protected)
+            why = privilege_problem(
+                Path("/proc/self/status").read_text(), store.source,
+                os.access(store.source, os.W_OK),
+            )  # fmt: skip
+            if why is not None:
+                raise FormatRefused(why)
         elif self.point.is_symlink() or (self.point.exists() and not self.point.is_dir()):
             raise FormatRefused(f"{self.point} is not a directory (a symlink in its place?)")
 
