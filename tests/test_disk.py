@@ -14,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from hss_pu.errors import DeviceFailure
 from hss_pu.services import disk
 from hss_pu.services.disk import (
+    DiskService,
     FormatRefused,
     Mount,
     empty_dir,
@@ -28,6 +30,7 @@ from hss_pu.services.disk import (
     parse_mountinfo,
     privilege_problem,
 )
+from hss_pu.wire.vd import GetDiskInfoResp
 
 from .support.rig import MakeRig, until
 
@@ -131,6 +134,13 @@ def test_formatting_a_mount_needs_cap_sys_admin_and_the_device() -> None:
     assert "CAP_SYS_ADMIN" in (privilege_problem(unprivileged, "/dev/sda1", True) or "")
     assert "CAP_SYS_ADMIN" in (privilege_problem(time_only, "/dev/sda1", True) or "")
     assert "/dev/sda1" in (privilege_problem(root, "/dev/sda1", False) or "")
+
+
+async def test_no_store_is_state_0_and_cannot_be_formatted(tmp_path: Path) -> None:
+    svc = DiskService("none", tmp_path, spool=None, uploader=None, protected=())
+    assert await svc.info() == GetDiskInfoResp(state=0, total=0, free=0)
+    with pytest.raises(DeviceFailure, match="no recording store"):
+        await svc.format()
 
 
 def test_empty_dir_never_follows_symlinks(tmp_path: Path) -> None:
