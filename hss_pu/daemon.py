@@ -381,6 +381,9 @@ class Daemon:
         """PlayVideo on the channels with a speaker; None (101) on a device without one."""
         c = self.config
         speakers = {s.id: (s.audio_output, s.audio) for s in c.profile.channels}
+        dev0, audio0 = speakers[0]
+        if dev0 is not None and c.camera.audio_output is not None:
+            speakers[0] = (c.camera.audio_output, audio0)
         outputs = {
             ch: OutputSpec("null" if dev == "null" else "alsa", dev, audio.sample_rate)
             for ch, (dev, audio) in speakers.items()

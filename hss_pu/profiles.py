@@ -21,6 +21,7 @@ from hss_pu.wire.alarms import ALARM_KINDS, KIND_OF_SENSOR
 __all__ = [
     "ALARM_TYPE_OF_SENSOR",
     "IMPLEMENTED",
+    "PCM_NAME",
     "AudioSpec",
     "BatterySpec",
     "ChannelSpec",
@@ -103,7 +104,7 @@ class _Spec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tru
 
 # An ALSA PCM name as aplay -L lists them ("default", "plughw:CARD=Headphones,DEV=0",
 # "hw:1,0"), or "null".
-_PCM_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.:,=-]{0,79}$"
+PCM_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.:,=-]{0,79}$"
 
 
 class AudioSpec(_Spec, frozen=True, kw_only=True):
@@ -112,7 +113,7 @@ class AudioSpec(_Spec, frozen=True, kw_only=True):
     output: bool = False
     # Where the speaker is: an ALSA PCM name, or "null" (no sound, still played in real
     # time). Absent: "null" on an emulated channel, "default" on real hardware.
-    output_device: Annotated[str, msgspec.Meta(pattern=_PCM_NAME)] | None = None
+    output_device: Annotated[str, msgspec.Meta(pattern=PCM_NAME)] | None = None
     # The largest file PlayVideo downloads (MiB); it is stored under storage.dir while it
     # plays, so this bounds the disk a platform can fill.
     play_max_mb: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 16

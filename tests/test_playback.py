@@ -15,10 +15,12 @@ from typing import Any
 
 import pytest
 
-from hss_pu.media.player import Handover, OutputSpec, Player, PlayResult
+from hss_pu.config import parse_config_doc
+from hss_pu.media.player import Handover, OutputSpec, Player, PlayResult, alsa_environment
 from hss_pu.profiles import load_profile
 from hss_pu.reference_platform.media import make_tone
 from hss_pu.reference_platform.server import ReferencePlatform
+from hss_pu.schema import SchemaError
 
 from .support.rig import DEVICE, MakeRig, Rig, until
 
@@ -290,3 +292,52 @@ def test_the_handover_is_bounded_in_items_and_bytes() -> None:
     h.close()
     late.join(1)
     assert not late.is_alive() and h.get() is None and not h.put("f")
+
+
+async def test_a_pi_profile_plays_to_alsa_and_a_missing_card_is_a_log_line(
+    make_rig: MakeRig,
+    platform: ReferencePlatform,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """pi5-cam3-ptz's speaker is ALSA's default PCM; this machine has no sound card, so
+    the playback ends at its first write, with the device in the log line; the config's
+    camera.audio_output = "null" then plays the same clip (a Pi profile on a laptop)."""
+    caplog.set_level(logging.INFO, logger="hss_pu.playback")
+    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")  # its LEDs on mock pins here
+    monkeypatch.setenv("ALSA_CONFIG_DIR", "/usr/share/alsa")  # what the daemon would set
+    rig = await make_rig(start_media=False, profile="pi5-cam3-ptz", size=(640, 360))
+    assert (await rig.call("GetCap")).resp["audio_out"] is True
+    await platform.play_video(DEVICE, 0, platform.media_url("tone-2s.m4a"))
+    await wait_status(rig, "stopped", 5)
+    r = last_result(rig)
+    assert r.reason == "error" and r.error is not None and r.error.startswith("ALSA default: ")
+    assert r.error in caplog.text
+    assert (await rig.status())["playback"][0]["last"]["reason"] == "error"
+    await rig.stop()
+    rig = await make_rig(
+        start_media=False, profile="pi5-cam3-ptz", size=(640, 360), audio_output="null"
+    )
+    await platform.play_video(DEVICE, 0, platform.media_url("tone-1s.m4a"))
+    await wait_status(rig, "playing", 1)
+    await wait_status(rig, "stopped", 4)
+    assert last_result(rig).reason == "end"
+
+
+def test_alsa_environment_points_pyav_at_the_system_configuration() -> None:
+    env: dict[str, str] = {}
+    alsa_environment(env)
+    system = Path("/usr/share/alsa/alsa.conf").is_file()
+    assert env == ({"ALSA_CONFIG_DIR": "/usr/share/alsa"} if system else {})
+    env = {"ALSA_CONFIG_DIR": "/opt/alsa"}
+    alsa_environment(env)
+    assert env == {"ALSA_CONFIG_DIR": "/opt/alsa"}  # a value already set wins
+
+
+def test_the_config_names_a_speaker_by_its_pcm_name_only() -> None:
+    base = {"device": {"id": DEVICE, "mac": "02:00:00:00:00:01"},
+            "platform": {"schedule_url": "https://127.0.0.1:8443"}}  # fmt: skip
+    doc = parse_config_doc({**base, "camera": {"audio_output": "plughw:CARD=Device,DEV=0"}})
+    assert doc.camera.audio_output == "plughw:CARD=Device,DEV=0"
+    with pytest.raises(SchemaError, match=r"camera\.audio_output"):
+        parse_config_doc({**base, "camera": {"audio_output": "default'; reboot"}})
