@@ -6,6 +6,7 @@ speaker (services/playback.py, media/player.py)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import threading
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from hss_pu.cli import main
 from hss_pu.config import parse_config_doc
 from hss_pu.media.player import Handover, OutputSpec, Player, PlayResult, alsa_environment
 from hss_pu.profiles import load_profile
@@ -22,7 +24,7 @@ from hss_pu.reference_platform.media import make_tone
 from hss_pu.reference_platform.server import ReferencePlatform
 from hss_pu.schema import SchemaError
 
-from .support.rig import DEVICE, MakeRig, Rig, until
+from .support.rig import DEVICE, MakePlatform, MakeRig, Rig, start_daemon, until
 
 pytestmark = pytest.mark.slow
 
@@ -341,3 +343,33 @@ def test_the_config_names_a_speaker_by_its_pcm_name_only() -> None:
     assert doc.camera.audio_output == "plughw:CARD=Device,DEV=0"
     with pytest.raises(SchemaError, match=r"camera\.audio_output"):
         parse_config_doc({**base, "camera": {"audio_output": "default'; reboot"}})
+
+
+async def test_platform_play_cli_sends_a_tone_or_a_file(
+    make_platform: MakePlatform,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``hss-pu platform play DEVICE [FILE]``: the platform's admin API sends PlayVideo
+    of a generated tone, or of a file it copies into the platform's media."""
+    platform = await make_platform(admin_port=0, state_dir=tmp_path / "plat")
+    rig = await start_daemon(platform, tmp_path / "pu", start_media=False)
+    try:
+
+        def cli(*file: str) -> list[str]:
+            return ["platform", "play", DEVICE, *file, "--state-dir", str(tmp_path / "plat")]
+
+        assert await asyncio.to_thread(main, cli()) == 0
+        url = json.loads(capsys.readouterr().out)["url"]
+        assert url == platform.media_url("tone-5s.m4a")
+        assert (await status(rig))["status"] == "playing"
+        clip = tmp_path / "my clip.ogg"
+        make_tone(clip, 1.0)
+        assert await asyncio.to_thread(main, cli(str(clip))) == 0
+        assert json.loads(capsys.readouterr().out)["url"] == platform.media_url("my_clip.ogg")
+        assert await until(lambda: len(platform.media.requests_for("my_clip.ogg")) == 1, 3)
+        await wait_status(rig, "stopped", 4)
+        assert last_result(rig).reason == "end"
+        assert await asyncio.to_thread(main, cli(str(tmp_path / "missing.ogg"))) == 1
+    finally:
+        await rig.stop()
