@@ -373,3 +373,16 @@ async def test_platform_play_cli_sends_a_tone_or_a_file(
         assert await asyncio.to_thread(main, cli(str(tmp_path / "missing.ogg"))) == 1
     finally:
         await rig.stop()
+
+
+async def test_the_daemon_stops_promptly_mid_play(prig: Rig, platform: ReferencePlatform) -> None:
+    await platform.play_video(DEVICE, 0, platform.media_url("tone-8s.ogg"))
+    await wait_status(prig, "playing", 1)
+    assert await until(lambda: leftovers(prig) != [], 3)  # downloaded: the file is there
+    await asyncio.sleep(0.5)
+    t0 = time.monotonic()
+    assert await prig.stop() == 0
+    took = time.monotonic() - t0
+    assert took < 3.0, took
+    assert leftovers(prig) == []
+    assert not [t for t in threading.enumerate() if t.name.startswith("play-ch")]

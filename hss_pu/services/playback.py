@@ -49,6 +49,7 @@ log = logging.getLogger("hss_pu.playback")
 DOWNLOAD_TIMEOUT = 120.0  # the whole download, however slowly the server sends
 READ_TIMEOUT = 10.0
 STOP_WAIT = 5.0  # how long a replaced or stopped playback's threads get to finish
+CLOSE_WAIT = 1.0  # the same when the daemon stops (it has 5 s for everything)
 PREFIX = "play-"
 
 State = Literal["stopped", "pausing", "playing"]
@@ -110,7 +111,7 @@ class PlaybackService:
 
     async def close(self) -> None:
         for ch in list(self._sessions):
-            await self._end(ch)
+            await self._end(ch, CLOSE_WAIT)
         await self._http.aclose()
 
     # --- the PlaybackService protocol ------------------------------------------------------
@@ -186,7 +187,7 @@ class PlaybackService:
 
     # --- one playback ----------------------------------------------------------------------
 
-    async def _end(self, channel: int) -> None:
+    async def _end(self, channel: int, wait: float = STOP_WAIT) -> None:
         """Stop the channel's playback (if any) and wait for its threads and its file."""
         s = self._sessions.get(channel)
         if s is None or s.task is None:
@@ -195,9 +196,9 @@ class PlaybackService:
             s.player.stop()
         else:
             s.task.cancel()  # still downloading
-        _, pending = await asyncio.wait({s.task}, timeout=STOP_WAIT)
+        _, pending = await asyncio.wait({s.task}, timeout=wait)
         if pending:
-            log.error("playback ch%d: did not stop within %.0f s", channel, STOP_WAIT)
+            log.error("playback ch%d: did not stop within %.0f s", channel, wait)
             s.task.cancel()
         if self._sessions.get(channel) is s:
             del self._sessions[channel]
