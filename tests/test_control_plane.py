@@ -167,7 +167,6 @@ SERVICE_LATER: dict[str, dict[str, Any] | None] = {
     "Snapshot": {"channel": 0, "url": "https://127.0.0.1/snap.jpg"},
     "GetPTZPresetList": {"channel": 0},
     "QueryUpgrade": None,
-    "QueryVideoStatus": {"channel": 0},
     "LogUploadAsync": {
         "trans_id": 1,
         "start": "2030-01-01T00:00:00",
