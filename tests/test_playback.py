@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import av
 import pytest
 
 from hss_pu.cli import main
@@ -177,10 +178,17 @@ def sparse_file(path: Path, size: int) -> None:
         f.truncate(size)
 
 
+def cut_at_a_packet(directory: Path, good: Path) -> None:
+    """The clip up to its middle packet: nothing in it is broken, it just stops."""
+    with av.open(str(good)) as c:
+        offsets = [p.pos for p in c.demux() if p.pos is not None and p.pos > 0]
+    (directory / "cut.m4a").write_bytes(good.read_bytes()[: offsets[len(offsets) // 2]])
+
+
 def bad_media(directory: Path, good: Path, kind: str) -> None:
     data = {
         "garbage": os.urandom(50_000),
-        "truncated": good.read_bytes()[: good.stat().st_size // 2],  # its index is at the end
+        "truncated": good.read_bytes()[: good.stat().st_size // 2],  # it breaks off mid-way
         "no-media": b"just text, no media at all\n" * 100,
     }[kind]
     (directory / f"{kind}.bin").write_bytes(data)
@@ -224,14 +232,33 @@ async def test_bad_media_ends_stopped_with_a_log_line(
     await platform.play_video(DEVICE, 0, platform.media_url(f"{kind}.bin"))
     await wait_status(prig, "stopped", 3)
     r = last_result(prig)
-    assert r.reason == "error" and r.error and r.audio_frames == 0, r
+    assert r.reason == "error" and r.error, r
     assert f"{kind}.bin: " in caplog.text and r.error in caplog.text
+    if kind == "truncated":  # what is there plays (the clip's index comes first), in time
+        assert 0.6 <= r.played <= 1.4 and r.audio_frames > 20, r
+    else:
+        assert r.audio_frames == 0, r
     assert leftovers(prig) == []
     # The daemon is none the worse: the next clip plays.
     await platform.play_video(DEVICE, 0, platform.media_url("tone-2s.m4a"))
     await wait_status(prig, "playing", 1)
     await wait_status(prig, "stopped", 5)
     assert last_result(prig).reason == "end"
+
+
+async def test_a_file_that_stops_short_of_its_duration_is_logged(
+    prig: Rig, platform: ReferencePlatform, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="hss_pu.playback")
+    good = await platform.media.path_for("tone-2s.m4a")
+    assert good is not None
+    cut_at_a_packet(platform.media.directory, good)
+    await platform.play_video(DEVICE, 0, platform.media_url("cut.m4a"))
+    await wait_status(prig, "playing", 1)
+    await wait_status(prig, "stopped", 3)
+    r = last_result(prig)
+    assert r.reason == "end" and r.expected == 2.0 and 0.7 <= r.played <= 1.3, r
+    assert "cut.m4a ended early: 1.0 of the 2.0 s it declares" in caplog.text
 
 
 async def test_a_device_without_audio_output_answers_101(

@@ -191,6 +191,7 @@ class PlayResult:
     audio_frames: int = 0
     video_frames: int = 0
     late_video: int = 0  # video frames more than half a second late (not "shown")
+    expected: float | None = None  # the duration the file declares, if it does
 
 
 @dataclass
@@ -285,6 +286,8 @@ class Player:
     def _decode_file(self) -> float:
         """Decode into the hand-over; the stream's end time (seconds from the first frame)."""
         with av.open(str(self.path), "r") as c:
+            if c.duration is not None and c.duration > 0:
+                self.result.expected = c.duration / 1_000_000  # read at the end, after _End
             audio = c.streams.audio[0] if c.streams.audio else None
             video = c.streams.video[0] if c.streams.video else None
             if video is not None:

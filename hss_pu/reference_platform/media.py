@@ -58,7 +58,8 @@ def make_tone(path: Path, seconds: float, *, freq: float = 440.0, video: bool = 
     rate = 48000
     codec = "libopus" if path.suffix == ".ogg" else "aac"
     tmp = path.with_name(f".{path.name}.tmp")
-    with av.open(str(tmp), "w", format="ogg" if path.suffix == ".ogg" else "mp4") as c:
+    fmt, opts = ("ogg", {}) if path.suffix == ".ogg" else ("mp4", {"movflags": "faststart"})
+    with av.open(str(tmp), "w", format=fmt, options=opts) as c:  # MP4: its index first
         a: Any = c.add_stream(codec, rate=rate, layout="mono")
         v: Any = None
         if video:

@@ -219,10 +219,16 @@ class PlaybackService:
             s.player.start(paused=s.state == "pausing")
             r = await s.ended
             self.finished = [*self.finished[-7:], (s.channel, r)]
+            short = r.expected is not None and r.played < r.expected - 0.5
             if r.reason == "error":
                 log.warning(
                     "playback ch%d: %s: %s (%.1f s played)", s.channel, s.where, r.error, r.played
                 )
+            elif r.reason == "end" and short:
+                log.warning(
+                    "playback ch%d: %s ended early: %.1f of the %.1f s it declares (truncated?)",
+                    s.channel, s.where, r.played, r.expected,
+                )  # fmt: skip
             else:
                 log.info(
                     "playback ch%d: %s %s after %.1f s (%d audio, %d video frames)",
