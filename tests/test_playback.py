@@ -65,10 +65,14 @@ async def prig(make_rig: MakeRig) -> Rig:
     return await make_rig(start_media=False)
 
 
-async def test_play_pause_resume_stop_in_real_time(prig: Rig, platform: ReferencePlatform) -> None:
+async def test_play_pause_resume_stop_in_real_time(
+    prig: Rig, platform: ReferencePlatform, caplog: pytest.LogCaptureFixture
+) -> None:
     """playing -> pausing -> playing -> stopped, and the 2 s clip takes 2 s plus the pause:
-    paced by its timestamps (it decodes in a few milliseconds)."""
-    url = platform.media_url("tone-2s.m4a")
+    paced by its timestamps (it decodes in a few milliseconds). The URL's signature
+    stays out of the log and `hss-pu status`; QueryVideoStatus gives it back whole."""
+    caplog.set_level(logging.DEBUG, logger="hss_pu")
+    url = platform.media_url("tone-2s.m4a") + "?sig=SIGNATURE-42"
     await platform.media.path_for("tone-2s.m4a")  # made before the clock starts
     t0 = time.monotonic()
     await platform.play_video(DEVICE, 0, url)
@@ -93,6 +97,12 @@ async def test_play_pause_resume_stop_in_real_time(prig: Rig, platform: Referenc
     assert 90 <= r.audio_frames <= 96  # 2 s of 1024-sample frames at 48 kHz
     assert await status(prig) == {"status": "stopped", "url": url}
     assert leftovers(prig) == []  # the downloaded file is gone
+    device_log = [
+        r.getMessage() for r in caplog.records if not r.name.startswith("hss_pu.platform")
+    ]
+    assert not [line for line in device_log if "SIGNATURE-42" in line]
+    assert "SIGNATURE-42" not in json.dumps(shown) + json.dumps((await prig.status())["playback"])
+    assert any("sig=*** downloaded" in line for line in device_log)  # there, without it
 
 
 async def test_a_clip_with_video_plays_its_audio_and_decodes_its_pictures(
