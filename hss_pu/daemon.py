@@ -401,7 +401,14 @@ class Daemon:
             ca_file=c.ca_file,
             guard=self.url_guard,
         )
-        await svc.start()
+        try:
+            await svc.start()
+        except OSError as exc:
+            log.error(
+                "playback: %s is not usable (%s); PlayVideo will answer 101", svc.work_dir, exc
+            )
+            await svc.close()
+            return None
         return svc
 
     def _alarm_service(self, devconfig: DevConfigStore, link: PlatformLink) -> AlarmService:

@@ -423,3 +423,18 @@ async def test_the_daemon_stops_promptly_mid_play(prig: Rig, platform: Reference
     assert took < 3.0, took
     assert leftovers(prig) == []
     assert not [t for t in threading.enumerate() if t.name.startswith("play-ch")]
+
+
+def block_playback_dir(storage: Path) -> None:
+    storage.mkdir(mode=0o700, parents=True)
+    (storage / "playback").write_text("not a directory")
+
+
+async def test_an_unusable_playback_directory_leaves_the_daemon_running(
+    make_rig: MakeRig, tmp_path: Path
+) -> None:
+    block_playback_dir(tmp_path / "blocked")
+    rig = await make_rig(start_media=False, storage=tmp_path / "blocked")
+    reply = await rig.call("QueryVideoStatus", {"channel": 0})
+    assert reply.err is not None and reply.err.code == 101
+    assert (await rig.call("QueryTime")).err is None
