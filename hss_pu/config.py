@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from hss_pu.fsutil import FileRefused, read_bounded
-from hss_pu.profiles import Profile, load_profile
+from hss_pu.profiles import PCM_NAME, Profile, load_profile
 from hss_pu.schema import SchemaError, convert, key_error, load_toml
 from hss_pu.wire.urlsafety import MAX_ALLOWED_HOSTS, host_problem
 from hss_pu.wire.vs import MAC_PATTERN
@@ -100,6 +100,9 @@ class CameraSection(_Section, frozen=True, kw_only=True):
     # What the emulated camera shows: the moving test pattern, or a still room that
     # `hss-pu sensor motion on` (and the light controls) change: for trying alarms.
     scene: Literal["pattern", "static"] = "pattern"
+    # The speaker of channel 0 when the profile has one, instead of its
+    # audio.output_device: an ALSA PCM name, or "null" (a Pi profile tried on a laptop).
+    audio_output: Annotated[str, msgspec.Meta(pattern=PCM_NAME)] | None = None
 
 
 class StorageSection(_Section, frozen=True, kw_only=True):

@@ -32,6 +32,7 @@ from hss_pu.logsetup import add_secret
 from hss_pu.media.analysis import MotionAnalyser, parse_alarm_config
 from hss_pu.media.channel import MediaChannel
 from hss_pu.media.encoder import EncodeSettings, MediaError
+from hss_pu.media.player import OutputSpec, alsa_environment
 from hss_pu.media.sources import Scene
 from hss_pu.sdnotify import SdNotifier
 from hss_pu.services.alarms import AlarmService
@@ -47,6 +48,7 @@ from hss_pu.services.link import PlatformLink
 from hss_pu.services.live import LiveService
 from hss_pu.services.localctl import LocalControl, SensorDriver, sensor_command
 from hss_pu.services.logs import LogUploadService
+from hss_pu.services.playback import PlaybackService
 from hss_pu.services.record import RecordService
 from hss_pu.services.snapshot import SnapshotService
 from hss_pu.services.spool import Spool
@@ -105,6 +107,7 @@ class Daemon:
         self.disk: DiskService | None = None
         self.logfiles: LogFiles | None = None
         self.logs: LogUploadService | None = None
+        self.playback: PlaybackService | None = None
         self.notifier = notifier or SdNotifier.from_env()
         self.clock = OffsetClock(set_host=config.device.set_system_clock)
         self.rng = rng
@@ -227,6 +230,7 @@ class Daemon:
         log.info("storage: %s ready", storage)
         devconfig = DevConfigStore(self.config)
         services = self._media_services(devconfig.get())
+        services.playback = self.playback = await self._playback_service(storage)
         ctx = DeviceContext(
             config=self.config,
             clock=self.clock,
@@ -287,6 +291,8 @@ class Daemon:
             await analyser.close()
         if self.snapshot is not None:
             await self.snapshot.close()
+        if self.playback is not None:
+            await self.playback.close()
         if self.board is not None:
             self.board.close()
         await alarms.close()
@@ -447,6 +453,40 @@ class Daemon:
         link.on_login(logs.logged_in)
         return logs
 
+    async def _playback_service(self, storage: Path) -> PlaybackService | None:
+        """PlayVideo on the channels with a speaker; None (101) on a device without one."""
+        c = self.config
+        speakers = {s.id: (s.audio_output, s.audio) for s in c.profile.channels}
+        dev0, audio0 = speakers[0]
+        if dev0 is not None and c.camera.audio_output is not None:
+            speakers[0] = (c.camera.audio_output, audio0)
+        outputs = {
+            ch: OutputSpec("null" if dev == "null" else "alsa", dev, audio.sample_rate)
+            for ch, (dev, audio) in speakers.items()
+            if dev is not None
+        }
+        if not outputs:
+            return None
+        if any(o.kind == "alsa" for o in outputs.values()):
+            alsa_environment()
+        svc = PlaybackService(
+            outputs,
+            {ch: speakers[ch][1].play_max_mb << 20 for ch in outputs},
+            work_dir=storage / "playback",
+            mac=c.device.mac,
+            ca_file=c.ca_file,
+            guard=self.url_guard,
+        )
+        try:
+            await svc.start()
+        except OSError as exc:
+            log.error(
+                "playback: %s is not usable (%s); PlayVideo will answer 101", svc.work_dir, exc
+            )
+            await svc.close()
+            return None
+        return svc
+
     def _alarm_service(self, devconfig: DevConfigStore, link: PlatformLink) -> AlarmService:
         """Alarms follow the configuration document, go out through the link (queued
         while offline) and upload their pictures under the URL-safety rules."""
@@ -560,6 +600,7 @@ class Daemon:
             if self.disk
             else None,
             "logs": self.logs.status() if self.logs else None,
+            "playback": self.playback.report() if self.playback else None,
             "hw": self._hw_status(),
         }
 

@@ -21,6 +21,7 @@ from hss_pu.wire.alarms import ALARM_KINDS, KIND_OF_SENSOR
 __all__ = [
     "ALARM_TYPE_OF_SENSOR",
     "IMPLEMENTED",
+    "PCM_NAME",
     "AudioSpec",
     "BatterySpec",
     "ChannelSpec",
@@ -52,11 +53,11 @@ GpioPins = Literal["auto", "lgpio", "mock"]
 # rest). The issue that lands a feature adds its key here, with its exerciser in
 # tests/test_getcap_walk.py. Alarms count per kind (``alarms.<kind>``: the standard keys
 # io, motion, body, and ours, pir, bell, lock, listed by GetCap's ``sensors``). Not yet:
-# ptz, battery, audio_out, voice_out (device services), firmware_download_https
-# (UpgradeFirmware).
+# ptz, battery (device services), firmware_download_https (UpgradeFirmware). Never
+# here: voice_out (talkback, which no message of Table 9-4 carries; docs/protocol.md).
 IMPLEMENTED: frozenset[str] = frozenset(
     {"cloud_record", "pic_upload_https", "video_encrypt", "auto_reboot", "switch", "led"}
-    | {"log_upload_https"}
+    | {"log_upload_https", "audio_out"}
     | {"alarms.io", "alarms.motion", "alarms.body", "alarms.pir", "alarms.bell", "alarms.lock"}
 )
 
@@ -100,9 +101,21 @@ class _Spec(msgspec.Struct, forbid_unknown_fields=True, frozen=True, kw_only=Tru
     pass
 
 
+# An ALSA PCM name as aplay -L lists them ("default", "plughw:CARD=Headphones,DEV=0",
+# "hw:1,0"), or "null".
+PCM_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.:,=-]{0,79}$"
+
+
 class AudioSpec(_Spec, frozen=True, kw_only=True):
     input: bool = False
+    # A speaker: PlayVideo plays to it (GetCap audio_out).
     output: bool = False
+    # Where the speaker is: an ALSA PCM name, or "null" (no sound, still played in real
+    # time). Absent: "null" on an emulated channel, "default" on real hardware.
+    output_device: Annotated[str, msgspec.Meta(pattern=PCM_NAME)] | None = None
+    # The largest file PlayVideo downloads (MiB); it is stored under storage.dir while it
+    # plays, so this bounds the disk a platform can fill.
+    play_max_mb: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 16
     codec: Literal["aac"] = "aac"
     sample_rate: Annotated[int, msgspec.Meta(ge=8000, le=48000)] = 48000
 
@@ -133,6 +146,16 @@ class ChannelSpec(_Spec, frozen=True, kw_only=True):
     @property
     def max_resolution(self) -> tuple[int, int]:
         return max(self.resolutions, key=lambda r: r[0] * r[1])
+
+    @property
+    def audio_output(self) -> str | None:
+        """The channel's speaker (an ALSA PCM name, or "null"); None without one."""
+        a = self.audio
+        if not a.output:
+            return None
+        if a.output_device is not None:
+            return a.output_device
+        return "null" if self.backend == "emulated" else "default"
 
 
 class PtzSpec(_Spec, frozen=True, kw_only=True):
@@ -284,8 +307,11 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True):
             "ptz": has("ptz", d.ptz.type != "none"),
             "battery": has("battery", d.battery.present),
             "media_protocol": "srt",
+            # audio_out: PlayVideo plays a file to the speaker (the origin protocol's
+            # AudioOutPlay). voice_out is talkback (live voice from the app), which no
+            # message of Table 9-4 carries: false until a protocol for it exists.
             "audio_out": has("audio_out", audio_out),
-            "voice_out": has("voice_out", audio_out),
+            "voice_out": False,
             "cloud_record": has("cloud_record"),
             "trace": False,
             # The detectors this device runs (alarm_kinds); a PIR is type 12, not body (11).

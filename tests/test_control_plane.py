@@ -167,7 +167,6 @@ SERVICE_LATER: dict[str, dict[str, Any] | None] = {
     "Snapshot": {"channel": 0, "url": "https://127.0.0.1/snap.jpg"},
     "GetPTZPresetList": {"channel": 0},
     "QueryUpgrade": None,
-    "QueryVideoStatus": {"channel": 0},
     # No media, no recording store (LogUploadAsync works: tests/test_log_upload.py).
     "GetDiskInfo": None,
     "FormatDisk": None,

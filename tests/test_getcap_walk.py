@@ -8,6 +8,7 @@ feature that lands adds its key to profiles.IMPLEMENTED and one line here.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import time
@@ -229,6 +230,28 @@ async def log_upload(w: Walk) -> None:
     assert up.content_type == "text/plain; charset=utf-8"
 
 
+async def play_clip(w: Walk) -> None:
+    """audio_out: PlayVideo of a 2 s clip the platform serves on every channel with a
+    speaker: QueryVideoStatus says playing, then stopped when it has played (in real
+    time: not before about 2 s)."""
+    for ch in w.profile.channels:
+        if ch.audio_output is None:
+            continue
+        url = w.platform.media_url("tone-2s.m4a")
+        await w.platform.media.path_for("tone-2s.m4a")
+        t0 = time.monotonic()
+        await w.platform.play_video(DEVICE, ch.id, url)
+        assert await w.call("QueryVideoStatus", {"channel": ch.id}) == {
+            "status": "playing", "url": url
+        }  # fmt: skip
+        while (await w.call("QueryVideoStatus", {"channel": ch.id}))["status"] != "stopped":
+            assert time.monotonic() - t0 < 8, "the clip never ended"
+            await asyncio.sleep(0.05)
+        assert time.monotonic() - t0 >= 1.9, "a 2 s clip ended early"
+        playback = w.rig.daemon.playback
+        assert playback is not None and playback.finished[-1][1].reason == "end"
+
+
 Exerciser = Callable[[Walk], Awaitable[None]]
 EXERCISERS: dict[str, Exerciser] = {
     "media_protocol": srt_push,
@@ -245,6 +268,7 @@ EXERCISERS: dict[str, Exerciser] = {
     "alarms.body": alarm_of("body"),
     "led": status_led,
     "log_upload_https": log_upload,
+    "audio_out": play_clip,
 }
 
 
@@ -302,6 +326,7 @@ async def walk(
         backoff_scale=0.02,
         seed=7,
         scene="static",  # a still room: motion only when someone walks across it
+        audio_output="null",  # no sound card here: a Pi profile's speaker is the null sink
     )
     yield Walk(rig, profile, size, reboots)
     assert not rig.task.done(), "the daemon stopped during the walk"

@@ -44,7 +44,7 @@ def test_profile_loads_and_reports_getcap(name: str) -> None:
 
 
 NOT_BUILT = (
-    "ptz", "battery", "audio_out", "voice_out", "firmware_download_https", "trace",
+    "ptz", "battery", "voice_out", "firmware_download_https", "trace",
 )  # fmt: skip
 
 
@@ -69,6 +69,8 @@ def test_getcap_claims_nothing_this_build_lacks(name: str) -> None:
     for key in NOT_BUILT:
         assert cap[key] is False, key
     assert cap["log_upload_https"] is True
+    # PlayVideo plays to a speaker (services/playback.py): true where a channel has one.
+    assert cap["audio_out"] is any(c.audio.output for c in load_profile(name).channels)
     # SetConfig led switches the status LED (services/leds.py): true where there is one.
     assert cap["led"] is any(led.role == "status" for led in load_profile(name).doc.leds)
     standard, sensors = ALARMS[name]
@@ -201,3 +203,22 @@ def test_audio_in_follows_what_the_backend_captures(
     )
     cap = profiles.load_profile_file(path).capabilities()
     assert cap["channels"][0]["audio_in"] is claimed
+
+
+def test_audio_output_device_defaults_and_validation(tmp_path: Path) -> None:
+    """The speaker: null on the emulated camera, ALSA's default on hardware unless the
+    profile names a PCM; a name that is no PCM name is refused at load."""
+    assert load_profile("emulated").channels[0].audio_output == "null"
+    assert load_profile("pi5-cam3-ptz").channels[0].audio_output == "default"
+    assert load_profile("pi4-hq").channels[0].audio_output is None
+    assert load_profile("emulated").channels[0].audio.play_max_mb == 16
+    text = load_profile("emulated").path
+    src = Path(text).read_text()
+    for bad, key in (
+        ('output_device = "default; rm -rf /"', "output_device"),
+        ("play_max_mb = 0", "play_max_mb"),
+    ):
+        f = tmp_path / "p.toml"
+        f.write_text(src.replace('output_device = "null"', bad))
+        with pytest.raises(SchemaError, match=key):
+            load_profile(str(f))

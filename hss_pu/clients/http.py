@@ -46,7 +46,7 @@ import enum
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any
+from typing import Any, BinaryIO
 
 import httpcore
 import httpx
@@ -64,12 +64,15 @@ from hss_pu.wire.urlsafety import (
 
 __all__ = [
     "MAX_UPLOAD_REPLY",
+    "DownloadError",
+    "DownloadTooLarge",
     "HttpClient",
     "Resolver",
     "Trust",
     "UploadError",
     "UrlGuard",
     "UrlNotAllowed",
+    "download",
     "platform_http",
     "resolve",
     "tls_context",
@@ -99,6 +102,14 @@ class UploadError(LinkError):
 
 class UrlNotAllowed(UploadError):
     """The URL breaks the URL-safety rules; nothing was sent to it."""
+
+
+class DownloadError(LinkError):
+    """A download failed; the message is safe to log (the URL's secrets are out)."""
+
+
+class DownloadTooLarge(DownloadError):
+    """The body is larger than the caller's limit; the rest was not read."""
 
 
 # (host, port) -> the addresses the name has, in the resolver's order.
@@ -317,3 +328,54 @@ async def _read_prefix(resp: httpx.Response) -> bytes:
         if len(buf) >= MAX_UPLOAD_REPLY:
             break  # closing the stream then drops the connection instead of draining it
     return bytes(buf[:MAX_UPLOAD_REPLY])
+
+
+async def download(
+    http: HttpClient, url: str, out: BinaryIO, *, max_bytes: int, timeout: float
+) -> int:
+    """GET ``url`` into ``out`` (written off the event loop, a chunk at a time: never the
+    whole body in memory); the number of bytes. At most ``max_bytes``: a larger
+    Content-Length is refused before the body is read, and a body that goes on past it
+    (no length, or a false one) is cut there and the connection dropped
+    (DownloadTooLarge). ``timeout`` bounds the whole download (a server that trickles
+    one byte at a time cannot hold it open). The body is asked for, and taken, without
+    Content-Encoding: a compressed one could inflate past any limit inside one chunk.
+    DownloadError otherwise, UrlNotAllowed when the client's guard refused the URL."""
+    where = redact_url(url)
+    size = 0
+    try:
+        async with asyncio.timeout(timeout):
+            async with http.stream("GET", url, headers={"Accept-Encoding": "identity"}) as resp:
+                if resp.status_code != 200:
+                    redirect = 300 <= resp.status_code < 400
+                    note = ": redirects are not followed" if redirect else ""
+                    raise DownloadError(f"HTTP {resp.status_code} ({where}){note}")
+                coding = resp.headers.get("content-encoding", "identity").strip().lower()
+                if coding not in ("", "identity"):
+                    raise DownloadError(f"Content-Encoding {coding[:40]!r} refused ({where})")
+                length = resp.headers.get("content-length")
+                if length is not None and length.isdigit() and int(length) > max_bytes:
+                    raise DownloadTooLarge(
+                        f"{int(length)} bytes, more than the {max_bytes} allowed ({where})"
+                    )
+                async for chunk in resp.aiter_raw():
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise DownloadTooLarge(
+                            f"more than the {max_bytes} bytes allowed ({where}); not read further"
+                        )
+                    try:
+                        await asyncio.to_thread(out.write, chunk)
+                    except OSError as exc:
+                        raise DownloadError(f"cannot store the download: {exc}") from None
+    except (DownloadError, UrlNotAllowed):
+        raise
+    except TimeoutError:
+        raise DownloadError(f"not done within {timeout:g} s ({where})") from None
+    except UploadError as exc:  # the guard's resolver failed: a network fault
+        raise DownloadError(str(exc)) from None
+    except Exception as exc:  # httpx and anyio raise more than HTTPError (InvalidURL, ...)
+        detail = scrub_url(str(exc), url)
+        reason = f"{type(exc).__name__} ({where})" + (f": {detail}" if detail else "")
+        raise DownloadError(reason[:500]) from None
+    return size

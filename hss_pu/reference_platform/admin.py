@@ -15,6 +15,10 @@ Plain HTTP on loopback, guarded by a bearer token that only the owner of platfor
 - ``GET /admin/vr/segments?channel=N&last=K`` -> ``{"segments": [...]}``: saved Vr
   segments (``VrSegment.to_json``), by channel then save order; ``last``: the K most
   recent of each channel.
+- ``POST /admin/play`` ``{"device", "channel"?, "name"?}`` -> 200 ``{"url"}``: PlayVideo of
+  the platform's clip ``name`` (default ``tone-5s.m4a``; see reference_platform.media);
+  404 no such clip or device offline. CtrlVideo and QueryVideoStatus go through
+  ``/admin/event`` and ``/admin/call``.
 - ``GET /admin/alarms?device=ID&last=K`` -> ``{"alarms": [...]}``: the alarms devices sent
   (``Alarm.to_json``), oldest first, each with its picture (path, size, dimensions) and
   ``recording``: the alarm policy's recording it belongs to (``AlarmRecording.to_json``
@@ -34,6 +38,7 @@ import hmac
 import json
 import logging
 import math
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from hss_pu.reference_platform.http import Request, Response, json_response
@@ -105,8 +110,10 @@ class AdminApi:
         *,
         # (device, minutes, timeout) -> (LogDone params, the upload or None).
         logs: Callable[[str, float, float], Awaitable[tuple[dict[str, Any], Any]]] | None = None,
+        play: Callable[[str, int, str], Awaitable[str]] | None = None,
     ) -> None:
         self.logs = logs
+        self.play = play  # (device, channel, clip name) -> the URL sent; LookupError
         self.vd = vd
         self.vr = vr
         self.alarms = alarms
@@ -131,6 +138,7 @@ class AdminApi:
             "/admin/vr/segments": ("GET", self._vr_segments),
             "/admin/alarms": ("GET", self._alarms),
             "/admin/logs": ("POST", self._fetch_logs),
+            "/admin/play": ("POST", self._play),
         }
         route = routes.get(req.path)
         if route is None:
@@ -221,6 +229,26 @@ class AdminApi:
         log.info("admin: kick %s", device)
         await self.vd.kick(device)
         return _json(200, {})
+
+    async def _play(self, req: Request) -> Response:
+        body = _body(req)
+        device = _str(body, "device")
+        channel = body.get("channel", 0)
+        if isinstance(channel, bool) or not isinstance(channel, int) or not 0 <= channel <= 15:
+            raise _BadRequest("channel must be an integer in [0, 15]")
+        name = body.get("name", "tone-5s.m4a")
+        if not isinstance(name, str) or not name:
+            raise _BadRequest("name must be a non-empty string")
+        if self.play is None:
+            return _info(404, "this platform serves no media")
+        log.info("admin: play %s on %s ch%d", name, device, channel)
+        try:
+            url = await self.play(device, channel, name)
+        except LookupError as exc:
+            return _info(404, str(exc))
+        except ConnectionError as exc:
+            return _info(502, str(exc))
+        return _json(200, {"url": url})
 
     async def _vr_segments(self, req: Request) -> Response:
         q = req.query

@@ -13,7 +13,9 @@ import argparse
 import asyncio
 import json
 import logging
+import re
 import shlex
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -195,6 +197,16 @@ def _parser() -> argparse.ArgumentParser:
         "--last", type=_non_negative, default=0, help="the N most recent per channel (0: all)"
     )
     segs.add_argument("--json", action="store_true", help="the admin API's JSON, as is")
+
+    play = with_state_dir(
+        psub.add_parser("play", help="PlayVideo: a clip (a file, or a test tone) to a device")
+    )
+    play.add_argument("device")
+    play.add_argument(
+        "file", nargs="?", type=Path, help="a media file (copied to the platform's media); "
+        "default: a generated 5 s tone (tone-5s.m4a)",
+    )  # fmt: skip
+    play.add_argument("--channel", type=_int_in(15), default=0)
 
     alarms = with_state_dir(
         psub.add_parser("alarms", help="alarms devices sent, their pictures and recordings")
@@ -462,11 +474,35 @@ def _client_command(args: argparse.Namespace, state_dir: Path) -> int:
             file=sys.stderr,
         )
         return EXIT_OK
+    if cmd == "play":
+        name = _media_file(args.file, state_dir) if args.file else "tone-5s.m4a"
+        body = {"device": args.device, "channel": args.channel, "name": name}
+        _, data = _request(state_dir, "POST", "/admin/play", body=body, timeout=60.0)
+        _print(data)
+        status = json.dumps({"channel": args.channel})
+        print(
+            f"status: hss-pu platform call {shlex.quote(args.device)} QueryVideoStatus "
+            f"{shlex.quote(status)} --state-dir {shlex.quote(str(state_dir))}",
+            file=sys.stderr,
+        )
+        return EXIT_OK
     if cmd == "kick":
         _, data = _request(state_dir, "POST", "/admin/kick", body={"device": args.device})
         _print(data)
         return EXIT_OK
     raise CliError(f"unknown command {cmd}")
+
+
+def _media_file(path: Path, state_dir: Path) -> str:
+    """Copy ``path`` into the platform's media directory; the name it is served as."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", path.name).lstrip("._-")[:100] or "clip"
+    media = state_dir / "media"
+    try:
+        media.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, media / name)
+    except OSError as exc:
+        raise CliError(f"cannot copy {path} to {media}: {exc}") from None
+    return name
 
 
 def _segments_table(segments: list[dict[str, Any]]) -> str:

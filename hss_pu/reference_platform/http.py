@@ -11,7 +11,7 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from urllib.parse import parse_qs, urlsplit
 
@@ -51,6 +51,9 @@ class Response:
     status: int = 200
     body: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
+    # Instead of ``body``: chunks sent as the connection takes them (a large file); with
+    # no content-length in ``headers`` the body goes out chunked.
+    stream: AsyncIterator[bytes] | None = None
 
 
 def json_response(status: int, body: bytes) -> Response:
@@ -162,6 +165,19 @@ class HttpServer:
 
     async def _send(self, conn: h11.Connection, writer: asyncio.StreamWriter, r: Response) -> None:
         headers = [(k, v) for k, v in r.headers.items()]
+        if r.stream is not None:
+            writer.write(conn.send(h11.Response(status_code=r.status, headers=headers)) or b"")
+            try:
+                async for chunk in r.stream:
+                    writer.write(conn.send(h11.Data(data=chunk)) or b"")
+                    await writer.drain()
+            finally:
+                close = getattr(r.stream, "aclose", None)
+                if close is not None:
+                    await close()
+            writer.write(conn.send(h11.EndOfMessage()) or b"")
+            await writer.drain()
+            return
         headers.append(("content-length", str(len(r.body))))
         out = conn.send(h11.Response(status_code=r.status, headers=headers)) or b""
         if r.body:

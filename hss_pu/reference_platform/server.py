@@ -27,6 +27,7 @@ from hss_pu.reference_platform.admin import AdminApi
 from hss_pu.reference_platform.alarms import PIC_PREFIX, Alarm, AlarmPicture, AlarmStore, Ticker
 from hss_pu.reference_platform.http import HttpServer, Request, Response, json_response
 from hss_pu.reference_platform.live import LiveReceiver, free_udp_port
+from hss_pu.reference_platform.media import MEDIA_PREFIX, MediaRequest, MediaStore
 from hss_pu.reference_platform.options import PlatformOptions
 from hss_pu.reference_platform.pki import Pki, ensure_pki
 from hss_pu.reference_platform.policy import AlarmPolicy, AlarmRecording, RecordingState
@@ -48,6 +49,7 @@ __all__ = [
     "AlarmRecording",
     "LogUpload",
     "LoginRecord",
+    "MediaRequest",
     "PlatformOptions",
     "Record",
     "ReferencePlatform",
@@ -133,6 +135,7 @@ class ReferencePlatform:
             ticker=ticker,
         )
         self._vd.on_alarm = self._on_alarm
+        self.media = MediaStore(options.state_dir / "media")
 
     @property
     def scheme(self) -> str:
@@ -175,6 +178,7 @@ class ReferencePlatform:
                 api = AdminApi(
                     self._vd, self.vr, self.admin_token, self.alarm_store, self.alarm_policy,
                     logs=self.fetch_logs,
+                    play=self._admin_play,
                 )  # fmt: skip
                 self._admin = HttpServer(api.handle, None)
                 # Loopback whatever the host: the token is the only thing guarding it.
@@ -446,6 +450,8 @@ class ReferencePlatform:
             return self._handle_upload(req)
         if req.path.startswith(LOG_PREFIX):
             return await self._handle_log(req)
+        if req.path.startswith(MEDIA_PREFIX):
+            return await self.media.handle(req)
         if req.path.startswith(PIC_PREFIX):
             return await self.alarm_store.handle_put(req)
         if req.path.startswith((CSEG_PREFIX, SEG_PREFIX)):
@@ -471,6 +477,31 @@ class ReferencePlatform:
         del self.uploads[:-1000]
         log.info("upload: %s (%d bytes, %s)", name, up.size, up.content_type)
         return Response(200, b"")
+
+    # --- playback: media served for PlayVideo (hss_pu.reference_platform.media) ----------
+
+    def media_url(self, name: str) -> str:
+        """Where a PU downloads a clip: the platform's HTTPS port, /media/<name> (files in
+        <state_dir>/media, or a generated tone-<S>s.m4a|ogg|mp4)."""
+        return f"{self.schedule_url}{MEDIA_PREFIX}{name}"
+
+    async def play_video(self, device_id: str, channel: int, url: str) -> None:
+        """PlayVideo (an event: the device answers nothing; QueryVideoStatus tells)."""
+        await self.send_event(device_id, "PlayVideo", {"channel": channel, "url": url})
+
+    async def _admin_play(self, device_id: str, channel: int, name: str) -> str:
+        if await self.media.path_for(name) is None:
+            raise LookupError(f"no clip {name!r} in {self.media.directory} (nor a tone)")
+        url = self.media_url(name)
+        await self.play_video(device_id, channel, url)
+        return url
+
+    async def ctrl_video(self, device_id: str, channel: int, op: str) -> None:
+        """CtrlVideo: stop, pause or resume."""
+        await self.send_event(device_id, "CtrlVideo", {"channel": channel, "op": op})
+
+    async def video_status(self, device_id: str, channel: int, timeout: float = 10.0) -> Reply:
+        return await self.call(device_id, "QueryVideoStatus", {"channel": channel}, timeout)
 
     # --- Vr: see hss_pu.reference_platform.vr --------------------------------------------
 

@@ -104,6 +104,7 @@ def daemon_config(
     bitrate: int | None = 300_000,
     prerecord_seconds: int = 0,
     scene: str = "pattern",
+    audio_output: str | None = None,
     spool_max_mb: int | None = None,
     memory_queue_mb: int | None = None,
     log_level: str = "info",
@@ -136,6 +137,7 @@ def daemon_config(
             bitrate=bitrate,
             prerecord_seconds=prerecord_seconds,
             scene=scene,  # type: ignore[arg-type]
+            audio_output=audio_output,
         ),
         storage=StorageSection(
             dir=str(storage), spool_max_mb=spool_max_mb, memory_queue_mb=memory_queue_mb
