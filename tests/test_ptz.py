@@ -5,6 +5,7 @@ and motion detection that does not mistake the camera turning for an intruder.""
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 from typing import Any, get_args
@@ -15,6 +16,11 @@ import pytest
 from av.video.frame import VideoFrame
 
 from hss_pu.hw import Board
+from hss_pu.media import channel as channel_module
+from hss_pu.media.channel import MediaChannel
+from hss_pu.media.encoder import EncodeSettings
+from hss_pu.media.sources import EmulatedSource, RawVideo, Scene, Source, SourceItem, read_timecode
+from hss_pu.media.sources.base import pause
 from hss_pu.media.zoom import ZoomCropper, crop_rect
 from hss_pu.profiles import PtzSpec, load_profile
 from hss_pu.services.ptz import PRESETS_FILE, PtzService
@@ -22,6 +28,7 @@ from hss_pu.wire import ptz
 from hss_pu.wire.ptz import DIRECTIONS, Limits, Position, advance, plan
 from hss_pu.wire.vd import CtrlPTZParams, PtzOp
 
+from .support.fake_picamera2 import FakeCamera
 from .support.recording_sink import RecordingSink
 from .support.rig import DEVICE, MakeRig, Rig, until
 
@@ -332,7 +339,7 @@ async def test_ctrlptz_through_the_platform_and_presets_after_a_restart(
     assert (await rig.call("GetPTZPresetList", {"channel": 0})).resp == {
         "presetList": [{"ptzId": 4}]
     }
-    assert (await rig.call("GetPTZPresetList", {"channel": 1})).err.code == 101
+    assert (await rig.call("GetPTZPresetList", {"channel": 1})).err.code == 102  # no channel 1
     assert await rig.stop() == 0
     # The same storage, a new daemon: the preset is there and goes where it was set.
     again = await make_rig(size=(320, 180), fps=10, storage=rig.storage)
@@ -382,3 +389,87 @@ async def test_turning_the_camera_raises_no_motion_alarm(make_rig: MakeRig) -> N
     alarm = await rig.platform.wait_alarm(DEVICE, type=3, state="start", timeout=10)
     assert alarm.channel == 0
     media.scene.set_motion(False)
+
+
+# --- the cameras: picamera2's ScalerCrop, the crop for other sources, the emulated view -------
+
+
+async def wait_frames(ch: MediaChannel, n: int) -> None:
+    start = ch.stats.frames_encoded
+    assert await until(lambda: ch.stats.frames_encoded >= start + n, 10), ch.stats
+
+
+async def test_picamera2_zooms_with_scaler_crop(fake_picamera2: type[FakeCamera]) -> None:
+    fake_picamera2.yuv = [np.full((270, 320), 100, np.uint8)]
+    s = EncodeSettings(320, 180, 30, 300_000, 10, "libx264")
+    ch = MediaChannel(0, "picamera2", s, time.time)
+    await ch.start()
+    try:
+        await wait_frames(ch, 3)
+        cam = fake_picamera2.instances[0]
+        assert cam.controls == []  # unzoomed: the sensor's full crop, untouched
+        ch.set_view(Position(0, 0, 2.0))
+        assert await until(lambda: cam.controls, 3)
+        # The centred half of the 4608x2592 sensor; the channel does not crop again.
+        assert cam.controls == [{"ScalerCrop": (1152, 648, 2304, 1296)}]
+        assert ch._cropper is None
+    finally:
+        await ch.stop()
+
+
+class GradientSource(Source):
+    """A camera we decode (as V4L2, a file, RTSP): a fixed gradient picture."""
+
+    name = "gradient"
+
+    def __init__(self, settings: EncodeSettings, stop: threading.Event) -> None:
+        self.settings, self.stop = settings, stop
+        self.frame = gradient_frame(settings.width, settings.height)
+        self.k = 0
+
+    def open(self) -> None:
+        pass
+
+    def read(self) -> SourceItem | None:
+        if pause(self.stop, 1 / self.settings.fps):
+            return None
+        self.k += 1
+        return RawVideo(self.frame, self.k * 3000, time.time())
+
+
+async def test_a_decoded_camera_is_zoomed_by_a_crop_in_the_frame_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    s = EncodeSettings(320, 180, 30, 300_000, 10, "libx264")
+    monkeypatch.setattr(
+        channel_module,
+        "make_source",
+        lambda spec, settings, clock, stop, **kw: GradientSource(settings, stop),
+    )
+    ch = MediaChannel(0, "v4l2:/dev/video9", s, time.time)
+    await ch.start()
+    try:
+        await wait_frames(ch, 2)
+        before = decode_jpeg(await ch.snapshot_jpeg())
+        ch.set_view(Position(0, 0, 2.0))
+        await wait_frames(ch, 2)
+        after = decode_jpeg(await ch.snapshot_jpeg())
+    finally:
+        await ch.stop()
+    changed = float(np.abs(after - before).mean())
+    centre = float(np.abs(after - enlarge_centre(before, 2.0)).mean())
+    assert changed > 10 and centre < 2.0, (changed, centre)
+
+
+def test_the_emulated_pattern_moves_under_the_codes() -> None:
+    s = EncodeSettings(320, 180, 30, 300_000, 10, "libx264")
+    scene = Scene("pattern")
+    src = EmulatedSource(s, time.time, threading.Event(), realtime=False, scene=scene)
+    src.open()
+    home = src.draw(0, 1.8e9).to_ndarray(format="gray").astype(np.float32)
+    scene.set_view(20.0, -10.0, 1.5)
+    src.open()  # the same frame of the pattern again
+    turned = src.draw(0, 1.8e9).to_ndarray(format="gray").astype(np.float32)
+    assert read_timecode(turned) == read_timecode(home) == 1.8e9  # the codes stay put
+    band = 40
+    assert float(np.abs(turned[band:] - home[band:]).mean()) > 10
