@@ -196,8 +196,9 @@ async def test_presets_set_list_recall_clear_and_persist(tmp_path: Path) -> None
     assert await until(lambda: svc.motion is None, 2)
     await ctrl(svc, "set_preset", 7)
     await ctrl(svc, "zoomin_step", 100)
+    await ctrl(svc, "set_preset", 3)  # the step still under way: where it ends is stored
+    assert svc.motion is not None and svc.store.presets[3] == Position(30, 0, 2.0)
     assert await until(lambda: svc.motion is None, 2)
-    await ctrl(svc, "set_preset", 3)
     assert svc.presets(0) == [3, 7]
     with pytest.raises(Exception, match="all 2 presets are in use"):
         await ctrl(svc, "set_preset", 9)

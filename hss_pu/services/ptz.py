@@ -167,8 +167,12 @@ class PtzService:
 
     async def _preset(self, op: str, pid: int) -> None:
         if op == "set_preset":
-            await self.store.set(pid, self.position)
-            log.info("ptz: preset %d stored at %s", pid, _fmt(self.position))
+            # A step or a preset recall still under way: where it goes is what the
+            # platform means (it sent the step, then set_preset, without waiting).
+            m = self.motion
+            at = m.target if m is not None and m.deadline is None else self.position
+            await self.store.set(pid, at)
+            log.info("ptz: preset %d stored at %s", pid, _fmt(at))
         elif op == "clear_preset":
             if await self.store.clear(pid):
                 log.info("ptz: preset %d cleared", pid)
