@@ -49,6 +49,7 @@ from hss_pu.services.live import LiveService
 from hss_pu.services.localctl import LocalControl, SensorDriver, sensor_command
 from hss_pu.services.logs import LogUploadService
 from hss_pu.services.playback import PlaybackService
+from hss_pu.services.ptz import PtzService
 from hss_pu.services.record import RecordService
 from hss_pu.services.snapshot import SnapshotService
 from hss_pu.services.spool import Spool
@@ -119,6 +120,7 @@ class Daemon:
         self.alarms: AlarmService | None = None  # the detectors' AlarmSink, once running
         self.board: Board | None = None
         self.leds: LedService | None = None
+        self.ptz: PtzService | None = None
         self._hw_error: str | None = None
         # ``hss-pu sensor NAME``: the board's inputs (and whoever else adds an entry).
         self.sensors: dict[str, SensorDriver] = {}
@@ -257,6 +259,7 @@ class Daemon:
         self.alarms = alarms = self._alarm_service(devconfig, link)
         self._start_cameras(devconfig, alarms)
         self._start_hw(devconfig, alarms)
+        services.ptz = self.ptz = self._start_ptz(storage)
         control = LocalControl(
             storage,
             {
@@ -293,6 +296,8 @@ class Daemon:
             await self.snapshot.close()
         if self.playback is not None:
             await self.playback.close()
+        if self.ptz is not None:
+            await self.ptz.close()
         if self.board is not None:
             self.board.close()
         await alarms.close()
@@ -347,7 +352,7 @@ class Daemon:
         entries and the LEDs; a machine that cannot give the pins logs why and runs
         without them."""
         p = self.config.profile
-        if not (p.doc.sensors or p.doc.leds):
+        if not (p.doc.sensors or p.doc.leds or p.doc.ptz.type == "servos"):
             return
         try:
             self.board = board = Board.open(p, sink, self.clock.now)
@@ -372,6 +377,37 @@ class Daemon:
             if media.scene is not None:  # the emulated picture turns monochrome under IR
                 leds.ir_listeners.append(media.scene.set_ir)
         self._spawn(leds.run(), "leds", forever=True)
+
+    def _start_ptz(self, storage: Path) -> PtzService | None:
+        """The PTZ head (servos through the board, digital zoom on channel 0's picture,
+        the emulated camera's view); motion detection pauses while it moves."""
+        p = self.config.profile
+        spec = p.doc.ptz
+        if spec.type == "none":
+            return None
+        outputs = []
+        if spec.type == "servos":
+            head = self.board.pan_tilt if self.board is not None else None
+            if head is None:
+                log.error("ptz: no servos (%s): CtrlPTZ is not available", self._hw_error)
+                return None
+            outputs.append(lambda pos: head.set(pos.pan, pos.tilt))
+        media = self.media.get(0)
+        ch0 = p.channels[0]
+        zoom = media is not None and (ch0.backend == "picamera2" or ch0.encoder != "passthrough")
+        if media is not None:
+            outputs.append(media.set_view)
+        analyser = self.analysers.get(0)
+        if analyser is not None:
+            outputs.append(lambda _pos: analyser.suspend())
+        ptz = PtzService(spec, storage, zoom=zoom, outputs=outputs)
+        ptz.apply_position()
+        lim = ptz.limits
+        log.info(
+            "ptz: %s, pan %s, tilt %s, zoom up to %.1fx, %d presets stored of %d",
+            spec.type, lim.pan, lim.tilt, lim.zoom[1], len(ptz.store.ids()), spec.presets,
+        )  # fmt: skip
+        return ptz
 
     def _led_mode(self) -> str:
         return status_mode(self.channels, bool(self.link and self.link.session))
@@ -602,6 +638,7 @@ class Daemon:
             "logs": self.logs.status() if self.logs else None,
             "playback": self.playback.report() if self.playback else None,
             "hw": self._hw_status(),
+            "ptz": self.ptz.status() if self.ptz else None,
         }
 
     def _hw_status(self) -> dict[str, Any] | None:

@@ -53,11 +53,11 @@ GpioPins = Literal["auto", "lgpio", "mock"]
 # rest). The issue that lands a feature adds its key here, with its exerciser in
 # tests/test_getcap_walk.py. Alarms count per kind (``alarms.<kind>``: the standard keys
 # io, motion, body, and ours, pir, bell, lock, listed by GetCap's ``sensors``). Not yet:
-# ptz, battery (device services), firmware_download_https (UpgradeFirmware). Never
-# here: voice_out (talkback, which no message of Table 9-4 carries; docs/protocol.md).
+# battery (device services), firmware_download_https (UpgradeFirmware). Never here:
+# voice_out (talkback, which no message of Table 9-4 carries; docs/protocol.md).
 IMPLEMENTED: frozenset[str] = frozenset(
     {"cloud_record", "pic_upload_https", "video_encrypt", "auto_reboot", "switch", "led"}
-    | {"log_upload_https", "audio_out"}
+    | {"log_upload_https", "audio_out", "ptz"}
     | {"alarms.io", "alarms.motion", "alarms.body", "alarms.pir", "alarms.bell", "alarms.lock"}
 )
 
@@ -303,8 +303,11 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True):
 
         kinds = {k for c in d.channels for k in self.alarm_kinds(c.id)}
         audio_out = any(c.audio.output for c in d.channels)
+        # Digital zoom needs frames we decode, or a camera that crops (picamera2).
+        ch0 = d.channels[0]
+        zoomable = ch0.backend == "picamera2" or ch0.encoder != "passthrough"
         return {
-            "ptz": has("ptz", d.ptz.type != "none"),
+            "ptz": has("ptz", d.ptz.type == "servos" or (d.ptz.type == "digital" and zoomable)),
             "battery": has("battery", d.battery.present),
             "media_protocol": "srt",
             # audio_out: PlayVideo plays a file to the speaker (the origin protocol's

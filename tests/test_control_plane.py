@@ -56,7 +56,7 @@ async def test_handled_rpcs_answer_with_the_right_shape(rig: Rig) -> None:
     dt.datetime.strptime(status["last_upgrade_datetime"], "%Y-%m-%dT%H:%M:%S")
     cap = (await rig.call("GetCap")).resp
     assert cap == rig.daemon.config.profile.capabilities()
-    assert cap["media_protocol"] == "srt" and cap["ptz"] is False  # no PTZ service yet
+    assert cap["media_protocol"] == "srt" and cap["ptz"] is True  # servos and zoom
     conf = (await rig.call("GetConfig")).resp
     assert conf["channels"]["0"]["video_encoding"]["width"] == 1280
     for name, params in (
@@ -165,7 +165,6 @@ SERVICE_LATER: dict[str, dict[str, Any] | None] = {
         "cbk_url": "https://127.0.0.1/live/cseg/0",
     },
     "Snapshot": {"channel": 0, "url": "https://127.0.0.1/snap.jpg"},
-    "GetPTZPresetList": {"channel": 0},
     "QueryUpgrade": None,
     # No media, no recording store (LogUploadAsync works: tests/test_log_upload.py).
     "GetDiskInfo": None,

@@ -113,8 +113,8 @@ def test_version_and_profiles_commands() -> None:
     r = subprocess.run(
         [sys.executable, "-m", "hss_pu", "profiles", "pi5-cam3-ptz"], capture_output=True, text=True
     )
-    # GetCap: the servos are in the profile, but no PTZ service drives them yet.
-    assert r.returncode == 0 and '"ptz": false' in r.stdout and '"auto_reboot": true' in r.stdout
+    # GetCap: the servos are in the profile, and services/ptz.py drives them.
+    assert r.returncode == 0 and '"ptz": true' in r.stdout and '"auto_reboot": true' in r.stdout
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:

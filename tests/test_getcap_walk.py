@@ -252,6 +252,28 @@ async def play_clip(w: Walk) -> None:
         assert playback is not None and playback.finished[-1][1].reason == "end"
 
 
+async def ptz_moves(w: Walk) -> None:
+    """ptz: a CtrlPTZ step through the platform moves the head (pan where there are
+    servos, else zoom); set_preset shows in GetPTZPresetList, clear_preset removes it."""
+    ptz = w.rig.daemon.ptz
+    assert ptz is not None, "no PTZ service"
+    servos = ptz.limits.pan != (0.0, 0.0)
+    op, axis = ("right_step", "pan") if servos else ("zoomin_step", "zoom")
+    before = getattr(ptz.position, axis)
+    await w.platform.send_event(DEVICE, "CtrlPTZ", {"channel": 0, "op": op, "value": 50})
+    assert await until(lambda: getattr(ptz.position, axis) > before and ptz.motion is None, 5)
+    if servos:
+        board = w.rig.daemon.board
+        assert board is not None and board.pan_tilt is not None
+        assert board.pan_tilt.pulse_us("pan") is not None
+    await w.platform.send_event(DEVICE, "CtrlPTZ", {"channel": 0, "op": "set_preset", "value": 1})
+    assert await until(lambda: ptz.presets(0) == [1], 3)
+    assert await w.call("GetPTZPresetList", {"channel": 0}) == {"presetList": [{"ptzId": 1}]}
+    await w.platform.send_event(DEVICE, "CtrlPTZ", {"channel": 0, "op": "clear_preset", "value": 1})
+    assert await until(lambda: ptz.presets(0) == [], 3)
+    assert await w.call("GetPTZPresetList", {"channel": 0}) == {"presetList": []}
+
+
 Exerciser = Callable[[Walk], Awaitable[None]]
 EXERCISERS: dict[str, Exerciser] = {
     "media_protocol": srt_push,
@@ -269,6 +291,7 @@ EXERCISERS: dict[str, Exerciser] = {
     "led": status_led,
     "log_upload_https": log_upload,
     "audio_out": play_clip,
+    "ptz": ptz_moves,
 }
 
 

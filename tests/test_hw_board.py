@@ -281,7 +281,9 @@ def test_gpiozero_mock_variable_puts_any_profile_on_mock_pins(
 ) -> None:
     monkeypatch.setenv(ENV, "mock")
     factory, emulated = open_factory(load_profile("pi4-hq"))
-    assert emulated and type(factory).__name__ == "MockFactory"
+    from gpiozero.pins.mock import MockFactory
+
+    assert emulated and isinstance(factory, MockFactory)
     factory.close()
 
 

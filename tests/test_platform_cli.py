@@ -133,6 +133,10 @@ async def test_serve_call_event_and_secrets(tmp_path: Path) -> None:
         rc, out, _ = await hss_pu("platform", "event", "PU-9", "CtrlPTZ", '{"op": "up"}', *cli)
         assert rc == 0
         assert await dev.next() == {"event": "CtrlPTZ", "params": {"op": "up"}}
+        rc, out, _ = await hss_pu("platform", "ptz", "PU-9", "left_step", "80", *cli)
+        assert rc == 0
+        want = {"channel": 0, "op": "left_step", "value": 80}
+        assert await dev.next() == {"event": "CtrlPTZ", "params": want}
         rc, out, _ = await hss_pu("platform", "devices", *cli)
         (pu9,) = json.loads(out)["devices"]
         assert pu9["online"] and pu9["last_keepalive"] == KEEPALIVE

@@ -44,7 +44,7 @@ def test_profile_loads_and_reports_getcap(name: str) -> None:
 
 
 NOT_BUILT = (
-    "ptz", "battery", "voice_out", "firmware_download_https", "trace",
+    "battery", "voice_out", "firmware_download_https", "trace",
 )  # fmt: skip
 
 
@@ -62,15 +62,17 @@ ALARMS = {
 
 @pytest.mark.parametrize("name", sorted(REQUIRED | {"emulated-dual"}))
 def test_getcap_claims_nothing_this_build_lacks(name: str) -> None:
-    """Hardware alone does not make a capability: nothing drives PTZ, audio out, LEDs
-    or a battery yet, and UpgradeFirmware answers 101; the alarm keys are exactly the
-    detectors the profile runs. LogUploadAsync works on every profile."""
+    """Hardware alone does not make a capability: nothing drives a battery yet, and
+    UpgradeFirmware answers 101; the alarm keys are exactly the detectors the profile
+    runs. LogUploadAsync works on every profile."""
     cap = load_profile(name).capabilities()
     for key in NOT_BUILT:
         assert cap[key] is False, key
     assert cap["log_upload_https"] is True
     # PlayVideo plays to a speaker (services/playback.py): true where a channel has one.
     assert cap["audio_out"] is any(c.audio.output for c in load_profile(name).channels)
+    # PTZ: servos, or digital zoom on a picture we decode (services/ptz.py).
+    assert cap["ptz"] is (name in {"emulated", "pi5-cam3-ptz", "usb-webcam"})
     # SetConfig led switches the status LED (services/leds.py): true where there is one.
     assert cap["led"] is any(led.role == "status" for led in load_profile(name).doc.leds)
     standard, sensors = ALARMS[name]

@@ -33,6 +33,7 @@ from gpiozero import LED, DigitalInputDevice, Factory
 from hss_pu.bridge import LoopBridge
 from hss_pu.errors import InvalidParam, NotSupported
 from hss_pu.hw.pins import GpioUnavailable, open_factory
+from hss_pu.hw.servos import PanTilt
 from hss_pu.profiles import LedSpec, Profile, SensorSpec
 from hss_pu.services.interfaces import AlarmSink
 from hss_pu.wire.alarms import ALARM_KINDS, KIND_OF_SENSOR
@@ -106,12 +107,15 @@ class Board:
         self._bridge = LoopBridge(self._loop)
         self.inputs: list[Input] = []
         self.leds: dict[str, Led] = {}
+        self.pan_tilt: PanTilt | None = None  # the PTZ servos, when the profile has them
         self._closed = False
         try:
             for spec in profile.doc.sensors:
                 self.inputs.append(self._input(spec))
             for led_spec in profile.doc.leds:
                 self.leds[led_spec.role] = self._led(led_spec)
+            if profile.doc.ptz.type == "servos":
+                self.pan_tilt = PanTilt(profile.doc.ptz, factory)
         except BaseException:
             self.close()
             raise
@@ -124,6 +128,9 @@ class Board:
             ", ".join(f"{i.name}@{i.spec.pin}" for i in self.inputs) or "none",
             ", ".join(f"{r}@{led.spec.pin}" for r, led in self.leds.items()) or "none",
         )
+        if self.pan_tilt is not None:
+            ptz = profile.doc.ptz
+            log.info("gpio: PTZ servos pan@%s tilt@%s", ptz.pan_pin, ptz.tilt_pin)
 
     @classmethod
     def open(cls, profile: Profile, sink: AlarmSink, clock: Callable[[], float]) -> Board:
@@ -280,8 +287,9 @@ class Board:
     # --- the rest ---------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
-        """For ``hss-pu status``: each input's level and each LED's."""
-        return {
+        """For ``hss-pu status``: each input's level and each LED's (and the servos')."""
+        servos = {} if self.pan_tilt is None else {"servos": self.pan_tilt.status()}
+        return servos | {
             "pins": "mock" if self.emulated else "lgpio",
             "inputs": [
                 {
@@ -309,6 +317,8 @@ class Board:
         for inp in self.inputs:
             if inp.pending_end is not None:
                 inp.pending_end.cancel()
+        if self.pan_tilt is not None:
+            self.pan_tilt.close()
         for dev in [*(i.device for i in self.inputs), *(led.device for led in self.leds.values())]:
             try:
                 dev.close()

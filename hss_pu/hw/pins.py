@@ -23,12 +23,12 @@ import time
 from typing import Any
 
 from gpiozero import Factory
-from gpiozero.pins.mock import MockFactory, MockPin
+from gpiozero.pins.mock import MockFactory, MockPin, MockPWMPin
 
 from hss_pu.errors import HssError
 from hss_pu.profiles import Profile
 
-__all__ = ["DebouncedMockPin", "GpioUnavailable", "open_factory"]
+__all__ = ["BoardMockFactory", "DebouncedMockPin", "GpioUnavailable", "open_factory"]
 
 log = logging.getLogger("hss_pu.hw")
 
@@ -106,13 +106,36 @@ class DebouncedMockPin(MockPin):  # type: ignore[misc]
             method(ticks, state)
 
 
+class BoardMockFactory(MockFactory):  # type: ignore[misc]
+    """Mock pins for a profile: :class:`DebouncedMockPin` inputs and outputs, and
+    gpiozero's ``MockPWMPin`` (a duty cycle, as a servo needs) on the ``pwm`` pins."""
+
+    def __init__(self, pwm: tuple[int, ...] = ()) -> None:
+        super().__init__(pin_class=DebouncedMockPin)
+        self.pwm_names = frozenset(f"GPIO{n}" for n in pwm)
+
+    def pin(self, name: Any, pin_class: Any = None, **kwargs: Any) -> Any:
+        if pin_class is None:
+            for _header, info in self.board_info.find_pin(name):
+                if info.name in self.pwm_names:
+                    pin_class = MockPWMPin
+                break
+        return super().pin(name, pin_class, **kwargs)
+
+
+def _mock(profile: Profile) -> Factory:
+    ptz = profile.doc.ptz
+    pwm = (ptz.pan_pin, ptz.tilt_pin) if ptz.type == "servos" else ()
+    return BoardMockFactory(tuple(p for p in pwm if p is not None))
+
+
 def open_factory(profile: Profile) -> tuple[Factory, bool]:
     """The factory for ``profile``'s devices and whether its pins are mock ones."""
     if os.environ.get(ENV, "").lower() == "mock" and not profile.gpio_emulated:
         log.warning("gpio: %s=mock: the devices of profile %s are on mock pins", ENV, profile.name)
-        return MockFactory(pin_class=DebouncedMockPin), True
+        return _mock(profile), True
     if profile.gpio_emulated:
-        return MockFactory(pin_class=DebouncedMockPin), True
+        return _mock(profile), True
     try:
         from gpiozero.pins.lgpio import LGPIOFactory
     except ImportError as exc:

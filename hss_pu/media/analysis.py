@@ -20,6 +20,10 @@ most ``people_rate`` times a second, on a ~240-row grey picture.
 
 Transitions reach the sink through a :class:`~hss_pu.bridge.LoopBridge`, ``at`` being the
 capture time of the frame where motion started (or was first gone).
+
+While the camera itself moves (PTZ) every pixel changes: :meth:`MotionAnalyser.suspend`
+holds detection until the head has been still for a moment, and the background is then
+learnt afresh from the new view, so turning the camera never raises a motion alarm.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from hss_pu.media.people import PEOPLE_ROWS, PeopleDetector, people_available, s
 __all__ = [
     "ANALYSIS_RATE",
     "PEOPLE_RATE",
+    "SETTLE_SECONDS",
     "AnalysisConfig",
     "AnalysisStats",
     "MotionAnalyser",
@@ -64,6 +69,7 @@ log = logging.getLogger("hss_pu.media.analysis")
 ANALYSIS_RATE = 5.0  # analysed frames per second
 PEOPLE_RATE = 2.0  # person-detector calls per second at most, and only during motion
 BODY_END_SECONDS = 3.0  # no person seen this long (motion going on) ends "body"
+SETTLE_SECONDS = 0.5  # after the camera last moved, before its pictures are analysed
 _PLANAR = ("yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "nv12", "gray")
 
 
@@ -127,6 +133,8 @@ class AnalysisStats:
     analysed: int = 0  # pictures the motion detector saw
     dropped: int = 0  # pictures replaced in the hand-off before the worker took them
     decode_errors: int = 0  # passthrough key frames that did not decode
+    suspended: int = 0  # pictures skipped because the camera was moving (PTZ)
+    relearnt: int = 0  # backgrounds learnt afresh after the camera moved
     motion_us_avg: float = 0.0  # detector (and key-frame decode) time per picture
     people_calls: int = 0
     people_ms_avg: float = 0.0
@@ -246,6 +254,8 @@ class MotionAnalyser:
         self._motion_active = False  # the detector's state
         self._reported = False  # ... and what the sink was told (motion may be off)
         self._body_threshold = score_threshold(self.config.body_sensitivity)
+        self._hold_until = -1e18  # capture-clock time until which pictures are skipped
+        self._relearn_for = -1e18  # the hold the worker last relearnt after
         self._thread = threading.Thread(target=self._run, name=f"motion-ch{channel}", daemon=True)
         self._people_thread: threading.Thread | None = None
         self._thread.start()
@@ -271,6 +281,16 @@ class MotionAnalyser:
         ok = self._slot.wait_idle(timeout)
         return ok and self._people_slot.wait_idle(max(0.0, deadline - time.monotonic()))
 
+    def suspend(self, seconds: float = SETTLE_SECONDS) -> None:
+        """The camera is moving (PTZ): skip pictures until it has been still ``seconds``
+        (call it again at every step of the move), then learn the background afresh.
+        A plain attribute write, from any thread."""
+        self._hold_until = max(self._hold_until, self.clock() + seconds)
+
+    @property
+    def suspended(self) -> bool:
+        return self.clock() < self._hold_until
+
     @staticmethod
     def _detecting(cfg: AnalysisConfig) -> bool:
         return cfg.motion or cfg.body
@@ -291,9 +311,15 @@ class MotionAnalyser:
 
     # -- the capture side: return at once ----------------------------------------------
 
+    def _held(self, capture_time: float) -> bool:
+        if capture_time < self._hold_until:
+            self.stats.suspended += 1
+            return True
+        return False
+
     def frame(self, frame: VideoFrame, capture_time: float) -> None:
         """A raw frame about to be encoded."""
-        if not self._on:
+        if not self._on or self._held(capture_time):
             return
         pick = self._due(capture_time)
         if not pick and not self._want_people:
@@ -309,7 +335,7 @@ class MotionAnalyser:
     def luma(self, plane: np.ndarray, capture_time: float) -> None:
         """A low-resolution luma plane the source made itself (picamera2's lores); the
         plane may be reused by its owner after this returns."""
-        if not self._on:
+        if not self._on or self._held(capture_time):
             return
         if self._due(capture_time):
             self._last_pick = capture_time
@@ -327,6 +353,8 @@ class MotionAnalyser:
     def keyframe(self, pkt: EncodedPacket) -> None:
         """A passthrough key frame (Annex B, with SPS/PPS)."""
         if not (self._on and pkt.kind == "video" and pkt.keyframe):
+            return
+        if self._held(pkt.capture_time):
             return
         if not self._slot.put(("h264", pkt.data, pkt.capture_time)):
             self.stats.dropped += 1
@@ -373,6 +401,14 @@ class MotionAnalyser:
             self._end_body(now)
 
     def _analyse(self, kind: str, data: Any, capture_time: float) -> None:
+        hold = self._hold_until
+        if capture_time < hold:
+            return  # taken before the move began, looked at after: the view is gone
+        if hold > self._relearn_for:
+            self._relearn_for = hold
+            self._detector.reset()  # the first picture of the new view is its background
+            self._last_t = None
+            self.stats.relearnt += 1
         t0 = time.perf_counter()
         if kind == "h264":
             frame = self._decode(data)

@@ -38,7 +38,9 @@ from hss_pu.media.encoder import (
 from hss_pu.media.packets import TIME_BASE, EncodedPacket, PacketHub, StreamInfo
 from hss_pu.media.picture import Painter
 from hss_pu.media.sources import RawAudio, RawVideo, Scene, Source, make_source
+from hss_pu.media.zoom import ZoomCropper
 from hss_pu.threadname import set_native_name
+from hss_pu.wire.ptz import Position
 from hss_pu.wire.urls import redact_url
 
 __all__ = [
@@ -179,6 +181,11 @@ class MediaChannel:
         self._camera_flips = False
         self._painter: Painter | None = None
         self._frames_writable = False
+        # Where the PTZ head looks (pan/tilt degrees, zoom): written by the PTZ service on
+        # the loop, read per frame. Zoom is a crop here unless the source does it itself.
+        self.view = Position()
+        self._own_zoom = False
+        self._cropper: ZoomCropper | None = None
 
     @property
     def running(self) -> bool:
@@ -322,6 +329,16 @@ class MediaChannel:
         (re)start, so attach before :meth:`start`."""
         self.analysis = tap
 
+    def set_view(self, pos: Position) -> None:
+        """The PTZ head moved: the emulated camera looks elsewhere, zoom crops from the
+        next frame (a plain attribute write, from any thread)."""
+        self.view = pos
+        if self.scene is not None:
+            self.scene.set_view(pos.pan, pos.tilt, pos.zoom)
+
+    def _zoom_of(self) -> float:
+        return self.view.zoom
+
     def _luma(self, plane: np.ndarray, capture_time: float) -> None:
         tap = self.analysis
         if tap is not None:
@@ -334,6 +351,7 @@ class MediaChannel:
         )
         if self.analysis is not None:
             src.luma_tap = self._luma
+        src.zoom_of = self._zoom_of
         return src
 
     def _failed(self, exc: BaseException) -> None:
@@ -410,6 +428,7 @@ class MediaChannel:
         self._camera_flips = source.camera_flips
         self._frames_writable = source.frames_writable
         self._own_luma = source.own_luma
+        self._own_zoom = source.own_zoom
         self._painter = None
         self._keyframe_wanted = True  # a new run starts with a key frame for everyone
         st = self.stats
@@ -461,7 +480,15 @@ class MediaChannel:
             self._keyframe_wanted = False
             self._venc.request_keyframe()
         t = time.perf_counter()
-        frame = self._paint(item.frame)
+        frame = item.frame
+        writable = self._frames_writable
+        zoom = self.view.zoom
+        if zoom > 1.0 and not self._own_zoom:
+            if self._cropper is None:
+                self._cropper = ZoomCropper()
+            frame = self._cropper.apply(frame, zoom, s.width, s.height)
+            writable = writable or frame is not item.frame
+        frame = self._paint(frame, writable)
         self._latest = frame
         self._latest_ref = FrameRef(frame, None, item.capture_time)
         tap = self.analysis
@@ -474,7 +501,7 @@ class MediaChannel:
         for p in pkts:
             self._publish(p, self._venc.info)
 
-    def _paint(self, frame: VideoFrame) -> VideoFrame:
+    def _paint(self, frame: VideoFrame, writable: bool) -> VideoFrame:
         """Flips and OSD as configured now (SetConfig may change them between frames)."""
         picture = self.settings.picture
         painter = self._painter
@@ -484,7 +511,7 @@ class MediaChannel:
                 return frame
             w, h = self.settings.width, self.settings.height
             painter = self._painter = Painter(picture, w, h, flip=not self._camera_flips)
-        return painter.apply(frame, self._frames_writable)
+        return painter.apply(frame, writable)
 
     def _encode_audio(self, item: RawAudio, video: StreamInfo | None) -> None:
         expected, rate = self._audio_next, self.settings.audio_rate

@@ -219,8 +219,10 @@ class MotionDetector:
         self.set_rate(self.rate)
 
     def reset(self) -> None:
-        """Forget the background (the picture changed size or source); not the state."""
+        """Forget the background (the picture changed size or source, the camera turned);
+        not the state."""
         self._bg = None
+        self._prev = None
 
     def _region_mask(self, shape: tuple[int, ...]) -> np.ndarray | None:
         m = _mask((shape[0], shape[1]), self.regions)

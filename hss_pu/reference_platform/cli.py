@@ -21,7 +21,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import httpx
 
@@ -31,6 +31,7 @@ from hss_pu.reference_platform.admin import MAX_CALL_TIMEOUT
 from hss_pu.reference_platform.options import DEMO_DEVICES, PlatformOptions
 from hss_pu.reference_platform.server import STATE_FILE, ReferencePlatform
 from hss_pu.reference_platform.vr import CSEG_PREFIX
+from hss_pu.wire.vd import PtzOp
 
 __all__ = ["main", "run_platform_command"]
 
@@ -173,6 +174,12 @@ def _parser() -> argparse.ArgumentParser:
     event.add_argument("device")
     event.add_argument("name")
     event.add_argument("params", nargs="?", help="a JSON object")
+
+    ptz = with_state_dir(psub.add_parser("ptz", help="move a device's camera (CtrlPTZ)"))
+    ptz.add_argument("device")
+    ptz.add_argument("op", choices=get_args(PtzOp), metavar="OP", help="up, zoomin_step, ...")
+    ptz.add_argument("value", nargs="?", type=_int_in(255), help="speed, step or preset id")
+    ptz.add_argument("--channel", type=_int_in(15), default=0)
 
     with_state_dir(psub.add_parser("devices", help="list devices, online or not"))
 
@@ -425,6 +432,14 @@ def _client_command(args: argparse.Namespace, state_dir: Path) -> int:
         body = {"device": args.device, "event": args.name}
         if params is not None:
             body["params"] = params
+        _, data = _request(state_dir, "POST", "/admin/event", body=body)
+        _print(data)
+        return EXIT_OK
+    if cmd == "ptz":
+        ptz: dict[str, Any] = {"channel": args.channel, "op": args.op}
+        if args.value is not None:
+            ptz["value"] = args.value
+        body = {"device": args.device, "event": "CtrlPTZ", "params": ptz}
         _, data = _request(state_dir, "POST", "/admin/event", body=body)
         _print(data)
         return EXIT_OK

@@ -36,6 +36,12 @@ class FakeCamera:
         self.pre_callback: Any = None
         self.post_callback: Any = None
         self.calls: list[str] = []
+        # Camera Module 3's full sensor, and the controls set while running.
+        self.camera_properties: dict[str, Any] = {
+            "PixelArraySize": (4608, 2592),
+            "ScalerCropMaximum": (0, 0, 4608, 2592),
+        }
+        self.controls: list[dict[str, Any]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._n = 0
@@ -75,6 +81,9 @@ class FakeCamera:
 
     def start(self) -> None:
         self.calls.append("start")
+
+    def set_controls(self, controls: dict[str, Any]) -> None:
+        self.controls.append(dict(controls))
 
     def stop(self) -> None:
         self.calls.append("stop")

@@ -75,6 +75,11 @@ class Source(abc.ABC):
     # metadata, the emulated scene); None: unknown. Read by the IR LEDs.
     lux: float | None = None
     own_luma = False
+    # Digital zoom (PTZ): the channel sets ``zoom_of`` (the magnification asked now); a
+    # source that zooms itself (picamera2's ScalerCrop, the emulated camera's view) sets
+    # ``own_zoom``, otherwise the channel crops its frames.
+    zoom_of: Callable[[], float] | None = None
+    own_zoom = False
 
     @abc.abstractmethod
     def open(self) -> None:

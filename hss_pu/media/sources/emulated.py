@@ -6,6 +6,12 @@ With ``camera.scene = "static"`` it looks at a still room instead (sensor-like n
 codes), which a :class:`Scene` lets a person or a test change: someone walks across,
 the lights go on or off, night falls, the IR LEDs light it. The moving pattern would
 keep a motion detector busy for ever; the room is for trying the alarms.
+
+The camera sits on an emulated pan/tilt/zoom head (:meth:`Scene.set_view`): the room is
+part of a larger one (a shelf to the right, a lamp to the left, the ceiling above) and
+the picture is the window the head looks through, :data:`HFOV` degrees wide at zoom 1;
+the test pattern is an endless tiling of itself. Straight ahead and unzoomed, the
+picture is exactly the one without a head.
 """
 
 from __future__ import annotations
@@ -116,6 +122,7 @@ _DAYLIGHT_LUX, _LAMP_LUX, _NIGHT_LUX = 250.0, 150.0, 0.5
 _FULL_LUX = _DAYLIGHT_LUX + _LAMP_LUX  # the room as drawn, gain 1
 _NOISE_BANK = 6  # noisy versions of the still picture, picked at random per frame
 _WALK_SECONDS = 4.0  # one crossing of the picture
+HFOV = 60.0  # degrees the emulated camera sees across at zoom 1
 
 
 class Scene:
@@ -136,6 +143,11 @@ class Scene:
         self.dark = False  # night: no daylight
         self.ir = False  # IR LEDs lit (the picture turns monochrome)
         self.changes = 0  # bumped by every change of light (the source redraws)
+        self.view = (0.0, 0.0, 1.0)  # pan, tilt (degrees), zoom of the PTZ head
+
+    def set_view(self, pan: float, tilt: float, zoom: float) -> None:
+        """Where the PTZ head looks (one tuple write: the capture thread sees all three)."""
+        self.view = (float(pan), float(tilt), max(1.0, float(zoom)))
 
     def set_motion(self, on: bool) -> None:
         self.motion = bool(on)
@@ -204,6 +216,7 @@ class EmulatedSource(Source):
         self.name = "emulated"
         self.audio = settings.audio  # the tone
         self.frames_writable = True  # drawn afresh for every frame
+        self.own_zoom = True  # the scene's view (PTZ) is drawn zoomed
         self.dropped = 0
         self._pending: collections.deque[RawAudio] = collections.deque(maxlen=4)
         self.draw_seconds = 0.0  # total time spent drawing (bench)
@@ -320,7 +333,7 @@ class EmulatedSource(Source):
         scene = self.scene
         if scene.kind == "static":
             room = self._room
-            if room is None or room.changes != scene.changes:
+            if room is None or room.changes != scene.changes or room.view != scene.view:
                 room = self._room = _Room(w, h, scene, self._room)
             room.draw(y, u, v)
             if scene.motion:
@@ -328,6 +341,8 @@ class EmulatedSource(Source):
             else:
                 self._walker.reset()
             return frame  # no codes: a still picture stays still
+        if scene.view != (0.0, 0.0, 1.0):
+            _look(scene.view, y, u, v)
         if self._graph is not None:
             # testsrc2 moves by itself; clear the band that carries the codes.
             y[: self._band] = _BAND_Y
@@ -335,6 +350,8 @@ class EmulatedSource(Source):
             v[: self._band // 2] = 128
         else:
             self._draw_pattern(k, y, u, v)
+            if scene.view != (0.0, 0.0, 1.0):
+                _look(scene.view, y[self._band :], u[self._band // 2 :], v[self._band // 2 :])
         if scene.motion:
             self._walker.draw(y, u, v, 1.0, 1.0)
         else:
@@ -382,25 +399,66 @@ class EmulatedSource(Source):
         y[ty : ty + 7 * sc, b:x1] = row[:, : x1 - b]
 
 
+def _window(view: tuple[float, float, float], w: int, h: int) -> tuple[float, float, float]:
+    """The view's centre in picture pixels of the home view, and its zoom."""
+    pan, tilt, zoom = view
+    vfov = HFOV * h / w
+    return w * (0.5 + pan / HFOV), h * (0.5 - tilt / vfov), zoom
+
+
+def _look(view: tuple[float, float, float], y: np.ndarray, u: np.ndarray, v: np.ndarray) -> None:
+    """The test pattern as seen by the head: ``y``/``u``/``v`` (the picture straight
+    ahead) replaced in place by the window ``view`` looks through, on the pattern tiled
+    without end."""
+    h, w = y.shape
+    cx, cy, z = _window(view, w, h)
+    xs = np.floor(cx + (np.arange(w) - w / 2) / z).astype(np.intp) % w
+    ys = np.floor(cy + (np.arange(h) - h / 2) / z).astype(np.intp) % h
+    y[:] = y[ys[:, None], xs[None, :]]
+    hh, hw = u.shape
+    xc, yc = (xs[::2] // 2)[:hw], (ys[::2] // 2)[:hh]
+    u[:] = u[yc[:, None], xc[None, :]]
+    v[:] = v[yc[:, None], xc[None, :]]
+
+
 def _bounce(pos: int, span: int) -> int:
     p = pos % (2 * span)
     return p if p < span else 2 * span - p
 
 
-def _room_picture(w: int, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _room_picture(
+    w: int, h: int, view: tuple[float, float, float] = (0.0, 0.0, 1.0)
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A still room at full light: (Y float32, U, V uint8 at half size). Walls, a
     floor of planks, a door, a window, a picture frame: edges and texture, as a real
-    picture has, so that noise and the detector's fit meet real structure."""
-    yy = np.arange(h, dtype=np.float32)[:, None] / h
-    xx = np.arange(w, dtype=np.float32)[None, :] / w
+    picture has, so that noise and the detector's fit meet real structure.
+
+    ``view``: where the PTZ head looks (:func:`_window`); the room goes on beyond the
+    home picture. Drawn on the home picture's pixel grid, so straight ahead and unzoomed
+    it is pixel for pixel the picture without a head."""
+    cx, cy, z = _window(view, w, h)
+    px = (cx + (np.arange(w, dtype=np.float32) - w / 2) / z)[None, :]  # home-view pixels
+    py = (cy + (np.arange(h, dtype=np.float32) - h / 2) / z)[:, None]
+    yy, xx = py / h, px / w
     y = np.broadcast_to(170 - 30 * yy + 10 * np.sin(xx * 37) * np.cos(yy * 23), (h, w)).copy()
+    y[py[:, 0] < -0.35 * h] = 205  # the ceiling
     floor = int(h * 0.62)
-    planks = 95 + 12 * np.sin(xx * w / 9.0) + 8 * ((np.arange(w)[None, :] // max(2, w // 12)) % 2)
-    y[floor:] = np.broadcast_to(planks, (h - floor, w))
+    cols = np.floor(px).astype(np.int64)
+    planks = 95 + 12 * np.sin(xx * w / 9.0) + 8 * ((cols // max(2, w // 12)) % 2)
+    on_floor = py[:, 0] >= floor
+    y[on_floor] = np.broadcast_to(planks, (int(on_floor.sum()), w))
+
+    def span(p: np.ndarray, lo: float, hi: float, n: int) -> np.ndarray:
+        return np.asarray((p >= int(lo * n)) & (p < int(hi * n)))
 
     def box(x0: float, y0: float, x1: float, y1: float, value: float) -> None:
-        y[int(y0 * h) : int(y1 * h), int(x0 * w) : int(x1 * w)] = value
+        y[np.ix_(span(py[:, 0], y0, y1, h), span(px[0], x0, x1, w))] = value
 
+    box(-0.42, 0.22, -0.36, 0.62, 90)  # a standard lamp, left of the door
+    box(-0.5, 0.12, -0.28, 0.24, 230)
+    box(1.08, 0.1, 1.4, 0.62, 80)  # a bookshelf right of the window
+    for shelf in (0.2, 0.3, 0.4, 0.5):
+        box(1.1, shelf, 1.38, shelf + 0.07, 150 + 100 * shelf)
     box(0.06, 0.18, 0.24, 0.62, 120)  # door
     box(0.08, 0.21, 0.22, 0.6, 132)
     box(0.62, 0.12, 0.9, 0.4, 225)  # window
@@ -410,10 +468,13 @@ def _room_picture(w: int, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     box(0.37, 0.22, 0.49, 0.32, 185)
     box(0.55, 0.5, 0.95, 0.78, 60)  # a sofa
     hh, hw = h // 2, w // 2
+    qx = cx / 2 + (np.arange(hw, dtype=np.float32) - hw / 2) / z  # home-view chroma
+    qy = cy / 2 + (np.arange(hh, dtype=np.float32) - hh / 2) / z
     u = np.full((hh, hw), 122, np.uint8)
     v = np.full((hh, hw), 136, np.uint8)
-    u[int(floor / 2) :], v[int(floor / 2) :] = 108, 150
-    sofa = (slice(int(0.5 * hh), int(0.78 * hh)), slice(int(0.55 * hw), int(0.95 * hw)))
+    below = qy >= int(floor / 2)
+    u[below], v[below] = 108, 150
+    sofa = np.ix_(span(qy, 0.5, 0.78, hh), span(qx, 0.55, 0.95, hw))
     u[sofa], v[sofa] = 150, 118  # a blue sofa
     return y, u, v
 
@@ -427,26 +488,33 @@ class _Room:
     v0: np.ndarray
     noise: np.ndarray
     size: tuple[int, int]
+    view: tuple[float, float, float]
     saturation: float
 
     def __init__(self, w: int, h: int, scene: Scene, old: _Room | None) -> None:
+        view = scene.view
         if old is not None and old.size == (w, h):
-            self.base, self.u0, self.v0, self.noise = old.base, old.u0, old.v0, old.noise
+            self.noise = old.noise
+            if old.view == view:
+                self.base, self.u0, self.v0 = old.base, old.u0, old.v0
+            else:
+                self.base, self.u0, self.v0 = _room_picture(w, h, view)
         else:
-            self.base, self.u0, self.v0 = _room_picture(w, h)
+            self.base, self.u0, self.v0 = _room_picture(w, h, view)
             rng = np.random.default_rng(0)
             n = rng.standard_normal((_NOISE_BANK, h, w), dtype=np.float32) * 32
             self.noise = np.clip(n, -127, 127).astype(np.int8)  # sd 32: 1/4 the memory
         self.size = (w, h)
+        self.view = view
         self.changes = scene.changes
         self.gain = g = scene.gain
         lit = 16 + (self.base - 16) * g
         if scene.ir:  # IR: materials reflect otherwise, and the colours go
             lit = 16 + (lit - 16) * 0.8 + 25 * np.sin(self.base / 23.0)
-        self.bank = [
-            np.clip(lit + n * np.float32(scene.noise / 32), 0, 255).astype(np.uint8)
-            for n in self.noise
-        ]
+        self._lit = lit
+        self._noise_scale = np.float32(scene.noise / 32)
+        # Made when first drawn: while the head moves, each frame has a room of its own.
+        self.bank: list[np.ndarray | None] = [None] * len(self.noise)
         # Colours fade with the light (the ISP's saturation drops with its gain); IR: grey.
         sat = 0.0 if scene.ir else g
         self.u = (128 + (self.u0.astype(np.float32) - 128) * sat).astype(np.uint8)
@@ -455,7 +523,12 @@ class _Room:
         self._rng = np.random.default_rng()
 
     def draw(self, y: np.ndarray, u: np.ndarray, v: np.ndarray) -> None:
-        y[:] = self.bank[int(self._rng.integers(len(self.bank)))]
+        i = int(self._rng.integers(len(self.bank)))
+        pic = self.bank[i]
+        if pic is None:
+            pic = np.clip(self._lit + self.noise[i] * self._noise_scale, 0, 255).astype(np.uint8)
+            self.bank[i] = pic
+        y[:] = pic
         u[:] = self.u
         v[:] = self.v
 

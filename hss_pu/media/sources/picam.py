@@ -84,6 +84,7 @@ class PiCameraSource(Source):
     """
 
     camera_flips = True
+    own_zoom = True  # digital zoom on the sensor: libcamera's ScalerCrop
 
     def __init__(self, settings: EncodeSettings, clock: Clock, stop: threading.Event) -> None:
         self.settings = settings
@@ -112,6 +113,8 @@ class PiCameraSource(Source):
         # frame's lores buffer would map and sync it for nothing.
         self._lores_every = max(1, round(settings.fps / LORES_RATE))
         self._lores_n = 0
+        self._crop_max: tuple[int, int, int, int] | None = None  # the sensor's full crop
+        self._zoom = 1.0  # the zoom ScalerCrop was last set to
 
     def open(self) -> None:
         picamera2_cls, encoder_cls, output_cls = _import_picamera2()
@@ -170,7 +173,29 @@ class PiCameraSource(Source):
         except Exception as exc:  # libcamera raises bare RuntimeError/OSError variants
             self.close()
             raise MediaError(f"picamera2: cannot start the camera: {exc}") from exc
+        props = getattr(cam, "camera_properties", None) or {}
+        full = props.get("ScalerCropMaximum")
+        if full is None and props.get("PixelArraySize"):
+            full = (0, 0, *props["PixelArraySize"])
+        self._crop_max = tuple(int(v) for v in full) if full else None  # type: ignore[assignment]
+        self._zoom = 1.0
+        self._apply_zoom()
         self._last = time.monotonic()
+
+    def _apply_zoom(self) -> None:
+        """Digital zoom: ScalerCrop to the centred 1/zoom of the sensor when it changed
+        (the ISP scales it to the output size, at no cost to us)."""
+        zoom = self.zoom_of() if self.zoom_of is not None else 1.0
+        if zoom == self._zoom or self._crop_max is None or self._cam is None:
+            return
+        self._zoom = zoom
+        x0, y0, fw, fh = self._crop_max
+        cw, ch = max(2, int(fw / zoom)) & ~1, max(2, int(fh / zoom)) & ~1
+        rect = (x0 + (fw - cw) // 2, y0 + (fh - ch) // 2, cw, ch)
+        try:
+            self._cam.set_controls({"ScalerCrop": rect})
+        except Exception as exc:  # libcamera's errors are bare RuntimeErrors
+            log.warning("picamera2: ScalerCrop %s refused: %s", rect, exc)
 
     def _draw_osd(self, request: Any) -> None:
         """Runs on picamera2's thread for each frame before the hardware encoder takes it."""
@@ -270,6 +295,7 @@ class PiCameraSource(Source):
     def read(self) -> SourceItem | None:
         if self._cam is None:
             raise SourceUnavailable("picamera2: not open")
+        self._apply_zoom()
         if self.hardware:
             try:
                 pkt = self._queue.get(timeout=0.2)
