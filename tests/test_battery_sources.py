@@ -301,3 +301,22 @@ def test_profile_battery_sources_load(tmp_path: Path) -> None:
     assert isinstance(src, SysfsBattery) and src.describe().endswith("BAT0")
     p = load(tmp_path, "[battery]\npresent = false\n")
     assert p.capabilities()["battery"] is False and p.alarm_kinds(0) == []
+
+
+def test_emulated_battery_profile_is_a_battery_doorbell() -> None:
+    from hss_pu.profiles import load_profile
+
+    p = load_profile("emulated-battery")
+    d = p.doc
+    assert [c.backend for c in d.channels] == ["emulated"] and d.channels[0].motion_detection
+    assert {s.kind for s in d.sensors} == {"pir", "bell"} and p.gpio_emulated
+    assert [led.role for led in d.leds] == ["status"]
+    assert d.battery.present and d.battery.source == "emulated" and d.ptz.type == "none"
+    cap = p.capabilities()
+    assert cap["battery"] is True and cap["ptz"] is False and cap["led"] is True
+    assert cap["alarms"]["motion"] is True and cap["sensors"] == ["pir", "bell", "battery"]
+    # Every other profile has no battery: GetCap says so.
+    from hss_pu.profiles import iter_profiles
+
+    others = [q.name for q in iter_profiles() if q.capabilities()["battery"]]
+    assert others == ["emulated-battery"]

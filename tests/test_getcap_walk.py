@@ -8,6 +8,7 @@ feature that lands adds its key to profiles.IMPLEMENTED and one line here.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -221,6 +222,15 @@ async def low_battery(w: Walk) -> None:
         timeout=5,
     )
     assert rec.params["state"] == "pulse" and rec.params["desc"] == "low battery"
+    # A frame says nothing about a battery: the reply's picture URL is not used (a
+    # pulse's picture would be on the platform well within this second).
+    alarms = w.rig.daemon.alarms
+    assert alarms is not None
+    pictures = alarms.stats.pictures + alarms.stats.pictures_failed
+    await asyncio.sleep(1.0)
+    low = [a for a in w.platform.alarms(DEVICE) if a.type == 8]
+    assert len(low) == 1 and low[0].pic_name is not None and low[0].picture is None
+    assert alarms.stats.pictures + alarms.stats.pictures_failed == pictures
     await set_battery(w, 80)
 
 
