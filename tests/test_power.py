@@ -263,3 +263,42 @@ async def test_battery_command_refused_without_a_battery(
         assert (await rig.call("GetCap")).resp["battery"] is False
     finally:
         assert await rig.stop() == 0
+
+
+async def test_adc_battery_in_the_daemon(
+    platform: ReferencePlatform, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A profile whose battery is an MCP3008 behind a 1:2 divider, on the board's pins
+    (gpiozero's MockFactory with the chip's side of SPI attached: there is no ADC here)."""
+    from gpiozero.pins.mock import MockFactory
+
+    from hss_pu.hw import board
+    from hss_pu.hw.pins import DebouncedMockPin
+
+    from .test_battery_sources import MockMcp3008
+
+    monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")  # gpiozero's software SPI needs it
+    factory = MockFactory(pin_class=DebouncedMockPin)
+    chip = MockMcp3008(factory)
+    chip.volts[3] = 1.9  # a cell at 3.8 V: 55 %
+    monkeypatch.setattr(board, "open_factory", lambda profile: (factory, True))
+    path = battery_profile(tmp_path)
+    text = path.read_text().replace('source = "emulated"', 'source = "adc"')
+    path.write_text(text.replace("[battery]\n", "[battery]\nadc = { channel = 3 }\n"))
+    daemon = build_daemon(platform, tmp_path / "pu", start_media=False, profile=str(path))
+    rig = await run_daemon(platform, daemon)
+    try:
+        p = Powered(rig, path)
+        assert await until(lambda: p.changes() == [55], 5), p.changes()
+        assert "mcp3008 channel 3" in p.power.source.describe()
+        chip.volts[3] = 1.7  # 3.4 V: 2.5 %
+        assert await p.power.sample() in (2, 3)
+        assert await until(lambda: p.low_alarms() == [(8, "pulse", 0, "low battery")], 3)
+        chip.volts[3] = 0.0  # the divider came loose: not an empty battery
+        level = p.power.level
+        assert await p.power.sample() == level and "reads 0 V" in (p.power.error or "")
+        reply = await rig.daemon._cmd_battery({"cmd": "battery", "percent": 50})
+        assert not reply["ok"] and "real one" in reply["error"]
+    finally:
+        assert await rig.stop() == 0
+        chip.close()
