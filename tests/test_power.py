@@ -130,6 +130,13 @@ async def test_battery_change_after_login_and_per_whole_percent(powered: Powered
     assert await until(lambda: p.changes(since) == [51], 3), p.changes(since)
 
 
+async def test_a_reading_on_a_rounding_boundary_does_not_flap(powered: Powered) -> None:
+    p = powered
+    assert await p.set(50) == 50
+    for reading, level in ((50.6, 50), (50.4, 50), (50.8, 51), (50.3, 51), (50.2, 50)):
+        assert await p.set(reading) == level, reading
+
+
 async def test_one_low_battery_alarm_until_the_level_recovers(powered: Powered) -> None:
     p = powered  # low_percent 15, hysteresis 5: re-armed at 20
     for level in (16, 15):

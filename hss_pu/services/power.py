@@ -5,8 +5,9 @@ and the low-battery alarm (wire-notes "Power"; docs/protocol.md "Battery").
   event loop, one read at a time (a set from ``hss-pu battery`` reads at once, in the
   same order). A read that fails or makes no sense is logged (once per kind of
   problem) and ignored: the last good level stands.
-- **Level.** The reading rounded to a whole percent. Until the first good reading there
-  is none: DevStatus leaves ``battery`` out and nothing is sent.
+- **Level.** The reading rounded to a whole percent, changed only by a reading at least
+  :data:`DEADBAND` away from it. Until the first good reading there is none: DevStatus
+  leaves ``battery`` out and nothing is sent.
 - **BatteryChange.** After each login, the level at once; then whenever the whole
   percent differs from the one last sent, at most one per ``report_interval_seconds``
   (a change inside the interval waits for its end, and the latest level then wins; a
@@ -35,11 +36,14 @@ from hss_pu.services.interfaces import AlarmSink
 from hss_pu.tasks import TaskSet
 from hss_pu.wire.vd import BatteryChangeParams, UpEvent
 
-__all__ = ["BATTERY_CHANNEL", "EventLink", "PowerService", "PowerStats"]
+__all__ = ["BATTERY_CHANNEL", "DEADBAND", "EventLink", "PowerService", "PowerStats"]
 
 log = logging.getLogger("hss_pu.power")
 
 BATTERY_CHANNEL = 0  # the device's alarms go on its first channel
+# A new level needs a reading this far from the current one (a gauge hovering on a
+# rounding boundary, 50.49 / 50.51, does not flap between 50 and 51).
+DEADBAND = 0.75
 
 
 class EventLink(Protocol):
@@ -146,11 +150,13 @@ class PowerService:
             return
         self.error = None
         self.charging = reading.charging
+        if self.level is not None and abs(p - self.level) < DEADBAND:
+            return
         level = min(100, max(0, round(p)))
         if level == self.level:
             return
         before, self.level = self.level, level
-        log.info("battery: %d %%%s", level, "" if before is None else f" (was {before} %)")
+        log.debug("battery: %d %%%s", level, "" if before is None else f" (was {before} %)")
         self._low_battery(level)
         self._wake.set()
 
