@@ -20,7 +20,15 @@ from hss_pu.profiles import profiles_dir
 from hss_pu.reference_platform.server import ReferencePlatform
 from hss_pu.services.power import PowerService
 
-from .support.rig import DEVICE, Rig, build_daemon, daemon_config, run_daemon, until
+from .support.rig import (
+    DEVICE,
+    MakePlatform,
+    Rig,
+    build_daemon,
+    daemon_config,
+    run_daemon,
+    until,
+)
 from .support.rig import write_config_file as write_rig_config
 from .test_cli_imports import run_cli
 
@@ -171,6 +179,28 @@ async def test_low_battery_alarm_follows_the_config_document(powered: Powered) -
     await p.set(10)
     await until(lambda: p.low_alarms(), 1.0)
     assert p.low_alarms() == []  # switched off by the platform
+
+
+async def test_the_platform_records_nothing_for_a_low_battery(
+    make_platform: MakePlatform, tmp_path: Path
+) -> None:
+    """The reference platform's alarm policy films a bell's pulse, not a low battery."""
+    platform = await make_platform(alarm_record=True)
+    profile = str(battery_profile(tmp_path))
+    daemon = build_daemon(platform, tmp_path / "pu", start_media=False, profile=profile)
+    rig = await run_daemon(platform, daemon)
+    try:
+        p = Powered(rig, Path(profile))
+        await p.set(10)
+        assert await until(lambda: p.low_alarms(), 3)
+        assert platform.alarm_recordings(DEVICE) == []
+        (low,) = [a for a in platform.alarms(DEVICE) if a.type == 8]
+        assert low.session_id is None
+        assert rig.daemon.sensors  # the bell, for contrast: its pulse starts a recording
+        await rig.daemon.sensors["bell"]("press", 0)
+        assert await until(lambda: platform.alarm_recordings(DEVICE), 3)
+    finally:
+        assert await rig.stop() == 0
 
 
 async def test_garbage_from_the_gauge_is_ignored(
