@@ -91,6 +91,17 @@ def _parser() -> argparse.ArgumentParser:
     sensor.add_argument("action", choices=SENSOR_ACTIONS)
     sensor.add_argument("--channel", type=int, help="the channel, where several have one")
     sensor.add_argument("--config", "-c", type=Path, help="the running daemon's config")
+    battery = sub.add_parser(
+        "battery",
+        help="set the emulated battery of the running daemon",
+        description="Set an emulated battery's level (it drains, or charges, from there); "
+        "the daemon reads it at once. Refused for a real battery.",
+    )
+    battery.add_argument("percent", type=_percent, help="0-100")
+    how = battery.add_mutually_exclusive_group()
+    how.add_argument("--charging", dest="charging", action="store_true", default=None)
+    how.add_argument("--discharging", dest="charging", action="store_false")
+    battery.add_argument("--config", "-c", type=Path, help="the running daemon's config")
     # Listed for --help only: main() hands ``platform ...`` to the reference platform's
     # own parser before this one runs, so other commands never import the platform.
     sub.add_parser(
@@ -100,6 +111,16 @@ def _parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     return p
+
+
+def _percent(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 <= value <= 100:  # NaN too
+        raise argparse.ArgumentTypeError(f"{text} is not in 0..100")
+    return value
 
 
 def _config_error(exc: SchemaError) -> int:
@@ -263,6 +284,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_local({"cmd": "status"}, args.config)
     if args.command == "sensor":
         req = {"cmd": "sensor", "name": args.name, "action": args.action, "channel": args.channel}
+        return cmd_local(req, args.config, say_error=True)
+    if args.command == "battery":
+        req = {"cmd": "battery", "percent": args.percent, "charging": args.charging}
         return cmd_local(req, args.config, say_error=True)
     if args.command == "run":
         import asyncio

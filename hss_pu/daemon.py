@@ -27,6 +27,7 @@ from hss_pu.config import CameraSection, Config
 from hss_pu.errors import InvalidParam, NotSupported
 from hss_pu.fsutil import atomic_write, ensure_private_dir
 from hss_pu.hw import Board, GpioUnavailable
+from hss_pu.hw.battery import BatteryError, EmulatedBattery, open_source
 from hss_pu.logfiles import LogFiles
 from hss_pu.logsetup import add_secret
 from hss_pu.media.analysis import MotionAnalyser, parse_alarm_config
@@ -49,6 +50,7 @@ from hss_pu.services.live import LiveService
 from hss_pu.services.localctl import LocalControl, SensorDriver, sensor_command
 from hss_pu.services.logs import LogUploadService
 from hss_pu.services.playback import PlaybackService
+from hss_pu.services.power import PowerService
 from hss_pu.services.ptz import PtzService
 from hss_pu.services.record import RecordService
 from hss_pu.services.snapshot import SnapshotService
@@ -121,6 +123,7 @@ class Daemon:
         self.board: Board | None = None
         self.leds: LedService | None = None
         self.ptz: PtzService | None = None
+        self.power: PowerService | None = None  # a profile with a battery
         self._hw_error: str | None = None
         # ``hss-pu sensor NAME``: the board's inputs (and whoever else adds an entry).
         self.sensors: dict[str, SensorDriver] = {}
@@ -260,12 +263,14 @@ class Daemon:
         self._start_cameras(devconfig, alarms)
         self._start_hw(devconfig, alarms)
         services.ptz = self.ptz = self._start_ptz(storage)
+        self._start_power(link, alarms, ctx)
         control = LocalControl(
             storage,
             {
                 "bind": self._cmd_bind,
                 "status": self._cmd_status,
                 "sensor": sensor_command(self.sensors),
+                "battery": self._cmd_battery,
             },
         )
         try:
@@ -298,6 +303,8 @@ class Daemon:
             await self.playback.close()
         if self.ptz is not None:
             await self.ptz.close()
+        if self.power is not None:
+            await self.power.close()
         if self.board is not None:
             self.board.close()
         await alarms.close()
@@ -408,6 +415,24 @@ class Daemon:
             spec.type, lim.pan, lim.tilt, lim.zoom[1], len(ptz.store.ids()), spec.presets,
         )  # fmt: skip
         return ptz
+
+    def _start_power(self, link: PlatformLink, alarms: AlarmSink, ctx: DeviceContext) -> None:
+        """The profile's battery: its source (an ADC on the board's pins), BatteryChange
+        after each login, DevStatus ``battery``; a source that cannot be opened is logged
+        and the device runs without one (DevStatus then leaves ``battery`` out)."""
+        p = self.config.profile
+        spec = p.doc.battery
+        if not spec.present:
+            return
+        try:
+            source = open_source(p, factory=self.board.factory if self.board else None)
+        except (BatteryError, GpioUnavailable) as exc:
+            log.error("battery: %s; running without a battery level", exc)
+            return
+        self.power = power = PowerService(source, spec, link, alarms, self.clock.now)
+        ctx.battery = lambda: power.level
+        link.on_login(power.logged_in)
+        self._spawn(power.run(), "battery", forever=True)
 
     def _led_mode(self) -> str:
         return status_mode(self.channels, bool(self.link and self.link.session))
@@ -620,6 +645,28 @@ class Daemon:
             return {"ok": False, "error": "bind_id must be a non-empty string"}
         return {"ok": True, "sent": await self._send_bind(bind_id)}
 
+    async def _cmd_battery(self, req: dict[str, Any]) -> dict[str, Any]:
+        """``hss-pu battery PERCENT [--charging|--discharging]``: the emulated battery's
+        level, read at once (so its BatteryChange and alarm follow as from the model)."""
+        power = self.power
+        if power is None:
+            return {"ok": False, "error": "this device has no battery (profile battery.present)"}
+        source = power.source
+        if not isinstance(source, EmulatedBattery):
+            return {"ok": False, "error": f"the battery is a real one ({source.describe()})"}
+        percent, charging = req.get("percent"), req.get("charging")
+        if (
+            not isinstance(percent, int | float)
+            or isinstance(percent, bool)
+            or not 0 <= percent <= 100
+        ):
+            return {"ok": False, "error": "percent must be a number 0..100"}
+        if charging is not None and not isinstance(charging, bool):
+            return {"ok": False, "error": "charging must be true or false"}
+        source.set(float(percent), charging)
+        level = await power.sample()
+        return {"ok": True, "battery": level, "charging": power.charging}
+
     async def _cmd_status(self, req: dict[str, Any]) -> dict[str, Any]:
         link = self.link
         return {
@@ -639,6 +686,7 @@ class Daemon:
             "playback": self.playback.report() if self.playback else None,
             "hw": self._hw_status(),
             "ptz": self.ptz.status() if self.ptz else None,
+            "battery": self.power.status() if self.power else None,
         }
 
     def _hw_status(self) -> dict[str, Any] | None:

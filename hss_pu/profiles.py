@@ -7,8 +7,9 @@ the schema is strict: a typo in a GPIO pin must fail at start-up, not at the fir
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -19,12 +20,15 @@ from hss_pu.schema import SchemaError, convert, key_error, load_toml
 from hss_pu.wire.alarms import ALARM_KINDS, KIND_OF_SENSOR
 
 __all__ = [
+    "ADC_CHANNELS",
     "ALARM_TYPE_OF_SENSOR",
     "IMPLEMENTED",
     "PCM_NAME",
+    "AdcSpec",
     "AudioSpec",
     "BatterySpec",
     "ChannelSpec",
+    "EmulatedBatterySpec",
     "LedSpec",
     "Profile",
     "ProfileDoc",
@@ -53,16 +57,19 @@ GpioPins = Literal["auto", "lgpio", "mock"]
 # rest). The issue that lands a feature adds its key here, with its exerciser in
 # tests/test_getcap_walk.py. Alarms count per kind (``alarms.<kind>``: the standard keys
 # io, motion, body, and ours, pir, bell, lock, listed by GetCap's ``sensors``). Not yet:
-# battery (device services), firmware_download_https (UpgradeFirmware). Never here:
-# voice_out (talkback, which no message of Table 9-4 carries; docs/protocol.md).
+# firmware_download_https (UpgradeFirmware). Never here: voice_out (talkback, which no
+# message of Table 9-4 carries; docs/protocol.md). ``battery`` (BatteryChange, DevStatus)
+# and ``alarms.battery`` (alarm 8, low battery) come with a profile's battery.
 IMPLEMENTED: frozenset[str] = frozenset(
     {"cloud_record", "pic_upload_https", "video_encrypt", "auto_reboot", "switch", "led"}
     | {"log_upload_https", "audio_out", "ptz"}
     | {"alarms.io", "alarms.motion", "alarms.body", "alarms.pir", "alarms.bell", "alarms.lock"}
+    | {"battery", "alarms.battery"}
 )
 
-# Wired sensors GetCap lists under ``sensors`` (no standard key; external is alarms.io).
-_SENSOR_KINDS = ("pir", "bell", "lock")
+# The alarms without a standard key GetCap lists under ``sensors`` (wired sensors and
+# low battery; an external input is alarms.io).
+_SENSOR_KINDS = ("pir", "bell", "lock", "battery")
 
 
 def _person_detection() -> bool:
@@ -211,9 +218,60 @@ class LedSpec(_Spec, frozen=True, kw_only=True):
     min_switch_s: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 30.0
 
 
+Volts = Annotated[float, msgspec.Meta(ge=0, le=100)]
+# The MCP3xxx ADCs gpiozero drives (single-ended) and their channel counts.
+ADC_CHANNELS: dict[str, int] = {
+    "mcp3002": 2, "mcp3004": 4, "mcp3008": 8, "mcp3202": 2, "mcp3204": 4, "mcp3208": 8,
+}  # fmt: skip
+# A single-cell Li-ion's resting voltage -> charge (a common approximation).
+LIION_CURVE: list[tuple[float, int]] = [
+    (3.3, 0), (3.5, 5), (3.6, 10), (3.7, 30), (3.8, 55), (3.9, 70), (4.0, 80), (4.1, 90),
+    (4.2, 100),
+]  # fmt: skip
+
+
+class AdcSpec(_Spec, frozen=True, kw_only=True):
+    """A battery voltage through a divider into an MCP3xxx ADC on SPI (hw/battery.py)."""
+
+    chip: Literal["mcp3002", "mcp3004", "mcp3008", "mcp3202", "mcp3204", "mcp3208"] = "mcp3008"
+    channel: Annotated[int, msgspec.Meta(ge=0, le=7)] = 0
+    # SPI port 0, chip select 0 or 1 (CE0 GPIO 8, CE1 GPIO 7).
+    select: Annotated[int, msgspec.Meta(ge=0, le=1)] = 0
+    vref: Annotated[float, msgspec.Meta(gt=0, le=5.5)] = 3.3
+    # Battery volts = ADC volts x divider ((R1 + R2) / R2 of the resistor divider).
+    divider: Annotated[float, msgspec.Meta(ge=1, le=100)] = 2.0
+    # Battery volts -> percent, points in rising order; between them linear, outside clamped.
+    curve: Annotated[
+        list[tuple[Volts, Annotated[int, msgspec.Meta(ge=0, le=100)]]],
+        msgspec.Meta(min_length=2, max_length=32),
+    ] = msgspec.field(default_factory=lambda: list(LIION_CURVE))
+
+
+class EmulatedBatterySpec(_Spec, frozen=True, kw_only=True):
+    """The emulated battery's model: it starts at ``start_percent`` and drains (or,
+    charging, fills) at the given rates; ``hss-pu battery`` sets it."""
+
+    start_percent: Annotated[float, msgspec.Meta(ge=0, le=100)] = 80.0
+    drain_per_hour: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 2.0
+    charge_per_hour: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 20.0
+    charging: bool = False
+
+
 class BatterySpec(_Spec, frozen=True, kw_only=True):
     present: bool = False
+    # emulated: a model (``hss-pu battery PERCENT``); sysfs: a Linux power supply
+    # (/sys/class/power_supply/<sysfs_name>, "" the first system battery); adc: ``adc``.
+    source: Literal["emulated", "sysfs", "adc"] = "emulated"
+    sysfs_name: Annotated[str, msgspec.Meta(max_length=64)] = ""
+    adc: AdcSpec | None = None
+    emulated: EmulatedBatterySpec = EmulatedBatterySpec()
+    # Alarm 8 (low battery) once the level falls below low_percent; again only after it
+    # has risen to low_percent + hysteresis_percent.
     low_percent: Annotated[int, msgspec.Meta(ge=0, le=100)] = 15
+    hysteresis_percent: Annotated[int, msgspec.Meta(ge=1, le=50)] = 5
+    # How often the source is read, and the least time between two BatteryChange.
+    poll_seconds: Annotated[float, msgspec.Meta(ge=0.1, le=3600)] = 30.0
+    report_interval_seconds: Annotated[float, msgspec.Meta(ge=0, le=3600)] = 60.0
 
 
 class RecordingSpec(_Spec, frozen=True, kw_only=True):
@@ -276,13 +334,16 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True):
 
     def alarm_kinds(self, channel_id: int) -> list[str]:
         """The detectors this device runs on the channel (keys of wire.alarms.ALARM_KINDS,
-        in its order): its wired sensors, motion where the channel has it, person
-        detection on top of motion where available; each only once this build drives it
-        (:data:`IMPLEMENTED`). What ``channels.N.alarms`` lists, and GetCap claims."""
+        in its order): its wired sensors, low battery (channel 0), motion where the
+        channel has it, person detection on top of motion where available; each only
+        once this build drives it (:data:`IMPLEMENTED`). What ``channels.N.alarms``
+        lists, and GetCap claims."""
         ch = self.channel(channel_id)
         if ch is None:
             return []
         kinds = {KIND_OF_SENSOR[s.kind] for s in self.doc.sensors if s.channel == channel_id}
+        if channel_id == 0 and self.doc.battery.present:  # the device's, on its first channel
+            kinds.add("battery")
         if ch.motion_detection:
             kinds.add("motion")
             if _person_detection():
@@ -452,9 +513,63 @@ def _check(doc: ProfileDoc, path: Path) -> None:
     for role in set(roles):
         if roles.count(role) > 1:
             raise key_error(path, "leds", f"more than one {role!r} LED")
+    _check_battery(doc.battery, path, claim)
     r = doc.recording
     if r.store == "mount" and not r.path.startswith("/"):
         raise key_error(path, "recording.path", "a 'mount' store needs an absolute path")
+
+
+# SPI port 0's pins (BCM): clock, MOSI, MISO, and the chip selects CE0, CE1.
+_SPI_PINS = {"clock": 11, "mosi": 10, "miso": 9}
+_SPI_SELECT = (8, 7)
+
+
+def _check_battery(b: BatterySpec, path: Path, claim: Callable[[int | None, str], None]) -> None:
+    if not b.present:
+        if b.source != "emulated" or b.adc is not None or b.sysfs_name:
+            raise key_error(path, "battery.present", "a battery source is given: set present")
+        return
+    if b.adc is not None and b.source != "adc":
+        raise key_error(path, "battery.adc", f"given but source is {b.source!r} (want 'adc')")
+    if b.sysfs_name and b.source != "sysfs":
+        raise key_error(path, "battery.sysfs_name", f"given but source is {b.source!r}")
+    if b.sysfs_name and (
+        b.sysfs_name in (".", "..") or not all(c.isalnum() or c in "-_.:" for c in b.sysfs_name)
+    ):
+        raise key_error(path, "battery.sysfs_name", f"not a power-supply name: {b.sysfs_name!r}")
+    if b.low_percent + b.hysteresis_percent > 100:
+        raise key_error(
+            path, "battery.hysteresis_percent", "low_percent + hysteresis_percent is above 100"
+        )
+    if b.source != "adc":
+        return
+    a = b.adc
+    if a is None:
+        raise key_error(path, "battery.adc", "source 'adc' needs an [battery.adc] table")
+    if a.channel >= ADC_CHANNELS[a.chip]:
+        raise key_error(
+            path, "battery.adc.channel", f"{a.chip} has channels 0..{ADC_CHANNELS[a.chip] - 1}"
+        )
+    volts = [v for v, _ in a.curve]
+    percents = [p for _, p in a.curve]
+    if any(x >= y for x, y in itertools.pairwise(volts)) or any(
+        x > y for x, y in itertools.pairwise(percents)
+    ):
+        raise key_error(
+            path, "battery.adc.curve", "points must rise in volts (and not fall in percent)"
+        )
+    if percents[0] != 0 or percents[-1] != 100:
+        raise key_error(path, "battery.adc.curve", "must run from 0 to 100 percent")
+    if volts[-1] > a.vref * a.divider:
+        raise key_error(
+            path,
+            "battery.adc.curve",
+            f"{volts[-1]} V is above what the ADC can read ({a.vref * a.divider:g} V = "
+            "vref x divider)",
+        )
+    for name, pin in _SPI_PINS.items():
+        claim(pin, f"battery.adc (SPI {name})")
+    claim(_SPI_SELECT[a.select], "battery.adc.select")
 
 
 def load_profile_file(path: Path, name: str | None = None) -> Profile:

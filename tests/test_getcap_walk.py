@@ -187,6 +187,54 @@ def alarm_of(kind: str) -> Callable[[Walk], Awaitable[None]]:
     return exercise
 
 
+async def set_battery(w: Walk, percent: float) -> int | None:
+    """The emulated battery's level, as ``hss-pu battery PERCENT`` sets it."""
+    reply = await w.rig.daemon._cmd_battery({"cmd": "battery", "percent": percent})
+    assert reply["ok"], reply
+    level: int | None = reply["battery"]
+    return level
+
+
+async def battery_change(w: Walk) -> None:
+    """battery: the level after login, then a change of it arrives as BatteryChange
+    (within the profile's rate limit) and DevStatus says it."""
+    first = await w.platform.wait_record(lambda r: r.name == "BatteryChange", timeout=5)
+    level = 42 if first.params["battery"] != 42 else 43
+    since = time.time()
+    assert await set_battery(w, level) == level
+    interval = w.profile.doc.battery.report_interval_seconds
+    await w.platform.wait_record(
+        lambda r: r.name == "BatteryChange" and r.time >= since
+        and r.params == {"battery": level},
+        timeout=interval + 3,
+    )  # fmt: skip
+    assert w.platform.battery(DEVICE) == level
+    assert (await w.call("DevStatus"))["battery"] == level
+
+
+async def low_battery(w: Walk) -> None:
+    """alarms.battery: the level falls below the profile's low_percent: one alarm 8."""
+    spec = w.profile.doc.battery
+    await set_battery(w, min(100, spec.low_percent + spec.hysteresis_percent))  # armed
+    since = time.time()
+    await set_battery(w, max(0, spec.low_percent - 1))
+    rec = await w.platform.wait_record(
+        lambda r: r.name == "AlarmNotify" and r.time >= since and r.params["type"] == 8,
+        timeout=5,
+    )
+    assert rec.params["state"] == "pulse" and rec.params["desc"] == "low battery"
+    # A frame says nothing about a battery: the reply's picture URL is not used (a
+    # pulse's picture would be on the platform well within this second).
+    alarms = w.rig.daemon.alarms
+    assert alarms is not None
+    pictures = alarms.stats.pictures + alarms.stats.pictures_failed
+    await asyncio.sleep(1.0)
+    low = [a for a in w.platform.alarms(DEVICE) if a.type == 8]
+    assert len(low) == 1 and low[0].pic_name is not None and low[0].picture is None
+    assert alarms.stats.pictures + alarms.stats.pictures_failed == pictures
+    await set_battery(w, 80)
+
+
 async def status_led(w: Walk) -> None:
     """led: SetConfig led false darkens the status LED (its pin low) and it stays dark
     whatever the device does; true gives it its pattern back."""
@@ -288,6 +336,8 @@ EXERCISERS: dict[str, Exerciser] = {
     "alarms.bell": alarm_of("bell"),
     "alarms.lock": alarm_of("lock"),
     "alarms.body": alarm_of("body"),
+    "alarms.battery": low_battery,
+    "battery": battery_change,
     "led": status_led,
     "log_upload_https": log_upload,
     "audio_out": play_clip,

@@ -492,6 +492,14 @@ async def test_admin_api(make_platform: MakePlatform, caplog: pytest.LogCaptureF
         rest = await http.get("/admin/records", headers=auth, params={"since": 1})
         assert [r["params"] for r in rest.json()["records"]] == [{"battery": 9}]
         assert rest.json()["records"][0]["device_id"] == "PU-1"
+        # The devices list shows the last valid BatteryChange (nonsense is not one).
+        await d.event("BatteryChange", {"battery": 180})
+        await p.wait_record(lambda r: r.name == "BatteryChange" and r.err is not None)
+        devices = (await http.get("/admin/devices", headers=auth)).json()["devices"]
+        pu1 = next(x for x in devices if x["id"] == "PU-1")
+        assert pu1["battery"] == 9 and pu1["battery_time"] is not None
+        assert next(x for x in devices if x["id"] == "PU-2")["battery"] is None
+        assert p.battery("PU-1") == 9 and p.battery_changes("PU-1") == [9]
 
         r = await http.post("/admin/kick", headers=auth, json={"device": "PU-1"})
         assert r.status_code == 200 and not p.online("PU-1")

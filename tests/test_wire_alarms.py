@@ -9,6 +9,7 @@ def test_types_and_states_follow_wire_notes() -> None:
     assert got == {
         "io": (2, "state"),
         "motion": (3, "state"),
+        "battery": (8, "pulse"),
         "lock": (9, "pulse"),
         "bell": (10, "pulse"),
         "body": (11, "state"),

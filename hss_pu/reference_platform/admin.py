@@ -4,7 +4,8 @@ Plain HTTP on loopback, guarded by a bearer token that only the owner of platfor
 (mode 0600) can read: anyone else on the host could otherwise reboot the camera.
 
 - ``GET /admin/devices`` -> ``{"devices": [{"id", "online", "peer", "since", "login",
-  "last_keepalive", "last_keepalive_time"}]}``, every configured or connected id.
+  "last_keepalive", "last_keepalive_time", "battery", "battery_time"}]}``, every
+  configured or connected id (``battery``: its last BatteryChange, or null).
 - ``POST /admin/call`` ``{"device", "method", "params"?, "timeout"?}`` -> 200 ``{"resp": {}}``
   or 200 ``{"err": {"code", "msg"}}`` (the device answered); 404 offline, 504 no answer in
   time, 502 the session ended first.
@@ -166,6 +167,8 @@ class AdminApi:
                     "login": info.get("login"),
                     "last_keepalive": p.last_keepalive(i),
                     "last_keepalive_time": p.last_keepalive_time(i),
+                    "battery": p.battery(i),
+                    "battery_time": p.battery_time(i),
                 }
             )
         return _json(200, {"devices": devices})

@@ -15,7 +15,9 @@ on reading the replies). Safety nets: a recording whose alarm never ends (the ``
 lost) is stopped after ``alarm_record_max_seconds``; a StopRecord that finds the device
 offline is sent again when it is back (within the same bound), since a PU resumes its
 sessions after a restart; an alarm queued by the device for longer than
-``alarm_stale_seconds`` starts nothing (its video is gone).
+``alarm_stale_seconds`` starts nothing (its video is gone). A low battery (type 8) is
+not something to film: it records nothing (and on a battery camera recording would
+only drain it further).
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ if TYPE_CHECKING:
     from hss_pu.reference_platform.options import PlatformOptions
     from hss_pu.wire.vd import Reply
 
-__all__ = ["AlarmPolicy", "AlarmRecording", "RecordingState"]
+__all__ = ["NOT_RECORDED", "AlarmPolicy", "AlarmRecording", "RecordingState"]
+
+NOT_RECORDED = frozenset({8})  # alarm types that start no recording: low battery
 
 log = logging.getLogger("hss_pu.platform.policy")
 
@@ -175,6 +179,8 @@ class AlarmPolicy:
         if ch is None:
             ch = self._channels[key] = _Channel(alarm.device_id, alarm.channel)
         o = self.options
+        if alarm.type in NOT_RECORDED:
+            return
         if alarm.state in ("start", "pulse"):
             age = self.now() - alarm.timestamp
             if age > o.alarm_stale_seconds:

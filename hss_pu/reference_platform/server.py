@@ -273,6 +273,19 @@ class ReferencePlatform:
     def last_keepalive_time(self, device_id: str) -> float | None:
         return self._vd.last_keepalive_time(device_id)
 
+    def battery(self, device_id: str) -> int | None:
+        """The device's battery level as its latest BatteryChange said (None: never)."""
+        return self._vd.battery(device_id)
+
+    def battery_changes(self, device_id: str) -> list[int]:
+        """Every valid BatteryChange level the device sent, oldest first (of the kept
+        records)."""
+        return [
+            int(r.params["battery"])
+            for r in self._vd.records
+            if r.device_id == device_id and r.name == "BatteryChange" and r.err is None
+        ]
+
     async def wait_online(self, device_id: str, timeout: float = 10.0) -> None:
         await self._vd.wait_online(device_id, timeout)
 

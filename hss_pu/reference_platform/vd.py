@@ -26,6 +26,7 @@ from websockets.http11 import Response as WsResponse
 from hss_pu.wire.vd import (
     MESSAGES,
     AlarmNotifyParams,
+    BatteryChangeParams,
     Code,
     Event,
     Malformed,
@@ -147,6 +148,9 @@ class VdServer:
         self._server: Server | None = None
         self._sessions: dict[str, _Session] = {}
         self._keepalives: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._battery: dict[
+            str, tuple[float, int]
+        ] = {}  # (time, percent) of the last BatteryChange
         self._failures: dict[str, int] = {}  # known device ids only: bounded
         self._locked_until: dict[str, float] = {}  # monotonic time
         self._next_index = 0
@@ -204,6 +208,15 @@ class VdServer:
     def last_keepalive_time(self, device_id: str) -> float | None:
         k = self._keepalives.get(device_id)
         return k[0] if k else None
+
+    def battery(self, device_id: str) -> int | None:
+        """The percent of the device's latest valid BatteryChange (kept across reconnects)."""
+        b = self._battery.get(device_id)
+        return b[1] if b else None
+
+    def battery_time(self, device_id: str) -> float | None:
+        b = self._battery.get(device_id)
+        return b[0] if b else None
 
     def _notify(self) -> None:
         # Waiters hold the old event; a new one is armed for the next change.
@@ -582,8 +595,11 @@ class VdServer:
             log.warning("Vd: %s sent unknown event %s", s.device_id, _clean(ev.event))
         else:
             try:
-                decode_params(ev.event, ev.params)
+                p = decode_params(ev.event, ev.params)
             except RpcError as exc:
                 err = exc.code
                 log.warning("Vd: %s event %s: %s", s.device_id, ev.event, exc.msg)
+            else:
+                if isinstance(p, BatteryChangeParams):
+                    self._battery[s.device_id] = (time.time(), p.battery)
         self._record(s, "event", ev.event, ev.params, None, err)

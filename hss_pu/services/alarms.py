@@ -28,14 +28,15 @@ a report (wire-notes "Device services"; the readings in docs/protocol.md "Alarms
   its end with it) and go after the next login, in order, with their own timestamps. A
   send that dies with the link is sent again after the login (at least once); an error
   reply is logged and the notification dropped.
-- **Pictures**: a start or pulse keeps a reference to its channel's latest frame at the
-  moment the report arrives (media.channel.MediaChannel.latest_frame); one raised while
-  the camera is starting (a PIR woke it) takes the camera's first frame instead, waited
-  for up to :data:`FIRST_FRAME_WAIT` at upload time. When the reply
-  carries ``pic_upload_url``, that frame is encoded (off the loop) and PUT as
-  ``image/jpeg`` through the guarded upload client, so the URL-safety rules apply and a
-  refused URL is a log line. Held frames are bounded in bytes (:data:`PICTURE_BYTES`, the
-  oldest released first) and so are uploads (:data:`MAX_UPLOADS` waiting or running).
+- **Pictures** (of the kinds a frame says something about: not low battery): a start or
+  pulse keeps a reference to its channel's latest frame at the moment the report
+  arrives (media.channel.MediaChannel.latest_frame); one raised while the camera is
+  starting (a PIR woke it) takes the camera's first frame instead, waited for up to
+  :data:`FIRST_FRAME_WAIT` at upload time. When the reply carries ``pic_upload_url``,
+  that frame is encoded (off the loop) and PUT as ``image/jpeg`` through the guarded
+  upload client, so the URL-safety rules apply and a refused URL is a log line. Held
+  frames are bounded in bytes (:data:`PICTURE_BYTES`, the oldest released first) and so
+  are uploads (:data:`MAX_UPLOADS` waiting or running).
 """
 
 from __future__ import annotations
@@ -361,7 +362,7 @@ class AlarmService:
         """The frame of this moment; if the camera is on but has not captured yet (a PIR
         woke it, or it is restarting), the upload takes its first frame instead."""
         media = self.media.get(notice.params.channel)
-        if media is None or not media.enabled:
+        if media is None or not media.enabled or not _pictured(notice.params.type):
             return
         notice.picture = media.latest_frame()
         notice.first_frame = notice.picture is None
@@ -459,8 +460,8 @@ class AlarmService:
     def _upload(self, notice: _Notice, picture: FrameRef | None, url: str) -> None:
         p = notice.params
         what = f"alarm picture (type {p.type} ch{p.channel} {p.state})"
-        if p.state == "end":
-            log.info("%s: pictures go with starts; this URL is not used", what)
+        if p.state == "end" or not _pictured(p.type):
+            log.info("%s: no picture goes with it; this URL is not used", what)
             return
         media = self.media.get(p.channel)
         if (picture is None and not notice.first_frame) or media is None or self.http is None:
@@ -516,6 +517,14 @@ class AlarmService:
             "online": self._online.is_set(),
             **{k: v for k, v in vars(self.stats).items()},
         }
+
+
+_PICTURED = frozenset(k.type for k in ALARM_KINDS.values() if k.picture)
+
+
+def _pictured(alarm_type: int) -> bool:
+    """Whether a frame says something about the alarm (not about low battery)."""
+    return alarm_type in _PICTURED
 
 
 def _when(timestamp: int) -> str:

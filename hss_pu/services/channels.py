@@ -103,12 +103,33 @@ class ChannelRegistry:
     def set_enabled(self, channel: int, on: bool) -> None:
         self.get(channel).enabled = on
 
+    # --- KeepAwaken: what hibernation asks before the device sleeps ----------------------
+
     def keep_awake(self, channel: int, seconds: int) -> None:
+        """KeepAwaken: awake for at least ``seconds`` from now. The latest deadline wins:
+        a shorter window asked later does not cut a longer one short."""
         ch = self.get(channel)
-        ch.awake_until = max(ch.awake_until, time.monotonic() + seconds)
+        deadline = time.monotonic() + seconds
+        if deadline > ch.awake_until:
+            ch.awake_until = deadline
+        log.info(
+            "KeepAwaken ch%d: awake for %d s (%.0f s left)",
+            channel, seconds, self.awake_until() - time.monotonic(),
+        )  # fmt: skip
 
     def awake(self, channel: int) -> bool:
+        """Whether a KeepAwaken window of the channel is open now."""
         return self.get(channel).awake_until > time.monotonic()
+
+    def awake_until(self) -> float:
+        """The ``time.monotonic()`` deadline of the device's KeepAwaken window (the
+        latest of its channels'); 0.0 when none was ever asked."""
+        return max((c.awake_until for c in self._channels.values()), default=0.0)
+
+    def keep_awake_open(self) -> bool:
+        """Whether any KeepAwaken window is open now: a device must not sleep while one
+        is (wire-notes "Power")."""
+        return self.awake_until() > time.monotonic()
 
     async def reboot(self, channel: int) -> None:
         """RebootChannel: state 0 while what runs on the channel restarts (its camera's

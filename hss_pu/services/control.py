@@ -107,6 +107,7 @@ class DeviceContext:
     local_address: Callable[[], str | None] = lambda: None
     upgraded_at: float = 0.0  # epoch of the last firmware (hss-pu version) change
     state: Callable[[], int] = lambda: 1
+    battery: Callable[[], int | None] = lambda: None  # whole percent; None: none known
 
 
 class Dispatcher:
@@ -192,6 +193,7 @@ class Dispatcher:
             wifi_signal=signal,
             ip_addr=self.ctx.local_address(),
             mac_addr=c.device.mac,
+            battery=self.ctx.battery(),
         )
 
     async def rpc_GetCap(self, _: None) -> dict[str, Any]:

@@ -18,9 +18,9 @@ height, gop) are reported, never set: a SetConfig that carries them has them ign
 a state kind also ``"hold"`` (seconds 0-3600 its alarm lasts after the detector goes
 quiet), motion also ``"regions"`` (at most :data:`MAX_REGIONS` rectangles ``[x, y, w,
 h]`` in 0-1 picture coordinates where motion counts; empty: the whole picture). Wired
-sensors are on from the factory (someone wired them to be heard), picture detectors
-off (the platform chooses to watch). A kind nobody knows is 12; a known one the channel
-does not run (``face``, or ``pir`` on a camera without one) is 13.
+sensors and the low-battery alarm are on from the factory (someone fitted them to be
+heard), picture detectors off (the platform chooses to watch). A kind nobody knows is 12;
+a known one the channel does not run (``face``, or ``pir`` on a camera without one) is 13.
 
 The documents are platform-supplied: the free-form ``extension`` objects are bounded in
 depth and size (checked without recursion), and a merge copies only the fixed-shape parts
@@ -63,7 +63,6 @@ ALARM_KINDS = (
 DEFAULT_HOLD = 10  # s
 MAX_HOLD = 3600  # s
 MAX_REGIONS = 8
-_SENSOR_KINDS = frozenset(kinds.KIND_OF_SENSOR.values())
 QUALITIES = ("ld", "sd", "hd", "fhd")
 OSD_POSITIONS = ("topleft", "topright", "bottomleft", "bottomright")
 READ_ONLY = frozenset({"fps", "bitrate", "width", "height", "gop"})
@@ -98,7 +97,7 @@ def quality_resolution(profile: Profile, channel: int, quality: str) -> tuple[in
 
 def _alarm_defaults(kind: str) -> dict[str, Any]:
     """A detector's factory settings (module docstring)."""
-    entry: dict[str, Any] = {"on": kind in _SENSOR_KINDS, "sensitivity": 50}
+    entry: dict[str, Any] = {"on": kind in kinds.HARDWARE_KINDS, "sensitivity": 50}
     if kinds.ALARM_KINDS[kind].state == "state":
         entry["hold"] = DEFAULT_HOLD
     if kind == "motion":
