@@ -570,8 +570,10 @@ class Daemon:
         spool: Spool | None = None
         max_mb = c.doc.storage.spool_max_mb or rec.max_mb
         if rec.store != "none" and max_mb > 0:
-            base = Path(rec.path) if rec.store == "mount" else Path(c.storage_dir)
-            spool = Spool(base / "spool", max_mb * 1024 * 1024)
+            mount = Path(rec.path) if rec.store == "mount" else None
+            spool = Spool(
+                (mount or Path(c.storage_dir)) / "spool", max_mb * 1024 * 1024, mount=mount
+            )
         # Segment uploads may go to a storage service the system store trusts.
         http = platform_http(
             c.device.mac, c.ca_file, trust=Trust.UPLOADS, timeout=30.0, connect_timeout=10.0,

@@ -452,3 +452,20 @@ async def test_spool_io_never_runs_on_the_event_loop(
     assert {n for n, _ in seen} == {"load", "put", "update_meta", "remove"}, seen
     assert not [n for n, on_loop in seen if on_loop], seen
     assert os.listdir(tmp_path / "spool") == []
+
+
+def test_a_card_spool_writes_nothing_while_no_card_is_mounted(tmp_path: Path) -> None:
+    """store = "mount" with the card out: the empty mount point is on the system's own
+    disk, so the spool neither opens nor writes there (recording keeps to memory)."""
+    point = tmp_path / "card"
+    point.mkdir()
+    sp = Spool(point / "spool", 64 * MiB, mount=point)
+    with pytest.raises(SpoolError, match="nothing is mounted"):
+        sp.load()
+    with pytest.raises(SpoolError, match="nothing is mounted"):
+        sp.put(meta(1), b"x" * 1000)
+    assert list(point.iterdir()) == []
+    on_root = Spool(tmp_path / "spool", 64 * MiB, mount=Path("/"))  # "/" is a mount point
+    on_root.load()
+    on_root.put(meta(1), b"x" * 1000)
+    assert len(on_root) == 1

@@ -115,7 +115,10 @@ class _Pins:
 
 class Spool:
     """``free_space(dir) -> (free, total)`` is the space probe (statvfs; injectable for
-    tests); ``reserve_bytes``: what to leave free (None: :func:`default_reserve`)."""
+    tests); ``reserve_bytes``: what to leave free (None: :func:`default_reserve`).
+    ``mount``: the card the spool lives on; while nothing is mounted there, nothing is
+    written (the empty mount point is on the system's own disk, which recordings must
+    not fill)."""
 
     def __init__(
         self,
@@ -124,8 +127,10 @@ class Spool:
         *,
         reserve_bytes: int | None = None,
         free_space: Callable[[Path], tuple[int, int]] = statvfs_space,
+        mount: Path | None = None,
     ) -> None:
         self.dir = directory
+        self.mount = mount
         self.max_bytes = max_bytes
         self.reserve_bytes = reserve_bytes
         self._free_space = free_space
@@ -138,6 +143,7 @@ class Spool:
 
     def load(self) -> list[SpoolEntry]:
         """Open the spool (creating it); returns what a previous run left, oldest first."""
+        self._check_mounted()
         try:
             self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             names = os.listdir(self.dir)
@@ -213,6 +219,7 @@ class Spool:
         try:
             if len(data) > self.max_bytes:
                 raise SpoolError(f"a {len(data)}-byte segment is larger than the whole spool")
+            self._check_mounted()
             self._make_room(len(data), evicted)
             path = self.dir / f"{meta.seq:016d}.ts"
             try:
@@ -347,6 +354,10 @@ class Spool:
                 # Harmless: without its metadata it is cleaned up at the next start.
                 log.warning("spool: cannot remove %s (%s)", p.name, _why(exc))
         return None
+
+    def _check_mounted(self) -> None:
+        if self.mount is not None and not os.path.ismount(self.mount):
+            raise self._fail(f"nothing is mounted at {self.mount} (the card is out)")
 
     def _fail(self, message: str) -> SpoolError:
         self.errors += 1
