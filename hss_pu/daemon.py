@@ -431,6 +431,7 @@ class Daemon:
             return
         self.power = power = PowerService(source, spec, link, alarms, self.clock.now)
         ctx.battery = lambda: power.level
+        ctx.battery_source = True
         link.on_login(power.logged_in)
         self._spawn(power.run(), "battery", forever=True)
 

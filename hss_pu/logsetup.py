@@ -57,22 +57,35 @@ def redact(text: str) -> str:
     return pat.sub(REDACTED, text) if pat is not None else text
 
 
+# A query parameter's value, URL scheme or not: a logged frame is cut short in the middle
+# ("url...m4a?sig=..."), so what is left of a signed URL may have lost its scheme.
+_QUERY_VALUES = re.compile(r"([?&][^=&\s\"'?]+=)[^&\s\"'\\]+")
+
+
 class RedactingFilter(logging.Filter):
     """Redacts a record at its source, for loggers known to print secrets (a library
-    logging the request line of the Vd URL): then no handler, ours or not, sees them."""
+    logging the request line of the Vd URL): then no handler, ours or not, sees them.
+    ``queries``: also every URL query value (the Vd frames at debug level carry the
+    platform's signed upload, snapshot and playback URLs, which are credentials)."""
+
+    def __init__(self, queries: bool = False) -> None:
+        super().__init__()
+        self.queries = queries
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = record.getMessage()
         clean = redact(msg)
+        if self.queries:
+            clean = _QUERY_VALUES.sub(lambda m: m.group(1) + REDACTED, clean)
         if clean != msg:
             record.msg, record.args = clean, None
         return True
 
 
-def redacted_logger(name: str) -> logging.Logger:
+def redacted_logger(name: str, *, queries: bool = False) -> logging.Logger:
     logger = logging.getLogger(name)
     if not any(isinstance(f, RedactingFilter) for f in logger.filters):
-        logger.addFilter(RedactingFilter())
+        logger.addFilter(RedactingFilter(queries))
     return logger
 
 

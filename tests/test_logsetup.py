@@ -61,3 +61,18 @@ def test_journald_prefix(tmp_path: pytest.TempPathFactory, monkeypatch: pytest.M
 def test_library_loggers_quiet_at_info() -> None:
     _capture("info")
     assert logging.getLogger("websockets").getEffectiveLevel() >= logging.WARNING
+
+
+def test_vd_frames_at_debug_lose_every_url_query_value(caplog: pytest.LogCaptureFixture) -> None:
+    """websockets logs each Vd frame at debug level, cut short in the middle: the
+    platform's signed URLs (uploads, snapshots, playback) must not reach any handler,
+    even when the cut took the scheme away."""
+    from hss_pu.logsetup import redacted_logger
+
+    log = redacted_logger("hss_pu.vd.ws.test", queries=True)
+    caplog.set_level(logging.DEBUG, logger="hss_pu.vd.ws.test")
+    log.debug("< TEXT %r [111 bytes]", '{"params":{"url...m4a?sig=SIG-42&x=1"}}')
+    log.debug("< TEXT %r", '{"url":"https://h/s.jpg?X-Amz-Signature=abc123&X-Amz-Date=2026"}')
+    text = " ".join(r.getMessage() for r in caplog.records)
+    assert "SIG-42" not in text and "abc123" not in text
+    assert f"sig={REDACTED}&x={REDACTED}" in text and "https://h/s.jpg?X-Amz-Signature=" in text

@@ -437,4 +437,7 @@ async def test_an_unusable_playback_directory_leaves_the_daemon_running(
     rig = await make_rig(start_media=False, storage=tmp_path / "blocked")
     reply = await rig.call("QueryVideoStatus", {"channel": 0})
     assert reply.err is not None and reply.err.code == 101
+    # The profile has a speaker, but this device cannot play: GetCap does not claim it.
+    assert rig.daemon.config.profile.capabilities()["audio_out"] is True
+    assert (await rig.call("GetCap")).resp["audio_out"] is False
     assert (await rig.call("QueryTime")).err is None

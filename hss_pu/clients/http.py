@@ -52,6 +52,7 @@ import httpcore
 import httpx
 
 from hss_pu.errors import LinkError
+from hss_pu.logsetup import redacted_logger
 from hss_pu.wire.urls import redact_url, scrub_url
 from hss_pu.wire.urlsafety import (
     Target,
@@ -61,6 +62,10 @@ from hss_pu.wire.urlsafety import (
     is_exempt,
     parse_target,
 )
+
+# httpx logs every request's URL (at info, which we show only at debug): the platform's
+# signed upload, snapshot and playback URLs are credentials.
+redacted_logger("httpx", queries=True)
 
 __all__ = [
     "MAX_UPLOAD_REPLY",

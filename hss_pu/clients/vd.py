@@ -126,8 +126,9 @@ async def connect_vd(
             proxy=None,
             user_agent_header=f"hss-pu/{__version__}",
             compression=None,
-            # websockets logs the request line, password included, at debug level.
-            logger=redacted_logger("hss_pu.vd.ws"),
+            # websockets logs the request line, password included, and every frame (the
+            # platform's signed URLs) at debug level.
+            logger=redacted_logger("hss_pu.vd.ws", queries=True),
         )
     except InvalidStatus as exc:
         raise LoginRefused(exc.response.status_code) from None

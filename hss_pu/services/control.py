@@ -108,6 +108,7 @@ class DeviceContext:
     upgraded_at: float = 0.0  # epoch of the last firmware (hss-pu version) change
     state: Callable[[], int] = lambda: 1
     battery: Callable[[], int | None] = lambda: None  # whole percent; None: none known
+    battery_source: bool = False  # the profile's battery source opened at start-up
 
 
 class Dispatcher:
@@ -197,7 +198,21 @@ class Dispatcher:
         )
 
     async def rpc_GetCap(self, _: None) -> dict[str, Any]:
-        return self.ctx.config.profile.capabilities()
+        """The profile's capabilities, less what did not start here: a PTZ head whose pins
+        would not open, a speaker without its playback directory, a log store that could
+        not be made, a battery whose source failed (each logged at start-up). A platform
+        must not be told the device can do what it will then refuse with 101."""
+        cap = self.ctx.config.profile.capabilities()
+        s = self.ctx.services
+        started = {
+            "ptz": s.ptz is not None,
+            "audio_out": s.playback is not None,
+            "log_upload_https": s.logs is not None,
+            "battery": self.ctx.battery_source,
+        }
+        for key, ok in started.items():
+            cap[key] = bool(cap[key]) and ok
+        return cap
 
     async def rpc_GetConfig(self, _: None) -> dict[str, Any]:
         return self._report(self.ctx.devconfig.get())
