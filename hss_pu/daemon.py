@@ -39,6 +39,7 @@ from hss_pu.services.camera import CameraService, settings_for
 from hss_pu.services.channels import ChannelRegistry, camera_state
 from hss_pu.services.control import DeviceContext, Dispatcher
 from hss_pu.services.devconfig import DevConfigStore
+from hss_pu.services.hibernate import PowerService, WakingSink
 from hss_pu.services.interfaces import AlarmSink, Services
 from hss_pu.services.leds import LedService, status_mode
 from hss_pu.services.link import PlatformLink
@@ -110,6 +111,7 @@ class Daemon:
         self.alarms: AlarmService | None = None  # the detectors' AlarmSink, once running
         self.board: Board | None = None
         self.leds: LedService | None = None
+        self.power: PowerService | None = None  # hibernation (battery profiles)
         self._hw_error: str | None = None
         # ``hss-pu sensor NAME``: the board's inputs (and whoever else adds an entry).
         self.sensors: dict[str, SensorDriver] = {}
@@ -215,8 +217,14 @@ class Daemon:
         ctx.local_address = link.local_address
         link.on_login(self._after_login)
         self.alarms = alarms = self._alarm_service(devconfig, link)
+        self.power = power = PowerService(
+            self.config, link, self.channels,
+            suspend=self._suspend_media, resume=self._resume_media,
+            alarms_queued=lambda: int(alarms.status()["queued"]), rng=self.rng,
+        )  # fmt: skip
         self._start_cameras(devconfig, alarms)
-        self._start_hw(devconfig, alarms)
+        # A sensor's alarm wakes a hibernating device (and is sent after its login).
+        self._start_hw(devconfig, WakingSink(alarms, self.channels, power.trigger))
         control = LocalControl(
             storage,
             {
@@ -231,6 +239,7 @@ class Daemon:
             log.warning("control socket unavailable (%s): hss-pu bind/status will not work", exc)
         self._spawn(self.notifier.watchdog_loop(), "watchdog")
         self._spawn(link.run(), "platform-link", forever=True)
+        self._spawn(power.run(), "power", forever=True)
         self.autoreboot = AutoReboot(devconfig, self.clock.now, self._reboot_device, storage)
         self._spawn(self.autoreboot.run(), "auto-reboot", forever=True)
         if self.record is not None:
@@ -440,6 +449,20 @@ class Daemon:
             "passthrough" if media.stats.passthrough else "encoding",
         )
 
+    async def _suspend_media(self) -> None:
+        """Hibernation: no capture, no encoding; the pre-record rings start afresh."""
+        for media in self.media.values():
+            await media.stop()
+        if self.record is not None:
+            self.record.drop_prerecord()
+
+    async def _resume_media(self) -> None:
+        """Awake again: every camera that is switched on starts (in the background: the
+        Vd login does not wait for it)."""
+        for media in self.media.values():
+            if media.enabled:
+                self._spawn(self._run_media(media), f"media-{media.channel_id}")
+
     def _keepalive(self) -> KeepaliveParams:
         return KeepaliveParams(
             mac_id=self.config.device.mac, state=1, channels=self.channels.next_keepalive()
@@ -481,6 +504,7 @@ class Daemon:
             "record": self.record.status() if self.record else None,
             "alarms": self.alarms.status() if self.alarms else None,
             "hw": self._hw_status(),
+            "power": self.power.status() if self.power else None,
         }
 
     def _hw_status(self) -> dict[str, Any] | None:

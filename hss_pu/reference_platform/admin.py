@@ -15,6 +15,12 @@ Plain HTTP on loopback, guarded by a bearer token that only the owner of platfor
 - ``GET /admin/vr/segments?channel=N&last=K`` -> ``{"segments": [...]}``: saved Vr
   segments (``VrSegment.to_json``), by channel then save order; ``last``: the K most
   recent of each channel.
+- ``GET /admin/sleeping`` -> ``{"sleeping": [{"id", "peer", "since", "heartbeats",
+  "last_heartbeat_age"}]}``: devices hibernating on the hibernation server.
+- ``POST /admin/wake`` ``{"device", "wait"?}`` -> 200 ``{"seconds"}``: TOWAKEUP, then
+  (unless ``wait`` is 0) up to ``wait`` s (default 20) for the Vd login; 404 not asleep,
+  504 not back in time. ``/admin/call`` of PushLive, StartRecord, Snapshot or KeepAwaken
+  wakes a sleeping device first.
 - ``GET /admin/alarms?device=ID&last=K`` -> ``{"alarms": [...]}``: the alarms devices sent
   (``Alarm.to_json``), oldest first, each with its picture (path, size, dimensions) and
   ``recording``: the alarm policy's recording it belongs to (``AlarmRecording.to_json``
@@ -30,15 +36,20 @@ import hmac
 import json
 import logging
 import math
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from hss_pu.reference_platform.http import Request, Response, json_response
 
 if TYPE_CHECKING:
     from hss_pu.reference_platform.alarms import AlarmStore
+    from hss_pu.reference_platform.hibernation import HibernationServer
     from hss_pu.reference_platform.policy import AlarmPolicy
     from hss_pu.reference_platform.vd import VdServer
     from hss_pu.reference_platform.vr import VrSegment, VrServer
+    from hss_pu.wire.vd import Reply
+
+    Call = Callable[[str, str, Mapping[str, Any] | None, float | None], Awaitable[Reply]]
 
 __all__ = ["MAX_CALL_TIMEOUT", "AdminApi"]
 
@@ -95,8 +106,15 @@ class AdminApi:
         token: str,
         alarms: AlarmStore | None = None,
         policy: AlarmPolicy | None = None,
+        *,
+        call: Call | None = None,
+        hibernation: HibernationServer | None = None,
+        wake: Callable[..., Awaitable[float]] | None = None,
     ) -> None:
         self.vd = vd
+        self.call = call or vd.call  # the platform's: it wakes a sleeping device first
+        self.hibernation = hibernation
+        self.wake = wake
         self.vr = vr
         self.alarms = alarms
         self.policy = policy
@@ -119,6 +137,8 @@ class AdminApi:
             "/admin/kick": ("POST", self._kick),
             "/admin/vr/segments": ("GET", self._vr_segments),
             "/admin/alarms": ("GET", self._alarms),
+            "/admin/sleeping": ("GET", self._sleeping),
+            "/admin/wake": ("POST", self._wake),
         }
         route = routes.get(req.path)
         if route is None:
@@ -146,6 +166,7 @@ class AdminApi:
                     "login": info.get("login"),
                     "last_keepalive": p.last_keepalive(i),
                     "last_keepalive_time": p.last_keepalive_time(i),
+                    "sleeping": bool(self.hibernation and self.hibernation.is_sleeping(i)),
                 }
             )
         return _json(200, {"devices": devices})
@@ -180,7 +201,7 @@ class AdminApi:
             raise _BadRequest(f"timeout must be a number in (0, {MAX_CALL_TIMEOUT:g}]")
         log.info("admin: call %s %s", device, method)
         try:
-            reply = await self.vd.call(device, method, params, timeout)
+            reply = await self.call(device, method, params, timeout)
         except LookupError as exc:
             return _info(404, str(exc))
         except TimeoutError as exc:
@@ -209,6 +230,28 @@ class AdminApi:
         log.info("admin: kick %s", device)
         await self.vd.kick(device)
         return _json(200, {})
+
+    async def _sleeping(self, req: Request) -> Response:
+        return _json(200, {"sleeping": self.hibernation.sleeping() if self.hibernation else []})
+
+    async def _wake(self, req: Request) -> Response:
+        body = _body(req)
+        device = _str(body, "device")
+        wait = body.get("wait", 20)
+        if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= 600:
+            raise _BadRequest("wait must be a number of seconds in [0, 600]")
+        if self.wake is None:
+            return _info(404, "this platform runs no hibernation server")
+        log.info("admin: wake %s", device)
+        try:
+            seconds = await self.wake(device, wait=wait or None)
+        except LookupError as exc:
+            return _info(404, str(exc))
+        except TimeoutError as exc:
+            return _info(504, str(exc))
+        except ConnectionError as exc:
+            return _info(502, str(exc))
+        return _json(200, {"seconds": round(seconds, 3)})
 
     async def _vr_segments(self, req: Request) -> Response:
         q = req.query
