@@ -73,28 +73,35 @@ class Verdict:
 
 
 def awake_reasons(f: PowerFacts) -> Verdict:
-    """The idle rules of wire-notes "Power", in the order a person would check them."""
+    """The idle rules of wire-notes "Power": what stops the device from sleeping at all
+    (first, in the order a person would check them), then the work it is doing."""
+    blocked = _blocked(f)
+    waiting = None
+    if blocked is None:
+        if not f.online:
+            waiting = "not logged in to Vd"
+        elif f.server_info is None:
+            waiting = "GetServerInfo not answered yet"
+    first = blocked or waiting
+    return Verdict(((first,) if first else ()) + f.busy, blocked)
+
+
+def _blocked(f: PowerFacts) -> str | None:
     if not f.battery:
-        return _blocked("not a battery device (profile battery.present = false)")
+        return "not a battery device (profile battery.present = false)"
     problem = field_problem(f.device_id, "device id")
     if problem is not None:
-        return _blocked(f"cannot hibernate: {problem}")
-    if not f.online:
-        return Verdict(("not logged in to Vd",))
-    if f.server_info is None:
-        return Verdict(("GetServerInfo not answered yet",))
+        return f"cannot hibernate: {problem}"
+    if not f.online or f.server_info is None:
+        return None  # not known until the next GetServerInfo
     if f.hibernation is None:
-        return _blocked("GetServerInfo has no hibernation address")
+        return "GetServerInfo has no hibernation address"
     if isinstance(f.hibernation, str):
-        return _blocked(f"GetServerInfo hibernation address unusable: {f.hibernation}")
+        return f"GetServerInfo hibernation address unusable: {f.hibernation}"
     problem = field_problem(f.server_info.hb_token or "", "hb_token")
     if problem is not None:
-        return _blocked(f"cannot hibernate: {problem}")
-    return Verdict(f.busy)
-
-
-def _blocked(reason: str) -> Verdict:
-    return Verdict((reason,), reason)
+        return f"cannot hibernate: {problem}"
+    return None
 
 
 class IdleTimer:
@@ -249,10 +256,10 @@ class PowerService:
             self.timer.idle_seconds, host, port,
         )  # fmt: skip
         t0 = time.monotonic()
+        await link.hibernate()
+        await self.suspend()
         beats = asyncio.create_task(client.run(), name="hibernation")
         try:
-            await link.hibernate()
-            await self.suspend()
             busy = busy_reasons(self.channels, self.alarms_queued())
             if busy:  # a request that came in as the session closed
                 self.trigger(busy[0])
