@@ -96,7 +96,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "platform",
         help="the reference platform (serve, call, event, devices, records, kick, segments, "
-        "alarms)",
+        "alarms, sleeping, wake)",
         add_help=False,
     )
     return p

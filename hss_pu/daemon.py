@@ -337,6 +337,8 @@ class Daemon:
         self._spawn(leds.run(), "leds", forever=True)
 
     def _led_mode(self) -> str:
+        if self.power is not None and self.power.state == "asleep":
+            return "off"  # a sleeping battery camera does not blink "connecting"
         return status_mode(self.channels, bool(self.link and self.link.session))
 
     def _media_services(self, doc: dict[str, Any]) -> Services:

@@ -114,6 +114,9 @@ async def test_an_idle_battery_device_hibernates_and_its_heartbeats_are_byte_exa
     # Capture and encoding stopped; the pre-record ring too (no frames come).
     assert not media.running and media.stats.state == "stopped"
     assert media.latest_frame() is None
+    board = rig.daemon.board
+    assert board is not None  # the status LED goes dark rather than blink "connecting"
+    assert await until(lambda: board.leds["status"].label == "off", 2)
     # Heartbeats keep coming, every interval, all good, on one connection.
     n0 = len(p.hibernation.heartbeats)
     await asyncio.sleep(BEAT * 4 + 0.2)
