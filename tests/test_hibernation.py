@@ -224,7 +224,7 @@ class Server:
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[Server]:
+async def tcp_server() -> AsyncIterator[Server]:
     s = Server()
     await s.start()
     yield s
@@ -235,8 +235,9 @@ async def server() -> AsyncIterator[Server]:
 
 
 async def test_the_client_sends_at_once_then_every_interval_and_returns_on_towakeup(
-    server: Server,
+    tcp_server: Server,
 ) -> None:
+    server = tcp_server
     c = HibernationClient("127.0.0.1", server.port, "PU-0001", "tok", interval=0.2)
     t0 = time.monotonic()
     task = asyncio.create_task(c.run())
@@ -256,7 +257,8 @@ async def test_the_client_sends_at_once_then_every_interval_and_returns_on_towak
     assert c.stats.connects == 1 and c.stats.heartbeats >= 4
 
 
-async def test_the_client_reconnects_after_a_lost_connection(server: Server) -> None:
+async def test_the_client_reconnects_after_a_lost_connection(tcp_server: Server) -> None:
+    server = tcp_server
     c = HibernationClient(
         "127.0.0.1", server.port, "PU-0001", "", interval=10, backoff_scale=0.01,
         rng=random.Random(3),

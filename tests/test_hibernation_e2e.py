@@ -9,21 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 
-from hss_pu.config import PowerSection, make_config
-from hss_pu.daemon import Daemon
+from hss_pu.config import PowerSection
 from hss_pu.reference_platform.server import ReferencePlatform
 
-from .support.rig import DEVICE, MakePlatform, Rig, daemon_config, run_daemon, until
+from .support.rig import DEVICE, MakePlatform, Rig, start_daemon, until
 
 REPO = Path(__file__).resolve().parent.parent
 PIR_TYPE = 12
@@ -54,12 +51,8 @@ async def make_battery(tmp_path: Path) -> AsyncIterator[MakeBattery]:
         platform: ReferencePlatform, *, idle: float = IDLE, beat: float = BEAT, **kw: Any
     ) -> Rig:
         kw.setdefault("profile", str(battery_profile(tmp_path)))
-        doc = daemon_config(platform, tmp_path / f"pu{len(rigs)}", **kw)
-        doc = msgspec.structs.replace(
-            doc, power=PowerSection(idle_sleep_seconds=idle, heartbeat_seconds=beat)
-        )
-        daemon = Daemon(make_config(doc), rng=random.Random(1), rpc_timeout=20.0)
-        rig = await run_daemon(platform, daemon)
+        power = PowerSection(idle_sleep_seconds=idle, heartbeat_seconds=beat)
+        rig = await start_daemon(platform, tmp_path / f"pu{len(rigs)}", power=power, **kw)
         rigs.append(rig)
         return rig
 
