@@ -128,12 +128,14 @@ async def test_towakeup_brings_it_back_online_with_reconnect_1_and_it_sleeps_aga
     p = await hib_platform(make_platform)
     rig = await make_battery(p)
     await asleep(rig)
-    logins = len(p.logins)
+    logins, vs = len(p.logins), len(p.vs_requests)
     seconds = await p.wake(DEVICE)
     assert seconds < 3.0
     login = p.logins[-1]
     assert len(p.logins) == logins + 1 and login.accepted
     assert login.params["reconnect"] == "1"
+    assert len(p.vs_requests) == vs  # straight back to Vd: sleep is no failure
+    assert rig.daemon.link is not None and rig.daemon.link.vd_failures == 0
     assert await rig.daemon.media[0].wait_running()  # capture is back
     power = rig.daemon.power
     assert power is not None and power.wakes["TOWAKEUP"] == 1

@@ -87,13 +87,13 @@ class HibernationClient:
         self.connected = True
         log.info("hibernation: connected to %s:%d", self.host, self.port)
         beats = asyncio.create_task(self._heartbeats(writer), name="hibernation-heartbeat")
+        read: asyncio.Future[bytes] | None = None
         try:
             scanner = WakeScanner()
             while True:
                 read = asyncio.ensure_future(reader.read(READ_BYTES))
                 done, _ = await asyncio.wait({read, beats}, return_when=asyncio.FIRST_COMPLETED)
                 if read not in done:
-                    read.cancel()
                     beats.result()  # a write failure: LinkError
                     raise LinkError("heartbeats stopped")  # not reached: they loop forever
                 data = read.result()
@@ -106,6 +106,8 @@ class HibernationClient:
             raise LinkError(f"connection lost: {exc or type(exc).__name__}") from None
         finally:
             self.connected = False
+            if read is not None:
+                read.cancel()
             beats.cancel()
             with contextlib.suppress(asyncio.CancelledError, LinkError):
                 await beats
