@@ -232,3 +232,19 @@ async def test_a_non_battery_profile_never_sleeps(
     st = await rig.status()
     assert st["power"]["state"] == "awake"
     assert st["power"]["why_awake"] == ["not a battery device (profile battery.present = false)"]
+
+
+async def test_a_device_that_cannot_reach_the_hibernation_server_returns_to_vd(
+    make_platform: MakePlatform, make_battery: MakeBattery
+) -> None:
+    """Asleep without the heartbeat connection, nobody could wake it: after 2.25
+    heartbeat intervals (135 s at 60 s) without one going out it logs in again."""
+    p = await hib_platform(make_platform)
+    rig = await make_battery(p)
+    await asleep(rig)
+    assert p.hibernation is not None
+    await p.hibernation.close()  # the server goes away; its port refuses
+    await p.wait_online(DEVICE, timeout=5)
+    power = rig.daemon.power
+    assert power is not None and power.wakes["hibernation server unreachable"] >= 1
+    assert p.logins[-1].params["reconnect"] == "1"

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from dataclasses import dataclass
 
 from hss_pu.errors import LinkError
@@ -58,6 +59,9 @@ class HibernationClient:
         self.rng = rng or random.Random()
         self.stats = HibernationStats()
         self.connected = False
+        # Monotonic time of the last heartbeat written (of the start, before the first):
+        # how long the server has been out of reach.
+        self.last_heartbeat = time.monotonic()
 
     async def run(self) -> None:
         """Heartbeats until ``TOWAKEUP`` arrives (then return); cancel to stop."""
@@ -123,5 +127,6 @@ class HibernationClient:
             except (OSError, TimeoutError) as exc:
                 raise LinkError(f"heartbeat not sent: {exc or type(exc).__name__}") from None
             self.stats.heartbeats += 1
+            self.last_heartbeat = time.monotonic()
             log.debug("hibernation: heartbeat %d sent", self.stats.heartbeats)
             await asyncio.sleep(self.interval)

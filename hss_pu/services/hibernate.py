@@ -46,6 +46,10 @@ __all__ = [
 log = logging.getLogger("hss_pu.power")
 
 POLL = 0.25  # s: how often an awake battery device looks whether it is idle
+# A sleeping device whose heartbeats have not gone out for this many intervals (135 s at
+# the 60 s of wire-notes: when the server counts it offline) wakes and returns to Vd:
+# asleep without the connection, nobody could reach it.
+UNREACHABLE_INTERVALS = 2.25
 WAKE_REASONS_KEPT = 16  # distinct wake reasons counted in status
 
 State = Literal["awake", "asleep", "waking"]
@@ -264,8 +268,21 @@ class PowerService:
             if busy:  # a request that came in as the session closed
                 self.trigger(busy[0])
             waiter = asyncio.ensure_future(self._wake.wait())
+            bound = UNREACHABLE_INTERVALS * p.heartbeat_seconds
             try:
-                await asyncio.wait({beats, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                while not (beats.done() or self._wake.is_set()):
+                    left = client.last_heartbeat + bound - time.monotonic()
+                    if left <= 0:
+                        log.warning(
+                            "power: no heartbeat out for %.0f s (%s)",
+                            bound,
+                            client.stats.last_error,
+                        )
+                        self.trigger("hibernation server unreachable")
+                        break
+                    await asyncio.wait(
+                        {beats, waiter}, timeout=left, return_when=asyncio.FIRST_COMPLETED
+                    )
             finally:
                 waiter.cancel()
             if beats.done() and not self._wake.is_set():
