@@ -12,8 +12,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from hss_pu.clients.hibernation import HibernationClient
+from hss_pu.profiles import load_profile
 from hss_pu.reference_platform.hibernation import HibernationServer
-from hss_pu.services.hibernate import IdleTimer, PowerFacts, awake_reasons
+from hss_pu.services.channels import ChannelRegistry
+from hss_pu.services.hibernate import IdleTimer, PowerFacts, WakingSink, awake_reasons
+from hss_pu.wire.alarms import ALARM_KINDS, flag
 from hss_pu.wire.hibernation import (
     WAKE,
     BadHeartbeat,
@@ -319,3 +322,32 @@ async def test_the_server_drops_bad_frames_and_keeps_good_ones() -> None:
         w.close()
     finally:
         await hs.close()
+
+
+class _Sink:
+    """An alarm service stand-in: raises the Keepalive bit only for kinds it has on."""
+
+    def __init__(self, channels: ChannelRegistry, on: set[str]) -> None:
+        self.channels, self.on = channels, on
+
+    def state(self, channel: int, kind: str, active: bool, at: float) -> None:
+        if kind in self.on and channel == 0:
+            self.channels.set_alarm(channel, flag(ALARM_KINDS[kind].type), active)
+
+    def pulse(self, channel: int, kind: str, at: float) -> None:
+        if kind in self.on and channel == 0:
+            self.channels.add_pulse(channel, flag(ALARM_KINDS[kind].type))
+
+
+def test_only_an_alarm_the_service_raised_wakes_the_device() -> None:
+    channels = ChannelRegistry(load_profile("emulated"))
+    woken: list[str] = []
+    sink = WakingSink(_Sink(channels, {"pir"}), channels, woken.append)
+    sink.state(0, "lock", True, 0.0)  # switched off: no bit, no wake
+    sink.pulse(0, "bell", 0.0)
+    sink.state(0, "pir", False, 0.0)  # an inactive edge never wakes
+    sink.state(9, "pir", True, 0.0)  # no such channel
+    sink.state(0, "nonsense", True, 0.0)
+    assert woken == []
+    sink.state(0, "pir", True, 0.0)
+    assert woken == ["pir alarm"]

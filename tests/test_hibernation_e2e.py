@@ -23,7 +23,7 @@ from hss_pu.reference_platform.server import ReferencePlatform
 from .support.rig import DEVICE, MakePlatform, Rig, start_daemon, until
 
 REPO = Path(__file__).resolve().parent.parent
-PIR_TYPE = 12
+PIR_TYPE, BELL_TYPE = 12, 10
 IDLE = 1.0  # s: power.idle_sleep_seconds in these tests
 BEAT = 0.3  # s: power.heartbeat_seconds
 
@@ -167,6 +167,22 @@ async def test_a_pir_edge_while_asleep_wakes_it_and_its_alarm_arrives(
     st = await rig.status()
     assert st["power"]["state"] == "awake"
     assert "alarm active on ch0" in st["power"]["why_awake"]
+
+
+async def test_a_bell_press_while_asleep_wakes_it_and_its_pulse_arrives(
+    make_platform: MakePlatform, make_battery: MakeBattery
+) -> None:
+    p = await hib_platform(make_platform)
+    rig = await make_battery(p, start_media=False)
+    await asleep(rig)
+    board = rig.daemon.board
+    assert board is not None
+    bell = board.find("bell").device.pin
+    bell.drive_low()  # pressed (active low)
+    bell.drive_high()
+    await p.wait_alarm(DEVICE, type=BELL_TYPE, state="pulse", timeout=10)
+    power = rig.daemon.power
+    assert power is not None and power.wakes["bell alarm"] == 1
 
 
 async def test_keepawaken_prevents_sleep_for_the_asked_time(
