@@ -330,6 +330,7 @@ class Daemon:
             self._led_mode,
             recording=lambda: any(c.record_session for c in self.channels),
             light=(lambda: first.lux) if first is not None else None,
+            asleep=lambda: self.power is not None and self.power.state == "asleep",
         )
         for media in self.media.values():
             if media.scene is not None:  # the emulated picture turns monochrome under IR
