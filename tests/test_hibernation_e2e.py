@@ -90,10 +90,14 @@ async def test_an_idle_battery_device_hibernates_and_its_heartbeats_are_byte_exa
     make_platform: MakePlatform, make_battery: MakeBattery
 ) -> None:
     p = await hib_platform(make_platform)
-    rig = await make_battery(p)
+    rig = await make_battery(p, prerecord_seconds=2)
     media = rig.daemon.media[0]
     assert await media.wait_running()
     online_at = time.time()
+    record = rig.daemon.record
+    assert record is not None
+    ring = record.rings[0]
+    assert await until(lambda: ring.since(0) != [], 1)  # the ring fills while awake
     await asleep(rig)
     assert p.hibernation is not None
     slept_at = time.time()
@@ -107,6 +111,7 @@ async def test_an_idle_battery_device_hibernates_and_its_heartbeats_are_byte_exa
     # Capture and encoding stopped; the pre-record ring too (no frames come).
     assert not media.running and media.stats.state == "stopped"
     assert media.latest_frame() is None
+    assert ring.span == 0.0 and ring.since(0) == []  # video from before a sleep is gone
     board = rig.daemon.board
     assert board is not None  # the status LED goes dark rather than blink "connecting"
     assert await until(lambda: board.leds["status"].label == "off", 2)
