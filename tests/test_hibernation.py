@@ -5,6 +5,7 @@ judging frames (the whole device: tests/test_hibernation_e2e.py)."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import time
 from collections.abc import AsyncIterator
@@ -276,18 +277,25 @@ async def test_the_client_reconnects_after_a_lost_connection(tcp_server: Server)
     assert not c.connected
 
 
-async def test_the_client_retries_a_refused_connection_without_raising() -> None:
+async def test_a_refused_connection_is_retried_never_spinning_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     s = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
     port = s.sockets[0].getsockname()[1]
     s.close()
     await s.wait_closed()
-    c = HibernationClient("127.0.0.1", port, "PU-1", "", backoff_scale=0.001)
+    caplog.set_level(logging.DEBUG, "hss_pu.hibernation")
+    c = HibernationClient("127.0.0.1", port, "PU-1", "", backoff_scale=1e-9)
     task = asyncio.create_task(c.run())
-    await asyncio.sleep(0.3)
-    assert not task.done() and c.stats.failures >= 2
+    await asyncio.sleep(0.5)
+    assert not task.done() and 2 <= c.stats.failures <= 12, c.stats  # one try per 50 ms at most
     assert c.stats.last_error is not None and "cannot connect" in c.stats.last_error
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1  # the first failure; the others at debug
+    task.cancel()  # and it stops when told, whatever moment the cancel meets
+    async with asyncio.timeout(2):
+        await asyncio.gather(task, return_exceptions=True)
+    assert task.cancelled()
 
 
 # --- the reference platform's server judging frames -------------------------------------

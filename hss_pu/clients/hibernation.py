@@ -26,6 +26,7 @@ log = logging.getLogger("hss_pu.hibernation")
 
 HEARTBEAT_INTERVAL = 60.0  # s, wire-notes
 RECONNECT_MAX = 10.0  # s: a lost connection is tried again after uniform(0, this)
+MIN_RETRY_DELAY = 0.05  # s: whatever backoff_scale says, no retry loop spins
 CONNECT_TIMEOUT = 10.0
 WRITE_TIMEOUT = 10.0
 READ_BYTES = 256
@@ -62,6 +63,7 @@ class HibernationClient:
         # Monotonic time of the last heartbeat written (of the start, before the first):
         # how long the server has been out of reach.
         self.last_heartbeat = time.monotonic()
+        self._failing = 0  # tries in a row that failed (the log says the first, not each)
 
     async def run(self) -> None:
         """Heartbeats until ``TOWAKEUP`` arrives (then return); cancel to stop."""
@@ -73,23 +75,34 @@ class HibernationClient:
             except LinkError as exc:
                 self.stats.failures += 1
                 self.stats.last_error = str(exc)
-                delay = self.rng.uniform(0.0, RECONNECT_MAX) * self.backoff_scale
-                log.warning(
-                    "hibernation: %s:%d: %s; again in %.1f s", self.host, self.port, exc, delay
+                self._failing += 1
+                delay = max(
+                    MIN_RETRY_DELAY, self.rng.uniform(0.0, RECONNECT_MAX) * self.backoff_scale
                 )
+                # The first failure of a run is a warning; the rest (every few seconds
+                # for as long as the server is away) would flood the journal.
+                log.log(
+                    logging.WARNING if self._failing == 1 else logging.DEBUG,
+                    "hibernation: %s:%d: %s; again in %.1f s", self.host, self.port, exc, delay,
+                )  # fmt: skip
             await asyncio.sleep(delay)
 
     async def _connection(self) -> bool:
         """One connection, to its end: True when the server sent TOWAKEUP."""
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(self.host, self.port), CONNECT_TIMEOUT
-            )
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancel that
+            # meets a connection refused at once, and the daemon could not stop us.
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                reader, writer = await asyncio.open_connection(self.host, self.port)
         except (OSError, TimeoutError) as exc:
             raise LinkError(f"cannot connect: {exc or type(exc).__name__}") from None
         self.stats.connects += 1
         self.connected = True
-        log.info("hibernation: connected to %s:%d", self.host, self.port)
+        log.info(
+            "hibernation: connected to %s:%d%s", self.host, self.port,
+            f" after {self._failing} failed tries" if self._failing else "",
+        )  # fmt: skip
+        self._failing = 0
         beats = asyncio.create_task(self._heartbeats(writer), name="hibernation-heartbeat")
         read: asyncio.Future[bytes] | None = None
         try:
@@ -123,7 +136,8 @@ class HibernationClient:
         while True:
             try:
                 writer.write(self.heartbeat)
-                await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+                async with asyncio.timeout(WRITE_TIMEOUT):
+                    await writer.drain()
             except (OSError, TimeoutError) as exc:
                 raise LinkError(f"heartbeat not sent: {exc or type(exc).__name__}") from None
             self.stats.heartbeats += 1

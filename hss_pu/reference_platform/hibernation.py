@@ -139,7 +139,8 @@ class HibernationServer:
             raise LookupError(f"device {device_id} is not sleeping (no heartbeat connection)")
         try:
             c.writer.write(WAKE)
-            await asyncio.wait_for(c.writer.drain(), 5)
+            async with asyncio.timeout(5):
+                await c.writer.drain()
         except (OSError, TimeoutError) as exc:
             raise ConnectionError(f"TOWAKEUP to {device_id} not sent: {exc}") from None
         c.woken = True
@@ -197,12 +198,12 @@ class HibernationServer:
         """Read and judge one frame; False when the connection is to close."""
         raw = b""
         try:
-            raw = await asyncio.wait_for(reader.readexactly(HEADER), OFFLINE_AFTER)
+            async with asyncio.timeout(OFFLINE_AFTER):
+                raw = await reader.readexactly(HEADER)
             first = parse_heartbeat(raw)
             if not (isinstance(first, BadHeartbeat) and first.resync):
-                raw += await asyncio.wait_for(
-                    reader.readexactly(HEARTBEAT_BYTES - HEADER), OFFLINE_AFTER
-                )
+                async with asyncio.timeout(OFFLINE_AFTER):
+                    raw += await reader.readexactly(HEARTBEAT_BYTES - HEADER)
         except asyncio.IncompleteReadError as exc:
             raw += exc.partial
             if raw:
