@@ -107,7 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser(
         "platform",
         help="the reference platform (serve, call, event, devices, records, kick, segments, "
-        "alarms, logs, play)",
+        "alarms, logs, play, sleeping, wake)",
         add_help=False,
     )
     return p

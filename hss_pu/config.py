@@ -36,6 +36,7 @@ __all__ = [
     "DeviceSection",
     "LogSection",
     "PlatformSection",
+    "PowerSection",
     "SchemaError",
     "Secret",
     "StorageSection",
@@ -120,6 +121,15 @@ class AlarmsSection(_Section, frozen=True, kw_only=True):
     max_per_minute: Annotated[int, msgspec.Meta(ge=2, le=600)] = 6
 
 
+class PowerSection(_Section, frozen=True, kw_only=True):
+    # A battery device with nothing to do sleeps after this long (docs/protocol.md
+    # "Hibernation"); at least 1 s, at most a day.
+    idle_sleep_seconds: Annotated[float, msgspec.Meta(ge=1, le=86400)] = 60.0
+    # Heartbeats to the hibernation server while asleep: wire-notes say every 60 s;
+    # lower only to try it out or in tests.
+    heartbeat_seconds: Annotated[float, msgspec.Meta(ge=0.1, le=600)] = 60.0
+
+
 class LogSection(_Section, frozen=True, kw_only=True):
     level: Literal["debug", "info", "warning", "error"] = "info"
     # The daemon's own log files under storage.dir/logs (what LogUploadAsync uploads):
@@ -134,6 +144,7 @@ class ConfigDoc(_Section, frozen=True, kw_only=True):
     camera: CameraSection = CameraSection()
     storage: StorageSection = StorageSection()
     alarms: AlarmsSection = AlarmsSection()
+    power: PowerSection = PowerSection()
     log: LogSection = LogSection()
 
 

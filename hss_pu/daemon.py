@@ -43,6 +43,7 @@ from hss_pu.services.channels import ChannelRegistry, camera_state
 from hss_pu.services.control import DeviceContext, Dispatcher
 from hss_pu.services.devconfig import DevConfigStore
 from hss_pu.services.disk import PROTECTED_PATHS, DiskService
+from hss_pu.services.hibernate import HibernationService, WakingSink
 from hss_pu.services.interfaces import AlarmSink, Services
 from hss_pu.services.leds import LedService, status_mode
 from hss_pu.services.link import PlatformLink
@@ -124,6 +125,7 @@ class Daemon:
         self.leds: LedService | None = None
         self.ptz: PtzService | None = None
         self.power: PowerService | None = None  # a profile with a battery
+        self.hibernation: HibernationService | None = None  # battery profiles' sleep
         self._hw_error: str | None = None
         # ``hss-pu sensor NAME``: the board's inputs (and whoever else adds an entry).
         self.sensors: dict[str, SensorDriver] = {}
@@ -260,10 +262,17 @@ class Daemon:
         ctx.local_address = link.local_address
         link.on_login(self._after_login)
         self.alarms = alarms = self._alarm_service(devconfig, link)
+        self.hibernation = hibernation = HibernationService(
+            self.config, link, self.channels,
+            suspend=self._suspend_media, resume=self._resume_media,
+            alarms_queued=lambda: int(alarms.status()["queued"]), rng=self.rng,
+        )  # fmt: skip
         self._start_cameras(devconfig, alarms)
-        self._start_hw(devconfig, alarms)
+        # A sensor's alarm wakes a hibernating device (and is sent after its login).
+        waking = WakingSink(alarms, self.channels, hibernation.trigger)
+        self._start_hw(devconfig, waking)
         services.ptz = self.ptz = self._start_ptz(storage)
-        self._start_power(link, alarms, ctx)
+        self._start_power(link, waking, ctx)  # a low battery wakes it too, to say so
         control = LocalControl(
             storage,
             {
@@ -279,6 +288,7 @@ class Daemon:
             log.warning("control socket unavailable (%s): hss-pu bind/status will not work", exc)
         self._spawn(self.notifier.watchdog_loop(), "watchdog")
         self._spawn(link.run(), "platform-link", forever=True)
+        self._spawn(hibernation.run(), "hibernation", forever=True)
         self.autoreboot = AutoReboot(devconfig, self.clock.now, self._reboot_device, storage)
         self._spawn(self.autoreboot.run(), "auto-reboot", forever=True)
         if self.record is not None:
@@ -379,6 +389,7 @@ class Daemon:
             self._led_mode,
             recording=lambda: any(c.record_session for c in self.channels),
             light=(lambda: first.lux) if first is not None else None,
+            asleep=lambda: self.hibernation is not None and self.hibernation.state == "asleep",
         )
         for media in self.media.values():
             if media.scene is not None:  # the emulated picture turns monochrome under IR
@@ -436,6 +447,8 @@ class Daemon:
         self._spawn(power.run(), "battery", forever=True)
 
     def _led_mode(self) -> str:
+        if self.hibernation is not None and self.hibernation.state == "asleep":
+            return "off"  # a sleeping battery camera does not blink "connecting"
         return status_mode(self.channels, bool(self.link and self.link.session))
 
     def _media_services(self, doc: dict[str, Any]) -> Services:
@@ -620,6 +633,20 @@ class Daemon:
             "passthrough" if media.stats.passthrough else "encoding",
         )
 
+    async def _suspend_media(self) -> None:
+        """Hibernation: no capture, no encoding; the pre-record rings start afresh."""
+        for media in self.media.values():
+            await media.stop()
+        if self.record is not None:
+            self.record.drop_prerecord()
+
+    async def _resume_media(self) -> None:
+        """Awake again: every camera that is switched on starts (in the background: the
+        Vd login does not wait for it)."""
+        for media in self.media.values():
+            if media.enabled:
+                self._spawn(self._run_media(media), f"media-{media.channel_id}")
+
     def _keepalive(self) -> KeepaliveParams:
         return KeepaliveParams(
             mac_id=self.config.device.mac, state=1, channels=self.channels.next_keepalive()
@@ -690,6 +717,7 @@ class Daemon:
             "hw": self._hw_status(),
             "ptz": self.ptz.status() if self.ptz else None,
             "battery": self.power.status() if self.power else None,
+            "power": self.hibernation.status() if self.hibernation else None,
         }
 
     def _hw_status(self) -> dict[str, Any] | None:

@@ -447,3 +447,11 @@ def test_keepalive_interval_has_a_one_second_floor(interval: float) -> None:
         msgspec.convert(
             {"schedule_url": "https://h", "keepalive_interval": interval}, PlatformSection
         )
+
+
+def test_power_idle_sleep_seconds_default_and_range(write_config: WriteConfig) -> None:
+    assert load_config(write_config()).doc.power.idle_sleep_seconds == 60
+    cfg = load_config(write_config(extra="[power]\nidle_sleep_seconds = 5\n"))
+    assert cfg.doc.power.idle_sleep_seconds == 5
+    path = write_config(extra="[power]\nidle_sleep_seconds = 0\n")
+    assert_one_line_error(path, "power.idle_sleep_seconds", ">= 1")

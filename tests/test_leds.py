@@ -167,3 +167,20 @@ async def test_ir_leds_follow_the_light_level(led_service: Leds) -> None:
     assert changes == [True, False]
     st = led_service.service.status()
     assert st["lux"] == 500.0 and st["ir"] == {"on": False, "switches": 2}
+
+
+async def test_ir_leds_are_off_while_the_device_hibernates(led_service: Leds) -> None:
+    """A sleeping battery camera has no picture to light: the IR LEDs go off, and on
+    waking the light level decides again at once (no min_switch_s wait)."""
+    ir = led_service.board.leds["ir"]
+    changes: list[bool] = []
+    led_service.service.ir_listeners.append(changes.append)
+    asleep = [False]
+    led_service.service.asleep = lambda: asleep[0]
+    led_service.service.set_light_level(2.0)
+    assert await until(lambda: ir.lit and ir.label == "night", 1)
+    asleep[0] = True
+    assert await until(lambda: not ir.lit and ir.label == "asleep", 1)
+    asleep[0] = False  # awake, still night, at the same moment of the service's clock
+    assert await until(lambda: ir.lit and ir.label == "night", 1)
+    assert changes == [True, False, True]

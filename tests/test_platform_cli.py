@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from hss_pu.cli import main
+from hss_pu.wire.hibernation import encode_heartbeat, parse_address
 
 from .test_platform_vd import KEEPALIVE, Device
 
@@ -115,7 +116,9 @@ async def test_serve_call_event_and_secrets(tmp_path: Path) -> None:
         dev = await Device.login(base, "PU-9", SECRET, ca=ca)
         dev.answer = answer
         info = await dev.rpc("GetServerInfo", {"mac_id": "02:00:00:00:00:09", "state": 1})
-        assert info["resp"] == {"hb_interval": 5}
+        resp = info["resp"]  # serve runs a hibernation server: its address, our token
+        assert resp["hb_interval"] == 5 and len(resp["hb_token"]) == 16
+        assert resp["hibernation"].startswith("127.0.0.1:")
         await dev.rpc("Keepalive", KEEPALIVE)
 
         cli = ("--state-dir", str(state_dir))
@@ -160,6 +163,53 @@ async def test_serve_call_event_and_secrets(tmp_path: Path) -> None:
     assert "***" not in text  # nothing needed redacting: the lines never held a secret
     assert serve.lines[-1].endswith("stopped")
     assert not (state_dir / "platform.json").exists()
+
+
+async def test_sleeping_and_wake_through_the_cli(tmp_path: Path) -> None:
+    """A device that heartbeats is listed by ``platform sleeping``; ``platform wake``
+    sends it TOWAKEUP; ``--no-hibernation`` leaves the address out of GetServerInfo."""
+    state_dir = tmp_path / "platform"
+    serve = await Serve.start(state_dir, "--device", f"PU-9:{SECRET}", "--plain")
+    cli = ("--state-dir", str(state_dir))
+    try:
+        base = f"ws://127.0.0.1:{serve.state['vd_port']}/Vd"
+        dev = await Device.login(base, "PU-9", SECRET)
+        info = await dev.rpc("GetServerInfo", {"mac_id": "02:00:00:00:00:09", "state": 1})
+        address = parse_address(info["resp"]["hibernation"])
+        assert isinstance(address, tuple), address
+        host, port = address
+        await dev.close()
+        r, w = await asyncio.open_connection(host, port)
+        w.write(encode_heartbeat("PU-9", info["resp"]["hb_token"]))
+        await w.drain()
+        rc, out, _ = await hss_pu("platform", "sleeping", *cli)
+        for _ in range(20):  # the frame may still be on its way
+            if rc != 0 or json.loads(out)["sleeping"]:
+                break
+            await asyncio.sleep(0.1)
+            rc, out, _ = await hss_pu("platform", "sleeping", *cli)
+        assert rc == 0 and [d["id"] for d in json.loads(out)["sleeping"]] == ["PU-9"]
+        rc, out, _ = await hss_pu("platform", "devices", *cli)
+        assert json.loads(out)["devices"][0]["sleeping"] is True
+        rc, out, err = await hss_pu("platform", "wake", "PU-9", "--wait", "0", *cli)
+        assert rc == 0, err
+        assert await asyncio.wait_for(r.readexactly(8), 5) == b"TOWAKEUP"
+        w.close()
+        rc, out, err = await hss_pu("platform", "wake", "PU-7", "--wait", "0", *cli)
+        assert rc == 1 and "not sleeping" in err
+    finally:
+        assert await serve.stop() == 0
+    assert info["resp"]["hb_token"] not in "\n".join(serve.lines + serve.banner)
+    serve = await Serve.start(
+        state_dir, "--device", f"PU-9:{SECRET}", "--plain", "--no-hibernation"
+    )
+    try:
+        dev = await Device.login(f"ws://127.0.0.1:{serve.state['vd_port']}/Vd", "PU-9", SECRET)
+        info = await dev.rpc("GetServerInfo", {"mac_id": "02:00:00:00:00:09", "state": 1})
+        assert info["resp"] == {}
+        await dev.close()
+    finally:
+        assert await serve.stop() == 0
 
 
 async def test_serve_stops_on_sigint_plain(tmp_path: Path) -> None:

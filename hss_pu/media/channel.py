@@ -219,6 +219,10 @@ class MediaChannel:
     async def stop(self) -> None:
         async with self._life:
             await self._stop_worker()
+            # A stopped camera has no picture now (hibernation): an alarm raised before
+            # the next start takes that start's first frame, never one from before.
+            self._latest = None
+            self._latest_ref = None
 
     async def restart(self, settings: EncodeSettings | None = None) -> None:
         """Reopen source and encoder (with new ``settings``); sinks stay attached. A

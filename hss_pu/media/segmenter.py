@@ -223,6 +223,14 @@ class PrerecordRing:
                 self._bytes -= self._pkts.popleft().size
             self._keys.popleft()
 
+    def clear(self) -> None:
+        """Forget what is held (the camera stopped for hibernation: video from before the
+        sleep is no pre-record for an alarm after it). Only while no capture thread runs."""
+        self._pkts.clear()
+        self._keys.clear()
+        self._bytes = 0
+        self._gate = KeyframeGate()
+
     def since(self, pts: int) -> list[EncodedPacket]:
         """Packets from the latest key frame at or before ``pts`` (or the oldest held)."""
         start: EncodedPacket | None = None

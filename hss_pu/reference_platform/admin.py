@@ -20,6 +20,12 @@ Plain HTTP on loopback, guarded by a bearer token that only the owner of platfor
   the platform's clip ``name`` (default ``tone-5s.m4a``; see reference_platform.media);
   404 no such clip or device offline. CtrlVideo and QueryVideoStatus go through
   ``/admin/event`` and ``/admin/call``.
+- ``GET /admin/sleeping`` -> ``{"sleeping": [{"id", "peer", "since", "heartbeats",
+  "last_heartbeat_age"}]}``: devices hibernating on the hibernation server.
+- ``POST /admin/wake`` ``{"device", "wait"?}`` -> 200 ``{"seconds"}``: TOWAKEUP, then
+  (unless ``wait`` is 0) up to ``wait`` s (default 20) for the Vd login; 404 not asleep,
+  504 not back in time. ``/admin/call`` of PushLive, StartRecord, Snapshot or KeepAwaken
+  wakes a sleeping device first.
 - ``GET /admin/alarms?device=ID&last=K`` -> ``{"alarms": [...]}``: the alarms devices sent
   (``Alarm.to_json``), oldest first, each with its picture (path, size, dimensions) and
   ``recording``: the alarm policy's recording it belongs to (``AlarmRecording.to_json``
@@ -39,7 +45,7 @@ import hmac
 import json
 import logging
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from hss_pu.reference_platform.http import Request, Response, json_response
@@ -48,9 +54,13 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from hss_pu.reference_platform.alarms import AlarmStore
+    from hss_pu.reference_platform.hibernation import HibernationServer
     from hss_pu.reference_platform.policy import AlarmPolicy
     from hss_pu.reference_platform.vd import VdServer
     from hss_pu.reference_platform.vr import VrSegment, VrServer
+    from hss_pu.wire.vd import Reply
+
+    Call = Callable[[str, str, Mapping[str, Any] | None, float | None], Awaitable[Reply]]
 
 __all__ = ["MAX_CALL_TIMEOUT", "AdminApi"]
 
@@ -112,10 +122,16 @@ class AdminApi:
         # (device, minutes, timeout) -> (LogDone params, the upload or None).
         logs: Callable[[str, float, float], Awaitable[tuple[dict[str, Any], Any]]] | None = None,
         play: Callable[[str, int, str], Awaitable[str]] | None = None,
+        call: Call | None = None,
+        hibernation: HibernationServer | None = None,
+        wake: Callable[..., Awaitable[float]] | None = None,
     ) -> None:
         self.logs = logs
         self.play = play  # (device, channel, clip name) -> the URL sent; LookupError
         self.vd = vd
+        self.call = call or vd.call  # the platform's: it wakes a sleeping device first
+        self.hibernation = hibernation
+        self.wake = wake
         self.vr = vr
         self.alarms = alarms
         self.policy = policy
@@ -140,6 +156,8 @@ class AdminApi:
             "/admin/alarms": ("GET", self._alarms),
             "/admin/logs": ("POST", self._fetch_logs),
             "/admin/play": ("POST", self._play),
+            "/admin/sleeping": ("GET", self._sleeping),
+            "/admin/wake": ("POST", self._wake),
         }
         route = routes.get(req.path)
         if route is None:
@@ -169,6 +187,7 @@ class AdminApi:
                     "last_keepalive_time": p.last_keepalive_time(i),
                     "battery": p.battery(i),
                     "battery_time": p.battery_time(i),
+                    "sleeping": bool(self.hibernation and self.hibernation.is_sleeping(i)),
                 }
             )
         return _json(200, {"devices": devices})
@@ -203,7 +222,7 @@ class AdminApi:
             raise _BadRequest(f"timeout must be a number in (0, {MAX_CALL_TIMEOUT:g}]")
         log.info("admin: call %s %s", device, method)
         try:
-            reply = await self.vd.call(device, method, params, timeout)
+            reply = await self.call(device, method, params, timeout)
         except LookupError as exc:
             return _info(404, str(exc))
         except TimeoutError as exc:
@@ -252,6 +271,28 @@ class AdminApi:
         except ConnectionError as exc:
             return _info(502, str(exc))
         return _json(200, {"url": url})
+
+    async def _sleeping(self, req: Request) -> Response:
+        return _json(200, {"sleeping": self.hibernation.sleeping() if self.hibernation else []})
+
+    async def _wake(self, req: Request) -> Response:
+        body = _body(req)
+        device = _str(body, "device")
+        wait = body.get("wait", 20)
+        if isinstance(wait, bool) or not isinstance(wait, int | float) or not 0 <= wait <= 600:
+            raise _BadRequest("wait must be a number of seconds in [0, 600]")
+        if self.wake is None:
+            return _info(404, "this platform runs no hibernation server")
+        log.info("admin: wake %s", device)
+        try:
+            seconds = await self.wake(device, wait=wait or None)
+        except LookupError as exc:
+            return _info(404, str(exc))
+        except TimeoutError as exc:
+            return _info(504, str(exc))
+        except ConnectionError as exc:
+            return _info(502, str(exc))
+        return _json(200, {"seconds": round(seconds, 3)})
 
     async def _vr_segments(self, req: Request) -> Response:
         q = req.query

@@ -123,6 +123,17 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--hb-interval", type=int, help="hb_interval in GetServerInfo replies")
     serve.add_argument("--hb-token", help="hb_token in GetServerInfo replies")
     serve.add_argument(
+        "--hibernation-port",
+        type=_int_in(65535),
+        default=0,
+        help="the hibernation server's TCP port (default: any free port)",
+    )
+    serve.add_argument(
+        "--no-hibernation",
+        action="store_true",
+        help="no hibernation server (GetServerInfo then has no hibernation address)",
+    )
+    serve.add_argument(
         "--clock-offset", type=float, default=0.0, help="seconds added to the Vs time"
     )
     serve.add_argument(
@@ -182,6 +193,14 @@ def _parser() -> argparse.ArgumentParser:
     ptz.add_argument("--channel", type=_int_in(15), default=0)
 
     with_state_dir(psub.add_parser("devices", help="list devices, online or not"))
+
+    with_state_dir(psub.add_parser("sleeping", help="devices hibernating on this platform"))
+
+    wake = with_state_dir(psub.add_parser("wake", help="send TOWAKEUP to a sleeping device"))
+    wake.add_argument("device")
+    wake.add_argument(
+        "--wait", type=_int_in(600), default=20, help="seconds to wait for its login (0: none)"
+    )
 
     records = with_state_dir(psub.add_parser("records", help="what devices have sent"))
     records.add_argument("device", nargs="?")
@@ -259,6 +278,7 @@ def _cmd_serve(args: argparse.Namespace, state_dir: Path) -> int:
         devices=devices,
         hb_interval=args.hb_interval,
         hb_token=args.hb_token,
+        hibernation_port=None if args.no_hibernation else args.hibernation_port,
         alarm_record=not args.no_alarm_record,
         alarm_pictures=not args.no_alarm_pictures,
         alarm_prerecord_seconds=args.alarm_prerecord,
@@ -312,6 +332,7 @@ def _banner(p: ReferencePlatform) -> None:
         f"  Vr cbk_url:   {p.schedule_url}{CSEG_PREFIX}<channel>",
         f"  devices:      {', '.join(p.options.devices)}",
         f"  alarms:       {_policy_text(p.options)} (hss-pu platform alarms)",
+        f"  hibernation:  {p.hibernation_address or 'off'} (hss-pu platform sleeping, wake)",
         f"try: hss-pu platform call {shlex.quote(first)} GetCap --state-dir {state}",
     ]
     print("\n".join(lines), flush=True)
@@ -445,6 +466,15 @@ def _client_command(args: argparse.Namespace, state_dir: Path) -> int:
         return EXIT_OK
     if cmd == "devices":
         _, data = _request(state_dir, "GET", "/admin/devices")
+        _print(data)
+        return EXIT_OK
+    if cmd == "sleeping":
+        _, data = _request(state_dir, "GET", "/admin/sleeping")
+        _print(data)
+        return EXIT_OK
+    if cmd == "wake":
+        body = {"device": args.device, "wait": args.wait}
+        _, data = _request(state_dir, "POST", "/admin/wake", body=body, timeout=args.wait + 15.0)
         _print(data)
         return EXIT_OK
     if cmd == "records":

@@ -27,6 +27,10 @@ class PlatformOptions:
     hb_interval: int | None = None
     hb_token: str | None = None
     hibernation: str | None = None
+    # The hibernation server (TCP, reference_platform.hibernation): None, none; 0, any
+    # free port. While it runs, GetServerInfo advertises it and a per-device hb_token
+    # (``hibernation`` and ``hb_token`` above, when set, are sent instead).
+    hibernation_port: int | None = None
     # This many consecutive wrong passwords for one id lock it out (even with the right
     # password) for lockout_seconds: a brute-force brake a real platform would have.
     lockout_after: int = 5

@@ -25,6 +25,7 @@ from typing import Any
 from hss_pu.fsutil import atomic_write
 from hss_pu.reference_platform.admin import AdminApi
 from hss_pu.reference_platform.alarms import PIC_PREFIX, Alarm, AlarmPicture, AlarmStore, Ticker
+from hss_pu.reference_platform.hibernation import HibernationServer
 from hss_pu.reference_platform.http import HttpServer, Request, Response, json_response
 from hss_pu.reference_platform.live import LiveReceiver, free_udp_port
 from hss_pu.reference_platform.media import MEDIA_PREFIX, MediaRequest, MediaStore
@@ -67,6 +68,10 @@ STATE_FILE = "platform.json"
 
 
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+# RPCs that need the camera: asked of a sleeping device, they wake it first.
+WAKE_FOR = frozenset({"PushLive", "StartRecord", "Snapshot", "KeepAwaken"})
+WAKE_WAIT = 20.0  # s: a woken device has this long to log in again
 
 
 LOG_PREFIX = "/logs/"
@@ -136,6 +141,10 @@ class ReferencePlatform:
         )
         self._vd.on_alarm = self._on_alarm
         self.media = MediaStore(options.state_dir / "media")
+        self.hibernation: HibernationServer | None = None
+        if options.hibernation_port is not None:
+            self.hibernation = HibernationServer(lambda: options.devices, options.hb_token)
+            self._vd.server_info_for = self._server_info
 
     @property
     def scheme(self) -> str:
@@ -172,6 +181,9 @@ class ReferencePlatform:
             ctx = self.pki.server_context()
         try:
             self.vd_port = await self._vd.start(ctx)
+            if self.hibernation is not None:
+                assert self.options.hibernation_port is not None
+                await self.hibernation.start(self.options.host, self.options.hibernation_port)
             self._vs = HttpServer(self._handle_http, ctx)
             self.vs_port = await self._vs.start(self.options.host, self.options.vs_port)
             if self.options.admin_port is not None:
@@ -179,6 +191,7 @@ class ReferencePlatform:
                     self._vd, self.vr, self.admin_token, self.alarm_store, self.alarm_policy,
                     logs=self.fetch_logs,
                     play=self._admin_play,
+                    call=self.call, hibernation=self.hibernation, wake=self.wake,
                 )  # fmt: skip
                 self._admin = HttpServer(api.handle, None)
                 # Loopback whatever the host: the token is the only thing guarding it.
@@ -188,9 +201,10 @@ class ReferencePlatform:
             await self.close()
             raise
         log.info(
-            "Vs listening on %s, Vd on %s%s",
+            "Vs listening on %s, Vd on %s%s%s",
             self.schedule_url,
             self.vd_url,
+            f", hibernation on {self.hibernation_address}" if self.hibernation else "",
             f", admin API on {self.admin_url}" if self.admin_url else "",
         )
 
@@ -228,6 +242,8 @@ class ReferencePlatform:
         if self._vs is not None:
             await self._vs.close()
             self._vs = None
+        if self.hibernation is not None:
+            await self.hibernation.close()
         await self._vd.close()
         self._remove_state()
 
@@ -311,8 +327,51 @@ class ReferencePlatform:
     ) -> Reply:
         """RPC to the device (seq 1, 2, ... per connection). LookupError: offline;
         TimeoutError: no reply in ``timeout`` (default options.rpc_timeout);
-        ConnectionError: the session ended first. An ``err`` reply is returned, not raised."""
+        ConnectionError: the session ended first. An ``err`` reply is returned, not raised.
+        One of :data:`WAKE_FOR` asked of a sleeping device wakes it first."""
+        if (
+            method in WAKE_FOR
+            and not self._vd.online(device_id)
+            and self.hibernation is not None
+            and self.hibernation.is_sleeping(device_id)
+        ):
+            log.info("%s asked of sleeping %s: waking it first", method, device_id)
+            await self.wake(device_id)
         return await self._vd.call(device_id, method, params, timeout)
+
+    # --- hibernation: see hss_pu.reference_platform.hibernation ---------------------------
+
+    @property
+    def hibernation_address(self) -> str | None:
+        """What GetServerInfo advertises as ``hibernation``."""
+        if self.options.hibernation is not None:
+            return self.options.hibernation
+        if self.hibernation is None:
+            return None
+        return f"{self.options.host}:{self.hibernation.port}"
+
+    def _server_info(self, device_id: str) -> dict[str, Any]:
+        assert self.hibernation is not None
+        return {
+            "hibernation": self.hibernation_address,
+            "hb_token": self.hibernation.token_for(device_id),
+        }
+
+    def sleeping(self) -> list[dict[str, Any]]:
+        """The devices asleep on the hibernation server (empty without one)."""
+        return self.hibernation.sleeping() if self.hibernation else []
+
+    async def wake(self, device_id: str, *, wait: float | None = WAKE_WAIT) -> float:
+        """TOWAKEUP to a sleeping device and (unless ``wait`` is None) wait up to ``wait``
+        seconds for its Vd login; the seconds that took. LookupError: not asleep here;
+        TimeoutError: it did not come back in time."""
+        if self.hibernation is None:
+            raise LookupError("this platform runs no hibernation server")
+        t0 = time.monotonic()
+        await self.hibernation.wake(device_id)
+        if wait is not None:
+            await self._vd.wait_online(device_id, wait)
+        return time.monotonic() - t0
 
     async def send_event(
         self, device_id: str, name: str, params: Mapping[str, Any] | None = None

@@ -158,6 +158,9 @@ class VdServer:
         self._closers: set[asyncio.Task[None]] = set()
         # AlarmNotify: (device id, its params) -> the reply body; RpcError refuses it.
         self.on_alarm: Callable[[str, AlarmNotifyParams], dict[str, Any]] | None = None
+        # GetServerInfo: device id -> fields added to the reply (the hibernation server's
+        # address and the device's hb_token); the options' own fields win.
+        self.server_info_for: Callable[[str], dict[str, Any]] | None = None
 
     # --- lifecycle -----------------------------------------------------------------
 
@@ -574,7 +577,7 @@ class VdServer:
             return dict(self.options.server_info)
         if req.req == "GetServerInfo":
             o = self.options
-            info: dict[str, Any] = {}
+            info = self.server_info_for(s.device_id) if self.server_info_for else {}
             if o.hb_interval is not None:
                 info["hb_interval"] = o.hb_interval
             if o.hibernation is not None:

@@ -19,6 +19,8 @@ The IR LEDs follow the light level (:meth:`LedService.set_light_level`: picamera
 ``Lux`` metadata, or the emulated camera's dark scene) with hysteresis and a minimum time
 between switches, so that dusk, and the IR light brightening what the camera measures,
 do not make them flap. ``led`` does not switch them: they are how the camera sees.
+While the device hibernates (its camera stopped) they are off; on waking, the first
+reading decides again at once.
 """
 
 from __future__ import annotations
@@ -108,6 +110,7 @@ class LedService:
         *,
         recording: Callable[[], bool] = lambda: False,
         light: Callable[[], float | None] | None = None,
+        asleep: Callable[[], bool] = lambda: False,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.board = board
@@ -115,6 +118,7 @@ class LedService:
         self.mode = mode
         self.recording = recording
         self.light = light  # read at each refresh: the camera's light level (lux)
+        self.asleep = asleep  # hibernating: no camera to light
         self._monotonic = monotonic
         self.status_on = "status" in board.leds
         self.record_on = "record" in board.leds
@@ -149,16 +153,26 @@ class LedService:
             if level is not None:
                 self.set_light_level(level)
         lux = self.lux
-        if self.ir is not None and lux is not None:
+        if self.ir is not None and self.asleep():
+            changed = False if self.ir.on else None
+            self.ir.on, self.ir.switched_at = False, -math.inf  # waking decides at once
+            if changed is not None:
+                log.info("IR LEDs off (asleep)")
+                self.board.show("ir", IR_PATTERNS[False], "asleep")
+                self._tell_ir(False)
+        elif self.ir is not None and lux is not None:
             changed = self.ir.update(lux, self._monotonic())
             if changed is not None:
                 log.info("IR LEDs %s (%.1f lux)", "on" if changed else "off", lux)
                 self.board.show("ir", IR_PATTERNS[changed], "night" if changed else "day")
-                for listener in self.ir_listeners:
-                    try:
-                        listener(changed)
-                    except Exception:
-                        log.exception("IR listener failed")
+                self._tell_ir(changed)
+
+    def _tell_ir(self, on: bool) -> None:
+        for listener in self.ir_listeners:
+            try:
+                listener(on)
+            except Exception:
+                log.exception("IR listener failed")
 
     def status(self) -> dict[str, Any]:
         """For ``hss-pu status``: the light level and what the IR LEDs make of it."""

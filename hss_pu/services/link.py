@@ -4,6 +4,8 @@ The loop a camera lives in (9.3.1.2, 9.3.1.3, 9.3.2): ask Vs where Vd is (adopti
 time), log in to Vd, send Keepalive at once and then every interval, ask GetServerInfo
 for that interval, and when anything breaks, wait per the retry schedule and try again;
 more than 15 failed Vd connections in a row, or a Reschedule event, send us back to Vs.
+Hibernation is a state of this loop: :meth:`PlatformLink.hibernate` closes the session
+and holds the loop until :meth:`PlatformLink.wake`, which logs in again at once.
 """
 
 from __future__ import annotations
@@ -26,7 +28,15 @@ from hss_pu.config import Config
 from hss_pu.errors import BadReply, DeadLinkError, LinkError, RpcRefused
 from hss_pu.retry import MAX_FAILURES_BEFORE_RESCHEDULE, retry_delay
 from hss_pu.tasks import TaskSet
-from hss_pu.wire.vd import GetServerInfoParams, KeepaliveParams, UpCall, UpEvent, login_url
+from hss_pu.wire.hibernation import parse_address
+from hss_pu.wire.vd import (
+    GetServerInfoParams,
+    GetServerInfoResp,
+    KeepaliveParams,
+    UpCall,
+    UpEvent,
+    login_url,
+)
 from hss_pu.wire.vs import ServerAddr, VsFormatError, vd_base_url
 
 __all__ = ["PlatformLink"]
@@ -60,6 +70,12 @@ class PlatformLink:
         self.vd_base: str | None = None
         self.hb_interval = float(config.platform.keepalive_interval)
         self.hb_token: str | None = None
+        # The last GetServerInfo reply of this session (None until it is answered), and
+        # its hibernation address: (host, port), or why it is unusable.
+        self.server_info: GetServerInfoResp | None = None
+        self.hibernation: tuple[str, int] | str | None = None
+        self._awake = asyncio.Event()
+        self._awake.set()
         self.logins = 0  # successful Vd logins since start-up
         self.vs_requests = 0
         self.vd_failures = 0  # consecutive
@@ -81,6 +97,22 @@ class PlatformLink:
         self._reschedule = True
         if self.session is not None:
             self._tasks.spawn(self.session.close("reschedule"), "vd-reschedule")
+
+    @property
+    def hibernating(self) -> bool:
+        return not self._awake.is_set()
+
+    async def hibernate(self) -> None:
+        """Close the Vd session and stay off Vd until :meth:`wake` (the power service's
+        sleep); no reconnection, no failure counted."""
+        self._awake.clear()
+        s = self.session
+        if s is not None:
+            await s.close("hibernating")
+
+    def wake(self) -> None:
+        """Log in to Vd again at once (``reconnect=1``)."""
+        self._awake.set()
 
     def local_address(self) -> str | None:
         return self.session.local_address if self.session else None
@@ -135,6 +167,11 @@ class PlatformLink:
         scale = self.config.platform.backoff_scale
         self.vd_failures = 0
         while True:
+            if self.hibernating:
+                log.info("Vd: closed for hibernation")
+                await self._awake.wait()
+                self.vd_failures = 0
+                log.info("Vd: awake, logging in again")
             try:
                 established = await self._connect_and_serve()
             except LinkError as exc:
@@ -151,6 +188,8 @@ class PlatformLink:
                         "(failure %d in a row)",
                         self.vd_failures,
                     )
+            if self.hibernating:
+                continue
             if self._reschedule:
                 self._reschedule = False
                 # The spread of try 1, so a fleet told at once does not hit Vs at once.
@@ -218,6 +257,8 @@ class PlatformLink:
             self._url(), self._ssl, self.handler, rpc_timeout=self.rpc_timeout
         )
         self.logins += 1
+        self.server_info = None
+        self.hibernation = None
         self.session = session
         self.online.set()
         log.info("Vd: online as %s (reconnect=%d)", self.config.device.id, reconnect)
@@ -292,6 +333,11 @@ class PlatformLink:
         except DeadLinkError:
             return
         self.hb_token = info.hb_token
+        if info.hibernation is not None:
+            self.hibernation = parse_address(info.hibernation)
+            if isinstance(self.hibernation, str):
+                log.warning("Vd: GetServerInfo hibernation: %s; ignored", self.hibernation)
+        self.server_info = info
         if info.hb_interval is not None and info.hb_interval != self.hb_interval:
             self.hb_interval = float(info.hb_interval)
             log.info("Vd: keep-alive interval %g s (GetServerInfo)", info.hb_interval)

@@ -343,6 +343,11 @@ class RecordService:
         await self._tasks.cancel_all(5.0)
         await self.uploader.close()
 
+    def drop_prerecord(self) -> None:
+        """The cameras stopped (hibernation): their rings start again from nothing."""
+        for ring in self.rings.values():
+            ring.clear()
+
     def status(self) -> dict[str, object]:
         st = self.uploader.stats
         up = self.uploader

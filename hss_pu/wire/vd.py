@@ -277,8 +277,10 @@ class KeepaliveResp(_Body, kw_only=True):
 class GetServerInfoResp(_Body, kw_only=True):
     # Whole or fractional seconds: some platforms send 30.0.
     hb_interval: Annotated[float, msgspec.Meta(ge=1, le=3600)] | None = None
-    hibernation: str | None = None
-    hb_token: str | None = None
+    # "host:port" (wire.hibernation.parse_address checks it); the token goes into a
+    # 16-byte heartbeat field (a longer one cannot: the device then stays awake).
+    hibernation: Annotated[str, msgspec.Meta(max_length=300)] | None = None
+    hb_token: Annotated[str, msgspec.Meta(max_length=256)] | None = None
 
 
 class AlarmNotifyResp(_Body, kw_only=True):

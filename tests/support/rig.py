@@ -32,6 +32,7 @@ from hss_pu.config import (
     DeviceSection,
     LogSection,
     PlatformSection,
+    PowerSection,
     StorageSection,
     make_config,
 )
@@ -110,6 +111,7 @@ def daemon_config(
     log_level: str = "info",
     allowed_hosts: Sequence[str] = (),
     alarms_per_minute: int = 6,
+    power: PowerSection | None = None,
 ) -> ConfigDoc:
     """The config of the rig's device for ``platform`` (its Vs URL and CA) or a bare
     schedule URL (no CA: the system store), storing under ``storage``. Back-offs scaled
@@ -143,6 +145,7 @@ def daemon_config(
             dir=str(storage), spool_max_mb=spool_max_mb, memory_queue_mb=memory_queue_mb
         ),
         alarms=AlarmsSection(max_per_minute=alarms_per_minute),
+        power=power or PowerSection(),
         log=msgspec.convert({"level": log_level}, LogSection),
     )
 
