@@ -72,6 +72,9 @@ class FileFormatter(logging.Formatter):
         return f"{stamp} " + text.replace("\n", "\n ") + "\n"
 
 
+PLATFORM_LOGGERS = "hss_pu.platform"  # the reference platform's loggers
+
+
 class LogFiles(logging.Handler):
     """A logging handler writing to ``directory/hss-pu.log`` and its rotations
     ``hss-pu.log.1`` (the newer) .. ``hss-pu.log.<files-1>``.
@@ -91,6 +94,9 @@ class LogFiles(logging.Handler):
             raise ValueError("log files: at least one file of at least 4 KiB")
         super().__init__()
         self.setFormatter(FileFormatter(offset))
+        # The camera's log only: `make run` embeds the reference platform in this process,
+        # and its lines (the platform's view of every request) are not the device's.
+        self.addFilter(lambda r: not r.name.startswith(PLATFORM_LOGGERS))
         self.directory = directory
         self.files = files
         self.file_bytes = file_bytes

@@ -115,3 +115,23 @@ def test_log_files_config_is_validated() -> None:
     for bad in ({"files": 0}, {"files": 17}, {"file_kb": 8}, {"file_kb": "1M"}):
         with pytest.raises(SchemaError, match=r"log\.(files|file_kb)"):
             parse_config_doc({**base, "log": bad})
+
+
+def test_the_embedded_platforms_lines_are_not_the_cameras(tmp_path: Path) -> None:
+    """`make run` runs the reference platform in the daemon's process: its lines stay out
+    of the camera's log (and so out of what the camera uploads)."""
+    lf = LogFiles(tmp_path / "logs", files=2, file_bytes=8192)
+    lf.open()
+    root = logging.getLogger("hss_pu")
+    root.addHandler(lf)
+    level = root.level
+    root.setLevel(logging.INFO)
+    try:
+        logging.getLogger("hss_pu.platform.vd").info("Vd: -> PU-0001 LogUploadAsync")
+        logging.getLogger("hss_pu.logs").info("the camera's own line")
+        data = _all(lf)
+    finally:
+        root.removeHandler(lf)
+        root.setLevel(level)
+        lf.close()
+    assert b"the camera's own line" in data and b"LogUploadAsync" not in data
