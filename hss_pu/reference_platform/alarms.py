@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from hss_pu.fsutil import atomic_write
 from hss_pu.reference_platform.http import Request, Response, json_response
-from hss_pu.wire.alarms import ALARM_KINDS
 from hss_pu.wire.vd import AlarmNotifyParams, Code, RpcError
 
 if TYPE_CHECKING:
@@ -46,9 +45,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("hss_pu.platform.alarms")
-
-# Alarm types that have no picture (a low battery): no upload URL is offered for them.
-_NO_PICTURE = frozenset(k.type for k in ALARM_KINDS.values() if not k.picture)
 
 PIC_PREFIX = "/alarm/pic/"
 PICTURE_DIR = "alarms"
@@ -263,11 +259,7 @@ class AlarmStore:
             self._next_index, device_id, p.channel, p.type, p.state, p.desc, p.timestamp, self.now()
         )
         self._next_index += 1
-        if (
-            self.options.alarm_pictures
-            and p.state in ("start", "pulse")
-            and p.type not in _NO_PICTURE
-        ):
+        if self.options.alarm_pictures and p.state in ("start", "pulse"):
             alarm.pic_name = f"{alarm.index}-{secrets.token_hex(8)}"
             self._slots[alarm.pic_name] = alarm
         q = self._alarms.setdefault(device_id, collections.deque())
