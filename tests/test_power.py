@@ -196,6 +196,7 @@ async def test_the_platform_records_nothing_for_a_low_battery(
         assert platform.alarm_recordings(DEVICE) == []
         (low,) = [a for a in platform.alarms(DEVICE) if a.type == 8]
         assert low.session_id is None
+        assert low.to_json()["picture_expected"] is False  # `platform alarms`: no "(yet)"
         assert rig.daemon.sensors  # the bell, for contrast: its pulse starts a recording
         await rig.daemon.sensors["bell"]("press", 0)
         assert await until(lambda: platform.alarm_recordings(DEVICE), 3)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from hss_pu.fsutil import atomic_write
 from hss_pu.reference_platform.http import Request, Response, json_response
+from hss_pu.wire.alarms import ALARM_KINDS
 from hss_pu.wire.vd import AlarmNotifyParams, Code, RpcError
 
 if TYPE_CHECKING:
@@ -45,6 +46,9 @@ __all__ = [
 ]
 
 log = logging.getLogger("hss_pu.platform.alarms")
+
+# Alarm types that come without a picture (wire.alarms: a low battery).
+_NO_PICTURE = frozenset(k.type for k in ALARM_KINDS.values() if not k.picture)
 
 PIC_PREFIX = "/alarm/pic/"
 PICTURE_DIR = "alarms"
@@ -175,7 +179,8 @@ class Alarm:
             "desc": self.desc,
             "timestamp": self.timestamp,
             "received": self.received,
-            "picture_expected": self.pic_name is not None,
+            # A URL is offered for every start and pulse; a low battery has no picture.
+            "picture_expected": self.pic_name is not None and self.type not in _NO_PICTURE,
             "picture": None if self.picture is None else self.picture.to_json(),
             "picture_error": self.picture_error,
             "session_id": self.session_id,
