@@ -25,6 +25,7 @@ from typing import Any
 from hss_pu.clients.http import HttpClient, UploadError, UrlGuard, UrlNotAllowed, upload
 from hss_pu.errors import DeviceFailure, InvalidParam
 from hss_pu.logfiles import LogFiles
+from hss_pu.services.urlcheck import check_rpc_url
 from hss_pu.tasks import TaskSet
 from hss_pu.wire.urls import redact_url
 from hss_pu.wire.vd import LogDoneParams, LogUploadAsyncParams
@@ -96,12 +97,7 @@ class LogUploadService:
         end = _epoch(p.end, tz, "end")
         if start > end:
             raise InvalidParam(f"params.start {p.start} is after params.end {p.end}")
-        try:
-            await self.guard.check(p.url)
-        except UrlNotAllowed as exc:
-            raise InvalidParam(f"params.url: {exc}") from None
-        except UploadError as exc:
-            raise DeviceFailure(f"params.url: {exc}") from None
+        await check_rpc_url(self.guard, p.url, "params.url")
         if len(self._jobs) > MAX_WAITING:  # the one running (the first) and MAX_WAITING
             raise DeviceFailure(
                 f"busy: a log upload is running and {len(self._jobs) - 1} wait; ask again later"

@@ -22,14 +22,15 @@ from urllib.parse import urlsplit
 import msgspec
 
 from hss_pu.bridge import LoopBridge
-from hss_pu.clients.http import UploadError, UrlGuard, UrlNotAllowed
-from hss_pu.errors import DeviceError, DeviceFailure, InvalidParam
+from hss_pu.clients.http import UrlGuard
+from hss_pu.errors import DeviceError, InvalidParam
 from hss_pu.fsutil import atomic_write
 from hss_pu.media.channel import MediaChannel
 from hss_pu.media.packets import EncodedPacket, StreamInfo
 from hss_pu.media.segmenter import PrerecordRing, Segment, Segmenter
 from hss_pu.services.channels import ChannelRegistry, stream_for
 from hss_pu.services.uploader import Uploader
+from hss_pu.services.urlcheck import check_rpc_url
 from hss_pu.tasks import TaskSet
 from hss_pu.wire.urls import redact_url
 from hss_pu.wire.vd import StartRecordParams, StopRecordParams
@@ -199,12 +200,7 @@ class RecordService:
         media = await stream_for(self.media, p.channel, p.max_bitrate, "records")
         https = self._check_cbk_url(p.cbk_url)
         if self.guard is not None:
-            try:
-                await self.guard.check(p.cbk_url)
-            except UrlNotAllowed as exc:
-                raise InvalidParam(f"params.cbk_url: {exc}") from None
-            except UploadError as exc:
-                raise DeviceFailure(f"params.cbk_url: {exc}") from None
+            await check_rpc_url(self.guard, p.cbk_url, "params.cbk_url")
         state = self.channels.get(p.channel)
         await self.uploader.wait_ready()  # the spool's segments come first
         async with self._lock:

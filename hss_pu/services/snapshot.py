@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from hss_pu.clients.http import Trust, UploadError, UrlGuard, UrlNotAllowed, platform_http, upload
 from hss_pu.errors import ChannelOffline, DeviceFailure, InvalidParam
 from hss_pu.media.channel import MediaChannel
+from hss_pu.services.urlcheck import check_rpc_url
 from hss_pu.wire.vd import SnapshotParams
 
 __all__ = ["SnapshotService"]
@@ -42,12 +43,7 @@ class SnapshotService:
         await self._http.aclose()
 
     async def _check_url(self, url: str) -> None:
-        try:
-            await self.guard.check(url)
-        except UrlNotAllowed as exc:
-            raise InvalidParam(f"params.url: {exc}") from None
-        except UploadError as exc:
-            raise DeviceFailure(f"upload failed: {exc}") from None
+        await check_rpc_url(self.guard, url, "params.url")
 
     async def take(self, channel: int) -> bytes:
         media = self.media.get(channel)
