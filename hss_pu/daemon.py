@@ -265,7 +265,8 @@ class Daemon:
         self.hibernation = hibernation = HibernationService(
             self.config, link, self.channels,
             suspend=self._suspend_media, resume=self._resume_media,
-            alarms_queued=lambda: int(alarms.status()["queued"]), rng=self.rng,
+            alarms_queued=lambda: int(alarms.status()["queued"]), activities=self._activities,
+            rng=self.rng,
         )  # fmt: skip
         self._start_cameras(devconfig, alarms)
         # A sensor's alarm wakes a hibernating device (and is sent after its login).
@@ -646,6 +647,23 @@ class Daemon:
         for media in self.media.values():
             if media.enabled:
                 self._spawn(self._run_media(media), f"media-{media.channel_id}")
+
+    def _activities(self) -> list[str]:
+        """Work under way that hibernation must not cut short (wire-notes' idle rule lists
+        pushes, recordings, KeepAwaken and alarms; a sleeping device also cannot play a
+        clip, finish an upload or a format, or turn its head)."""
+        out: list[str] = []
+        if self.playback is not None:
+            for ch in self.playback.outputs:
+                if self.playback.status(ch).status != "stopped":
+                    out.append(f"playback on ch{ch}")
+        if self.logs is not None and self.logs.status()["uploads_waiting"]:
+            out.append("log upload under way")
+        if self.disk is not None and self.disk.formatting:
+            out.append("formatting the recording store")
+        if self.ptz is not None and self.ptz.motion is not None:
+            out.append("PTZ moving")
+        return out
 
     def _keepalive(self) -> KeepaliveParams:
         return KeepaliveParams(

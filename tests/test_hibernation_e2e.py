@@ -208,6 +208,28 @@ async def test_keepawaken_prevents_sleep_for_the_asked_time(
     assert time.monotonic() - t0 >= 4 + 1.5 - 0.3
 
 
+async def test_a_clip_playing_keeps_the_device_awake_until_it_ends(
+    make_platform: MakePlatform, make_battery: MakeBattery
+) -> None:
+    """A PlayVideo under way is work too: sleeping would cut the clip off (and the Vd
+    link that CtrlVideo and QueryVideoStatus need)."""
+    p = await hib_platform(make_platform)
+    rig = await make_battery(p)
+    await p.media.path_for("tone-3s.m4a")
+    t0 = time.monotonic()
+    await p.play_video(DEVICE, 0, p.media_url("tone-3s.m4a"))
+    assert await until(
+        lambda: rig.daemon.hibernation is not None
+        and "playback on ch0" in rig.daemon.hibernation.status()["why_awake"],
+        2,
+    )
+    # Online while it plays, although idle is 1 s ...
+    assert not await until(lambda: not p.online(DEVICE), 3 - 0.3 - (time.monotonic() - t0))
+    # ... and asleep once it has ended and the idle time has passed.
+    await asleep(rig, timeout=IDLE + 8)
+    assert time.monotonic() - t0 >= 3 + IDLE - 0.3
+
+
 async def test_a_pushlive_asked_of_a_sleeping_device_wakes_it_first(
     make_platform: MakePlatform, make_battery: MakeBattery
 ) -> None:

@@ -20,7 +20,7 @@ import collections
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -136,7 +136,9 @@ def keep_awake_left(channels: ChannelRegistry) -> float:
     return max(channels.awake_until() - time.monotonic(), 0.0)
 
 
-def busy_reasons(channels: ChannelRegistry, alarms_queued: int) -> tuple[str, ...]:
+def busy_reasons(
+    channels: ChannelRegistry, alarms_queued: int, others: Iterable[str] = ()
+) -> tuple[str, ...]:
     """The work that keeps a device awake: live pushes, recordings, a KeepAwaken window,
     an active alarm (or a pulse not yet reported), alarms waiting to be sent."""
     out: list[str] = []
@@ -152,6 +154,7 @@ def busy_reasons(channels: ChannelRegistry, alarms_queued: int) -> tuple[str, ..
         out.append(f"KeepAwaken for {left:.0f} s more")
     if alarms_queued:
         out.append(f"{alarms_queued} alarm notification(s) to send")
+    out.extend(others)
     return tuple(out)
 
 
@@ -179,6 +182,9 @@ class HibernationService:
         suspend: Callable[[], Awaitable[None]],
         resume: Callable[[], Awaitable[None]],
         alarms_queued: Callable[[], int] = lambda: 0,
+        # The daemon's other work under way (a playback, a log upload, a format, a PTZ
+        # move): each a reason to stay awake, as the daemon names it.
+        activities: Callable[[], list[str]] = list,
         rng: random.Random | None = None,
     ) -> None:
         self.config = config
@@ -187,6 +193,7 @@ class HibernationService:
         self.suspend = suspend
         self.resume = resume
         self.alarms_queued = alarms_queued
+        self.activities = activities
         self.rng = rng
         self.battery = config.profile.doc.battery.present
         self.timer = IdleTimer(config.doc.power.idle_sleep_seconds)
@@ -209,7 +216,7 @@ class HibernationService:
             online=link.session is not None,
             server_info=link.server_info,
             hibernation=link.hibernation,
-            busy=busy_reasons(self.channels, self.alarms_queued()),
+            busy=busy_reasons(self.channels, self.alarms_queued(), self.activities()),
         )
 
     def verdict(self) -> Verdict:
@@ -262,7 +269,7 @@ class HibernationService:
         await self.suspend()
         beats = asyncio.create_task(client.run(), name="hibernation")
         try:
-            busy = busy_reasons(self.channels, self.alarms_queued())
+            busy = busy_reasons(self.channels, self.alarms_queued(), self.activities())
             if busy:  # a request that came in as the session closed
                 self.trigger(busy[0])
             waiter = asyncio.ensure_future(self._wake.wait())
