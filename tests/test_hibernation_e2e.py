@@ -219,8 +219,10 @@ async def test_a_clip_playing_keeps_the_device_awake_until_it_ends(
     t0 = time.monotonic()
     await p.play_video(DEVICE, 0, p.media_url("tone-3s.m4a"))
     assert await until(
-        lambda: rig.daemon.hibernation is not None
-        and "playback on ch0" in rig.daemon.hibernation.status()["why_awake"],
+        lambda: (
+            rig.daemon.hibernation is not None
+            and "playback on ch0" in rig.daemon.hibernation.status()["why_awake"]
+        ),
         2,
     )
     # Online while it plays, although idle is 1 s ...
