@@ -228,6 +228,7 @@ def test_show_refuses_a_payload_that_breaks_the_rules(tmp_path: Path) -> None:
         (tarfile.TarInfo("wheels/../../etc/x.whl"), "is not wheels/<file>.whl"),
         (tarfile.TarInfo("/wheels/a.whl"), "is not wheels/<file>.whl"),
         (tarfile.TarInfo("wheels/link.whl"), "not a regular file"),
+        (tarfile.TarInfo("wheels/twice.whl"), "twice"),
     ):
         if member.name.endswith("link.whl"):
             member.type = tarfile.SYMTYPE
@@ -235,6 +236,8 @@ def test_show_refuses_a_payload_that_breaks_the_rules(tmp_path: Path) -> None:
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w:") as tar:
             tar.addfile(member, io.BytesIO(b""))
+            if member.name.endswith("twice.whl"):
+                tar.addfile(member, io.BytesIO(b""))
         payload = buf.getvalue()
         m = fw.Manifest(
             firmware_model="X", version_number=1, hardware_models=["HW"],

@@ -209,7 +209,8 @@ class PayloadError(HssError):
 
 
 def list_payload(f: BinaryIO, head: BundleHead) -> list[tuple[str, int]]:
-    """The payload's members (name, size), each checked against the payload rules."""
+    """The payload's members (name, size), each checked against the payload rules: a
+    regular file named ``wheels/<file>.whl``, once."""
     f.seek(head.payload_offset)  # tarfile reads from here
     members: list[tuple[str, int]] = []
     try:
@@ -220,6 +221,8 @@ def list_payload(f: BinaryIO, head: BundleHead) -> list[tuple[str, int]]:
                     raise PayloadError(problem)
                 if not m.isreg():
                     raise PayloadError(f"{m.name}: not a regular file")
+                if any(m.name == name for name, _ in members):
+                    raise PayloadError(f"{m.name}: twice")
                 members.append((m.name, m.size))
     except tarfile.TarError as exc:
         raise PayloadError(f"not a tar: {exc}") from None
