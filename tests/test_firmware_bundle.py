@@ -25,6 +25,8 @@ KEYS = [Ed25519PrivateKey.from_private_bytes(bytes([i]) * 32) for i in (1, 2, 3)
 
 def manifest(payload: bytes = PAYLOAD, **over: Any) -> fw.Manifest:
     fields: dict[str, Any] = {
+        "product": "hss-pu",
+        "format": 1,
         "firmware_model": "HSS-PU-EMU-2.0",
         "version_number": 5,
         "hardware_models": [HW, "RPI4-HQ"],
@@ -279,11 +281,15 @@ def test_non_canonical_base64_signature() -> None:
         ("firmware_model", "caf\u00e9", "firmware_model"),
         ("payload_sha256", "AB" * 32, "payload_sha256"),
         ("surprise", 1, "unknown field"),
+        ("product", None, "product"),
     ],
 )
 def test_manifest_fields_are_checked(field: str, value: object, words: str) -> None:
     fields = msgspec.to_builtins(manifest())
-    fields[field] = value
+    if value is None:
+        del fields[field]
+    else:
+        fields[field] = value
     text = msgspec.json.encode(fields, order="sorted")
     sigs = msgspec.json.encode(fw.sign(manifest(), KEYS[:1]))
     r = rejected(resign_head(bundle(), b'{"manifest":' + text + b',"signatures":' + sigs + b"}"))
@@ -349,3 +355,17 @@ def test_one_thousand_bit_flips_none_verifies() -> None:
         caught[r.check] += 1
     # Flips landed in every part of the bundle.
     assert set(caught) == {"format", "signature", "length and hash"}, caught
+
+
+def test_payload_hasher_streams_and_stops_past_the_length() -> None:
+    h = fw.PayloadHasher(len(PAYLOAD))
+    for i in range(0, len(PAYLOAD), 100):
+        assert h.update(PAYLOAD[i : i + 100])
+    assert h.digest() == fw.digest(PAYLOAD)
+    assert not h.update(b"x")  # one byte too many
+    head = fw.parse_head(bundle())
+    assert isinstance(head, fw.BundleHead)
+    r = fw.first_failure(fw.check_bundle(head, h.digest(), policy(), NOW))
+    assert r == fw.Rejected(
+        "length and hash", f"payload runs past the manifest's {len(PAYLOAD)} bytes"
+    )

@@ -240,7 +240,8 @@ def test_show_refuses_a_payload_that_breaks_the_rules(tmp_path: Path) -> None:
                 tar.addfile(member, io.BytesIO(b""))
         payload = buf.getvalue()
         m = fw.Manifest(
-            firmware_model="X", version_number=1, hardware_models=["HW"],
+            product="hss-pu", format=1, firmware_model="X", version_number=1,
+            hardware_models=["HW"],
             payload_length=len(payload), payload_sha256=fw.digest(payload).sha256,
             expires=int(time.time()) + 99, created=0,
         )  # fmt: skip

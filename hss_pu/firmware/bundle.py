@@ -7,7 +7,6 @@ work around them (and, for ``build`` without ``--wheels``, runs pip).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import subprocess
 import sys
@@ -28,6 +27,7 @@ from hss_pu.wire.firmware import (
     BundleHead,
     Manifest,
     PayloadDigest,
+    PayloadHasher,
     Rejected,
     encode_head,
     head_length,
@@ -136,6 +136,8 @@ def build(
             try:
                 manifest = msgspec.convert(
                     {
+                        "product": "hss-pu",
+                        "format": 1,
                         "firmware_model": firmware_model,
                         "version_number": version_number,
                         "hardware_models": list(hardware_models),
@@ -176,17 +178,13 @@ def _move_down(f: BinaryIO, src: int, dst: int, length: int) -> None:
         done += len(chunk)
 
 
-def _digest(f: BinaryIO, limit: int) -> PayloadDigest:
-    """Hash what follows in ``f``, up to ``limit`` + 1 bytes (one more tells "too long")."""
-    h = hashlib.sha256()
-    n = 0
-    while n <= limit:
-        chunk = f.read(min(CHUNK, limit + 1 - n))
-        if not chunk:
+def _digest(f: BinaryIO, length: int) -> PayloadDigest:
+    """Hash what follows in ``f``, refused once it runs past ``length`` bytes."""
+    hasher = PayloadHasher(length)
+    while chunk := f.read(CHUNK):
+        if not hasher.update(chunk):
             break
-        h.update(chunk)
-        n += len(chunk)
-    return PayloadDigest(n, h.hexdigest())
+    return hasher.digest()
 
 
 def read_head(f: BinaryIO) -> BundleHead | Rejected:

@@ -36,6 +36,7 @@ __all__ = [
     "CheckResult",
     "Manifest",
     "PayloadDigest",
+    "PayloadHasher",
     "Policy",
     "Rejected",
     "Signature",
@@ -75,7 +76,7 @@ _Time = Annotated[int, msgspec.Meta(ge=0, le=MAX_JSON_INT)]
 class Manifest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """What the signatures cover: product, version, targets, payload length and hash."""
 
-    product: Literal["hss-pu"] = "hss-pu"
+    product: Literal["hss-pu"]
     firmware_model: _Name
     version_number: Annotated[int, msgspec.Meta(ge=1, le=MAX_JSON_INT)]
     hardware_models: Annotated[list[_Name], msgspec.Meta(min_length=1, max_length=16)]
@@ -83,7 +84,7 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     payload_sha256: Annotated[str, msgspec.Meta(pattern=_HEX64)]
     expires: _Time
     created: _Time
-    format: Literal[1] = 1
+    format: Literal[1]
 
 
 class Signature(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -222,7 +223,11 @@ def parse_head(data: bytes) -> BundleHead | Rejected:
     for s in sigs:
         if _sig_bytes(s) is None:
             return Rejected("format", f"signature of {s.keyid[:16]}: not canonical base64")
-    if encode_head(manifest, sigs)[PREFIX_LEN:] != raw:
+    try:
+        canonical_head = encode_head(manifest, sigs)[PREFIX_LEN:]
+    except ValueError:  # over MAX_HEAD: cannot be, canonical is the shortest spelling
+        canonical_head = b""
+    if canonical_head != raw:
         return Rejected("format", "head is not in canonical form (sorted keys, no spaces)")
     return BundleHead(manifest=manifest, signatures=sigs, payload_offset=end)
 
@@ -242,9 +247,31 @@ def digest(payload: bytes) -> PayloadDigest:
     return PayloadDigest(len(payload), hashlib.sha256(payload).hexdigest())
 
 
-def _check_signatures(head: BundleHead, policy: Policy) -> str | None:
+class PayloadHasher:
+    """Hash a payload as it streams in, refusing it past the manifest's length: ``update``
+    returns False (and keeps nothing of the chunk) once the bytes run past ``length``."""
+
+    def __init__(self, length: int) -> None:
+        self.length = length
+        self.received = 0
+        self._sha = hashlib.sha256()
+
+    def update(self, chunk: bytes) -> bool:
+        if self.received + len(chunk) > self.length:
+            self.received = self.length + 1  # "more than": the length check names it
+            return False
+        self._sha.update(chunk)
+        self.received += len(chunk)
+        return True
+
+    def digest(self) -> PayloadDigest:
+        return PayloadDigest(self.received, self._sha.hexdigest())
+
+
+def _check_signatures(head: BundleHead, policy: Policy) -> tuple[str | None, str]:
+    """(problem or None, what was found)."""
     if not policy.trusted:
-        return "no trusted keys"
+        return "no trusted keys", ""
     data = signed_bytes(head.manifest)
     good: set[str] = set()
     for s in head.signatures:
@@ -261,8 +288,8 @@ def _check_signatures(head: BundleHead, policy: Policy) -> str | None:
         return (
             f"{len(good)} valid signature(s) of trusted keys, {policy.threshold} required "
             f"({len(head.signatures)} signature(s) in the bundle)"
-        )
-    return None
+        ), ""
+    return None, f"{len(good)} trusted key(s) signed, {policy.threshold} required"
 
 
 def check_bundle(
@@ -278,8 +305,8 @@ def check_bundle(
         results.append(CheckResult(name, problem is None, problem or ok_detail))
         return problem is None
 
-    sig_problem = _check_signatures(head, policy)
-    if not step("signature", sig_problem, f"at least {policy.threshold} trusted key(s) signed"):
+    sig_problem, signed = _check_signatures(head, policy)
+    if not step("signature", sig_problem, signed):
         return results
     if payload.length > m.payload_length:
         length_problem: str | None = f"payload runs past the manifest's {m.payload_length} bytes"
