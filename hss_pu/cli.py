@@ -102,6 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     how.add_argument("--charging", dest="charging", action="store_true", default=None)
     how.add_argument("--discharging", dest="charging", action="store_false")
     battery.add_argument("--config", "-c", type=Path, help="the running daemon's config")
+    sub.add_parser(  # for --help only, as ``platform`` below
+        "firmware", help="signed firmware bundles (keygen, build, verify, show)", add_help=False
+    )
     # Listed for --help only: main() hands ``platform ...`` to the reference platform's
     # own parser before this one runs, so other commands never import the platform.
     sub.add_parser(
@@ -273,6 +276,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from hss_pu.reference_platform.cli import main as platform_main
 
         return platform_main(argv[1:])
+    if argv[:1] == ["firmware"]:
+        from hss_pu.firmware.cli import main as firmware_main
+
+        return firmware_main(argv[1:])
     args = _parser().parse_args(argv)
     if args.command == "check-config":
         return cmd_check_config(args.path)

@@ -40,6 +40,7 @@ __all__ = [
     "SchemaError",
     "Secret",
     "StorageSection",
+    "UpgradeSection",
     "default_storage_dir",
     "load_config",
     "make_config",
@@ -138,6 +139,21 @@ class LogSection(_Section, frozen=True, kw_only=True):
     file_kb: Annotated[int, msgspec.Meta(ge=64, le=16384)] = 1024
 
 
+MAX_TRUSTED_KEYS = 16
+MAX_KEY_FILE_BYTES = 16 * 1024
+
+
+class UpgradeSection(_Section, frozen=True, kw_only=True):
+    # Ed25519 public keys (.pub PEM files) whose signatures a firmware bundle needs;
+    # several, with a threshold, so a key can be replaced without a window where nothing
+    # verifies (docs/protocol.md reading 33). None: every upgrade is refused.
+    trusted_keys: Annotated[list[str], msgspec.Meta(max_length=MAX_TRUSTED_KEYS)] = []
+    threshold: Annotated[int, msgspec.Meta(ge=1, le=MAX_TRUSTED_KEYS)] = 1
+    # How long a new version has to prove itself (login, Keepalive, cameras) before it
+    # is rolled back.
+    trial_seconds: Annotated[float, msgspec.Meta(ge=1, le=3600)] = 120.0
+
+
 class ConfigDoc(_Section, frozen=True, kw_only=True):
     device: DeviceSection
     platform: PlatformSection
@@ -146,6 +162,7 @@ class ConfigDoc(_Section, frozen=True, kw_only=True):
     alarms: AlarmsSection = AlarmsSection()
     power: PowerSection = PowerSection()
     log: LogSection = LogSection()
+    upgrade: UpgradeSection = UpgradeSection()
 
 
 class Secret:
@@ -181,6 +198,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     ca_file: str | None
     storage_dir: str
     camera_source: str
+    # upgrade.trusted_keys, read: raw 32-byte Ed25519 public keys, in the config's order.
+    trusted_keys: tuple[bytes, ...] = ()
 
     @property
     def device(self) -> DeviceSection:
@@ -421,6 +440,38 @@ def _check_ca(ca: Path, path: Path | None) -> None:
         ) from None
 
 
+def _read_trusted_keys(
+    up: UpgradeSection, path: Path | None, base: Path | None
+) -> tuple[bytes, ...]:
+    """Each ``upgrade.trusted_keys`` file as a raw Ed25519 public key, so a wrong one is a
+    config error now, not a refused upgrade later."""
+    key = "upgrade.trusted_keys"
+    if up.trusted_keys and up.threshold > len(up.trusted_keys):
+        raise key_error(
+            path,
+            "upgrade.threshold",
+            f"{up.threshold} is more than the {len(up.trusted_keys)} trusted key(s)",
+        )
+    if not up.trusted_keys:
+        return ()
+    from hss_pu.firmware.keys import public_key_from_pem  # cryptography: only when needed
+
+    keys: list[bytes] = []
+    seen: dict[bytes, Path] = {}
+    for value in up.trusted_keys:
+        f = _resolve(base, value, path, key)
+        data, _ = _read_file(path, key, f, MAX_KEY_FILE_BYTES)
+        try:
+            raw = public_key_from_pem(data)
+        except ValueError as exc:
+            raise key_error(path, key, f"{f}: {exc}") from None
+        if raw in seen:
+            raise key_error(path, key, f"{f} holds the same key as {seen[raw]}")
+        seen[raw] = f
+        keys.append(raw)
+    return tuple(keys)
+
+
 def make_config(doc: ConfigDoc, path: Path | None = None) -> Config:
     """Apply the cross-key rules to a typed document and resolve what it refers to."""
     path = path.absolute() if path is not None else None
@@ -433,6 +484,7 @@ def make_config(doc: ConfigDoc, path: Path | None = None) -> Config:
     if doc.camera.scene != "pattern" and source != "emulated":
         raise key_error(path, "camera.scene", "applies to the emulated camera only")
     storage = _resolve(base, doc.storage.dir, path, "storage.dir")
+    trusted_keys = _read_trusted_keys(doc.upgrade, path, base)
     return Config(
         path=str(path) if path is not None else None,
         doc=doc,
@@ -441,6 +493,7 @@ def make_config(doc: ConfigDoc, path: Path | None = None) -> Config:
         ca_file=ca_file,
         storage_dir=str(storage),
         camera_source=source,
+        trusted_keys=trusted_keys,
     )
 
 
