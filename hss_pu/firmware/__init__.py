@@ -1,0 +1,1 @@
+"""Firmware upgrade: installed versions and their trial (slots), bundles."""
