@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -408,3 +409,42 @@ def test_state_file_is_plain_json(tmp_path: Path, fw_wheels: dict[str, Path]) ->
     doc = json.loads((store.root / "state.json").read_text())
     assert doc["format"] == 1 and doc["highest"] == 1 and doc["trial"] is None
     assert doc["last"]["result"] == "committed"
+
+
+def test_hss_pu_run_from_the_checkout_hands_over_to_the_emulated_trial(
+    tmp_path: Path, fw_wheels: dict[str, Path], write_config: Callable[..., Path]
+) -> None:
+    # `make run` / a laptop: the checkout's hss-pu applies the rules to
+    # storage.dir/firmware and execs the chosen version with the same arguments; that
+    # version learns how to come back through the launcher (its restarts count).
+    config = write_config()
+    store = _committed(tmp_path / "state" / "firmware", fw_wheels, "1.0")
+    store.install(fw_wheels["2.0"], "2.0", with_pip=False)
+    store.begin_trial("2.0", 2, attempts=2)
+    log, entry = tmp_path / "runs.log", tmp_path / "entry"
+    env = {**os.environ, "FAKE_PU_LOG": str(log), "FAKE_PU_ENTRY_LOG": str(entry)}
+    env.pop(slots.LAUNCHED_ENV, None)
+    env.pop(slots.ENTRY_ENV, None)
+    hss_pu = Path(sys.executable).parent / "hss-pu"
+    for _ in range(3):
+        subprocess.run(
+            [hss_pu, "run", "--config", config],
+            env=env,
+            timeout=60,
+            check=False,
+            capture_output=True,
+        )
+    assert log.read_text().splitlines() == [
+        f"{v} run --config {config}" for v in ("2.0", "2.0", "1.0")
+    ]
+    assert json.loads(entry.read_text()) == [str(hss_pu)]
+    last = store.load_state().last
+    assert last is not None and last.result == "rolled back"
+
+
+def test_restart_goes_back_through_the_launcher(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(slots.ENTRY_ENV, json.dumps(["/opt/hss-pu/current/venv/bin/hss-pu"]))
+    assert slots._entry() == ["/opt/hss-pu/current/venv/bin/hss-pu"]
+    monkeypatch.setenv(slots.ENTRY_ENV, "not json")
+    monkeypatch.setattr(sys, "argv", ["/nonexistent/hss-pu"])
+    assert slots._entry() == [sys.executable, "-m", "hss_pu"]

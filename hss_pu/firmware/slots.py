@@ -60,6 +60,7 @@ __all__ = [
     "launch",
     "reexec",
     "running_root",
+    "running_version",
     "set_step_hook",
 ]
 
@@ -631,6 +632,12 @@ def running_root() -> Path | None:
     if prefix.name == "venv" and prefix.parent.parent.name == "versions":
         return prefix.parent.parent.parent
     return None
+
+
+def running_version() -> str | None:
+    """The version name this interpreter was installed as, or None (a checkout)."""
+    root = running_root()
+    return None if root is None else Path(sys.prefix).resolve().parent.name
 
 
 def emulated_root(storage_dir: Path | str) -> Path:

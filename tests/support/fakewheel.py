@@ -2,7 +2,8 @@
 the one thing the slot code uses, an ``hss-pu`` console script.
 
 The fake's ``hss-pu --version`` prints its version; ``hss-pu run ...`` appends
-``<version> <args>`` to $FAKE_PU_LOG and exits with $FAKE_PU_RC (default 0).
+``<version> <args>`` to $FAKE_PU_LOG (and the launcher's $HSS_PU_ENTRY to
+$FAKE_PU_ENTRY_LOG) and exits with $FAKE_PU_RC (default 0).
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ def main():
     if log:
         with open(log, "a") as f:
             f.write(VERSION + " " + " ".join(args) + "\\n")
+        entry = os.environ.get("HSS_PU_ENTRY")
+        if entry and os.environ.get("FAKE_PU_ENTRY_LOG"):
+            with open(os.environ["FAKE_PU_ENTRY_LOG"], "w") as f:
+                f.write(entry)
     return int(os.environ.get("FAKE_PU_RC", "0"))
 """
 
