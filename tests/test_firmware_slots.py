@@ -448,3 +448,46 @@ def test_restart_goes_back_through_the_launcher(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv(slots.ENTRY_ENV, "not json")
     monkeypatch.setattr(sys, "argv", ["/nonexistent/hss-pu"])
     assert slots._entry() == [sys.executable, "-m", "hss_pu"]
+
+
+def test_make_install_adopts_a_version_it_built(tmp_path: Path, fw_wheels: dict[str, Path]) -> None:
+    # scripts/install.sh builds versions/<name>/venv with pip, then `slots adopt`:
+    # marked complete, current -> it, previous -> the one before, any trial dropped.
+    store = _committed(tmp_path / "fw", fw_wheels, "1.0")
+    store.install(fw_wheels["2.0"], "2.0", with_pip=False)
+    store.begin_trial("2.0", 2)
+    venv = store.versions / "3.0" / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", venv], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            venv / "bin" / "python",
+            "install",
+            "-q",
+            "--no-index",
+            "--find-links",
+            fw_wheels["3.0"],
+            "hss-pu",
+        ],
+        check=True,
+    )
+    cmd = [sys.executable, "-m", "hss_pu.firmware.slots", "adopt", str(store.root), "3.0"]
+    subprocess.run(cmd, cwd=REPO, check=True, timeout=30)
+    assert (store.link("current"), store.link("previous")) == ("3.0", "1.0")
+    assert store.is_complete("3.0") and not (store.versions / "2.0").exists()
+    state = store.load_state()
+    assert state.trial is None and state.highest == 2
+    assert state.last is not None and state.last.result == "installed"
+    assert store.startup().run == "3.0"
+    bad = subprocess.run(
+        [sys.executable, "-m", "hss_pu.firmware.slots", "adopt", store.root, "../x"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert bad.returncode == 1 and "bad version name" in bad.stderr

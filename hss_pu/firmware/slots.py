@@ -610,6 +610,29 @@ class SlotStore:
             self._remove(frozenset(self.scan().present - keep))
             _step("committed")
 
+    def adopt(self, name: str) -> None:
+        """Make versions/<name>, built by someone else (``make install``: pip from the
+        network, as root), the committed version at once: fsync'd, marked, linked. A person
+        installing by hand is the health check; a trial in progress is dropped."""
+        if not _NAME.fullmatch(name):
+            raise InstallError(f"bad version name {name!r}")
+        with self._locked():
+            target = self.versions / name
+            if not (target / "venv" / "bin" / "hss-pu").is_file():
+                raise InstallError(f"{target} has no venv/bin/hss-pu")
+            _fsync_tree(target)
+            atomic_write(target / MARKER, f"{name}\n".encode(), mode=0o644)
+            _fsync_dir(self.versions)
+            state = self.load_state()
+            old = self.link("current")
+            if old is not None and old != name and self.is_complete(old):
+                self._switch("previous", old)
+            self._switch("current", name)
+            done = Outcome(name, "installed", "by hand", time.time())
+            self._write_state(replace(state, trial=None, last=done, problem=""))
+            keep = {name, self.link("previous")}
+            self._remove(frozenset(self.scan().present - keep))
+
     def rollback(self, name: str, reason: str) -> None:
         """The trial ``name`` failed its health gate: drop it, record why. The caller then
         restarts (``reexec``) into the committed version."""
@@ -700,3 +723,21 @@ def launch(root: Path, args: Sequence[str], clock: Clock | None = None) -> Plan 
     exe = str(venv / "bin" / "hss-pu")
     os.execv(exe, [exe, *args])  # noqa: S606
     raise AssertionError("unreachable")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m hss_pu.firmware.slots adopt ROOT NAME`` (scripts/install.sh)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 3 or args[0] != "adopt":
+        print("usage: python -m hss_pu.firmware.slots adopt ROOT NAME", file=sys.stderr)
+        return 2
+    try:
+        SlotStore(args[1]).adopt(args[2])
+    except (InstallError, OSError) as exc:
+        print(f"hss-pu firmware: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
