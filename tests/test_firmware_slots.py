@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from hss_pu import __version__
 from hss_pu.firmware import slots
 from hss_pu.firmware.slots import Clock, Disk, InstallError, SlotStore, State, Trial, decide
 from tests.support.fakewheel import build_fake_wheel
@@ -491,3 +492,48 @@ def test_make_install_adopts_a_version_it_built(tmp_path: Path, fw_wheels: dict[
         check=False,
     )
     assert bad.returncode == 1 and "bad version name" in bad.stderr
+
+
+@pytest.mark.slow
+def test_real_hss_pu_wheel_set_installs_offline(tmp_path: Path) -> None:
+    # The bundle's payload: this checkout's wheel and its dependencies (~60 MB). Built
+    # with pip from whatever index pip is configured with; skipped where there is none.
+    wheels = tmp_path / "wheels"
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--disable-pip-version-check",
+            "-w",
+            wheels,
+            REPO,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if built.returncode != 0:
+        pytest.skip(f"no wheel set here: {built.stderr.strip()[-300:]}")
+    store = SlotStore(tmp_path / "fw")
+    started = time.monotonic()
+    venv = store.install(wheels, "real", system_site_packages=False)
+    took = time.monotonic() - started
+    assert store.is_complete("real")
+    out = subprocess.run(
+        [
+            venv / "bin" / "python",
+            "-c",
+            "import hss_pu.daemon, av, numpy, cryptography; "
+            "import hss_pu; print(hss_pu.__version__)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert out.stdout.strip() == __version__
+    assert took < 60, f"install took {took:.1f} s"
