@@ -204,6 +204,11 @@ def test_high_water_mark_only_goes_up(tmp_path: Path, fw_wheels: dict[str, Path]
         b'{"format": 1, "highest": 3, "trial": {"name": "x", "version_number": "9",'
         b' "attempts_left": 1, "trial_seconds": 5}}',
         b" " * (slots.STATE_LIMIT + 1),
+        b'{"format": 1, "highest": 3, "trial": {"name": "2.0", "version_number": 2,'
+        b' "attempts_left": 1, "trial_seconds": 1e300}}',
+        b'{"format": 1, "highest": 3, "trial": {"name": "2.0", "version_number": 2,'
+        b' "attempts_left": 1, "trial_seconds": 60, "boot_deadline": "soon"}}',
+        b'{"format": 1, "highest": 3, "trial": null, "last": ["x"]}',
         None,  # a directory where the file should be
     ],
 )
@@ -229,7 +234,10 @@ def test_corrupt_state_starts_the_committed_version(
         return
     plan = store.startup()
     assert (plan.run, plan.trial) == ("1.0", False)
-    assert store.load_state() == State(highest=0)  # rewritten sound
+    # Rewritten sound; the anti-rollback mark survives in its second copy.
+    assert store.load_state() == State(highest=1)
+    with pytest.raises(InstallError, match="not above 1"):
+        store.begin_trial("1.0", 1)
     assert store.link("current") == "1.0"
 
 
@@ -537,3 +545,36 @@ def test_real_hss_pu_wheel_set_installs_offline(tmp_path: Path) -> None:
     )
     assert out.stdout.strip() == __version__
     assert took < 60, f"install took {took:.1f} s"
+
+
+def test_high_water_mark_survives_a_lost_state_file(
+    tmp_path: Path, fw_wheels: dict[str, Path]
+) -> None:
+    store = _committed(tmp_path / "fw", fw_wheels, "1.0", "2.0")
+    (store.root / "state.json").unlink()
+    assert store.load_state().highest == 2
+    store.startup()  # rewrites state.json, with the mark
+    (store.root / "highest").write_text("1\n")  # an older copy never lowers the state's
+    assert store.load_state().highest == 2
+
+
+def test_launcher_cancels_a_trials_alarm(tmp_path: Path) -> None:
+    # A trial that rolled back re-execs into the launcher with its alarm still pending.
+    code = (
+        "import signal, sys, time\n"
+        "from pathlib import Path\n"
+        "from hss_pu.firmware import slots\n"
+        "signal.alarm(1)\n"
+        "slots.launch(Path(sys.argv[1]), ['run'])\n"
+        "time.sleep(1.3)\n"
+        "print('alive')\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code, tmp_path],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert out.returncode == 0 and "alive" in out.stdout

@@ -8,6 +8,7 @@ Layout under a root (``/opt/hss-pu`` when installed by ``make install``, else
     current  -> versions/<name>   the committed version: what a start runs
     previous -> versions/<name>   the committed version before it (kept as a fallback)
     state.json                the trial, the anti-rollback mark, the last outcome
+    highest                   a second copy of the mark (a damaged state.json cannot lower it)
 
 A new version is never linked as ``current`` until it has proven itself (the way the
 Raspberry Pi's ``tryboot`` and RAUC's boot counters work): the state names it as the
@@ -70,9 +71,11 @@ INSTALLED_ROOT = Path("/opt/hss-pu")
 DEFAULT_ATTEMPTS = 3
 DEFAULT_TRIAL_SECONDS = 120.0
 STATE_FILE = "state.json"
+MARK_FILE = "highest"
 STATE_LIMIT = 64 * 1024
 MARKER = "COMPLETE"
 LOCK_FILE = ".lock"
+MAX_TRIAL_SECONDS = 86400.0
 MAX_KEPT = 2  # current and previous; everything else committed earlier is pruned
 # Set by the launcher for the version it hands over to, so that version does not spend
 # an attempt again; removed by it at once, so its own re-execs go through the launcher.
@@ -159,20 +162,40 @@ class State:
             raise ValueError("bad highest")
         trial = doc.get("trial")
         last = doc.get("last")
+        if not isinstance(trial, dict | None) or not isinstance(last, dict | None):
+            raise ValueError("bad trial or last")
         try:
             t = None if trial is None else Trial(**trial)
             o = None if last is None else Outcome(**last)
         except TypeError as exc:
             raise ValueError(str(exc)) from exc
-        if t is not None and (
-            not isinstance(t.name, str)
-            or not _NAME.fullmatch(t.name)
-            or type(t.attempts_left) is not int
-            or type(t.version_number) is not int
-            or not isinstance(t.trial_seconds, int | float)
-        ):
+        if t is not None and not _valid_trial(t):
             raise ValueError("bad trial")
+        if o is not None and not (
+            isinstance(o.name, str)
+            and isinstance(o.result, str)
+            and isinstance(o.reason, str)
+            and _is_number(o.at)
+        ):
+            raise ValueError("bad last")
         return cls(highest=highest, trial=t, last=o)
+
+
+def _is_number(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and abs(v) < 1e15
+
+
+def _valid_trial(t: Trial) -> bool:
+    return (
+        isinstance(t.name, str)
+        and _NAME.fullmatch(t.name) is not None
+        and type(t.attempts_left) is int
+        and type(t.version_number) is int
+        and _is_number(t.trial_seconds)
+        and 0 < t.trial_seconds <= MAX_TRIAL_SECONDS
+        and isinstance(t.boot_id, str | None)
+        and all(v is None or _is_number(v) for v in (t.boot_deadline, t.wall_deadline))
+    )
 
 
 # --- the start-up decision (pure) ------------------------------------------------------------
@@ -335,7 +358,13 @@ class SlotStore:
 
     def load_state(self) -> State:
         """The state; a missing file is a fresh device, an unusable one is reported in
-        ``problem`` and treated as no trial (never an exception)."""
+        ``problem`` and treated as no trial (never an exception). ``highest`` is never
+        below the copy kept in ``highest``."""
+        state = self._load_state()
+        mark = self._read_mark()
+        return replace(state, highest=mark) if mark > state.highest else state
+
+    def _load_state(self) -> State:
         path = self.root / STATE_FILE
         try:
             data = path.read_bytes()
@@ -386,7 +415,17 @@ class SlotStore:
             os.close(fd)
 
     def _write_state(self, state: State) -> None:
+        # The mark is kept twice, so a damaged state file cannot lower it (replay).
+        if state.highest > self._read_mark():
+            atomic_write(self.root / MARK_FILE, f"{state.highest}\n".encode(), mode=0o644)
         atomic_write(self.root / STATE_FILE, state.to_bytes(), mode=0o644)
+
+    def _read_mark(self) -> int:
+        try:
+            text = (self.root / MARK_FILE).read_bytes()[:32].decode("ascii").strip()
+        except (OSError, UnicodeDecodeError):
+            return 0
+        return int(text) if text.isdigit() else 0
 
     def _switch(self, link: str, name: str | None) -> None:
         """Point ``link`` at versions/<name> atomically (or remove it for None)."""
@@ -546,8 +585,8 @@ class SlotStore:
     ) -> None:
         """Put an installed version on trial: the switch. One atomic state write also
         raises the anti-rollback mark, so even a rolled-back number is never taken again."""
-        if attempts < 1 or trial_seconds <= 0:
-            raise ValueError("attempts >= 1 and trial_seconds > 0")
+        if not 1 <= attempts <= 100 or not 0 < trial_seconds <= MAX_TRIAL_SECONDS:
+            raise ValueError(f"attempts 1-100 and trial_seconds in (0, {MAX_TRIAL_SECONDS}]")
         with self._locked():
             if not self.is_complete(name):
                 raise InstallError(f"version {name} is not a complete install")
@@ -572,14 +611,14 @@ class SlotStore:
             plan = decide(disk, clock)
             for note in plan.notes:
                 log.warning("firmware: %s", note)
-            if disk.state.problem or plan.state != disk.state:
+            missing = not (self.root / STATE_FILE).exists()
+            if disk.state.problem or plan.state != disk.state or missing:
                 self._write_state(plan.state)
                 _step("startup-state")
-            if plan.previous != disk.previous and plan.previous is None:
-                self._switch("previous", None)
+            # current first: a kill in between leaves both naming the same version.
             if plan.current != disk.current:
                 self._switch("current", plan.current)
-            if plan.previous != disk.previous and plan.previous is not None:
+            if plan.previous != disk.previous:
                 self._switch("previous", plan.previous)
             self._remove(plan.remove)
             with contextlib.suppress(FileNotFoundError):
@@ -696,6 +735,8 @@ def launch(root: Path, args: Sequence[str], clock: Clock | None = None) -> Plan 
     goes on (None: it was started by a launcher, which already decided)."""
     if os.environ.pop(LAUNCHED_ENV, None) is not None:
         return None
+    # A trial's alarm survives its rollback's re-exec into us: we decide afresh.
+    signal.alarm(0)
     entry = _entry()
     store = SlotStore(root)
     if not store.root.is_dir():
