@@ -267,10 +267,13 @@ def test_install_with_its_own_pip(tmp_path: Path, fw_wheels: dict[str, Path]) ->
 # --- SIGKILL at every step -------------------------------------------------------------------
 
 
-def _drive(root: Path, wheels: Path, kill_at: int, delay: float = 0.0) -> tuple[int, list[str]]:
+def _drive(
+    root: Path, wheels: Path, kill_at: int, delay: float = 0.0, mode: str = "commit"
+) -> tuple[int, list[str]]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "tests.support.fw_driver", root, wheels, str(kill_at), str(delay)],
         cwd=REPO,
+        env={**os.environ, "FW_DRIVER_MODE": mode},
         stdout=subprocess.PIPE,
         text=True,
         start_new_session=True,
@@ -578,3 +581,34 @@ def test_launcher_cancels_a_trials_alarm(tmp_path: Path) -> None:
         check=False,
     )
     assert out.returncode == 0 and "alive" in out.stdout
+
+
+def test_sigkill_while_a_failed_trial_rolls_back(
+    tmp_path: Path, fw_wheels: dict[str, Path]
+) -> None:
+    root = tmp_path / "fw"
+    _committed(root, fw_wheels, "1.0")
+    template = tmp_path / "template"
+    shutil.copytree(root, template, symlinks=True)
+    rc, steps = _drive(root, fw_wheels["2.0"], 0, mode="rollback")
+    assert rc == 0, steps
+    store = SlotStore(root)
+    assert store.link("current") == "1.0" and not (store.versions / "2.0").exists()
+    last = store.load_state().last
+    assert last is not None and last.reason == "health gate failed"
+    first = steps.index("trial-state") + 1
+    assert len(steps) - first >= 4, steps
+    for k in range(first, len(steps) + 1):
+        shutil.rmtree(root)
+        shutil.copytree(template, root, symlinks=True)
+        rc, _ = _drive(root, fw_wheels["2.0"], k, mode="rollback")
+        label = f"rollback killed at step {k} ({steps[k - 1]})"
+        assert rc == -signal.SIGKILL, label
+        ran = _assert_recovers(store, label)
+        assert store.link("current") == "1.0", label
+        last = store.load_state().last
+        if last is not None and last.result == "rolled back":  # 1.0 from now on
+            assert ran == "1.0" and _assert_recovers(store, label) == "1.0", label
+        else:  # killed before the rollback was written: the trial's one attempt is spent
+            assert ran == "1.0" or store.load_state().trial is not None, label
+            assert _assert_recovers(store, label) == "1.0", label

@@ -23,6 +23,18 @@ with atomic symlink renames and clears the trial. docs/protocol.md, reading 33.
 
 Everything here blocks (fsync, subprocesses): call it from a worker thread, not the
 event loop. Stdlib only besides hss_pu.fsutil, so the launcher starts fast.
+
+For the upgrade service::
+
+    store = SlotStore(running_root() or emulated_root(config.storage_dir))
+    store.load_state().highest        # refuse a version number not above it
+    store.install(wheels, name)       # InstallError: nothing the device runs changed
+    store.begin_trial(name, number, trial_seconds=...)   # the switch
+    reexec(sys.argv[1:])              # once the daemon has stopped: through the launcher
+    # in the new version, ``t = store.load_state().trial``; on trial when
+    # ``t and t.name == running_version()`` (deadline: ``t.wall_deadline``); then
+    store.commit(name)  or  store.rollback(name, reason); reexec(...)
+    store.load_state().last           # QueryUpgrade after the restart: result, reason
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
     python -m tests.support.fw_driver ROOT WHEELS KILL_AT [DELAY]
 
 Upgrades ROOT to version 2.0 from WHEELS the way the upgrade service will: install,
-begin_trial, the restart's start-up (one attempt), commit. KILL_AT is a step number
+begin_trial, the restart's start-up (one attempt), commit; with FW_DRIVER_MODE=rollback
+the trial is rolled back instead. KILL_AT is a step number
 (1-based, counted over every step hook call) or 0 for none; at that step the whole
 process group is killed (power loss, or systemd killing the unit's cgroup), after DELAY
 seconds if given (so the kill lands inside the venv or pip child). Prints each step.
@@ -43,9 +44,17 @@ def main() -> int:
     slots.set_step_hook(hook)
     store = slots.SlotStore(root)
     store.install(wheels, "2.0", with_pip=False)
-    store.begin_trial("2.0", 2, trial_seconds=60)
-    store.startup()
-    store.commit("2.0")
+    if os.environ.get("FW_DRIVER_MODE") == "rollback":
+        # The trial fails: its one start, then the health gate's rollback, then a start
+        # that runs the old version again and removes the new one.
+        store.begin_trial("2.0", 2, attempts=1, trial_seconds=60)
+        store.startup()
+        store.rollback("2.0", "health gate failed")
+        store.startup()
+    else:
+        store.begin_trial("2.0", 2, trial_seconds=60)
+        store.startup()
+        store.commit("2.0")
     time.sleep(delay + 1 if delay else 0)
     return 0
 
