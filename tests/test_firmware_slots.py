@@ -612,3 +612,24 @@ def test_sigkill_while_a_failed_trial_rolls_back(
         else:  # killed before the rollback was written: the trial's one attempt is spent
             assert ran == "1.0" or store.load_state().trial is not None, label
             assert _assert_recovers(store, label) == "1.0", label
+
+
+def test_current_removed_by_hand_falls_back_to_previous(
+    tmp_path: Path, fw_wheels: dict[str, Path]
+) -> None:
+    store = _committed(tmp_path / "fw", fw_wheels, "1.0", "2.0")
+    shutil.rmtree(store.versions / "2.0")
+    plan = store.startup()
+    assert (plan.run, store.link("current"), store.link("previous")) == ("1.0", "1.0", None)
+    assert _version_of(store, "current") == "1.0"
+
+
+def test_a_version_damaged_after_its_marker_does_not_stop_the_launcher(
+    tmp_path: Path, fw_wheels: dict[str, Path]
+) -> None:
+    store = _committed(tmp_path / "fw", fw_wheels, "1.0")
+    (store.venv("1.0") / "bin" / "hss-pu").unlink()
+    out = _launch(store.root, tmp_path / "log", 0)
+    assert out.returncode == 0, out.stderr
+    assert "cannot start version 1.0" in out.stderr
+    assert "launcher itself runs 1.0" in out.stdout

@@ -774,8 +774,15 @@ def launch(root: Path, args: Sequence[str], clock: Clock | None = None) -> Plan 
     log.info("firmware: starting version %s", plan.run)
     logging.shutdown()
     exe = str(venv / "bin" / "hss-pu")
-    os.execv(exe, [exe, *args])  # noqa: S606
-    raise AssertionError("unreachable")
+    try:
+        os.execv(exe, [exe, *args])  # noqa: S606
+    except OSError as exc:
+        # Damaged since it was marked complete: this code runs instead (a trial's spent
+        # attempt stays spent, so it is not tried for ever).
+        signal.alarm(0)
+        os.environ.pop(LAUNCHED_ENV, None)
+        log.error("firmware: cannot start version %s (%s): running this code", plan.run, exc)
+    return plan
 
 
 def main(argv: Sequence[str] | None = None) -> int:
