@@ -88,7 +88,6 @@ STATE_LIMIT = 64 * 1024
 MARKER = "COMPLETE"
 LOCK_FILE = ".lock"
 MAX_TRIAL_SECONDS = 86400.0
-MAX_KEPT = 2  # current and previous; everything else committed earlier is pruned
 # Set by the launcher for the version it hands over to, so that version does not spend
 # an attempt again; removed by it at once, so its own re-execs go through the launcher.
 LAUNCHED_ENV = "HSS_PU_LAUNCHED"
