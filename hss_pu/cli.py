@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -265,9 +264,30 @@ def cmd_local(command: dict[str, object], config: Path | None, *, say_error: boo
 
 def _restart() -> None:
     """RebootDevice in daemon mode: the same command again, in the same process (same PID
-    for systemd's Type=notify)."""
-    logging.shutdown()
-    os.execv(sys.executable, [sys.executable, "-m", "hss_pu", *sys.argv[1:]])  # noqa: S606
+    for systemd's Type=notify), through the launcher that started us, so a firmware
+    trial's restart spends an attempt (hss_pu/firmware/slots.py)."""
+    from hss_pu.firmware.slots import reexec
+
+    reexec(sys.argv[1:])
+
+
+def _firmware_handover(argv: list[str], config: Path | None) -> None:
+    """Before the daemon starts: the firmware start-up rules, and an execv into the
+    version they choose if that is not this code. Installed (``make install``): the
+    root this venv lives in; a checkout: ``storage.dir/firmware``, so an emulated camera
+    upgraded once keeps running its upgrade (remove that directory to run the checkout)."""
+    from hss_pu.firmware.slots import emulated_root, launch, running_root
+
+    root = running_root()
+    if root is None:
+        if config is None:
+            root = emulated_root(embedded_storage() / "pu")
+        else:
+            try:
+                root = emulated_root(load_config(config).storage_dir)
+            except SchemaError:
+                return  # reported by the run itself
+    launch(root, argv)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -297,6 +317,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cmd_local(req, args.config, say_error=True)
     if args.command == "run":
         import asyncio
+
+        _firmware_handover(argv, args.config)
 
         coro = (
             _run_file(args.config, args.log_level) if args.config else _run_embedded(args.log_level)

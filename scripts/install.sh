@@ -10,8 +10,9 @@
 #                 (DIR/etc/passwd, DIR/etc/hss-pu/config.toml, ...); for tests
 #   PYTHON=...    the interpreter the venv is built on (default /usr/bin/python3)
 #
-# Re-running it upgrades the code and the unit and keeps /etc/hss-pu/config.toml
-# and /var/lib/hss-pu. Exit status: 0 when installed (started, or waiting for a
+# Re-running it installs the code as a new /opt/hss-pu/versions/<version>, switches
+# /opt/hss-pu/current to it (the one before stays as previous), upgrades the unit, and
+# keeps /etc/hss-pu/config.toml and /var/lib/hss-pu. Exit status: 0 when installed (started, or waiting for a
 # freshly installed config to be edited), 1 on error or when an existing config
 # fails `hss-pu check-config` (the service is then not restarted).
 set -euo pipefail
@@ -219,21 +220,19 @@ fi
 
 # --- code ----------------------------------------------------------------------
 
+# Every install is a new version directory, /opt/hss-pu/versions/<name>, with its own
+# venv; the unit runs /opt/hss-pu/current, a link switched only once the new version is
+# complete (docs/protocol.md, reading 33). The daemon, as hss-pu, installs later versions
+# the same way (firmware upgrade), so it owns the tree.
+"$PYTHON" -c 'import venv, ensurepip' 2>/dev/null \
+    || die "$PYTHON cannot create a venv: apt-get install python3-venv"
+VERSION=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$SRC/hss_pu/__init__.py")
+[ -n "$VERSION" ] || die "$SRC/hss_pu/__init__.py names no __version__"
+NEW_NAME="$VERSION+local.$(date -u +%Y%m%d%H%M%S)"
+NEW=$OPT/versions/$NEW_NAME
+run install -d -m 0755 -o "$NAME" -g "$NAME" "$ROOT$OPT" "$ROOT$OPT/versions"
 # --system-site-packages: on Raspberry Pi OS picamera2 and lgpio come from apt.
-if [ -x "$ROOT$VENV/bin/python" ] && python_ok "$ROOT$VENV/bin/python"; then
-    say "keeping the virtual environment $VENV"
-else
-    if [ -e "$ROOT$VENV" ]; then
-        # A Python upgrade (3.11 -> 3.12) leaves a venv that no longer runs.
-        say "$VENV is unusable: recreating it"
-        run "$PYTHON" -m venv --clear --system-site-packages "$ROOT$VENV"
-    else
-        "$PYTHON" -c 'import venv, ensurepip' 2>/dev/null \
-            || die "$PYTHON cannot create a venv: apt-get install python3-venv"
-        run install -d -m 0755 "$ROOT$OPT"
-        run "$PYTHON" -m venv --system-site-packages "$ROOT$VENV"
-    fi
-fi
+run "$PYTHON" -m venv --system-site-packages "$ROOT$NEW/venv"
 
 target=$SRC
 if is_pi; then
@@ -241,7 +240,21 @@ if is_pi; then
     target="${SRC}[pi]"
 fi
 # Not editable: the service keeps working when the checkout is moved or deleted.
-run "$ROOT$VENV/bin/python" -m pip install --disable-pip-version-check --upgrade "$target"
+run "$ROOT$NEW/venv/bin/python" -m pip install --disable-pip-version-check "$target"
+run "$ROOT$NEW/venv/bin/hss-pu" --version
+run chown -R "$NAME:$NAME" "$ROOT$NEW"
+# fsync, the COMPLETE marker, current -> it (previous -> the one before), state.json;
+# older versions are removed. As hss-pu, so what it writes is the daemon's.
+adopt=("$NEW/venv/bin/python" -m hss_pu.firmware.slots adopt "$OPT" "$NEW_NAME")
+if command -v runuser >/dev/null; then
+    adopt=(runuser -u "$NAME" -- "${adopt[@]}")
+fi
+run "${adopt[@]}"
+if [ -e "$ROOT$VENV" ]; then
+    # The layout before versions/: one venv the unit ran directly.
+    note "the old single venv is replaced by $OPT/current"
+    run rm -rf "$ROOT$VENV"
+fi
 if [ -f "$SRC/docs/systemd.md" ]; then
     # The unit's Documentation= points here.
     run install -D -m 0644 "$SRC/docs/systemd.md" "$ROOT$OPT/docs/systemd.md"
@@ -274,7 +287,7 @@ if systemd_running || [ "$DRY_RUN" = 1 ]; then
 fi
 
 # As the service user, so an unreadable config is caught here and not at start.
-check=("$VENV/bin/hss-pu" check-config "$CONFIG")
+check=("$OPT/current/venv/bin/hss-pu" check-config "$CONFIG")
 if command -v runuser >/dev/null; then
     check=(runuser -u "$NAME" -- "${check[@]}")
 fi
@@ -307,7 +320,7 @@ fi
 say "$CONFIG does not pass check-config:"
 printf '%s\n' "$output" | sed 's/^/    /' >&2
 say "edit it (sudoedit $CONFIG), check it with"
-say "    sudo -u $NAME $VENV/bin/hss-pu check-config $CONFIG"
+say "    sudo -u $NAME $OPT/current/venv/bin/hss-pu check-config $CONFIG"
 say "then start the service with"
 say "    sudo systemctl enable --now $NAME"
 if [ "$FRESH_CONFIG" = 1 ]; then

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -85,6 +86,15 @@ def _make_pi(r: Path, *, user: bool) -> None:
         )
 
 
+SLOT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")  # hss_pu.firmware.slots
+
+
+def _version_name(text: str, root: Path) -> str:
+    match = re.search(re.escape(f"{root}/opt/hss-pu/versions/") + r"([^/\s]+)/venv", text)
+    assert match, text
+    return match.group(1)
+
+
 def test_script_is_executable_and_parses() -> None:
     # `make install` runs it directly.
     assert os.access(SCRIPT, os.X_OK)
@@ -102,7 +112,6 @@ def test_shellcheck_clean() -> None:
 def test_fresh_install_plan(root: Path) -> None:
     plan = _plan(root)
     assert plan.returncode == 0, plan.stderr
-    venv = f"{root}/opt/hss-pu/venv"
 
     assert plan.has("groupadd", "--system", "hss-pu")
     useradd = plan.commands[plan.index("useradd")]
@@ -117,12 +126,29 @@ def test_fresh_install_plan(root: Path) -> None:
     assert plan.has("cat", ">", dropin)
     assert "SupplementaryGroups=\nSupplementaryGroups=video\nEOF" in plan.stdout
 
-    venv_cmd = plan.commands[plan.index(sys.executable, "-m", "venv")]
+    # A new version directory, complete before current is switched to it (reading 33).
+    owned = plan.index(
+        "install", "-d", "-m", "0755", "-o", "hss-pu", "-g", "hss-pu", f"{root}/opt/hss-pu"
+    )
+    assert plan.commands[owned][-1] == f"{root}/opt/hss-pu/versions"
+    venv_i = plan.index(sys.executable, "-m", "venv")
+    venv_cmd = plan.commands[venv_i]
     assert "--system-site-packages" in venv_cmd
-    assert venv_cmd[-1] == venv
-    pip = plan.commands[plan.index(f"{venv}/bin/python", "-m", "pip", "install")]
+    name = _version_name(venv_cmd[-1], root)
+    version = f"{root}/opt/hss-pu/versions/{name}"
+    assert venv_cmd[-1] == f"{version}/venv"
+    pip_i = plan.index(f"{version}/venv/bin/python", "-m", "pip", "install")
+    pip = plan.commands[pip_i]
     assert pip[-1] == str(REPO)  # not a Pi: no [pi] extra
     assert "-e" not in pip and "--editable" not in pip
+    smoke = plan.index(f"{version}/venv/bin/hss-pu", "--version")
+    chown = plan.index("chown", "-R", "hss-pu:hss-pu", version)
+    adopt = next(
+        i
+        for i, argv in enumerate(plan.commands)
+        if argv[-4:] == ["hss_pu.firmware.slots", "adopt", "/opt/hss-pu", name]
+    )
+    assert owned < venv_i < pip_i < smoke < chown < adopt
 
     unit = plan.index(
         "install",
@@ -150,11 +176,12 @@ def test_fresh_install_plan(root: Path) -> None:
     check = next(
         i
         for i, argv in enumerate(plan.commands)
-        if argv[-3:] == ["/opt/hss-pu/venv/bin/hss-pu", "check-config", "/etc/hss-pu/config.toml"]
+        if argv[-2:] == ["check-config", "/etc/hss-pu/config.toml"]
     )
     enable = plan.index("systemctl", "enable", "--now", "hss-pu.service")
     assert plan.index("useradd") < etc < config
-    assert unit < reload < check < enable
+    assert adopt < unit < reload < check < enable
+    assert plan.commands[check][-3] == "/opt/hss-pu/current/venv/bin/hss-pu"
     # check-config runs as the service user where runuser exists.
     if shutil.which("runuser"):
         assert plan.commands[check][:4] == ["runuser", "-u", "hss-pu", "--"]
@@ -168,7 +195,8 @@ def test_raspberry_pi_plan(root: Path) -> None:
     for cmd in ("groupadd", "useradd", "usermod"):
         assert not plan.has(cmd), cmd
     assert "50-install-groups.conf" not in plan.stdout
-    pip = plan.commands[plan.index(f"{root}/opt/hss-pu/venv/bin/python", "-m", "pip")]
+    pip = next(a for a in plan.commands if a[1:4] == ["-m", "pip", "install"])
+    assert pip[0].startswith(f"{root}/opt/hss-pu/versions/")
     assert pip[-1] == f"{REPO}[pi]"
 
 
@@ -180,11 +208,12 @@ def test_pi_without_user_joins_both_groups(root: Path) -> None:
     assert "50-install-groups.conf" not in plan.stdout
 
 
-def test_upgrade_keeps_config_and_venv(root: Path) -> None:
+def test_upgrade_is_a_new_version_and_keeps_config(root: Path) -> None:
     _make_pi(root, user=True)
-    bin_dir = root / "opt" / "hss-pu" / "venv" / "bin"
-    bin_dir.mkdir(parents=True)
-    (bin_dir / "python").symlink_to(sys.executable)
+    # Installed before versions/ existed: one venv the unit ran directly.
+    old_venv = root / "opt" / "hss-pu" / "venv"
+    (old_venv / "bin").mkdir(parents=True)
+    (old_venv / "bin" / "python").symlink_to(sys.executable)
     config = root / "etc" / "hss-pu" / "config.toml"
     config.parent.mkdir(parents=True)
     config.write_text("# edited by the owner\n")
@@ -195,12 +224,12 @@ def test_upgrade_keeps_config_and_venv(root: Path) -> None:
 
     plan = _plan(root)
     assert plan.returncode == 0, plan.stderr
-    assert not any("venv" in argv for argv in plan.commands)
     assert not any(argv[-1] == str(config) for argv in plan.commands)
     assert "keeping the existing /etc/hss-pu/config.toml" in plan.stderr
     assert plan.has("rm", "-f", str(dropin))
-    # The code and the unit are still upgraded.
-    assert plan.has(f"{bin_dir}/python", "-m", "pip", "install")
+    # The code goes into a new version; the old venv goes once current points at it.
+    adopt = next(i for i, a in enumerate(plan.commands) if "adopt" in a)
+    assert plan.index("rm", "-rf", str(old_venv)) > adopt
     assert plan.has("install", "-D", "-m", "0644", f"{REPO}/systemd/hss-pu.service")
     assert plan.has("systemctl", "try-restart", "hss-pu.service")
     # State lives in /var/lib/hss-pu (StateDirectory=); the installer never touches it.
@@ -209,12 +238,10 @@ def test_upgrade_keeps_config_and_venv(root: Path) -> None:
     )
 
 
-def test_unusable_venv_is_recreated(root: Path) -> None:
-    (root / "opt" / "hss-pu" / "venv" / "bin").mkdir(parents=True)
-    plan = _plan(root)
-    assert plan.returncode == 0, plan.stderr
-    venv_cmd = plan.commands[plan.index(sys.executable, "-m", "venv")]
-    assert "--clear" in venv_cmd and "--system-site-packages" in venv_cmd
+def test_version_name_is_a_slot_name(root: Path) -> None:
+    name = _version_name(_plan(root).stdout, root)
+    assert name.startswith("0.1.0+local.")
+    assert SLOT_NAME.fullmatch(name)
 
 
 def test_dry_run_touches_nothing(root: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "hss-pu.service"
-EXEC_START = "/opt/hss-pu/venv/bin/hss-pu run --config /etc/hss-pu/config.toml"
+EXEC_START = "/opt/hss-pu/current/venv/bin/hss-pu run --config /etc/hss-pu/config.toml"
 # Measured 1.5 with systemd 252 (docs/systemd.md); headroom for other versions'
 # weights, but a dropped hardening line shows up.
 MAX_EXPOSURE = 2.0
@@ -76,6 +76,8 @@ def test_identity_and_directories(service: dict[str, list[str]]) -> None:
     assert _one(service, "StateDirectoryMode") == "0750"
     assert _one(service, "ConfigurationDirectory") == "hss-pu"
     assert _one(service, "UMask") == "0077"
+    # Firmware upgrades write versions, links and state there (ProtectSystem=strict).
+    assert _one(service, "ReadWritePaths") == "/opt/hss-pu"
 
 
 def test_hardening(service: dict[str, list[str]]) -> None:
@@ -155,7 +157,7 @@ def _copy_with_true(tmp_path: Path, text: str | None = None) -> Path:
     """The unit, with ExecStart pointing at a binary that exists here."""
     body = UNIT.read_text() if text is None else text
     rewritten = body.replace(
-        "ExecStart=/opt/hss-pu/venv/bin/hss-pu ", f"ExecStart={shutil.which('true')} "
+        "ExecStart=/opt/hss-pu/current/venv/bin/hss-pu ", f"ExecStart={shutil.which('true')} "
     )
     assert rewritten != body
     copy = tmp_path / UNIT.name
@@ -175,12 +177,12 @@ def test_verify_as_shipped_only_misses_the_binary(tmp_path: Path) -> None:
     """Unrewritten, the one tolerated complaint is the venv absent on this host."""
     result = _analyze("verify", str(UNIT), cwd=tmp_path)
     complaints = _complaints(result.stdout + result.stderr, UNIT.name)
-    if Path("/opt/hss-pu/venv/bin/hss-pu").exists():
+    if Path("/opt/hss-pu/current/venv/bin/hss-pu").exists():
         assert complaints == []
     else:
         assert complaints, "expected systemd-analyze to notice the missing ExecStart binary"
         for line in complaints:
-            assert "/opt/hss-pu/venv/bin/hss-pu is not executable" in line, line
+            assert "/opt/hss-pu/current/venv/bin/hss-pu is not executable" in line, line
 
 
 @needs_analyze
