@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from hss_pu.fsutil import atomic_write
 from hss_pu.reference_platform.http import Request, Response, json_response
+from hss_pu.reference_platform.ticker import Ticker
 from hss_pu.wire.alarms import ALARM_KINDS
 from hss_pu.wire.vd import AlarmNotifyParams, Code, RpcError
 
@@ -40,7 +41,6 @@ __all__ = [
     "AlarmPicture",
     "AlarmStore",
     "BadPicture",
-    "Ticker",
     "check_jpeg",
     "jpeg_dimensions",
 ]
@@ -186,29 +186,6 @@ class Alarm:
             "session_id": self.session_id,
             "stale": self.stale,
         }
-
-
-class Ticker:
-    """Wakes everyone waiting for a change (a new event per change, as VdServer does)."""
-
-    def __init__(self) -> None:
-        self._event = asyncio.Event()
-
-    def notify(self) -> None:
-        self._event.set()
-        self._event = asyncio.Event()
-
-    async def wait_for(self, check: Callable[[], Any], timeout: float, what: str) -> Any:
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    event = self._event
-                    found = check()
-                    if found is not None and found is not False:
-                        return found
-                    await event.wait()
-        except TimeoutError:
-            raise TimeoutError(f"{what} within {timeout:g} s") from None
 
 
 def _error(status: int, text: str) -> Response:

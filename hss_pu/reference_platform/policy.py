@@ -34,8 +34,9 @@ from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlencode
 
 if TYPE_CHECKING:
-    from hss_pu.reference_platform.alarms import Alarm, Ticker
+    from hss_pu.reference_platform.alarms import Alarm
     from hss_pu.reference_platform.options import PlatformOptions
+    from hss_pu.reference_platform.ticker import Ticker
     from hss_pu.wire.vd import Reply
 
 __all__ = ["NOT_RECORDED", "AlarmPolicy", "AlarmRecording", "RecordingState"]

@@ -24,7 +24,7 @@ from typing import Any
 
 from hss_pu.fsutil import atomic_write
 from hss_pu.reference_platform.admin import AdminApi
-from hss_pu.reference_platform.alarms import PIC_PREFIX, Alarm, AlarmPicture, AlarmStore, Ticker
+from hss_pu.reference_platform.alarms import PIC_PREFIX, Alarm, AlarmPicture, AlarmStore
 from hss_pu.reference_platform.hibernation import HibernationServer
 from hss_pu.reference_platform.http import HttpServer, Request, Response, json_response
 from hss_pu.reference_platform.live import LiveReceiver, free_udp_port
@@ -32,6 +32,7 @@ from hss_pu.reference_platform.media import MEDIA_PREFIX, MediaRequest, MediaSto
 from hss_pu.reference_platform.options import PlatformOptions
 from hss_pu.reference_platform.pki import Pki, ensure_pki
 from hss_pu.reference_platform.policy import AlarmPolicy, AlarmRecording, RecordingState
+from hss_pu.reference_platform.ticker import Ticker
 from hss_pu.reference_platform.vd import LoginRecord, Record, ReplyRecord, VdServer
 from hss_pu.reference_platform.vr import (
     CSEG_PREFIX,

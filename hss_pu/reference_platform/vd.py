@@ -23,6 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request as WsRequest
 from websockets.http11 import Response as WsResponse
 
+from hss_pu.reference_platform.ticker import Ticker
 from hss_pu.wire.vd import (
     MESSAGES,
     AlarmNotifyParams,
@@ -154,7 +155,7 @@ class VdServer:
         self._failures: dict[str, int] = {}  # known device ids only: bounded
         self._locked_until: dict[str, float] = {}  # monotonic time
         self._next_index = 0
-        self._tick = asyncio.Event()
+        self._ticker = Ticker()
         self._closers: set[asyncio.Task[None]] = set()
         # AlarmNotify: (device id, its params) -> the reply body; RpcError refuses it.
         self.on_alarm: Callable[[str, AlarmNotifyParams], dict[str, Any]] | None = None
@@ -222,21 +223,10 @@ class VdServer:
         return b[0] if b else None
 
     def _notify(self) -> None:
-        # Waiters hold the old event; a new one is armed for the next change.
-        self._tick.set()
-        self._tick = asyncio.Event()
+        self._ticker.notify()
 
     async def _wait_for(self, check: Callable[[], Any], timeout: float, what: str) -> Any:
-        try:
-            async with asyncio.timeout(timeout):
-                while True:
-                    tick = self._tick
-                    found = check()
-                    if found is not None and found is not False:
-                        return found
-                    await tick.wait()
-        except TimeoutError:
-            raise TimeoutError(f"{what} within {timeout:g} s") from None
+        return await self._ticker.wait_for(check, timeout, what)
 
     async def wait_online(self, device_id: str, timeout: float = 10.0) -> None:
         await self._wait_for(

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from hss_pu.fsutil import atomic_write
 from hss_pu.media.tscheck import check_ts
 from hss_pu.reference_platform.http import MAX_BODY, AbortConnection, Request, Response
+from hss_pu.reference_platform.ticker import Ticker
 from hss_pu.wire.vr import (
     CONTENT_TYPE_FORM,
     CreateRequest,
@@ -332,7 +333,7 @@ class VrServer:
         self._pending: dict[str, _Pending] = {}  # insertion order = creation order
         self._saved: dict[str, VrSegment] = {}  # recent saves, for idempotent save retries
         self._counter = itertools.count(1)
-        self._tick = asyncio.Event()
+        self._ticker = Ticker()
         self._closing = asyncio.Event()
 
     # --- for tests --------------------------------------------------------------------
@@ -367,17 +368,17 @@ class VrServer:
 
     async def wait_segments(self, channel: int, n: int, timeout: float = 10.0) -> list[VrSegment]:
         """The channel's saved segments once there are at least ``n`` (n <= MAX_RECORDS)."""
+        segs = self.segments[channel]
         try:
-            async with asyncio.timeout(timeout):
-                while len(self.segments[channel]) < n:
-                    tick = self._tick
-                    await tick.wait()
+            found: list[VrSegment] = await self._ticker.wait_for(
+                lambda: list(segs) if len(segs) >= n else None, timeout, "segments"
+            )
         except TimeoutError:
-            got = len(self.segments[channel])
+            got = len(segs)
             raise TimeoutError(
                 f"channel {channel}: {got} of {n} segments saved within {timeout:g} s"
             ) from None
-        return list(self.segments[channel])
+        return found
 
     def session_segments(self, session: str) -> list[VrSegment]:
         """The saved segments created on a cbk_url tagged ``?session=<session>``, by start."""
@@ -389,8 +390,7 @@ class VrServer:
         self._closing.set()
 
     def _notify(self) -> None:
-        self._tick.set()
-        self._tick = asyncio.Event()
+        self._ticker.notify()
 
     # --- dispatch ------------------------------------------------------------------------
 
