@@ -20,6 +20,13 @@ Plain HTTP on loopback, guarded by a bearer token that only the owner of platfor
   the platform's clip ``name`` (default ``tone-5s.m4a``; see reference_platform.media);
   404 no such clip or device offline. CtrlVideo and QueryVideoStatus go through
   ``/admin/event`` and ``/admin/call``.
+- ``POST /admin/firmware`` ``{"path"}`` -> 200 ``{"name", "url"}``: copy the bundle file
+  at ``path`` (absolute, on the platform's host) into the platform's store and say where
+  devices download it (``/firmware/<name>`` on the HTTPS port, Range served; see
+  reference_platform.firmware); 400 not an absolute path to a regular file.
+- ``GET /admin/firmware/requests?name=NAME&last=K`` -> ``{"requests": [...]}``: the
+  downloads of bundles (``FirmwareRequest.to_json``: Range asked, status, bytes sent,
+  complete), oldest first; ``name``: of that bundle only; ``last``: the K most recent.
 - ``GET /admin/sleeping`` -> ``{"sleeping": [{"id", "peer", "since", "heartbeats",
   "last_heartbeat_age"}]}``: devices hibernating on the hibernation server.
 - ``POST /admin/wake`` ``{"device", "wait"?}`` -> 200 ``{"seconds"}``: TOWAKEUP, then
@@ -40,12 +47,14 @@ Every failure is ``{"info": TEXT}`` (wire-notes' error body); 401 without the to
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hmac
 import json
 import logging
 import math
 from collections.abc import Awaitable, Callable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hss_pu.reference_platform.http import Request, Response, json_response
@@ -54,6 +63,7 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from hss_pu.reference_platform.alarms import AlarmStore
+    from hss_pu.reference_platform.firmware import FirmwareStore
     from hss_pu.reference_platform.hibernation import HibernationServer
     from hss_pu.reference_platform.policy import AlarmPolicy
     from hss_pu.reference_platform.vd import VdServer
@@ -125,7 +135,9 @@ class AdminApi:
         call: Call | None = None,
         hibernation: HibernationServer | None = None,
         wake: Callable[..., Awaitable[float]] | None = None,
+        firmware: FirmwareStore | None = None,
     ) -> None:
+        self.firmware = firmware
         self.logs = logs
         self.play = play  # (device, channel, clip name) -> the URL sent; LookupError
         self.vd = vd
@@ -158,6 +170,8 @@ class AdminApi:
             "/admin/play": ("POST", self._play),
             "/admin/sleeping": ("GET", self._sleeping),
             "/admin/wake": ("POST", self._wake),
+            "/admin/firmware": ("POST", self._add_firmware),
+            "/admin/firmware/requests": ("GET", self._firmware_requests),
         }
         route = routes.get(req.path)
         if route is None:
@@ -293,6 +307,34 @@ class AdminApi:
         except ConnectionError as exc:
             return _info(502, str(exc))
         return _json(200, {"seconds": round(seconds, 3)})
+
+    async def _add_firmware(self, req: Request) -> Response:
+        path = _str(_body(req), "path")
+        if not path.startswith("/"):
+            raise _BadRequest(
+                "path must be absolute (the platform's working directory is not yours)"
+            )
+        if self.firmware is None:
+            return _info(404, "this platform serves no firmware")
+        try:
+            name = await asyncio.to_thread(self.firmware.add, Path(path))
+        except (OSError, ValueError) as exc:
+            raise _BadRequest(f"cannot add {path}: {exc}") from None
+        log.info("admin: firmware %s added as %s", path, name)
+        return _json(200, {"name": name, "url": self.firmware.url_for(name)})
+
+    async def _firmware_requests(self, req: Request) -> Response:
+        q = req.query
+        try:
+            last = int(q.get("last", "0"))
+        except ValueError:
+            raise _BadRequest("last must be an integer") from None
+        if last < 0:
+            raise _BadRequest("last must be >= 0")
+        reqs = list(self.firmware.requests) if self.firmware else []
+        if q.get("name"):
+            reqs = [r for r in reqs if r.name == q["name"]]
+        return _json(200, {"requests": [r.to_json() for r in (reqs[-last:] if last else reqs)]})
 
     async def _vr_segments(self, req: Request) -> Response:
         q = req.query

@@ -62,7 +62,17 @@ def json_response(status: int, body: bytes) -> Response:
 
 class AbortConnection(Exception):
     """Raised by a handler: drop the connection without a response (a platform that
-    vanished mid-request), rather than answer."""
+    vanished mid-request), rather than answer; raised by a response's stream: drop it
+    after the bytes sent so far (they reach the peer first), with no clean end."""
+
+
+async def _flushed(writer: asyncio.StreamWriter, limit: float = 2.0) -> None:
+    """Wait (up to ``limit`` s) until the transport has handed every byte to the kernel,
+    so an abort cuts the body exactly where the stream stopped."""
+    deadline = time.monotonic() + limit
+    # Polled: the transport signals only crossing its high/low marks, not "empty".
+    while writer.transport.get_write_buffer_size() > 0 and time.monotonic() < deadline:  # noqa: ASYNC110
+        await asyncio.sleep(0.005)
 
 
 Handler = Callable[[Request], Awaitable[Response]]
@@ -116,7 +126,13 @@ class HttpServer:
                 except Exception:
                     log.exception("handler failed for %s %s", req.method, req.path)
                     resp = json_response(500, b'{"info": "internal error"}')
-                await self._send(conn, writer, resp)
+                try:
+                    await self._send(conn, writer, resp)
+                except AbortConnection as exc:  # raised by a stream: cut it mid-body
+                    log.debug("aborting the response to %s: %s", peer, exc)
+                    await _flushed(writer)
+                    writer.transport.abort()
+                    return
                 if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
                     return
                 conn.start_next_cycle()

@@ -25,6 +25,7 @@ from typing import Any
 from hss_pu.fsutil import atomic_write
 from hss_pu.reference_platform.admin import AdminApi
 from hss_pu.reference_platform.alarms import PIC_PREFIX, Alarm, AlarmPicture, AlarmStore
+from hss_pu.reference_platform.firmware import FIRMWARE_PREFIX, FirmwareRequest, FirmwareStore
 from hss_pu.reference_platform.hibernation import HibernationServer
 from hss_pu.reference_platform.http import HttpServer, Request, Response, json_response
 from hss_pu.reference_platform.live import LiveReceiver, free_udp_port
@@ -49,6 +50,7 @@ __all__ = [
     "Alarm",
     "AlarmPicture",
     "AlarmRecording",
+    "FirmwareRequest",
     "LogUpload",
     "LoginRecord",
     "MediaRequest",
@@ -142,6 +144,8 @@ class ReferencePlatform:
         )
         self._vd.on_alarm = self._on_alarm
         self.media = MediaStore(options.state_dir / "media")
+        # Bundles for UpgradeFirmware at /firmware/<name>, with Range and test faults.
+        self.firmware = FirmwareStore(options.state_dir / "firmware", lambda: self.schedule_url)
         self.hibernation: HibernationServer | None = None
         if options.hibernation_port is not None:
             self.hibernation = HibernationServer(lambda: options.devices, options.hb_token)
@@ -191,7 +195,7 @@ class ReferencePlatform:
                 api = AdminApi(
                     self._vd, self.vr, self.admin_token, self.alarm_store, self.alarm_policy,
                     logs=self.fetch_logs,
-                    play=self._admin_play,
+                    play=self._admin_play, firmware=self.firmware,
                     call=self.call, hibernation=self.hibernation, wake=self.wake,
                 )  # fmt: skip
                 self._admin = HttpServer(api.handle, None)
@@ -525,6 +529,8 @@ class ReferencePlatform:
             return await self._handle_log(req)
         if req.path.startswith(MEDIA_PREFIX):
             return await self.media.handle(req)
+        if req.path.startswith(FIRMWARE_PREFIX):
+            return await self.firmware.handle(req)
         if req.path.startswith(PIC_PREFIX):
             return await self.alarm_store.handle_put(req)
         if req.path.startswith((CSEG_PREFIX, SEG_PREFIX)):
