@@ -25,6 +25,7 @@ from hss_pu.clients.vd import RPC_TIMEOUT, VdSession
 from hss_pu.clock import OffsetClock
 from hss_pu.config import CameraSection, Config
 from hss_pu.errors import InvalidParam, NotSupported
+from hss_pu.firmware.slots import SlotStore, emulated_root, running_root, running_version
 from hss_pu.fsutil import atomic_write, ensure_private_dir
 from hss_pu.hw import Board, GpioUnavailable
 from hss_pu.hw.battery import BatteryError, EmulatedBattery, open_source
@@ -39,7 +40,7 @@ from hss_pu.sdnotify import SdNotifier
 from hss_pu.services.alarms import AlarmService
 from hss_pu.services.autoreboot import AutoReboot
 from hss_pu.services.camera import CameraService, settings_for
-from hss_pu.services.channels import ChannelRegistry, camera_state
+from hss_pu.services.channels import ONLINE, ChannelRegistry, camera_state
 from hss_pu.services.control import DeviceContext, Dispatcher
 from hss_pu.services.devconfig import DevConfigStore
 from hss_pu.services.disk import PROTECTED_PATHS, DiskService
@@ -56,8 +57,10 @@ from hss_pu.services.ptz import PtzService
 from hss_pu.services.record import RecordService
 from hss_pu.services.snapshot import SnapshotService
 from hss_pu.services.spool import Spool
+from hss_pu.services.upgrade import UpgradeService, installed_model
 from hss_pu.services.uploader import Uploader
 from hss_pu.tasks import TaskSet
+from hss_pu.wire.firmware import trusted_keys
 from hss_pu.wire.vd import BindParams, KeepaliveParams
 
 __all__ = ["STOP_TIMEOUT", "Daemon"]
@@ -101,6 +104,13 @@ class Daemon:
         rpc_timeout: float = RPC_TIMEOUT,
         start_media: bool = True,
     ) -> None:
+        # The slot root of installed versions (issue 12): the one this venv lives in, or
+        # the emulated layout under storage.dir; a bundle's version reports its model.
+        self.slots = SlotStore(running_root() or emulated_root(config.storage_dir))
+        model = installed_model(self.slots, running_version())
+        if model is not None:
+            profile = msgspec.structs.replace(config.profile, installed_firmware=model)
+            config = msgspec.structs.replace(config, profile=profile)
         self.config = config
         self.rpc_timeout = rpc_timeout
         self.start_media = start_media
@@ -126,6 +136,7 @@ class Daemon:
         self.ptz: PtzService | None = None
         self.power: PowerService | None = None  # a profile with a battery
         self.hibernation: HibernationService | None = None  # battery profiles' sleep
+        self.upgrade: UpgradeService | None = None
         self._hw_error: str | None = None
         # ``hss-pu sensor NAME``: the board's inputs (and whoever else adds an entry).
         self.sensors: dict[str, SensorDriver] = {}
@@ -186,16 +197,17 @@ class Daemon:
         self._stop.set()
 
     def _upgraded_at(self, storage: Path) -> float:
-        """When this hss-pu version first ran here: DevStatus's last_upgrade_datetime."""
+        """When this firmware first ran here: DevStatus's last_upgrade_datetime."""
+        model = self.config.profile.firmware_model
         path = storage / FIRMWARE_STATE
         try:
             st = msgspec.json.decode(path.read_bytes(), type=_FirmwareState)
-            if st.version == __version__:
+            if st.version == model:
                 return st.since
         except (OSError, msgspec.DecodeError, msgspec.ValidationError):
             pass
         now = self.clock.now()
-        atomic_write(path, msgspec.json.encode(_FirmwareState(__version__, now)))
+        atomic_write(path, msgspec.json.encode(_FirmwareState(model, now)))
         return now
 
     async def _run(self) -> int:
@@ -238,6 +250,7 @@ class Daemon:
         devconfig = DevConfigStore(self.config)
         services = self._media_services(devconfig.get())
         services.playback = self.playback = await self._playback_service(storage)
+        services.upgrade = self.upgrade = upgrade = await self._upgrade_service(storage)
         ctx = DeviceContext(
             config=self.config,
             clock=self.clock,
@@ -290,6 +303,7 @@ class Daemon:
         self._spawn(self.notifier.watchdog_loop(), "watchdog")
         self._spawn(link.run(), "platform-link", forever=True)
         self._spawn(hibernation.run(), "hibernation", forever=True)
+        self._spawn(upgrade.gate(), "firmware-trial")
         self.autoreboot = AutoReboot(devconfig, self.clock.now, self._reboot_device, storage)
         self._spawn(self.autoreboot.run(), "auto-reboot", forever=True)
         if self.record is not None:
@@ -312,6 +326,7 @@ class Daemon:
             await self.snapshot.close()
         if self.playback is not None:
             await self.playback.close()
+        await upgrade.close()
         if self.ptz is not None:
             await self.ptz.close()
         if self.power is not None:
@@ -563,6 +578,56 @@ class Daemon:
             return None
         return svc
 
+    async def _upgrade_service(self, storage: Path) -> UpgradeService:
+        """UpgradeFirmware/QueryUpgrade: bundles staged under storage.dir, checked against
+        upgrade.trusted_keys, installed into the slot root, and this process's trial."""
+        c = self.config
+        http = platform_http(
+            c.device.mac, c.ca_file, trust=Trust.UPLOADS, timeout=60.0, connect_timeout=15.0,
+            guard=self.url_guard,
+        )  # fmt: skip
+        up = c.doc.upgrade
+        svc = UpgradeService(
+            store=self.slots,
+            staging=storage / "upgrade",
+            http=http,
+            guard=self.url_guard,
+            trusted=trusted_keys(c.trusted_keys),
+            threshold=up.threshold,
+            hardware_model=c.profile.hardware_model,
+            running_model=c.profile.firmware_model,
+            running_version=running_version(),
+            trial_seconds=up.trial_seconds,
+            now=self.clock.now,
+            restart=self._restart,
+            healthy=self._health,
+            backoff=lambda n: min(30.0, 2.0**n) * c.platform.backoff_scale,
+        )
+        try:
+            await svc.start()
+        except OSError as exc:
+            log.error("firmware: %s is not usable (%s)", self.slots.root, exc)
+        if not svc.ready:
+            log.info("firmware: no upgrade.trusted_keys: UpgradeFirmware will be refused")
+        return svc
+
+    def _health(self) -> str | None:
+        """What a firmware trial still lacks to be committed (None: nothing)."""
+        link = self.link
+        if link is None or link.logins == 0:
+            return "no Vd login"
+        if link.keepalives_answered == 0:
+            return "no Keepalive answered"
+        for cid, media in self.media.items():
+            if media.enabled and camera_state(media) != ONLINE:
+                return f"camera ch{cid} not open ({media.stats.state})"
+        return None
+
+    def _restart(self) -> None:
+        """Stop, then start again through the launcher (cli.py: EXIT_RESTART)."""
+        self.restart_requested = True
+        self._stop.set()
+
     def _alarm_service(self, devconfig: DevConfigStore, link: PlatformLink) -> AlarmService:
         """Alarms follow the configuration document, go out through the link (queued
         while offline) and upload their pictures under the URL-safety rules."""
@@ -663,11 +728,17 @@ class Daemon:
             out.append("formatting the recording store")
         if self.ptz is not None and self.ptz.motion is not None:
             out.append("PTZ moving")
+        if self.upgrade is not None and self.upgrade.active:
+            out.append("firmware upgrade")
         return out
 
     def _keepalive(self) -> KeepaliveParams:
+        # state 2: upgrading, from the start of the install to the commit (wire-notes).
+        upgrading = self.upgrade is not None and self.upgrade.busy
         return KeepaliveParams(
-            mac_id=self.config.device.mac, state=1, channels=self.channels.next_keepalive()
+            mac_id=self.config.device.mac,
+            state=2 if upgrading else 1,
+            channels=self.channels.next_keepalive(),
         )
 
     async def _after_login(self, session: VdSession) -> None:
@@ -736,6 +807,7 @@ class Daemon:
             "ptz": self.ptz.status() if self.ptz else None,
             "battery": self.power.status() if self.power else None,
             "power": self.hibernation.status() if self.hibernation else None,
+            "firmware": self.upgrade.report() if self.upgrade else None,
         }
 
     def _hw_status(self) -> dict[str, Any] | None:

@@ -56,15 +56,17 @@ GpioPins = Literal["auto", "lgpio", "mock"]
 # The GetCap features this build implements end to end (a profile's hardware decides the
 # rest). The issue that lands a feature adds its key here, with its exerciser in
 # tests/test_getcap_walk.py. Alarms count per kind (``alarms.<kind>``: the standard keys
-# io, motion, body, and ours, pir, bell, lock, listed by GetCap's ``sensors``). Not yet:
-# firmware_download_https (UpgradeFirmware). Never here: voice_out (talkback, which no
-# message of Table 9-4 carries; docs/protocol.md). ``battery`` (BatteryChange, DevStatus)
-# and ``alarms.battery`` (alarm 8, low battery) come with a profile's battery.
+# io, motion, body, and ours, pir, bell, lock, listed by GetCap's ``sensors``). Never
+# here: voice_out (talkback, which no message of Table 9-4 carries; docs/protocol.md).
+# ``battery`` (BatteryChange, DevStatus) and ``alarms.battery`` (alarm 8, low battery)
+# come with a profile's battery; ``firmware_download_https`` (UpgradeFirmware) with
+# ``upgrade.trusted_keys`` (control.rpc_GetCap).
 IMPLEMENTED: frozenset[str] = frozenset(
     {"cloud_record", "pic_upload_https", "video_encrypt", "auto_reboot", "switch", "led"}
     | {"log_upload_https", "audio_out", "ptz"}
     | {"alarms.io", "alarms.motion", "alarms.body", "alarms.pir", "alarms.bell", "alarms.lock"}
     | {"battery", "alarms.battery"}
+    | {"firmware_download_https"}
 )
 
 # The alarms without a standard key GetCap lists under ``sensors`` (wired sensors and
@@ -306,6 +308,9 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True):
     name: str
     path: str
     doc: ProfileDoc
+    # The signed bundle's firmware_model of the installed version running now (issue 12);
+    # None: this code was not installed from a bundle.
+    installed_firmware: str | None = None
 
     @property
     def hardware_model(self) -> str:
@@ -313,7 +318,10 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def firmware_model(self) -> str:
-        """The firmware version reported to the platform: the model line plus our version."""
+        """The firmware version reported to the platform: an installed bundle's own, else
+        the model line plus our version."""
+        if self.installed_firmware is not None:
+            return self.installed_firmware
         return f"{self.doc.firmware_model}-{__version__}"
 
     @property

@@ -55,7 +55,8 @@ async def test_handled_rpcs_answer_with_the_right_shape(rig: Rig) -> None:
     assert status["ip_addr"] == "127.0.0.1"
     dt.datetime.strptime(status["last_upgrade_datetime"], "%Y-%m-%dT%H:%M:%S")
     cap = (await rig.call("GetCap")).resp
-    assert cap == rig.daemon.config.profile.capabilities()
+    # The rig trusts no firmware key: UpgradeFirmware would be refused, so GetCap says no.
+    assert cap == {**rig.daemon.config.profile.capabilities(), "firmware_download_https": False}
     assert cap["media_protocol"] == "srt" and cap["ptz"] is True  # servos and zoom
     conf = (await rig.call("GetConfig")).resp
     assert conf["channels"]["0"]["video_encoding"]["width"] == 1280
@@ -165,7 +166,6 @@ SERVICE_LATER: dict[str, dict[str, Any] | None] = {
         "cbk_url": "https://127.0.0.1/live/cseg/0",
     },
     "Snapshot": {"channel": 0, "url": "https://127.0.0.1/snap.jpg"},
-    "QueryUpgrade": None,
     # No media, no recording store (LogUploadAsync works: tests/test_log_upload.py).
     "GetDiskInfo": None,
     "FormatDisk": None,

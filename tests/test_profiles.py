@@ -44,7 +44,7 @@ def test_profile_loads_and_reports_getcap(name: str) -> None:
 
 
 NOT_BUILT = (
-    "battery", "voice_out", "firmware_download_https", "trace",
+    "battery", "voice_out", "trace",
 )  # fmt: skip
 
 
@@ -62,13 +62,14 @@ ALARMS = {
 
 @pytest.mark.parametrize("name", sorted(REQUIRED | {"emulated-dual"}))
 def test_getcap_claims_nothing_this_build_lacks(name: str) -> None:
-    """Hardware alone does not make a capability: nothing drives a battery yet, and
-    UpgradeFirmware answers 101; the alarm keys are exactly the detectors the profile
-    runs. LogUploadAsync works on every profile."""
+    """Hardware alone does not make a capability: the alarm keys are exactly the
+    detectors the profile runs. LogUploadAsync works on every profile, and so can an
+    upgrade (a device says so only with upgrade.trusted_keys: test_upgrade.py)."""
     cap = load_profile(name).capabilities()
     for key in NOT_BUILT:
         assert cap[key] is False, key
     assert cap["log_upload_https"] is True
+    assert cap["firmware_download_https"] is True
     # PlayVideo plays to a speaker (services/playback.py): true where a channel has one.
     assert cap["audio_out"] is any(c.audio.output for c in load_profile(name).channels)
     # PTZ: servos, or digital zoom on a picture we decode (services/ptz.py).

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -41,6 +42,7 @@ __all__ = [
     "PayloadError",
     "build",
     "digest_payload",
+    "extract_wheels",
     "list_payload",
     "pip_wheels",
     "read_head",
@@ -225,3 +227,41 @@ def list_payload(f: BinaryIO, head: BundleHead) -> list[tuple[str, int]]:
     except tarfile.TarError as exc:
         raise PayloadError(f"not a tar: {exc}") from None
     return members
+
+
+def extract_wheels(
+    f: BinaryIO, head: BundleHead, dest: Path, step: Callable[[str], None] | None = None
+) -> Path:
+    """Unpack the checked payload's wheels into ``dest/wheels`` (made here; ``dest`` must
+    be empty or absent) and return that directory. Every member is checked against the
+    payload rules before a byte of it is written; PayloadError otherwise. The files are
+    written and closed, not fsync'd: the install fsyncs what it builds from them, and a
+    crash before that leaves only staging debris."""
+    wheels = dest / "wheels"
+    wheels.mkdir(parents=True, mode=0o700)
+    f.seek(head.payload_offset)
+    seen: set[str] = set()
+    try:
+        with tarfile.open(fileobj=f, mode="r:") as tar:
+            for m in tar:
+                problem = payload_name_problem(m.name)
+                if problem:
+                    raise PayloadError(problem)
+                if not m.isreg():
+                    raise PayloadError(f"{m.name}: not a regular file")
+                if m.name in seen:
+                    raise PayloadError(f"{m.name}: twice")
+                seen.add(m.name)
+                src = tar.extractfile(m)
+                if src is None:  # cannot be for a regular file
+                    raise PayloadError(f"{m.name}: unreadable")
+                out = wheels / m.name.removeprefix("wheels/")
+                with src, out.open("xb") as w:
+                    shutil.copyfileobj(src, w, CHUNK)
+                if step is not None:
+                    step("extract-member")
+    except tarfile.TarError as exc:
+        raise PayloadError(f"not a tar: {exc}") from None
+    if not any(n.startswith(f"wheels/{MAIN_WHEEL_PREFIX}") for n in seen):
+        raise PayloadError("no hss_pu wheel in the payload")
+    return wheels

@@ -86,6 +86,10 @@ STATE_FILE = "state.json"
 MARK_FILE = "highest"
 STATE_LIMIT = 64 * 1024
 MARKER = "COMPLETE"
+# The signed manifest of the bundle a version came from (its firmware_model is what the
+# device reports while it runs); absent for a version installed by hand.
+MANIFEST_FILE = "manifest.json"
+MANIFEST_LIMIT = 16 * 1024
 LOCK_FILE = ".lock"
 MAX_TRIAL_SECONDS = 86400.0
 # Set by the launcher for the version it hands over to, so that version does not spend
@@ -407,6 +411,15 @@ class SlotStore:
     def venv(self, name: str) -> Path:
         return self.versions / name / "venv"
 
+    def manifest(self, name: str) -> bytes | None:
+        """The manifest ``install`` kept with version ``name`` (None: none, or unreadable)."""
+        try:
+            with (self.versions / name / MANIFEST_FILE).open("rb") as f:
+                data = f.read(MANIFEST_LIMIT + 1)
+        except OSError:
+            return None
+        return data if len(data) <= MANIFEST_LIMIT else None
+
     # writing
 
     @contextlib.contextmanager
@@ -484,6 +497,7 @@ class SlotStore:
         python: str = sys.executable,
         with_pip: bool = True,
         timeout: float = 900.0,
+        manifest: bytes | None = None,
     ) -> Path:
         """Build versions/<name> from a directory of wheels, offline; returns its venv.
 
@@ -545,6 +559,11 @@ class SlotStore:
             _step("pip")
             self._run([str(venv / "bin" / "hss-pu"), "--version"], env, lock, 120.0, "smoke test")
             _step("smoke")
+            if manifest is not None:
+                if len(manifest) > MANIFEST_LIMIT:
+                    raise InstallError(f"manifest of {len(manifest)} bytes is too large")
+                atomic_write(target / MANIFEST_FILE, manifest, mode=0o644)
+                _step("manifest")
             _fsync_tree(target)
             _step("fsync-tree")
             marker = target / MARKER

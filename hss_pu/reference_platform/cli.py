@@ -30,6 +30,7 @@ from hss_pu.logsetup import add_secret, setup_logging
 from hss_pu.reference_platform.admin import MAX_CALL_TIMEOUT
 from hss_pu.reference_platform.options import DEMO_DEVICES, PlatformOptions
 from hss_pu.reference_platform.server import STATE_FILE, ReferencePlatform
+from hss_pu.reference_platform.upgrade import UpgradeCommandError, follow_upgrade
 from hss_pu.reference_platform.vr import CSEG_PREFIX
 from hss_pu.wire.vd import PtzOp
 
@@ -233,6 +234,17 @@ def _parser() -> argparse.ArgumentParser:
         "default: a generated 5 s tone (tone-5s.m4a)",
     )  # fmt: skip
     play.add_argument("--channel", type=_int_in(15), default=0)
+
+    upgrade = with_state_dir(
+        psub.add_parser(
+            "upgrade", help="serve a firmware bundle, send UpgradeFirmware, follow QueryUpgrade"
+        )
+    )
+    upgrade.add_argument("device")
+    upgrade.add_argument("bundle", type=Path, help="a bundle from `hss-pu firmware build`")
+    upgrade.add_argument(
+        "--timeout", type=_positive, default=900.0, help="seconds (default %(default)s)"
+    )
 
     alarms = with_state_dir(
         psub.add_parser("alarms", help="alarms devices sent, their pictures and recordings")
@@ -531,6 +543,18 @@ def _client_command(args: argparse.Namespace, state_dir: Path) -> int:
             file=sys.stderr,
         )
         return EXIT_OK
+    if cmd == "upgrade":
+
+        def admin(method: str, path: str, body: dict[str, Any], timeout: float) -> Any:
+            return _request(state_dir, method, path, body=body, timeout=timeout)[1]
+
+        try:
+            return follow_upgrade(
+                admin, args.device, args.bundle, timeout=args.timeout, out=sys.stdout,
+                offline_errors=(CliError,),
+            )  # fmt: skip
+        except UpgradeCommandError as exc:
+            raise CliError(str(exc)) from None
     if cmd == "kick":
         _, data = _request(state_dir, "POST", "/admin/kick", body={"device": args.device})
         _print(data)

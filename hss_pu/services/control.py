@@ -209,6 +209,8 @@ class Dispatcher:
             "audio_out": s.playback is not None,
             "log_upload_https": s.logs is not None,
             "battery": self.ctx.battery_source,
+            # Trusted keys configured: without them every UpgradeFirmware is refused.
+            "firmware_download_https": s.upgrade is not None and s.upgrade.ready,
         }
         for key, ok in started.items():
             cap[key] = bool(cap[key]) and ok

@@ -77,6 +77,7 @@ class PlatformLink:
         self._awake = asyncio.Event()
         self._awake.set()
         self.logins = 0  # successful Vd logins since start-up
+        self.keepalives_answered = 0  # Keepalives the platform answered without an error
         self.vs_requests = 0
         self.vd_failures = 0  # consecutive
         self.online = asyncio.Event()
@@ -308,6 +309,8 @@ class PlatformLink:
                 log.warning("Vd: Keepalive: %s", exc)
             except DeadLinkError:
                 return
+            else:
+                self.keepalives_answered += 1
             answered.set()  # an error reply is an answer too: the platform is there
             self._interval_changed.clear()
             # Wake early for a new interval, and end with the session, not only on cancel.

@@ -354,6 +354,8 @@ class QueryUpgradeResp(_Body, kw_only=True):
     upgrade_status: Literal["notstart", "downloading", "upgrading", "installing", "done", "error"]
     progress: Percent
     firmware_model: str
+    # Ours (reading 35): why the last upgrade ended in ``error``.
+    reason: str | None = None
 
 
 class SettimeParams(_Body, kw_only=True):

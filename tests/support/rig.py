@@ -34,6 +34,7 @@ from hss_pu.config import (
     PlatformSection,
     PowerSection,
     StorageSection,
+    UpgradeSection,
     make_config,
 )
 from hss_pu.daemon import Daemon
@@ -112,6 +113,7 @@ def daemon_config(
     allowed_hosts: Sequence[str] = (),
     alarms_per_minute: int = 6,
     power: PowerSection | None = None,
+    upgrade: UpgradeSection | None = None,
 ) -> ConfigDoc:
     """The config of the rig's device for ``platform`` (its Vs URL and CA) or a bare
     schedule URL (no CA: the system store), storing under ``storage``. Back-offs scaled
@@ -146,6 +148,7 @@ def daemon_config(
         ),
         alarms=AlarmsSection(max_per_minute=alarms_per_minute),
         power=power or PowerSection(),
+        upgrade=upgrade or UpgradeSection(),
         log=msgspec.convert({"level": log_level}, LogSection),
     )
 
