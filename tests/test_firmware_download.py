@@ -5,6 +5,7 @@ over when the server ignores Range; the store's Range answers and its admin endp
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import time
@@ -16,7 +17,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from hss_pu.clients.firmware import BundleRefused, Fetched, fetch_bundle
+from hss_pu.clients.firmware import PROGRESS_INTERVAL, BundleRefused, Fetched, fetch_bundle
 from hss_pu.clients.http import (
     DownloadError,
     HttpClient,
@@ -27,6 +28,8 @@ from hss_pu.clients.http import (
 )
 from hss_pu.firmware.bundle import build
 from hss_pu.reference_platform.firmware import Unsatisfiable, byte_range
+from hss_pu.reference_platform.http import AbortConnection, HttpServer, Request, Response
+from hss_pu.reference_platform.pki import Pki
 from hss_pu.reference_platform.server import ReferencePlatform
 from hss_pu.wire.firmware import (
     BundleHead,
@@ -39,7 +42,7 @@ from hss_pu.wire.firmware import (
 )
 
 from .support.fakewheel import build_fake_wheel
-from .support.rig import MAC, MakePlatform
+from .support.rig import MAC, MakePlatform, until
 
 HW = "HSS-PU-EMU"
 KEY = Ed25519PrivateKey.from_private_bytes(bytes([9]) * 32)
@@ -59,11 +62,11 @@ def listing(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.iterdir())
 
 
-def make_bundle(tmp: Path, version: int = 2, seed: int = 1) -> Path:
+def make_bundle(tmp: Path, version: int = 2, seed: int = 1, pad_size: int = PAD) -> Path:
     wheels = tmp / f"wheels{version}-{seed}"
     fake = build_fake_wheel(wheels, f"2.{version}")
     pad = wheels / "pad-1.0-py3-none-any.whl"
-    pad.write_bytes(random.Random(seed).randbytes(PAD))
+    pad.write_bytes(random.Random(seed).randbytes(pad_size))
     now = int(time.time())
     out = tmp / f"fw-{version}-{seed}.bundle"
     build(
@@ -158,6 +161,20 @@ async def test_a_good_bundle_downloads_with_rising_progress(
     assert steps.count("download-chunk") >= 1
     (req,) = platform.firmware.requests_for(name)
     assert (req.range, req.status, req.complete, req.mac) == (None, 200, True, MAC)
+
+
+async def test_progress_is_reported_at_most_ten_times_a_second(
+    platform: ReferencePlatform, http: HttpClient, tmp_path: Path, staging: Path
+) -> None:
+    big = make_bundle(tmp_path, pad_size=8 << 20)  # ~130 chunks of 64 KiB
+    _, url = served(platform, big)
+    progress = Progress()
+    t0 = time.monotonic()
+    await fetch_bundle(http, url, staging / "b", accept_head=accept, progress=progress, **FAST)
+    elapsed = time.monotonic() - t0
+    total = size(big)
+    assert len(progress.calls) <= 2 + elapsed / PROGRESS_INTERVAL
+    assert progress.calls[-1] == (total, total)
 
 
 @pytest.mark.parametrize("where", ["head", "payload"])
@@ -308,6 +325,114 @@ async def test_a_url_the_guard_refuses_is_not_fetched(
     with pytest.raises(UrlNotAllowed, match="plain http"):
         await fetch_bundle(http, insecure, staging / "b", accept_head=accept, progress=Progress())
     assert platform.firmware.requests_for(name) == []
+
+
+async def test_a_stall_is_a_cut_and_resumes_with_range(
+    platform: ReferencePlatform, http: HttpClient, bundle: Path, staging: Path
+) -> None:
+    name, url = served(platform, bundle)
+    half = size(bundle) // 2
+    platform.firmware.stall_next(half, seconds=1.0)
+    target = staging / "bundle"
+    t0 = time.monotonic()
+    got = await fetch_bundle(http, url, target, accept_head=accept, progress=Progress(),
+                             backoff=lambda n: 0.01, stall_timeout=0.3)  # fmt: skip
+    assert 0.3 <= time.monotonic() - t0 < 1.0  # the stall's end was not waited for
+    assert_good(got, bundle, target)
+    first, second = platform.firmware.requests_for(name)
+    assert (first.sent, second.range, second.status) == (half, f"bytes={half}-", 206)
+
+
+async def test_cancelled_midway_leaves_no_file(
+    platform: ReferencePlatform, http: HttpClient, bundle: Path, staging: Path
+) -> None:
+    name, url = served(platform, bundle)
+    platform.firmware.stall_next(size(bundle) // 2, seconds=1.0)
+    target = staging / "bundle"
+    progress = Progress()
+    task = asyncio.create_task(
+        fetch_bundle(http, url, target, accept_head=accept, progress=progress, **FAST)
+    )
+    half = size(bundle) // 2
+
+    def stalled() -> bool:
+        return [r.sent for r in platform.firmware.requests_for(name)] == [half]
+
+    assert await until(stalled, timeout=5)
+    await asyncio.sleep(0.05)  # in the stall: the client holds half the bundle
+    assert listing(staging) == ["bundle"]
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert listing(staging) == []
+
+
+@pytest.mark.parametrize("status", [503, 429, 408])
+async def test_a_transient_status_is_retried(
+    platform: ReferencePlatform, http: HttpClient, bundle: Path, staging: Path, status: int
+) -> None:
+    name, url = served(platform, bundle)
+    platform.firmware.fail_next(status)
+    target = staging / "bundle"
+    got = await fetch_bundle(http, url, target, accept_head=accept, progress=Progress(), **FAST)
+    assert_good(got, bundle, target)
+    assert [r.status for r in platform.firmware.requests_for(name)] == [status, 200]
+
+
+async def test_an_error_status_after_bytes_are_kept_is_one_failed_attempt(
+    platform: ReferencePlatform, http: HttpClient, bundle: Path, staging: Path
+) -> None:
+    name, url = served(platform, bundle)
+    platform.firmware.cut_next(70_000)
+    platform.firmware.fail_next(416)
+    platform.firmware.fail_next(404)
+    target = staging / "bundle"
+    got = await fetch_bundle(http, url, target, accept_head=accept, progress=Progress(), **FAST)
+    assert_good(got, bundle, target)
+    reqs = platform.firmware.requests_for(name)
+    assert [(r.range, r.status) for r in reqs] == [
+        (None, 200), ("bytes=70000-", 416), ("bytes=70000-", 404), ("bytes=70000-", 206),
+    ]  # fmt: skip
+
+
+async def test_a_206_that_does_not_continue_where_the_file_ends_is_not_taken(
+    pki: Pki, bundle: Path, staging: Path
+) -> None:
+    """A server (not ours) that answers a Range with another range, or for another size."""
+    data = contents(bundle)
+    k = 50_000
+    asked: list[str | None] = []
+    answers = [
+        (f"bytes 0-{len(data) - 1}/{len(data)}", 0),  # from the start again
+        (f"bytes {k}-{len(data)}/{len(data) + 1}", k),  # another size
+        (f"bytes {k}-{len(data) - 1}/{len(data)}", k),  # right
+    ]
+
+    async def cut_body() -> AsyncIterator[bytes]:
+        yield data[:k]
+        raise AbortConnection("cut")
+
+    async def handler(req: Request) -> Response:
+        asked.append(req.headers.get("range"))
+        if len(asked) == 1:
+            return Response(200, b"", {"content-length": str(len(data))}, stream=cut_body())
+        content_range, start = answers[len(asked) - 2]
+        return Response(206, data[start:], {"content-range": content_range})
+
+    srv = HttpServer(handler, pki.server_context())
+    port = await srv.start("127.0.0.1", 0)
+    guard = UrlGuard(allow_insecure=False, platform_hosts=lambda: ["127.0.0.1"])
+    try:
+        async with platform_http(MAC, str(pki.ca_file), trust=Trust.UPLOADS, timeout=5,
+                                 guard=guard) as http:  # fmt: skip
+            url = f"https://127.0.0.1:{port}/b"
+            target = staging / "bundle"
+            got = await fetch_bundle(http, url, target, accept_head=accept,
+                                     progress=Progress(), **FAST)  # fmt: skip
+    finally:
+        await srv.close()
+    assert_good(got, bundle, target)
+    assert asked == [None, f"bytes={k}-", f"bytes={k}-", f"bytes={k}-"]
 
 
 # --- the platform's store ---------------------------------------------------------------
