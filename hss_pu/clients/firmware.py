@@ -15,7 +15,8 @@ starts the file over, after its head proved to be the same bundle's.
 
 httpx and anyio exceptions stop here (as :class:`DownloadError`, the URL's secrets out);
 :class:`UrlNotAllowed` (the client's guard refused the URL) passes through. On any
-failure, the file ``path`` is removed: no half bundle is left for anyone to trust.
+failure (cancellation included) the file this call created is removed: no half bundle
+is left for anyone to trust, and a later call starts from byte 0.
 """
 
 from __future__ import annotations
