@@ -187,7 +187,7 @@ class _Download:
             reason = f"HTTP {status} ({self.where})"
             if 300 <= status < 400:
                 reason += ": redirects are not followed"
-            if self.file is None and 300 <= status < 500 and status not in _RETRY_4XX:
+            if not self.created and 300 <= status < 500 and status not in _RETRY_4XX:
                 raise DownloadError(reason)
             raise _Cut(reason)
         coding = resp.headers.get("content-encoding", "identity").strip().lower()
