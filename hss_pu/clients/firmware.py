@@ -15,7 +15,8 @@ starts the file over, after its head proved to be the same bundle's.
 
 httpx and anyio exceptions stop here (as :class:`DownloadError`, the URL's secrets out);
 :class:`UrlNotAllowed` (the client's guard refused the URL) passes through. On any
-failure, the file ``path`` is removed: no half bundle is left for anyone to trust.
+failure (cancellation included) the file this call created is removed: no half bundle
+is left for anyone to trust, and a later call starts from byte 0.
 """
 
 from __future__ import annotations
@@ -186,7 +187,7 @@ class _Download:
             reason = f"HTTP {status} ({self.where})"
             if 300 <= status < 400:
                 reason += ": redirects are not followed"
-            if self.file is None and 300 <= status < 500 and status not in _RETRY_4XX:
+            if not self.created and 300 <= status < 500 and status not in _RETRY_4XX:
                 raise DownloadError(reason)
             raise _Cut(reason)
         coding = resp.headers.get("content-encoding", "identity").strip().lower()

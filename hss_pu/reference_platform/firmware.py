@@ -20,6 +20,10 @@ to that many of the next requests, in order):
 - :meth:`FirmwareStore.overlong_next` ``(extra, content_length=True, count=1)``: the
   file (or range) followed by ``extra`` garbage bytes, with a Content-Length that counts
   them, or with none (chunked);
+- :meth:`FirmwareStore.stall_next` ``(after, seconds, count=1)``: send ``after`` body
+  bytes, then nothing for ``seconds``, then the rest;
+- :meth:`FirmwareStore.fail_next` ``(status, count=1)``: answer ``status`` (a 503, a 416
+  to a good Range...) with a short JSON body instead of the bundle;
 - :attr:`FirmwareStore.ignore_range` ``= True``: every request gets the whole file (200).
 
 Every request is recorded (:class:`FirmwareRequest`: the Range asked, the status, the
@@ -37,7 +41,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -80,6 +84,9 @@ class _Fault:
     cut_after: int | None = None
     extra: int = 0
     extra_length: bool = True
+    stall_after: int | None = None
+    stall_seconds: float = 0.0
+    status: int | None = None
 
 
 class Unsatisfiable(Exception):
@@ -179,6 +186,19 @@ class FirmwareStore:
             raise ValueError("extra and count must be >= 1")
         self._faults.extend([_Fault(extra=extra, extra_length=content_length)] * count)
 
+    def stall_next(self, after: int, seconds: float, count: int = 1) -> None:
+        """The next ``count`` requests: ``after`` body bytes, a silence of ``seconds``,
+        then the rest (if the peer is still there)."""
+        if after < 0 or seconds <= 0 or count < 1:
+            raise ValueError("after must be >= 0, seconds > 0 and count >= 1")
+        self._faults.extend([_Fault(stall_after=after, stall_seconds=seconds)] * count)
+
+    def fail_next(self, status: int, count: int = 1) -> None:
+        """The next ``count`` requests are answered ``status`` (no bundle byte)."""
+        if not 300 <= status <= 599 or count < 1:
+            raise ValueError("status must be in 300..599 and count >= 1")
+        self._faults.extend([_Fault(status=status)] * count)
+
     def requests_for(self, name: str) -> list[FirmwareRequest]:
         return [r for r in self.requests if r.name == name]
 
@@ -197,6 +217,9 @@ class FirmwareStore:
         if path is None:
             return json_response(404, b'{"info": "no such bundle"}')
         fault = self._faults.popleft() if self._faults else _Fault()
+        if fault.status is not None:
+            rec.status, rec.fault = fault.status, f"status {fault.status}"
+            return json_response(fault.status, b'{"info": "told to fail"}')
         size = path.stat().st_size
         headers = {"content-type": "application/octet-stream", "accept-ranges": "bytes"}
         try:
@@ -215,6 +238,11 @@ class FirmwareStore:
         notes = [
             *([f"cut after {fault.cut_after}"] if fault.cut_after is not None else []),
             *([f"overlong +{fault.extra}"] if fault.extra else []),
+            *(
+                [f"stall {fault.stall_seconds:g} s after {fault.stall_after}"]
+                if fault.stall_after is not None
+                else []
+            ),
             *(["ignore range"] if self.ignore_range and rec.range else []),
         ]
         rec.fault = ", ".join(notes)
@@ -225,35 +253,44 @@ class FirmwareStore:
         return Response(rec.status, b"", headers, stream=self._body(path, fault, rec))
 
     async def _body(self, path: Path, fault: _Fault, rec: FirmwareRequest) -> AsyncIterator[bytes]:
-        def cut(chunk: bytes) -> bytes:
-            if fault.cut_after is None:
-                return chunk
-            return chunk[: max(0, fault.cut_after - rec.sent)]
+        async with contextlib.aclosing(self._chunks(path, fault, rec)) as chunks:
+            async for chunk in chunks:
+                if fault.cut_after is not None and rec.sent + len(chunk) >= fault.cut_after:
+                    head = chunk[: fault.cut_after - rec.sent]
+                    if head:
+                        rec.sent += len(head)
+                        yield head
+                    raise AbortConnection(f"fault: cut after {fault.cut_after} bytes")
+                stall = fault.stall_after
+                if stall is not None and rec.sent <= stall < rec.sent + len(chunk):
+                    head = chunk[: stall - rec.sent]
+                    if head:
+                        rec.sent += len(head)
+                        yield head
+                    await asyncio.sleep(fault.stall_seconds)
+                    chunk = chunk[len(head) :]
+                rec.sent += len(chunk)
+                yield chunk
+        if fault.cut_after is not None:
+            raise AbortConnection(f"fault: cut after {fault.cut_after} bytes (all sent)")
+        rec.complete = True
 
+    @staticmethod
+    async def _chunks(
+        path: Path, fault: _Fault, rec: FirmwareRequest
+    ) -> AsyncGenerator[bytes, None]:
+        """The range of the file, then the fault's garbage, in CHUNK pieces."""
         with path.open("rb") as f:
             await asyncio.to_thread(f.seek, rec.start)
             left = rec.end - rec.start
             while left > 0:
                 chunk = await asyncio.to_thread(f.read, min(CHUNK, left))
                 if not chunk:
-                    break  # the file shrank: the peer sees a short body
+                    return  # the file shrank: the peer sees a short body
                 left -= len(chunk)
-                out = cut(chunk)
-                if out:
-                    rec.sent += len(out)
-                    yield out
-                if len(out) < len(chunk):
-                    raise AbortConnection(f"fault: cut after {fault.cut_after} bytes")
+                yield chunk
         extra = fault.extra
         while extra > 0:
             chunk = _GARBAGE[: min(CHUNK, extra)]
             extra -= len(chunk)
-            out = cut(chunk)
-            if out:
-                rec.sent += len(out)
-                yield out
-            if len(out) < len(chunk):
-                raise AbortConnection(f"fault: cut after {fault.cut_after} bytes")
-        if fault.cut_after is not None and rec.sent >= fault.cut_after:
-            raise AbortConnection(f"fault: cut after {fault.cut_after} bytes")
-        rec.complete = True
+            yield chunk
