@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -77,11 +78,10 @@ async def follow(
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         try:
-            reply = await platform.call(DEVICE, "QueryUpgrade", timeout=5)
+            r = await resp(platform, "QueryUpgrade", timeout=5)
         except (LookupError, TimeoutError, ConnectionError):
             await asyncio.sleep(0.1)
             continue
-        r = reply.resp
         seen.append((r["upgrade_status"], r["progress"], r["firmware_model"]))
         if on is not None and r["upgrade_status"] in on:
             on.pop(r["upgrade_status"])()
@@ -90,6 +90,12 @@ async def follow(
         assert r["upgrade_status"] != "error", (r, seen)
         await asyncio.sleep(0.1)
     raise AssertionError(f"no {until_status}: {seen[-5:]}")
+
+
+async def resp(platform: ReferencePlatform, method: str, timeout: float = 20) -> dict[str, Any]:
+    reply = await platform.call(DEVICE, method, timeout=timeout)
+    assert reply.err is None and isinstance(reply.resp, dict), reply
+    return reply.resp
 
 
 def first_seen(seen: list[tuple[str, int, str]]) -> list[str]:
@@ -116,7 +122,7 @@ async def test_a_good_bundle_installs_and_the_device_comes_back_as_the_new_model
         lambda r: r.accepted and r.params["firmware_model"] == NEW, timeout=5
     )
     assert login.params["reconnect"] == "0"  # a new process (execv): its first login
-    status = (await platform.call(DEVICE, "DevStatus")).resp
+    status = await resp(platform, "DevStatus")
     assert status["firmware_model"] == NEW
     assert any(r.name == "Keepalive" and r.params["state"] == 2 for r in platform.records)
     store = SlotStore(emulated_root(storage))
@@ -152,11 +158,11 @@ async def test_a_version_that_fails_its_health_check_is_rolled_back(
         raise
     platform.options.answer_keepalive = True
     assert back.params["reconnect"] == "0"
-    r = (await platform.call(DEVICE, "QueryUpgrade")).resp
+    r = await resp(platform, "QueryUpgrade")
     assert r["upgrade_status"] == "error" and r["firmware_model"] == old
     assert r["reason"].startswith("rolled back: did not pass the health check in 8 s"), r
     assert "Keepalive" in r["reason"]
-    assert (await platform.call(DEVICE, "DevStatus")).resp["firmware_model"] == old
+    assert (await resp(platform, "DevStatus"))["firmware_model"] == old
     store = SlotStore(emulated_root(storage))
     assert store.link("current") is None  # the checkout's code runs, as before
     assert store.load_state().trial is None

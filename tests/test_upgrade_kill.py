@@ -54,21 +54,24 @@ async def drive(
 
 async def recovers(root: Path, staging: Path, ca: str, pub: Path, label: str) -> str:
     """The next start (the launcher's rules, the upgrade service's start): what runs."""
-    store = SlotStore(root)
-    plan = store.startup()
+    plan = await asyncio.to_thread(SlotStore(root).startup)
     svc = service(root, staging, ca, pub, plan.run, asyncio.Event())
     await svc.start()
     await svc.close()
+    assert plan.run in {"1.0", NEW}, label
+    await asyncio.to_thread(complete, root, staging, label)
+    return plan.run
+
+
+def complete(root: Path, staging: Path, label: str) -> None:
+    store = SlotStore(root)
     assert not staging.exists(), label
     current = store.link("current")
     assert current is not None and store.is_complete(current), label
-    assert plan.run in {"1.0", NEW}, label
     for name in os.listdir(store.versions):
         assert store.is_complete(name), f"{label}: {name} left half-written"
     assert not [p for p in os.listdir(root) if p.endswith(".tmp")], label
     assert not store.load_state().problem, label
-    assert plan.run is not None
-    return plan.run
 
 
 async def test_sigkill_at_every_step_of_an_upgrade_leaves_a_complete_version(
