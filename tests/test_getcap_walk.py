@@ -18,15 +18,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hss_pu import profiles
+from hss_pu.config import UpgradeSection
 from hss_pu.daemon import Daemon
+from hss_pu.firmware.slots import SlotStore, emulated_root
 from hss_pu.media.channel import jpeg_size
 from hss_pu.profiles import load_profile, profile_names
 from hss_pu.reference_platform.server import ReferencePlatform
 from hss_pu.services.autoreboot import STATE_FILE
 from hss_pu.wire.alarms import ALARM_KINDS, flag
 
+from .support.bundles import fake_bundle, new_key
 from .support.rig import DEVICE, MakeRig, Rig, until
 
 pytestmark = [pytest.mark.slow, pytest.mark.platform(hb_interval=1)]
@@ -38,6 +42,8 @@ class Walk:
     profile: profiles.Profile
     size: tuple[int, int]
     reboots: list[float] = field(default_factory=list)
+    key: Ed25519PrivateKey | None = None  # the firmware key the device trusts
+    restarts: int = 0
 
     @property
     def platform(self) -> ReferencePlatform:
@@ -322,6 +328,27 @@ async def ptz_moves(w: Walk) -> None:
     assert await w.call("GetPTZPresetList", {"channel": 0}) == {"presetList": []}
 
 
+async def firmware_upgrade(w: Walk) -> None:
+    """firmware_download_https: UpgradeFirmware of a bundle signed by the key the device
+    trusts, made for its hardware model, is downloaded, checked, installed and put on
+    trial, and the daemon asks to restart into it (the restart and the trial's commit:
+    test_upgrade_e2e.py). Run last: the device is then upgrading."""
+    assert w.key is not None
+    model = f"{w.profile.hardware_model}-walk-2"
+    bundle = await asyncio.to_thread(
+        fake_bundle, w.storage.parent, [w.key], model=model, hardware=[w.profile.hardware_model]
+    )
+    fw = w.platform.firmware
+    url = fw.url_for(await asyncio.to_thread(fw.add, bundle))
+    await w.platform.send_event(DEVICE, "UpgradeFirmware", {"firmware_model": model, "url": url})
+    assert await until(lambda: w.restarts > 0, 60), await w.call("QueryUpgrade")
+    r = await w.call("QueryUpgrade")
+    assert (r["upgrade_status"], r["progress"], r["firmware_model"]) == ("upgrading", 95, model)
+    store = SlotStore(emulated_root(w.storage))
+    trial = store.load_state().trial
+    assert trial is not None and store.is_complete(trial.name) and trial.version_number == 2
+
+
 Exerciser = Callable[[Walk], Awaitable[None]]
 EXERCISERS: dict[str, Exerciser] = {
     "media_protocol": srt_push,
@@ -342,6 +369,7 @@ EXERCISERS: dict[str, Exerciser] = {
     "log_upload_https": log_upload,
     "audio_out": play_clip,
     "ptz": ptz_moves,
+    "firmware_download_https": firmware_upgrade,
 }
 
 
@@ -374,7 +402,10 @@ def test_every_implemented_feature_has_an_exerciser() -> None:
 
 @pytest.fixture
 async def walk(
-    request: pytest.FixtureRequest, make_rig: MakeRig, monkeypatch: pytest.MonkeyPatch
+    request: pytest.FixtureRequest,
+    make_rig: MakeRig,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
 ) -> AsyncIterator[Walk]:
     """``request.param``'s profile on the rig, its smallest picture, slow and cheap."""
     profile = load_profile(request.param)
@@ -385,11 +416,17 @@ async def walk(
     tall = [r for r in ch.resolutions if r[1] >= 360] or ch.resolutions
     size = min(tall, key=lambda r: r[0] * r[1])
     reboots: list[float] = []
+    key, pub = new_key(tmp_path / "keys")
+    walks: list[Walk] = []
 
     async def reboot_device(self: Daemon) -> None:  # never the host's reboot from a test
         reboots.append(self.clock.now())
 
+    def restart(self: Daemon) -> None:  # an installed upgrade: the daemon runs on here
+        walks[0].restarts += 1
+
     monkeypatch.setattr(Daemon, "_reboot_device", reboot_device)
+    monkeypatch.setattr(Daemon, "_restart", restart)
     monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")  # a Pi profile's LEDs on mock pins here
     rig = await make_rig(
         profile=profile.name,
@@ -400,8 +437,10 @@ async def walk(
         seed=7,
         scene="static",  # a still room: motion only when someone walks across it
         audio_output="null",  # no sound card here: a Pi profile's speaker is the null sink
+        upgrade=UpgradeSection(trusted_keys=[str(pub)]),
     )
-    yield Walk(rig, profile, size, reboots)
+    walks.append(Walk(rig, profile, size, reboots, key))
+    yield walks[0]
     assert not rig.task.done(), "the daemon stopped during the walk"
     assert await rig.stop() == 0
 
@@ -411,7 +450,8 @@ async def test_every_true_capability_works(walk: Walk) -> None:
     cap = await walk.call("GetCap")
     keys = claimed(cap)
     assert "media_protocol" in keys  # at least live video, on every profile
-    for key in keys:
+    # An upgrade leaves the device on its way to a restart: last.
+    for key in sorted(keys, key=lambda k: k == "firmware_download_https"):
         t0 = time.monotonic()
         await EXERCISERS[key](walk)
         print(f"{walk.profile.name}: {key} ok in {time.monotonic() - t0:.1f} s")
