@@ -21,6 +21,7 @@ from hss_pu.config import (
     DeviceSection,
     PlatformSection,
     StorageSection,
+    UpgradeSection,
     default_storage_dir,
     load_config,
     make_config,
@@ -191,6 +192,7 @@ async def _run_embedded(level: str | None) -> int:
     platform = ReferencePlatform(PlatformOptions(state_dir=state / "platform", admin_port=0))
     await platform.start()
     try:
+        demo_key = await asyncio.to_thread(_demo_firmware_key, state)
         ca = platform.ca_file
         doc = ConfigDoc(
             device=EMBEDDED_DEVICE,
@@ -200,6 +202,7 @@ async def _run_embedded(level: str | None) -> int:
             storage=StorageSection(dir=str(state / "pu")),
             # The ring from start-up, so the platform's alarm recordings begin before the alarm.
             camera=CameraSection(prerecord_seconds=platform.options.alarm_prerecord_seconds),
+            upgrade=UpgradeSection(trusted_keys=[str(demo_key.with_name(demo_key.name + ".pub"))]),
         )
         cfg = make_config(doc)
         log.info("reference platform: Vs %s, CA %s", platform.schedule_url, ca)
@@ -212,6 +215,13 @@ async def _run_embedded(level: str | None) -> int:
             "alarms, their pictures and recordings: hss-pu platform alarms --state-dir %s",
             state / "platform",
         )
+        log.info(
+            "firmware upgrade: hss-pu firmware build --key %s --firmware-model HSS-PU-EMU-demo-N "
+            "--version-number N --hardware-model HSS-PU-EMU --expires 2030-01-01T00:00:00Z "
+            "--out /tmp/demo.bundle, then hss-pu platform upgrade %s /tmp/demo.bundle "
+            "--state-dir %s",
+            demo_key, EMBEDDED_DEVICE.id, state / "platform",
+        )  # fmt: skip
         demo = asyncio.create_task(_demo_live(platform))
         try:
             return await _run_daemon(Daemon(cfg))
@@ -260,6 +270,18 @@ def cmd_local(command: dict[str, object], config: Path | None, *, say_error: boo
         return EXIT_FAILURE
     print(json.dumps(reply, indent=2))
     return EXIT_OK if reply.get("ok") else EXIT_FAILURE
+
+
+def _demo_firmware_key(state: Path) -> Path:
+    """The embedded default's signing key (made once, 0600), which its device trusts, so
+    that an upgrade can be tried on a laptop. A real device lists its maker's keys."""
+    from hss_pu.firmware.keys import generate
+
+    key = state / "demo-firmware.key"
+    if not key.exists():
+        state.mkdir(parents=True, exist_ok=True)
+        generate(key)
+    return key
 
 
 def _restart() -> None:

@@ -26,7 +26,7 @@ from hss_pu.reference_platform.server import ReferencePlatform
 from .support.bundles import make_bundle, new_key
 from .support.rig import DEVICE, Proc, Spawn, daemon_config, write_config_file
 
-pytestmark = [pytest.mark.slow, pytest.mark.platform(hb_interval=1)]
+pytestmark = [pytest.mark.slow, pytest.mark.platform(hb_interval=1, admin_port=0)]
 
 REPO = Path(__file__).resolve().parents[1]
 NEW = "HSS-PU-EMU-2.0"
@@ -47,8 +47,13 @@ def wheels(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 async def start(
-    platform: ReferencePlatform, spawn: Spawn, tmp_path: Path, wheels: list[Path]
-) -> tuple[Proc, Path, str]:
+    platform: ReferencePlatform,
+    spawn: Spawn,
+    tmp_path: Path,
+    wheels: list[Path],
+    *,
+    send: bool = True,
+) -> tuple[Proc, Path, str, Path]:
     """The daemon as a process trusting a new key, and a signed bundle of ``NEW``."""
     key, pub = new_key(tmp_path / "keys")
     bundle = make_bundle(tmp_path / "fw.bundle", wheels, [key], model=NEW, number=2)
@@ -60,11 +65,10 @@ async def start(
     cfg = write_config_file(doc, tmp_path / "pu.toml")
     proc = await spawn("run", "--config", str(cfg))
     login = await platform.wait_login(lambda r: r.accepted, timeout=30)
-    name = platform.firmware.add(bundle)
-    await platform.send_event(
-        DEVICE, "UpgradeFirmware", {"firmware_model": NEW, "url": platform.firmware.url_for(name)}
-    )
-    return proc, storage, login.params["firmware_model"]
+    if send:
+        url = platform.firmware.url_for(platform.firmware.add(bundle))
+        await platform.send_event(DEVICE, "UpgradeFirmware", {"firmware_model": NEW, "url": url})
+    return proc, storage, login.params["firmware_model"], bundle
 
 
 async def follow(
@@ -109,11 +113,24 @@ def first_seen(seen: list[tuple[str, int, str]]) -> list[str]:
 async def test_a_good_bundle_installs_and_the_device_comes_back_as_the_new_model(
     platform: ReferencePlatform, spawn: Spawn, tmp_path: Path, wheels: list[Path]
 ) -> None:
-    t0 = time.monotonic()
-    proc, storage, old = await start(platform, spawn, tmp_path, wheels)
+    proc, storage, old, bundle = await start(platform, spawn, tmp_path, wheels, send=False)
     assert old != NEW
+    # As a person would: hss-pu platform upgrade serves it, sends it and shows progress.
+    t0 = time.monotonic()
+    cli = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hss_pu", "platform", "upgrade", DEVICE, str(bundle),
+        "--state-dir", str(platform.options.state_dir), "--timeout", "170",
+        stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
     seen = await follow(platform, "done")
     took = time.monotonic() - t0
+    out, _ = await asyncio.wait_for(cli.communicate(), 30)
+    shown = out.decode()
+    assert cli.returncode == 0, shown
+    assert f"UpgradeFirmware sent to {DEVICE}: {NEW}" in shown
+    assert f"done: {DEVICE} runs {NEW} (committed)" in shown
+    while seen and seen[0][0] == "notstart":  # polled before the command sent it
+        seen.pop(0)
     assert first_seen(seen) == ["downloading", "installing", "upgrading", "done"], seen
     progress = [p for _, p, _ in seen]
     assert progress == sorted(progress) and progress[-1] == 100, seen
@@ -140,7 +157,7 @@ async def test_a_good_bundle_installs_and_the_device_comes_back_as_the_new_model
 async def test_a_version_that_fails_its_health_check_is_rolled_back(
     platform: ReferencePlatform, spawn: Spawn, tmp_path: Path, wheels: list[Path]
 ) -> None:
-    proc, storage, old = await start(platform, spawn, tmp_path, wheels)
+    proc, storage, old, _ = await start(platform, spawn, tmp_path, wheels)
 
     def refuse_keepalives() -> None:  # from the install on: the new version's go unanswered
         platform.options.answer_keepalive = False
