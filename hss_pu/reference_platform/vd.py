@@ -326,6 +326,11 @@ class VdServer:
             raise ConnectionError(f"device {device_id} disconnected during {method}") from None
         finally:
             s.pending.pop(seq, None)
+            # The session may have failed the future while the send was still under way
+            # (its error is then the send's): mark it retrieved, or asyncio logs it.
+            if fut.done() and not fut.cancelled():
+                fut.exception()
+            fut.cancel()
 
     async def send_event(
         self, device_id: str, name: str, params: Mapping[str, Any] | None = None
