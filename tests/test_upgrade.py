@@ -9,6 +9,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -241,3 +242,26 @@ async def test_cut_download_resumes_with_range_and_the_bundle_goes_on_trial(
     assert any(x.name == "Keepalive" and x.params["state"] == 2 for x in rig.platform.records), (
         "Keepalive state 2 while installing"
     )
+
+
+async def test_a_bundle_without_room_for_it_is_refused_before_the_download(
+    device: tuple[Rig, SlotStore],
+    tmp_path: Path,
+    keys: Keys,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rig, store = device
+    before = snapshot(store)
+    real = shutil.disk_usage
+
+    def full(path: str | Path) -> Any:  # 10 MiB left on the staging file system
+        u = real(path)
+        return type(u)(u.total, u.total - (10 << 20), 10 << 20)
+
+    monkeypatch.setattr(shutil, "disk_usage", full)
+    bundle = fake_bundle(tmp_path, [keys.k1, keys.k2], number=3)
+    await upgrade(rig, bundle)
+    r = await refused(rig, caplog, 1)
+    assert r["reason"].startswith("disk space: 10 MiB free"), r
+    assert snapshot(store) == before

@@ -54,6 +54,7 @@ PROGRESS = {"downloading": 0, "installing": 80, "upgrading": 95, "done": 100}
 DOWNLOAD_SHARE = 80
 GATE_POLL = 0.25
 BUNDLE_FILE = "bundle"
+SPACE_MARGIN = 16 << 20
 
 
 def version_name(m: Manifest) -> str:
@@ -256,7 +257,10 @@ class UpgradeService:
         except asyncio.CancelledError:
             await asyncio.to_thread(shutil.rmtree, self.staging, True)
             raise
-        except _Refused as exc:
+        except Exception as exc:  # _Refused, or a bug of ours: the upgrade ends, not the daemon
+            if not isinstance(exc, _Refused):
+                log.exception("firmware: upgrade to %s failed", target)
+                exc = _Refused(f"internal error: {type(exc).__name__}: {exc}"[:300])
             reason = str(exc)
             self._set("error", self._report.progress, self.running_model, reason)
             log.error("firmware: upgrade to %s refused, nothing changed: %s", target, reason)
@@ -340,6 +344,16 @@ class UpgradeService:
         if m.firmware_model != asked:
             problem = f"the bundle is {m.firmware_model}, the platform asked for {asked}"
             return Rejected("firmware model", problem)
+        # The bundle and its unpacked wheels sit in staging together until the install.
+        need = 2 * m.payload_length + SPACE_MARGIN
+        try:
+            free = shutil.disk_usage(self.staging).free
+        except OSError as exc:
+            return Rejected("disk space", f"{self.staging}: {exc}")
+        if free < need:
+            return Rejected(
+                "disk space", f"{free >> 20} MiB free in {self.staging}, {need >> 20} MiB needed"
+            )
         log.info(
             "firmware: bundle %s (version number %d, %d payload bytes) accepted; downloading",
             m.firmware_model, m.version_number, m.payload_length,
