@@ -9,7 +9,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-__all__ = ["FileRefused", "atomic_write", "ensure_private_dir", "read_bounded"]
+__all__ = ["FileRefused", "atomic_write", "ensure_private_dir", "fsync_dir", "read_bounded"]
 
 
 def atomic_write(path: Path | str, data: bytes, mode: int = 0o600) -> None:
@@ -31,11 +31,16 @@ def atomic_write(path: Path | str, data: bytes, mode: int = 0o600) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path | str) -> None:
+    """Make a rename or a new file in ``path`` durable (the directory's own entry list)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(dfd)
+        os.fsync(fd)
     finally:
-        os.close(dfd)
+        os.close(fd)
 
 
 def ensure_private_dir(path: Path | str) -> Path:

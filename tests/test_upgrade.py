@@ -103,7 +103,7 @@ def snapshot(store: SlotStore) -> tuple[Any, ...]:
 
 
 @pytest.fixture
-async def device(
+async def upgradable(
     make_rig: MakeRig, tmp_path: Path, keys: Keys
 ) -> AsyncIterator[tuple[Rig, SlotStore]]:
     storage = tmp_path / "pu"
@@ -131,9 +131,9 @@ async def test_no_trusted_keys_refuses_and_getcap_says_so(
 
 
 async def test_every_bad_bundle_is_refused_with_its_reason_and_nothing_changes(
-    device: tuple[Rig, SlotStore], tmp_path: Path, keys: Keys, caplog: pytest.LogCaptureFixture
+    upgradable: tuple[Rig, SlotStore], tmp_path: Path, keys: Keys, caplog: pytest.LogCaptureFixture
 ) -> None:
-    rig, store = device
+    rig, store = upgradable
     cap = (await rig.call("GetCap")).resp
     assert cap["firmware_download_https"] is True
     before = snapshot(store)
@@ -186,9 +186,9 @@ async def test_every_bad_bundle_is_refused_with_its_reason_and_nothing_changes(
 
 
 async def test_a_second_upgrade_while_one_runs_is_ignored(
-    device: tuple[Rig, SlotStore], tmp_path: Path, keys: Keys, caplog: pytest.LogCaptureFixture
+    upgradable: tuple[Rig, SlotStore], tmp_path: Path, keys: Keys, caplog: pytest.LogCaptureFixture
 ) -> None:
-    rig, _ = device
+    rig, _ = upgradable
     both = [keys.k1, keys.k2]
     first = fake_bundle(tmp_path, both, number=3, hardware=["RPI4-HQ"], name="first.bundle")
     second = fake_bundle(tmp_path, both, number=4, model="HSS-PU-EMU-4.0", name="second.bundle")
@@ -205,9 +205,9 @@ async def test_a_second_upgrade_while_one_runs_is_ignored(
 
 
 async def test_cut_download_resumes_with_range_and_the_bundle_goes_on_trial(
-    device: tuple[Rig, SlotStore], tmp_path: Path, keys: Keys
+    upgradable: tuple[Rig, SlotStore], tmp_path: Path, keys: Keys
 ) -> None:
-    rig, store = device
+    rig, store = upgradable
     bundle = fake_bundle(tmp_path, [keys.k1, keys.k2], number=3, model="HSS-PU-EMU-3.0")
     size = bundle.stat().st_size
     rig.platform.firmware.cut_next(size // 2)
@@ -245,13 +245,13 @@ async def test_cut_download_resumes_with_range_and_the_bundle_goes_on_trial(
 
 
 async def test_a_bundle_without_room_for_it_is_refused_before_the_download(
-    device: tuple[Rig, SlotStore],
+    upgradable: tuple[Rig, SlotStore],
     tmp_path: Path,
     keys: Keys,
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    rig, store = device
+    rig, store = upgradable
     before = snapshot(store)
     real = shutil.disk_usage
 

@@ -213,20 +213,27 @@ def list_payload(f: BinaryIO, head: BundleHead) -> list[tuple[str, int]]:
     regular file named ``wheels/<file>.whl``, once."""
     f.seek(head.payload_offset)  # tarfile reads from here
     members: list[tuple[str, int]] = []
+    seen: set[str] = set()
     try:
         with tarfile.open(fileobj=f, mode="r:") as tar:
             for m in tar:
-                problem = payload_name_problem(m.name)
-                if problem:
-                    raise PayloadError(problem)
-                if not m.isreg():
-                    raise PayloadError(f"{m.name}: not a regular file")
-                if any(m.name == name for name, _ in members):
-                    raise PayloadError(f"{m.name}: twice")
+                _check_member(m, seen)
                 members.append((m.name, m.size))
     except tarfile.TarError as exc:
         raise PayloadError(f"not a tar: {exc}") from None
     return members
+
+
+def _check_member(m: tarfile.TarInfo, seen: set[str]) -> None:
+    """The payload rules for one member (``seen``: the names before it, added to)."""
+    problem = payload_name_problem(m.name)
+    if problem:
+        raise PayloadError(problem)
+    if not m.isreg():
+        raise PayloadError(f"{m.name}: not a regular file")
+    if m.name in seen:
+        raise PayloadError(f"{m.name}: twice")
+    seen.add(m.name)
 
 
 def extract_wheels(
@@ -244,14 +251,7 @@ def extract_wheels(
     try:
         with tarfile.open(fileobj=f, mode="r:") as tar:
             for m in tar:
-                problem = payload_name_problem(m.name)
-                if problem:
-                    raise PayloadError(problem)
-                if not m.isreg():
-                    raise PayloadError(f"{m.name}: not a regular file")
-                if m.name in seen:
-                    raise PayloadError(f"{m.name}: twice")
-                seen.add(m.name)
+                _check_member(m, seen)
                 src = tar.extractfile(m)
                 if src is None:  # cannot be for a regular file
                     raise PayloadError(f"{m.name}: unreadable")

@@ -54,7 +54,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from hss_pu.fsutil import atomic_write
+from hss_pu.fsutil import atomic_write, fsync_dir
 
 __all__ = [
     "DEFAULT_ATTEMPTS",
@@ -319,14 +319,6 @@ def _deadline_passed(trial: Trial, clock: Clock) -> bool:
 # --- the store (I/O) -------------------------------------------------------------------------
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(top: Path) -> None:
     """Every file and directory below ``top``, files first, so the marker after it means
     the whole tree is on disk."""
@@ -344,7 +336,7 @@ def _fsync_tree(top: Path) -> None:
             finally:
                 os.close(fd)
     for d in reversed(dirs):
-        _fsync_dir(d)
+        fsync_dir(d)
 
 
 class SlotStore:
@@ -457,18 +449,18 @@ class SlotStore:
         if name is None:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
             return
         tmp = self.root / f".{link}.tmp"
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         os.symlink(f"versions/{name}", tmp)
         _step(f"{link}-temp-link")
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         _step(f"{link}-temp-fsynced")
         os.replace(tmp, path)
         _step(f"{link}-renamed")
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
         _step(f"{link}-fsynced")
 
     def _remove(self, names: Sequence[str] | frozenset[str]) -> None:
@@ -485,7 +477,7 @@ class SlotStore:
                 _step("remove-unmarked")
                 shutil.rmtree(p, ignore_errors=True)
         if names:
-            _fsync_dir(self.versions)
+            fsync_dir(self.versions)
 
     def install(
         self,
@@ -569,7 +561,7 @@ class SlotStore:
             marker = target / MARKER
             atomic_write(marker, f"{name}\n".encode(), mode=0o644)
             _step("marker")
-            _fsync_dir(self.versions)
+            fsync_dir(self.versions)
             _step("installed")
             log.info("firmware: installed %s", target)
             return venv
@@ -691,7 +683,7 @@ class SlotStore:
                 raise InstallError(f"{target} has no venv/bin/hss-pu")
             _fsync_tree(target)
             atomic_write(target / MARKER, f"{name}\n".encode(), mode=0o644)
-            _fsync_dir(self.versions)
+            fsync_dir(self.versions)
             state = self.load_state()
             old = self.link("current")
             if old is not None and old != name and self.is_complete(old):

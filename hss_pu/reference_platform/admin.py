@@ -110,6 +110,17 @@ def _str(body: dict[str, Any], *keys: str) -> str:
     raise _BadRequest(f"{keys[0]} missing or not a non-empty string")
 
 
+def _last(q: dict[str, str]) -> int:
+    """``?last=K``: the K most recent (0, the default: all)."""
+    try:
+        last = int(q.get("last", "0"))
+    except ValueError:
+        raise _BadRequest("last must be an integer") from None
+    if last < 0:
+        raise _BadRequest("last must be >= 0")
+    return last
+
+
 def _params(body: dict[str, Any]) -> dict[str, Any] | None:
     p = body.get("params")
     if p is not None and not isinstance(p, dict):
@@ -325,12 +336,7 @@ class AdminApi:
 
     async def _firmware_requests(self, req: Request) -> Response:
         q = req.query
-        try:
-            last = int(q.get("last", "0"))
-        except ValueError:
-            raise _BadRequest("last must be an integer") from None
-        if last < 0:
-            raise _BadRequest("last must be >= 0")
+        last = _last(q)
         reqs = list(self.firmware.requests) if self.firmware else []
         if q.get("name"):
             reqs = [r for r in reqs if r.name == q["name"]]
@@ -340,11 +346,9 @@ class AdminApi:
         q = req.query
         try:
             channel = int(q["channel"]) if q.get("channel") else None
-            last = int(q.get("last", "0"))
         except ValueError:
-            raise _BadRequest("channel and last must be integers") from None
-        if last < 0:
-            raise _BadRequest("last must be >= 0")
+            raise _BadRequest("channel must be an integer") from None
+        last = _last(q)
         by_channel = self.vr.segments
         channels = sorted(by_channel) if channel is None else [channel]
         segs = []
@@ -355,12 +359,7 @@ class AdminApi:
 
     async def _alarms(self, req: Request) -> Response:
         q = req.query
-        try:
-            last = int(q.get("last", "0"))
-        except ValueError:
-            raise _BadRequest("last must be an integer") from None
-        if last < 0:
-            raise _BadRequest("last must be >= 0")
+        last = _last(q)
         alarms = self.alarms.alarms(q.get("device") or None) if self.alarms else []
         out = []
         for a in alarms[-last:] if last else alarms:

@@ -46,6 +46,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from hss_pu.fsutil import fsync_dir
 from hss_pu.reference_platform.http import AbortConnection, Request, Response, json_response
 
 __all__ = ["FIRMWARE_PREFIX", "FirmwareRequest", "FirmwareStore", "byte_range"]
@@ -154,11 +155,7 @@ class FirmwareStore:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise
-        dfd = os.open(self.directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        fsync_dir(self.directory)
         log.info("firmware: %s added as %s", src, name)
         return name
 
