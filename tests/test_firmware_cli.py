@@ -370,3 +370,14 @@ def test_key_files(tmp_path: Path) -> None:
         load_private_key(tmp_path / "k.pub")
     with pytest.raises(KeyFileError, match="does not exist"):
         load_public_key(tmp_path / "nothing.pub")
+
+
+def test_the_install_asks_for_the_extras_whose_wheels_came(tmp_path: Path) -> None:
+    # A laptop bundle built with --extra people carries OpenCV: the new version installs
+    # hss-pu[people], so its person detection (alarms.body) survives the upgrade.
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    (wheels / "hss_pu-0.1.0-py3-none-any.whl").write_bytes(b"")
+    assert fwbundle.requirement(wheels) == "hss-pu"
+    (wheels / "opencv_python_headless-4.11.0.86-cp37-abi3-manylinux_2_17_x86_64.whl").touch()
+    assert fwbundle.requirement(wheels) == "hss-pu[people]"

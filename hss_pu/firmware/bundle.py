@@ -46,6 +46,7 @@ __all__ = [
     "list_payload",
     "pip_wheels",
     "read_head",
+    "requirement",
     "source_checkout",
     "write_payload",
 ]
@@ -67,9 +68,11 @@ def source_checkout() -> Path:
     return root
 
 
-def pip_wheels(source: Path, dest: Path) -> list[Path]:
-    """``pip wheel`` of ``source`` and every dependency, for this machine, into ``dest``."""
-    cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(dest), str(source)]
+def pip_wheels(source: Path, dest: Path, extras: Sequence[str] = ()) -> list[Path]:
+    """``pip wheel`` of ``source`` (with ``extras``) and every dependency, for this
+    machine, into ``dest``."""
+    target = f"{source}[{','.join(extras)}]" if extras else str(source)
+    cmd = [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(dest), target]
     r = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if r.returncode != 0:
         tail = (r.stderr.strip().splitlines() or ["(no output)"])[-1]
@@ -265,3 +268,15 @@ def extract_wheels(
     if not any(n.startswith(f"wheels/{MAIN_WHEEL_PREFIX}") for n in seen):
         raise PayloadError("no hss_pu wheel in the payload")
     return wheels
+
+
+# An extra of hss-pu, and the wheel that shows a payload carries it.
+EXTRA_WHEELS = {"people": "opencv_python_headless-"}
+
+
+def requirement(wheels: Path) -> str:
+    """What to install from an unpacked payload: ``hss-pu`` with every extra whose
+    wheels came with it (a laptop's person detection survives an upgrade)."""
+    names = [p.name for p in wheels.glob("*.whl")]
+    extras = [e for e, prefix in EXTRA_WHEELS.items() if any(n.startswith(prefix) for n in names)]
+    return f"hss-pu[{','.join(extras)}]" if extras else "hss-pu"

@@ -46,6 +46,14 @@ def _parser() -> argparse.ArgumentParser:
         help="a directory of wheels (hss_pu's and its dependencies'); default: pip wheel of "
         "this checkout for this machine",
     )
+    b.add_argument(
+        "--extra",
+        action="append",
+        choices=["people"],
+        default=[],
+        help="without --wheels: also the wheels of this extra (people: OpenCV, for person "
+        "detection off a Pi); the device installs it when its wheels are in the bundle",
+    )
     b.add_argument("--out", required=True, type=Path, metavar="BUNDLE")
     v = sub.add_parser("verify", help="run the device's checks on a bundle")
     v.add_argument("bundle", type=Path)
@@ -91,7 +99,7 @@ def cmd_build(a: argparse.Namespace) -> int:
                 return _fail(f"--wheels {a.wheels} is not a directory", EXIT_USAGE)
             wheels = sorted(a.wheels.glob("*.whl"))
         else:
-            wheels = bundle.pip_wheels(bundle.source_checkout(), Path(tmp))
+            wheels = bundle.pip_wheels(bundle.source_checkout(), Path(tmp), extras=a.extra)
         manifest = bundle.build(
             wheels=wheels,
             keys=signers,

@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from hss_pu.clients.firmware import BundleRefused, Fetched, fetch_bundle
 from hss_pu.clients.http import DownloadError, HttpClient, UploadError, UrlGuard
-from hss_pu.firmware.bundle import PayloadError, extract_wheels
+from hss_pu.firmware.bundle import PayloadError, extract_wheels, requirement
 from hss_pu.firmware.slots import Clock, InstallError, SlotStore, State, Trial
 from hss_pu.wire.firmware import (
     BundleHead,
@@ -315,8 +315,9 @@ class UpgradeService:
             wheels = await asyncio.to_thread(self._extract, fetched)
             self._set("installing", 85, p.firmware_model)
             await asyncio.to_thread(
-                self.store.install, wheels, name, manifest=canonical(m), with_pip=self.with_pip
-            )
+                self.store.install, wheels, name, requirement=requirement(wheels),
+                manifest=canonical(m), with_pip=self.with_pip,
+            )  # fmt: skip
             self._set("installing", 92, p.firmware_model)
             self._step("installed")
             await asyncio.to_thread(
