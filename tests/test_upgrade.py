@@ -213,11 +213,15 @@ async def test_cut_download_resumes_with_range_and_the_bundle_goes_on_trial(
     rig.platform.firmware.cut_next(size // 2)
     await upgrade(rig, bundle)
     seen: list[tuple[str, int]] = []
+    why_awake: list[str] = []
     for _ in range(1200):
         if rig.task.done():
             break
         r = await query(rig)
         seen.append((r["upgrade_status"], r["progress"]))
+        if r["upgrade_status"] == "installing" and not why_awake:
+            # A battery device would not fall asleep in the middle of it.
+            why_awake = (await rig.status())["power"]["why_awake"]
         if r["upgrade_status"] in ("upgrading", "error"):
             break
         await asyncio.sleep(0.05)
@@ -237,6 +241,7 @@ async def test_cut_download_resumes_with_range_and_the_bundle_goes_on_trial(
     assert store.manifest("3-HSS-PU-EMU-3.0") is not None
     assert not (rig.storage / "upgrade").exists()
     assert "installing" in [s for s, _ in seen]
+    assert "firmware upgrade" in why_awake, why_awake
     progress = [p for _, p in seen]
     assert progress == sorted(progress), seen
     assert any(x.name == "Keepalive" and x.params["state"] == 2 for x in rig.platform.records), (
