@@ -30,6 +30,7 @@ from hss_pu.logsetup import setup_logging
 from hss_pu.profiles import load_profile, profile_names
 from hss_pu.schema import SchemaError
 from hss_pu.services.localctl import SENSOR_ACTIONS, send_command
+from hss_pu.wire.urls import redact_url
 
 # Only what every command needs is imported here: ``status``, ``bind`` and
 # ``check-config`` must answer in well under 150 ms on a Pi, so the daemon (PyAV, numpy,
@@ -138,7 +139,7 @@ def cmd_check_config(path: Path) -> int:
         return _config_error(exc)
     print(
         f"{cfg.path}: OK (device {cfg.device.id}, profile {cfg.profile.name}, "
-        f"Vs {cfg.platform.schedule_url}, camera {cfg.camera_source} "
+        f"Vs {cfg.platform.schedule_url}, camera {redact_url(cfg.camera_source)} "
         f"{cfg.camera.width}x{cfg.camera.height}@{cfg.camera.fps})"
     )
     return EXIT_OK

@@ -91,6 +91,12 @@ class PlatformSection(_Section, frozen=True, kw_only=True):
 
 class CameraSection(_Section, frozen=True, kw_only=True):
     source: Annotated[str, msgspec.Meta(min_length=1)] = "emulated"
+    # One source per channel, in channel order (a bridge of IP cameras: an RTSP URL
+    # each), instead of ``source``. Fewer than the profile's channels: the device has only
+    # these (GetCap claims no channel without a camera).
+    sources: Annotated[
+        list[Annotated[str, msgspec.Meta(min_length=1)]], msgspec.Meta(max_length=16)
+    ] = []
     width: Annotated[int, msgspec.Meta(ge=16, le=8192)] = 1280
     height: Annotated[int, msgspec.Meta(ge=16, le=8192)] = 720
     fps: Annotated[int, msgspec.Meta(ge=1, le=120)] = 30
@@ -198,6 +204,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True):
     ca_file: str | None
     storage_dir: str
     camera_source: str
+    # Each channel's source (index = channel id), resolved: camera.sources, or
+    # camera.source for channel 0 and the emulated camera where the profile says so.
+    channel_sources: tuple[str, ...]
     # upgrade.trusted_keys, read: raw 32-byte Ed25519 public keys, in the config's order.
     trusted_keys: tuple[bytes, ...] = ()
 
@@ -327,10 +336,17 @@ def _url_problem(url: str) -> str | None:
     return None
 
 
-def _check_source(source: str, profile: Profile, path: Path | None, base: Path | None) -> str:
-    """Validate ``camera.source``; returns it with a ``file:`` path made absolute."""
-    key = "camera.source"
-    backend = profile.channels[0].backend
+def _check_source(
+    source: str,
+    profile: Profile,
+    path: Path | None,
+    base: Path | None,
+    key: str = "camera.source",
+    channel: int = 0,
+) -> str:
+    """Validate ``camera.source`` (or an entry of ``camera.sources``, ``key``, for
+    ``channel``); returns it with a ``file:`` path made absolute."""
+    backend = profile.channels[channel].backend
     if source == "emulated":
         return source
     if source == "picamera2":
@@ -362,6 +378,51 @@ def _check_source(source: str, profile: Profile, path: Path | None, base: Path |
         key,
         f"{source!r}: expected emulated, picamera2, file:PATH, v4l2:/dev/videoN or rtsp://...",
     )
+
+
+def _channel_sources(
+    cam: CameraSection, profile: Profile, path: Path | None, base: Path | None
+) -> tuple[Profile, tuple[str, ...]]:
+    """The profile cut to the channels that have a source, and each channel's source.
+
+    Without ``camera.sources``, channel 0 has ``camera.source`` and another channel the
+    emulated camera if its backend is that, else ``camera.source`` too unless it is an RTSP
+    camera: two RTSP channels showing one camera would be a lie, so each needs its own URL.
+    """
+    if not cam.sources:
+        out = [_check_source(cam.source, profile, path, base)]
+        for ch in profile.channels[1:]:
+            if ch.backend == "rtsp":
+                raise key_error(
+                    path,
+                    "camera.sources",
+                    f"profile {profile.name!r} channel {ch.id} is an RTSP camera: give each "
+                    'channel its URL (camera.sources = ["rtsp://...", ...])',
+                )
+            out.append("emulated" if ch.backend == "emulated" else out[0])
+        return profile, tuple(out)
+    if cam.source != "emulated":
+        raise key_error(path, "camera.sources", "give camera.source or camera.sources, not both")
+    n = len(cam.sources)
+    if n > len(profile.channels):
+        raise key_error(
+            path,
+            "camera.sources",
+            f"{n} sources, but profile {profile.name!r} has {len(profile.channels)} channels",
+        )
+    out = [
+        _check_source(src, profile, path, base, f"camera.sources[{i}]", i)
+        for i, src in enumerate(cam.sources)
+    ]
+    doc = profile.doc
+    for s in doc.sensors:
+        if s.channel >= n:
+            raise key_error(
+                path, "camera.sources", f"profile {profile.name!r} has a {s.kind} on channel "
+                f"{s.channel}, which has no source",
+            )  # fmt: skip
+    cut = msgspec.structs.replace(doc, channels=doc.channels[:n])
+    return msgspec.structs.replace(profile, doc=cut), tuple(out)
 
 
 def _check_camera(cam: CameraSection, profile: Profile, path: Path | None) -> None:
@@ -479,7 +540,8 @@ def make_config(doc: ConfigDoc, path: Path | None = None) -> Config:
     profile = load_profile(doc.device.profile, config_path=path)
     password = _read_password(doc.device, path, base)
     ca_file = _check_platform(doc.platform, path, base)
-    source = _check_source(doc.camera.source, profile, path, base)
+    profile, sources = _channel_sources(doc.camera, profile, path, base)
+    source = sources[0]
     _check_camera(doc.camera, profile, path)
     if doc.camera.scene != "pattern" and source != "emulated":
         raise key_error(path, "camera.scene", "applies to the emulated camera only")
@@ -493,6 +555,7 @@ def make_config(doc: ConfigDoc, path: Path | None = None) -> Config:
         ca_file=ca_file,
         storage_dir=str(storage),
         camera_source=source,
+        channel_sources=sources,
         trusted_keys=trusted_keys,
     )
 

@@ -16,6 +16,7 @@ import signal
 from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import msgspec
 
@@ -152,6 +153,10 @@ class Daemon:
             platform_hosts=lambda: self.link.platform_hosts() if self.link else [],
         )
         add_secret(config.password.reveal())
+        for url in config.channel_sources:  # an IP camera's password, never in a log line
+            camera_password = urlsplit(url).password
+            if camera_password:
+                add_secret(unquote(camera_password))
 
     def stop(self) -> None:
         self._stop.set()
@@ -477,12 +482,11 @@ class Daemon:
         for spec in c.profile.channels:
             if spec.id == 0:
                 settings = EncodeSettings.from_config(spec, c.camera, c.bitrate)
-                source = c.camera_source
             else:
                 w, h = spec.max_resolution
                 cam = CameraSection(width=w, height=h, fps=spec.max_fps)
                 settings = EncodeSettings.from_config(spec, cam, spec.default_bitrate)
-                source = "emulated" if spec.backend == "emulated" else c.camera_source
+            source = c.channel_sources[spec.id]
             base[spec.id] = settings
             ch_doc = doc["channels"][str(spec.id)]
             media = MediaChannel(

@@ -10,8 +10,13 @@ declare -A PROVIDES=(
     [libsrt1.5-openssl]="libsrt.so.1.5 (SRT live push)"
     [srt-tools]="srt-live-transmit (reference platform SRT listener, tests)"
     [ffmpeg]="ffmpeg/ffprobe (tests, benchmarks)"
+    [python3-gi]="GObject bindings for Debian's python3 (the RTSP test server)"
+    [gir1.2-gst-rtsp-server-1.0]="GStreamer's RTSP server (RTSP cameras in tests, bench/channels.py)"
+    [gstreamer1.0-plugins-good]="rtph264pay, multifilesrc (the RTSP test server)"
+    [gstreamer1.0-plugins-bad]="h264parse (the RTSP test server)"
 )
-PKGS=(libsrt1.5-openssl srt-tools ffmpeg)
+PKGS=(libsrt1.5-openssl srt-tools ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0
+      gstreamer1.0-plugins-good gstreamer1.0-plugins-bad)
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 die() { say "ERROR: $*"; exit 1; }

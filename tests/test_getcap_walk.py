@@ -1,8 +1,9 @@
 """GetCap says only what is true: every capability a profile reports is exercised.
 
-Each firmware profile runs (camera.source = "emulated", small and slow) against the
-reference platform, and for each GetCap key that is true the message that uses it must
-really work: no 101, no silent drop. The table EXERCISERS maps a key to its exerciser; a
+Each firmware profile runs (camera.source = "emulated", or for an IP-camera bridge an
+H.264 file per camera passed through; small and slow) against the reference platform,
+and for each GetCap key that is true the message that uses it must really work: no
+101, no silent drop. The table EXERCISERS maps a key to its exerciser; a
 feature that lands adds its key to profiles.IMPLEMENTED and one line here.
 """
 
@@ -32,6 +33,7 @@ from hss_pu.wire.alarms import ALARM_KINDS, flag
 
 from .support.bundles import fake_bundle, new_key
 from .support.rig import DEVICE, MakeRig, Rig, until
+from .support.rtsp import make_clip
 
 pytestmark = [pytest.mark.slow, pytest.mark.platform(hb_interval=1)]
 
@@ -428,6 +430,12 @@ async def walk(
     monkeypatch.setattr(Daemon, "_reboot_device", reboot_device)
     monkeypatch.setattr(Daemon, "_restart", restart)
     monkeypatch.setenv("GPIOZERO_PIN_FACTORY", "mock")  # a Pi profile's LEDs on mock pins here
+    camera: dict[str, Any] = {"scene": "static"}  # a still room: motion only when someone walks
+    if ch.backend == "rtsp":
+        # A bridge of IP cameras: two of them, each an H.264 file passed through as a
+        # camera's stream is (the bridge on a real RTSP server: tests/test_rtsp_bridge.py).
+        clip = make_clip(tmp_path / "camera.mkv", size, 20, fps=10)
+        camera = {"sources": [f"file:{clip}"] * 2}
     rig = await make_rig(
         profile=profile.name,
         size=size,
@@ -435,11 +443,11 @@ async def walk(
         bitrate=200_000,
         backoff_scale=0.02,
         seed=7,
-        scene="static",  # a still room: motion only when someone walks across it
+        **camera,
         audio_output="null",  # no sound card here: a Pi profile's speaker is the null sink
         upgrade=UpgradeSection(trusted_keys=[str(pub)]),
     )
-    walks.append(Walk(rig, profile, size, reboots, key))
+    walks.append(Walk(rig, rig.daemon.config.profile, size, reboots, key))
     yield walks[0]
     assert not rig.task.done(), "the daemon stopped during the walk"
     assert await rig.stop() == 0

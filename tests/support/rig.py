@@ -101,6 +101,7 @@ def daemon_config(
     backoff_scale: float = 0.01,
     keepalive: float = 10.0,
     source: str = "emulated",
+    sources: Sequence[str] = (),
     size: tuple[int, int] = SMALL,
     fps: int = 15,
     bitrate: int | None = 300_000,
@@ -135,6 +136,7 @@ def daemon_config(
         ),
         camera=CameraSection(
             source=source,
+            sources=list(sources),
             width=size[0],
             height=size[1],
             fps=fps,
