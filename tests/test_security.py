@@ -24,13 +24,18 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from pathlib import Path
 
 import pytest
 
+from hss_pu.clients.firmware import fetch_bundle
+from hss_pu.clients.http import DownloadError, Trust, UrlGuard, platform_http
 from hss_pu.logsetup import REDACTED, OneLineFormatter
 from hss_pu.reference_platform.server import ReferencePlatform
 
-from .support.rig import DEVICE, PASSWORD, MakeRig, until
+from .support.rig import DEVICE, MAC, PASSWORD, MakePlatform, MakeRig, start_daemon, until
+
+MitM = ReferencePlatform
 
 HB_TOKEN = "hbTok-7Qz93LeakCheck"
 SRT_PASS = "srtPass-K2v8LeakCheck"
@@ -106,3 +111,104 @@ async def test_secrets_stay_out_of_debug_logs_uploads_and_status(
     leaks += _leaks(json.dumps(status), "status (pushing)")
     leaks += _leaks(json.dumps(status_after), "status")
     assert leaks == []
+
+
+# --- MITM: a certificate from a CA the device does not trust, on the same host name ---
+
+
+@pytest.fixture
+async def mitm(platform: ReferencePlatform, make_platform: MakePlatform, tmp_path: Path) -> MitM:
+    """A second reference platform on the same host (127.0.0.1), knowing the same device
+    and password, with its own CA: what an attacker on the path would present."""
+    other = await make_platform(state_dir=tmp_path / "mitm")
+    assert platform.ca_file is not None and other.ca_file is not None
+    assert other.ca_file.read_bytes() != platform.ca_file.read_bytes()
+    assert other.options.host == platform.options.host
+    return other
+
+
+def _refused_tls(caplog: pytest.LogCaptureFixture) -> bool:
+    return "CERTIFICATE_VERIFY_FAILED" in caplog.text or "does not verify" in caplog.text
+
+
+async def test_mitm_on_vs_is_refused(
+    platform: ReferencePlatform, mitm: MitM, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The device trusts the platform's CA and reaches the schedule URL... served by the
+    MITM: no Vs request gets through, it keeps trying, and never logs in anywhere."""
+    assert platform.ca_file is not None and mitm.ca_file is not None
+    caplog.set_level(logging.INFO, logger="hss_pu")
+    # The rig's config for the MITM's URL, with the CA file the device really trusts.
+    mitm.ca_file.write_bytes(platform.ca_file.read_bytes())
+    rig = await start_daemon(mitm, tmp_path / "pu", online=False)
+    try:
+        assert await until(lambda: caplog.text.count("CERTIFICATE_VERIFY_FAILED") >= 3, 10)
+        assert mitm.vs_requests == [] and mitm.logins == [] and platform.logins == []
+        assert not rig.task.done()
+    finally:
+        await rig.stop()
+
+
+async def test_mitm_on_vd_is_refused_before_the_password_is_sent(
+    platform: ReferencePlatform, mitm: MitM, make_rig: MakeRig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Vs points the device at the MITM's Vd port: the TLS handshake fails, so the login
+    URL (with the password) is never sent; the device goes back to Vs and logs in."""
+    caplog.set_level(logging.INFO, logger="hss_pu")
+    platform.vs_overrides.append({"Secure_PassPort": mitm.vd_port})
+    rig = await make_rig(online=False)
+    await rig.wait_online(timeout=20)
+    assert _refused_tls(caplog), caplog.text[-2000:]
+    assert mitm.logins == [] and len(platform.vs_requests) >= 2
+    assert platform.logins and platform.logins[-1].accepted
+
+
+async def test_mitm_on_snapshot_log_upload_and_vr_is_refused(
+    mitm: MitM, make_rig: MakeRig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """URLs on the MITM in Snapshot, LogUploadAsync and StartRecord's cbk_url: nothing
+    reaches it (no request at all: the handshake fails first), and each is a failure."""
+    caplog.set_level(logging.INFO, logger="hss_pu")
+    rig = await make_rig()
+    r = await rig.call("Snapshot", {"channel": 0, "url": mitm.upload_url("mitm.jpg")})
+    assert r.err is not None and "verif" in r.err.msg, r
+    r = await rig.call(
+        "LogUploadAsync",
+        {"trans_id": "mitm-1", "start": "2020-01-01T00:00:00", "end": "2030-01-01T00:00:00",
+         "url": mitm.log_upload_url("mitm.log")},
+    )  # fmt: skip
+    assert r.err is None, r  # accepted; the upload then fails
+    done = await rig.platform.wait_record(
+        lambda rec: rec.name == "LogDone" and rec.params.get("trans_id") == "mitm-1", timeout=15
+    )
+    assert done.params["status"] == "fail", done.params
+    r = await rig.start_record("mitm-rec", seg_duration=1, cbk_url=mitm.vr_cbk_url(0))
+    assert r.err is None, r
+    # The first segment's create meets the MITM's certificate: refused, not retried.
+    assert await until(lambda: "Vr create failed: TLS certificate" in caplog.text, 15)
+    await rig.stop_record("mitm-rec")
+    assert mitm.uploads == [] and mitm.log_uploads == []
+    assert sum(mitm.vr.requests.values()) == 0 and not mitm.vr.segments
+    assert mitm.vs_requests == [] and mitm.logins == []
+
+
+async def test_mitm_on_firmware_download_is_refused(
+    platform: ReferencePlatform, mitm: MitM, tmp_path: Path
+) -> None:
+    """The firmware download client as the daemon builds it (the platform's CA, the
+    system store, the URL guard), pointed at a bundle on the MITM: not one request."""
+    fake = tmp_path / "fw.bundle"
+    fake.write_bytes(b"\0" * 4096)
+    name = mitm.firmware.add(fake)
+    guard = UrlGuard(allow_insecure=False, platform_hosts=lambda: [platform.options.host])
+    async with platform_http(
+        MAC, str(platform.ca_file), trust=Trust.UPLOADS, timeout=5, guard=guard
+    ) as http:
+        with pytest.raises(DownloadError, match="verif"):
+            await fetch_bundle(
+                http, mitm.firmware.url_for(name), tmp_path / "staged",
+                accept_head=lambda head: None, progress=lambda got, total: None,
+                backoff=lambda n: 0.01,
+            )  # fmt: skip
+    assert mitm.firmware.requests_for(name) == []
+    assert not (tmp_path / "staged").exists()
