@@ -21,9 +21,13 @@ Where each line of item 5 is shown (the rest of this file fills the gaps):
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import json
 import logging
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -33,7 +37,17 @@ from hss_pu.clients.http import DownloadError, Trust, UrlGuard, platform_http
 from hss_pu.logsetup import REDACTED, OneLineFormatter
 from hss_pu.reference_platform.server import ReferencePlatform
 
-from .support.rig import DEVICE, MAC, PASSWORD, MakePlatform, MakeRig, start_daemon, until
+from .support.rig import (
+    DEVICE,
+    MAC,
+    PASSWORD,
+    ConfigFile,
+    MakePlatform,
+    MakeRig,
+    Spawn,
+    start_daemon,
+    until,
+)  # fmt: skip
 
 MitM = ReferencePlatform
 
@@ -212,3 +226,98 @@ async def test_mitm_on_firmware_download_is_refused(
             )  # fmt: skip
     assert mitm.firmware.requests_for(name) == []
     assert not (tmp_path / "staged").exists()
+
+
+# --- no listening network socket ---------------------------------------------------------
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def _inet_sockets(pid: int, ours: set[int]) -> list[tuple[str, str, str, str]]:
+    """(table, local, remote, state) of each TCP/UDP/raw socket the process holds."""
+    found = []
+    for table in ("tcp", "tcp6", "udp", "udp6", "raw", "raw6"):
+        with contextlib.suppress(FileNotFoundError):
+            for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+                f = line.split()
+                if int(f[9]) in ours:
+                    found.append((table, f[1], f[2], f[3]))
+    return found
+
+
+def _listeners(sockets: list[tuple[str, str, str, str]]) -> list[tuple[str, str, str, str]]:
+    """A TCP socket in LISTEN (0A), or a UDP/raw one with no peer (anyone may send to it):
+    what ``ss -l`` would show."""
+    return [
+        s for s in sockets
+        if (s[0].startswith("tcp") and s[3] == "0A")
+        or (not s[0].startswith("tcp") and s[2].endswith(":0000"))
+    ]  # fmt: skip
+
+
+def _ephemeral(local: str) -> bool:
+    low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    return low <= int(local.rsplit(":", 1)[1], 16) <= high
+
+
+def _unix_listeners(pid: int, ours: set[int]) -> list[str]:
+    found = []
+    for line in Path(f"/proc/{pid}/net/unix").read_text().splitlines()[1:]:
+        f = line.split()
+        if int(f[6]) in ours and int(f[3], 16) & 0x10000:  # __SO_ACCEPTCON: listening
+            found.append(f[7] if len(f) > 7 else "(unnamed)")
+    return found
+
+
+async def test_the_daemon_listens_on_no_network_socket(
+    platform: ReferencePlatform, config_file: ConfigFile, spawn: Spawn, tmp_path: Path
+) -> None:
+    """``hss-pu run`` as a process, online, pushing live and recording: it holds TCP and
+    UDP sockets (Vd, SRT, Vr) but listens on none; its one listening socket is the Unix
+    control socket, mode 0600."""
+    control = tmp_path / "state" / "control.sock"
+    p = await spawn("run", "--config", str(config_file(platform)))
+    await platform.wait_online(DEVICE, timeout=20)
+    rx, reply = await platform.push_live(DEVICE, 0, "sec-sock")
+    assert reply.err is None, reply
+    body = {"session_id": "sec-rec", "channel": 0, "max_bitrate": 0, "seg_duration": 1,
+            "seg_max_size": 8 << 20, "seg_max_count": 5, "start_ts": platform.now(),
+            "cbk_url": platform.vr_cbk_url(0)}  # fmt: skip
+    assert (await platform.call(DEVICE, "StartRecord", body, timeout=20)).err is None
+    await rx.wait_bytes(20_000, timeout=15)
+    assert await until(lambda: platform.vr.segments[0], 15)  # a segment went up over Vr
+    pid = p.proc.pid
+    seen: set[tuple[str, str, str, str]] = set()
+    for _ in range(5):
+        ours = _socket_inodes(pid)
+        sockets = _inet_sockets(pid, ours)
+        seen.update(sockets)
+        # libsrt's caller socket is UDP bound to an ephemeral port and not connect()ed at
+        # the OS level (libsrt matches peers itself): one per push, gone with the push.
+        # Anything else with no peer is a listener.
+        udp = _listeners(sockets)
+        assert all(s[0].startswith("udp") and _ephemeral(s[1]) for s in udp), sockets
+        assert len(udp) <= 1, sockets
+        assert _unix_listeners(pid, ours) == [str(control)]
+        await asyncio.sleep(0.2)
+    # Not vacuous: the tables were read and hold the daemon's live connections.
+    assert any(s[0].startswith("tcp") and s[3] == "01" for s in seen), seen  # Vd, Vr
+    srt = {s for s in seen if s[0].startswith("udp")}
+    assert len(srt) == 1, seen
+    mode = control.stat().st_mode
+    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+    # The push ends: its UDP socket goes, and no network listener of any kind is left.
+    assert (await platform.call(DEVICE, "StopLive", {"stream_id": "sec-sock"})).err is None
+    assert await until(lambda: not _listeners(_inet_sockets(pid, _socket_inodes(pid))), 10), (
+        _inet_sockets(pid, _socket_inodes(pid))
+    )
+    rc, _ = await p.stop()
+    assert rc == 0
