@@ -34,9 +34,12 @@ import pytest
 
 from hss_pu.clients.firmware import fetch_bundle
 from hss_pu.clients.http import DownloadError, Trust, UrlGuard, platform_http
+from hss_pu.config import load_config
+from hss_pu.errors import ConfigError
 from hss_pu.logsetup import REDACTED, OneLineFormatter
 from hss_pu.reference_platform.server import ReferencePlatform
 
+from .conftest import WriteConfig
 from .support.rig import (
     DEVICE,
     MAC,
@@ -321,3 +324,29 @@ async def test_the_daemon_listens_on_no_network_socket(
     )
     rc, _ = await p.stop()
     assert rc == 0
+
+
+# --- secrets files readable by others ----------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", [0o604, 0o606, 0o640, 0o660, 0o601])
+@pytest.mark.parametrize("holder", ["config", "password_file"])
+def test_a_secrets_file_readable_by_others_is_refused(
+    write_config: WriteConfig, tmp_path: Path, holder: str, mode: int
+) -> None:
+    """World-only bits (o+r without g+r) and group bits alike, on the config holding the
+    password and on a password file: refused, naming the key, not the secret. (The
+    one-line message of ``hss-pu check`` and ``hss-pu run``'s exit 2 are
+    tests/test_config.py and tests/test_daemon_process.py.)"""
+    if holder == "config":
+        path, key = write_config(mode=mode), "device.password"
+    else:
+        pw = tmp_path / "password"
+        pw.write_text("file-secret-123\n")
+        os.chmod(pw, mode)
+        path, key = write_config(password_line=f'password_file = "{pw}"'), "device.password_file"
+    with pytest.raises(ConfigError, match=f"{key}: .*readable by group/others") as ei:
+        load_config(path)
+    assert PASSWORD not in str(ei.value) and "file-secret" not in str(ei.value)
+    os.chmod(path if holder == "config" else tmp_path / "password", 0o600)
+    assert load_config(path).password.reveal() in (PASSWORD, "file-secret-123")
