@@ -173,7 +173,7 @@ async def test_mitm_on_vd_is_refused_before_the_password_is_sent(
     URL (with the password) is never sent; the device goes back to Vs and logs in."""
     caplog.set_level(logging.INFO, logger="hss_pu")
     platform.vs_overrides.append({"Secure_PassPort": mitm.vd_port})
-    rig = await make_rig(online=False)
+    rig = await make_rig(online=False, backoff_scale=0.001)  # 15 failures before Vs again
     await rig.wait_online(timeout=20)
     assert _refused_tls(caplog), caplog.text[-2000:]
     assert mitm.logins == [] and len(platform.vs_requests) >= 2
