@@ -350,3 +350,38 @@ def test_a_secrets_file_readable_by_others_is_refused(
     assert PASSWORD not in str(ei.value) and "file-secret" not in str(ei.value)
     os.chmod(path if holder == "config" else tmp_path / "password", 0o600)
     assert load_config(path).password.reveal() in (PASSWORD, "file-secret-123")
+
+
+# --- URL safety: the gap the existing tests left (PushLive) -----------------------------
+
+
+async def test_push_live_to_another_local_host_is_refused(
+    make_rig: MakeRig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PushLive's srt:// target under the URL-safety host rules (docs/protocol.md,
+    reading 26): the platform's own host (127.0.0.1) streams; ``localhost`` (the same
+    machine by another name), link-local and private addresses are 12 at once, and
+    nothing is sent. The HTTP URLs' refusals are tests/test_url_safety.py,
+    tests/test_alarms.py, tests/test_log_upload.py, tests/test_playback.py and
+    tests/test_firmware_download.py."""
+    rig = await make_rig()
+    p = rig.platform
+    rx = await p.open_live("sec-local")
+    for url in (
+        rx.url.replace("127.0.0.1", "localhost"),
+        "srt://169.254.169.254:9000?streamid=x",
+        "srt://10.0.0.1:9000",
+        "srt://[::ffff:127.0.0.1]:9000",
+    ):
+        r = await rig.call(
+            "PushLive", {"channel": 0, "url": url, "stream_id": "sec-local", "max_bitrate": 0},
+            timeout=5,
+        )  # fmt: skip
+        assert r.err is not None and r.err.code == 12, (url, r)
+    assert rig.daemon.live is not None and rig.daemon.live.pushes == {}
+    assert rx.bytes_received == 0
+    r = await rig.call(
+        "PushLive", {"channel": 0, "url": rx.url, "stream_id": "sec-local", "max_bitrate": 0}
+    )
+    assert r.err is None, r  # the platform's own host, as written in schedule_url
+    await rx.wait_bytes(10_000, timeout=10)
