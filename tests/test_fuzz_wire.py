@@ -1,6 +1,6 @@
 """Issue 13, item 5: 100,000 fuzzed Vd frames and 10,000 fuzzed Vs and Vr replies, fed
 to the parsers directly (wire/vd.py, wire/vs.py, wire/vr.py) so the bulk costs seconds,
-not the CI's minutes; a few hundred Vs replies then go through the real client over TLS.
+not the CI's minutes; 300 Vs and 300 Vr replies then go through the real clients over TLS.
 
 The live Vd session under fuzz (10,500 frames over real TLS, the session kept) is
 tests/test_vd_fuzz.py. Here the promise is narrower and sharper: for any input, a parser
@@ -13,15 +13,18 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from hss_pu.clients.http import Trust, platform_http
-from hss_pu.clients.vr import parse_retry_after
+from hss_pu.clients.vr import VrClient, VrError, parse_retry_after
 from hss_pu.clients.vs import VsError, fetch_server_addr
 from hss_pu.errors import BadReply
+from hss_pu.reference_platform.http import HttpServer, Request, Response, json_response
+from hss_pu.reference_platform.pki import Pki
 from hss_pu.reference_platform.server import ReferencePlatform
 from hss_pu.wire import vd, vr, vs
 
@@ -273,3 +276,52 @@ def test_deep_nesting_is_a_format_error_everywhere(n: int) -> None:
         vs.parse_server_addr(deep)
     with pytest.raises(vr.VrFormatError):
         vr.parse_create_reply(deep)
+
+
+LIVE_VR_REPLIES = 300
+
+
+async def test_fuzzed_vr_replies_through_the_client_over_tls(pki: Pki) -> None:
+    """The Vr client's reply readers (status, Retry-After, bounded body, parse) on a real
+    TLS connection: each fuzzed reply is a typed value or a VrError, and afterwards the
+    same client still works."""
+    rnd = random.Random(SEED)
+    statuses = [200, 200, 200, 201, 204, 301, 400, 404, 413, 429, 500, 503]
+
+    async def handler(req: Request) -> Response:
+        if not fuzzing:
+            return json_response(200, b'{"currenttime": 1700000000.5}')
+        _, doc = rnd.choice(VR_REPLIES_VALID)
+        data = damage(doc, rnd)
+        body = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+        headers = {"content-type": "application/json"}
+        if rnd.random() < 0.2:
+            headers["retry-after"] = str(junk(rnd))[:40].encode("ascii", "replace").decode()
+        return Response(rnd.choice(statuses), body, headers)
+
+    fuzzing = True
+    srv = HttpServer(handler, pki.server_context())
+    port = await srv.start("127.0.0.1", 0)
+    outcomes = {"value": 0, "error": 0}
+    try:
+        async with platform_http(MAC, str(pki.ca_file), trust=Trust.UPLOADS, timeout=10.0) as h:
+            client = VrClient(f"https://127.0.0.1:{port}/Vr?session=SessionKey42", h, https=True)
+            ops: list[Callable[[], Awaitable[object]]] = [
+                lambda: client.create(1000, 1_700_000_000.0, 4.0, False),
+                client.current_time,
+                lambda: client.stat(1, 4.0),
+                lambda: client.save("seg-1.ts"),
+            ]
+            for _ in range(LIVE_VR_REPLIES):
+                try:
+                    await rnd.choice(ops)()
+                except VrError as exc:
+                    assert (exc.op and "s=" not in str(exc)) or "s=***" in str(exc), exc
+                    outcomes["error"] += 1
+                else:
+                    outcomes["value"] += 1
+            fuzzing = False
+            assert await client.current_time() == 1_700_000_000.5
+    finally:
+        await srv.close()
+    assert min(outcomes.values()) >= 30, outcomes
