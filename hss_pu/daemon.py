@@ -501,8 +501,9 @@ class Daemon:
             self.channels.get(spec.id).camera = functools.partial(camera_state, media)
         p = c.platform
         self.live = LiveService(
-            self.media, self.channels, backoff_scale=p.backoff_scale, rng=self.rng
-        )
+            self.media, self.channels, backoff_scale=p.backoff_scale, rng=self.rng,
+            guard=self.url_guard,
+        )  # fmt: skip
         self.snapshot = SnapshotService(
             self.media, mac=c.device.mac, ca_file=c.ca_file, guard=self.url_guard
         )

@@ -26,10 +26,11 @@ __all__ = [
     "setup_logging",
 ]
 
-# Query parameters and key/values that carry secrets wherever they appear.
+# Query parameters and key/values that carry secrets wherever they appear (a struct's
+# repr quotes its value: ``hb_token='...'``).
 _SECRET_PARAMS = re.compile(
     r"(?P<key>\b(?:login_passwd|passphrase|password|passwd|hb_token|token)"
-    r"(?:=|\"?\s*:\s*\"?|'\s*:\s*'))(?P<val>[^&\s\"',}]+)",
+    r"(?:=['\"]?|\"?\s*:\s*\"?|'\s*:\s*'))(?P<val>[^&\s\"',}]+)",
     re.IGNORECASE,
 )
 

@@ -26,6 +26,7 @@ from hss_pu.clients.vs import VsError, fetch_server_addr
 from hss_pu.clock import OffsetClock
 from hss_pu.config import Config
 from hss_pu.errors import BadReply, DeadLinkError, LinkError, RpcRefused
+from hss_pu.logsetup import add_secret
 from hss_pu.retry import MAX_FAILURES_BEFORE_RESCHEDULE, retry_delay
 from hss_pu.tasks import TaskSet
 from hss_pu.wire.hibernation import parse_address
@@ -336,6 +337,8 @@ class PlatformLink:
         except DeadLinkError:
             return
         self.hb_token = info.hb_token
+        if info.hb_token:
+            add_secret(info.hb_token)  # a credential of the hibernation server
         if info.hibernation is not None:
             self.hibernation = parse_address(info.hibernation)
             if isinstance(self.hibernation, str):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import random
@@ -20,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from hss_pu.bridge import LoopBridge
+from hss_pu.clients.http import UploadError, UrlGuard, UrlNotAllowed
 from hss_pu.errors import ChannelOffline, DeviceFailure, InvalidParam
 from hss_pu.media.channel import MediaChannel
 from hss_pu.media.packets import EncodedPacket, KeyframeGate, StreamInfo
@@ -291,8 +293,10 @@ class LiveService:
         backoff_scale: float = 1.0,
         rng: random.Random | None = None,
         on_change: Callable[[], None] = lambda: None,
+        guard: UrlGuard | None = None,
     ) -> None:
         self.media = media
+        self.guard = guard
         self.channels = channels
         self.backoff_scale = backoff_scale
         self.rng = rng
@@ -307,6 +311,7 @@ class LiveService:
             url = parse_srt_url(p.url, default_streamid=p.stream_id)
         except ValueError as exc:
             raise InvalidParam(f"params.url: {exc}") from None
+        url = await self._checked(url)
         async with self._lock:
             if not media.enabled:  # switched off while we waited for the lock
                 raise ChannelOffline(f"channel {p.channel} is switched off")
@@ -326,6 +331,20 @@ class LiveService:
             state.stream_id = p.stream_id
             log.info("live ch%d: pushing %s to %s", p.channel, p.stream_id, url.redacted())
         self._on_change()
+
+    async def _checked(self, url: SrtUrl) -> SrtUrl:
+        """URL safety for the SRT target (reading 26): a host that is not the platform's
+        must have public addresses only; libsrt then connects to the address checked, not
+        to a name that could answer differently a moment later."""
+        if self.guard is None:
+            return url
+        try:
+            found = await self.guard.addresses(url.host, url.port, url.redacted())
+        except UrlNotAllowed as exc:
+            raise InvalidParam(f"params.url: {exc}") from None
+        except UploadError as exc:
+            raise DeviceFailure(f"cannot push to {url.redacted()}: {exc}") from None
+        return url if not found else dataclasses.replace(url, host=found[0])
 
     async def stop_live(self, p: StopLiveParams) -> None:
         async with self._lock:

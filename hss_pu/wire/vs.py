@@ -135,6 +135,10 @@ def parse_server_addr(body: bytes) -> ServerAddr:
         raw = msgspec.json.decode(body, type=_RawServerAddr)
     except (msgspec.ValidationError, msgspec.DecodeError) as exc:
         raise VsFormatError(f"bad getServerAddr reply: {exc}") from None
+    except (RecursionError, UnicodeError):
+        # msgspec recurses per nesting level, even in a field it skips: a reply of 10^5
+        # "[" must be a failed attempt, not an exception that ends the link task.
+        raise VsFormatError("bad getServerAddr reply: not JSON (nested too deeply)") from None
     if raw.PassPort == 0 and raw.Secure_PassPort == 0:
         raise VsFormatError("bad getServerAddr reply: neither PassPort nor Secure_PassPort")
     domain = valid_host(raw.PassDomain.strip())
