@@ -134,9 +134,11 @@ class Platform:
 
 @dataclass
 class Attempts:
-    """Every Vd login attempt of the fleet: (start, end, accepted), monotonic seconds."""
+    """Every Vd login attempt of the fleet: (start, end, accepted), monotonic seconds,
+    and why the failed ones failed (exception type and message, counted)."""
 
     rows: list[tuple[float, float, bool]] = field(default_factory=list)
+    why: Counter[str] = field(default_factory=Counter)
 
     def wrap(self) -> None:
         # The link's own name for it: every PU's login goes through this wrapper.
@@ -146,8 +148,9 @@ class Attempts:
             t0 = time.monotonic()
             try:
                 s = await real(*args, **kw)
-            except BaseException:
+            except BaseException as exc:
                 self.rows.append((t0, time.monotonic(), False))
+                self.why[f"{type(exc).__name__}: {exc}"[:120]] += 1
                 raise
             self.rows.append((t0, time.monotonic(), True))
             return s
@@ -193,7 +196,9 @@ def histogram(times: list[float], t0: float) -> Counter[int]:
     return Counter(int(t - t0) for t in times if t >= t0)
 
 
-async def storm(n: int, scale: float, seed: int, timeout: float) -> dict[str, Any]:
+async def storm(
+    n: int, scale: float, seed: int, timeout: float, settle: float = 3.0
+) -> dict[str, Any]:
     """One run with ``n`` PUs; the figures as a dict."""
     attempts = Attempts()
     attempts.wrap()
@@ -217,6 +222,7 @@ async def storm(n: int, scale: float, seed: int, timeout: float) -> dict[str, An
             link.on_login(mark)
         try:
             t_cold = time.monotonic()
+            pu_cold0, plat_cold0 = cpu_seconds(os.getpid()), platform.cpu()
             tasks = [asyncio.create_task(lk.run(), name=f"pu-{i}") for i, lk in enumerate(links)]
             while sum(lk.online.is_set() for lk in links) < n:
                 if time.monotonic() - t_cold > timeout:
@@ -225,11 +231,14 @@ async def storm(n: int, scale: float, seed: int, timeout: float) -> dict[str, An
                     )
                 await asyncio.sleep(0.05)
             cold = time.monotonic() - t_cold
+            pu_cold = cpu_seconds(os.getpid()) - pu_cold0
+            plat_cold = platform.cpu() - plat_cold0
             cold_attempts = len(attempts.rows)
-            await asyncio.sleep(3)  # Keepalives and GetServerInfo answered: a steady fleet
+            await asyncio.sleep(settle)  # Keepalives, GetServerInfo answered: a steady fleet
             vs_pu_before = sum(lk.vs_requests for lk in links)
-            pu_cpu0, plat_cpu0 = cpu_seconds(os.getpid()), platform.cpu()
+            pu_cpu0 = cpu_seconds(os.getpid())
             t0 = time.monotonic()
+            attempts.why.clear()
             phase["restarted"] = True
             await platform.stop()
             down_at = time.monotonic() - t0
@@ -240,6 +249,8 @@ async def storm(n: int, scale: float, seed: int, timeout: float) -> dict[str, An
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(all_back.wait(), timeout)
             t_end = time.monotonic()
+            end_rows = len(attempts.rows)  # not the logouts of the final stop below
+            why = dict(attempts.why.most_common(5))
             pu_cpu = cpu_seconds(os.getpid()) - pu_cpu0
             plat_cpu_storm = platform.cpu() - plat_cpu_start
             vs_pu = sum(lk.vs_requests for lk in links) - vs_pu_before
@@ -251,7 +262,7 @@ async def storm(n: int, scale: float, seed: int, timeout: float) -> dict[str, An
             if platform.proc is not None and platform.proc.returncode is None:
                 platform.proc.kill()
                 await platform.proc.wait()
-    rows = [r for r in attempts.rows[cold_attempts:] if r[0] >= t0]
+    rows = [r for r in attempts.rows[cold_attempts:end_rows] if r[0] >= t0]
     ok = [r for r in rows if r[2]]
     times = [t - t0 for t in back.values()]
     window = t_end - t0
@@ -270,6 +281,7 @@ async def storm(n: int, scale: float, seed: int, timeout: float) -> dict[str, An
         "logins_per_s": dict(sorted(histogram([r[1] for r in ok], t0).items())),
         "login_latency_p50_ms": 1000 * statistics.median(r[1] - r[0] for r in ok) if ok else None,
         "login_latency_p95_ms": 1000 * pct([r[1] - r[0] for r in ok], 0.95) if ok else None,
+        "failed_why": why,
         "vs_requests_platform": vs_platform,
         "vs_requests_pu": vs_pu,
         "window_s": window,
@@ -277,14 +289,19 @@ async def storm(n: int, scale: float, seed: int, timeout: float) -> dict[str, An
         "pu_cpu_while_down_s": pu_cpu_mid - pu_cpu0,
         "platform_cpu_storm_s": plat_cpu_storm,
         "platform_cpu_start_s": plat_cpu_start,
-        "platform_cpu_before_s": plat_cpu0,
+        "cold_pu_cpu_s": pu_cold,
+        "cold_platform_cpu_s": plat_cold,
     }
 
 
 def show(r: dict[str, Any]) -> None:
     n = r["n"]
     print(f"\n=== N = {n} PUs (backoff_scale {r.get('scale', 1)}) ===")
-    print(f"cold start (all at once, no schedule): all {n} online in {r['cold_start_s']:.1f} s")
+    c = r["cold_start_s"]
+    print(f"cold start (all at once, no schedule): all {n} online in {c:.1f} s "
+          f"({n / c:.0f} logins/s); CPU PUs {r['cold_pu_cpu_s']:.2f} s, platform "
+          f"{r['cold_platform_cpu_s']:.2f} s ({1000 * r['cold_platform_cpu_s'] / n:.1f} ms "
+          f"per login)")  # fmt: skip
     print(f"restart: platform down at +{r['platform_down_s']:.2f} s, serving again at "
           f"+{r['platform_up_s']:.2f} s")  # fmt: skip
     print(f"back online: {r['back']}/{n}; 50 % at {r['back_p50_s']:.1f} s, 95 % at "
@@ -292,6 +309,8 @@ def show(r: dict[str, Any]) -> None:
     print(f"Vd login attempts {r['attempts']} ({r['attempts_failed']} failed); "
           f"login latency p50 {r['login_latency_p50_ms']:.0f} ms, "
           f"p95 {r['login_latency_p95_ms']:.0f} ms")  # fmt: skip
+    for why, count in r["failed_why"].items():
+        print(f"  failed {count}x: {why}")
     print(f"Vs requests caused: {r['vs_requests_platform']} reached the platform, "
           f"{r['vs_requests_pu']} sent by the PUs")  # fmt: skip
     a, ok = r["attempts_per_s"], r["logins_per_s"]
@@ -316,6 +335,7 @@ def main() -> None:
                     help="the PUs' backoff_scale; 1 is the real 9.3.1.3 schedule")  # fmt: skip
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=300.0)
+    ap.add_argument("--settle", type=float, default=3.0, help="seconds online before the restart")
     ap.add_argument("--json", action="store_true", help="one JSON line per N, nothing else")
     ap.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -327,7 +347,7 @@ def main() -> None:
             asyncio.run(serve(Path(state), int(n), int(vs), int(vd)))
         return
     for n in args.n:
-        r = asyncio.run(storm(n, args.backoff_scale, args.seed, args.timeout))
+        r = asyncio.run(storm(n, args.backoff_scale, args.seed, args.timeout, args.settle))
         r["scale"] = args.backoff_scale
         if args.json:
             print(json.dumps(r), flush=True)
