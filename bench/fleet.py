@@ -8,7 +8,9 @@ back by themselves, on the 9.3.1.3 schedule (backoff_scale 1: the real one). Pri
 Vd login attempts and successes per second after the restart (the storm's shape, its
 peak), the time until 50/95/100 % are back, the Vs requests it caused (counted by the
 platform and by the PUs), login latency, and the CPU each side spent: the platform's
-tells what one process absorbs, the PUs' whether this client is the limit.
+tells what one process absorbs, the PUs' whether this client is the limit. ``--down S``
+keeps the platform down S seconds first: an outage, where the PUs' failures pile up and
+the schedule's later, wider steps spread them further.
 """
 
 from __future__ import annotations
@@ -197,7 +199,7 @@ def histogram(times: list[float], t0: float) -> Counter[int]:
 
 
 async def storm(
-    n: int, scale: float, seed: int, timeout: float, settle: float = 3.0
+    n: int, scale: float, seed: int, timeout: float, settle: float = 3.0, down: float = 0.0
 ) -> dict[str, Any]:
     """One run with ``n`` PUs; the figures as a dict."""
     attempts = Attempts()
@@ -242,6 +244,7 @@ async def storm(
             phase["restarted"] = True
             await platform.stop()
             down_at = time.monotonic() - t0
+            await asyncio.sleep(down)  # an outage, not a quick restart, when down > 0
             pu_cpu_mid = cpu_seconds(os.getpid())
             await platform.start()
             up_at = time.monotonic() - t0
@@ -335,6 +338,7 @@ def main() -> None:
                     help="the PUs' backoff_scale; 1 is the real 9.3.1.3 schedule")  # fmt: skip
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--timeout", type=float, default=300.0)
+    ap.add_argument("--down", type=float, default=0.0, help="seconds the platform stays down")
     ap.add_argument("--settle", type=float, default=3.0, help="seconds online before the restart")
     ap.add_argument("--json", action="store_true", help="one JSON line per N, nothing else")
     ap.add_argument("--serve", nargs=4, help=argparse.SUPPRESS)
@@ -347,7 +351,9 @@ def main() -> None:
             asyncio.run(serve(Path(state), int(n), int(vs), int(vd)))
         return
     for n in args.n:
-        r = asyncio.run(storm(n, args.backoff_scale, args.seed, args.timeout, args.settle))
+        r = asyncio.run(
+            storm(n, args.backoff_scale, args.seed, args.timeout, args.settle, args.down)
+        )
         r["scale"] = args.backoff_scale
         if args.json:
             print(json.dumps(r), flush=True)
