@@ -64,6 +64,13 @@ def raise_nofile() -> int:
     return hard
 
 
+def listen_overflows() -> int:
+    """The host's TcpExt ListenOverflows: SYNs dropped because a listen backlog was full
+    (the client retries after 1, 3, 7 s). Host-wide: other processes' count too."""
+    head, vals = [ln.split() for ln in Path("/proc/net/netstat").read_text().splitlines()[:2]]
+    return int(dict(zip(head, vals, strict=True)).get("ListenOverflows", 0))
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process (its threads included), from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -225,6 +232,7 @@ async def storm(
         try:
             t_cold = time.monotonic()
             pu_cold0, plat_cold0 = cpu_seconds(os.getpid()), platform.cpu()
+            ovf0 = listen_overflows()
             tasks = [asyncio.create_task(lk.run(), name=f"pu-{i}") for i, lk in enumerate(links)]
             while sum(lk.online.is_set() for lk in links) < n:
                 if time.monotonic() - t_cold > timeout:
@@ -235,10 +243,12 @@ async def storm(
             cold = time.monotonic() - t_cold
             pu_cold = cpu_seconds(os.getpid()) - pu_cold0
             plat_cold = platform.cpu() - plat_cold0
+            ovf_cold = listen_overflows() - ovf0
             cold_attempts = len(attempts.rows)
             await asyncio.sleep(settle)  # Keepalives, GetServerInfo answered: a steady fleet
             vs_pu_before = sum(lk.vs_requests for lk in links)
             pu_cpu0 = cpu_seconds(os.getpid())
+            ovf0 = listen_overflows()
             t0 = time.monotonic()
             attempts.why.clear()
             phase["restarted"] = True
@@ -252,6 +262,7 @@ async def storm(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(all_back.wait(), timeout)
             t_end = time.monotonic()
+            ovf_storm = listen_overflows() - ovf0
             end_rows = len(attempts.rows)  # not the logouts of the final stop below
             why = dict(attempts.why.most_common(5))
             pu_cpu = cpu_seconds(os.getpid()) - pu_cpu0
@@ -292,6 +303,8 @@ async def storm(
         "pu_cpu_while_down_s": pu_cpu_mid - pu_cpu0,
         "platform_cpu_storm_s": plat_cpu_storm,
         "platform_cpu_start_s": plat_cpu_start,
+        "cold_listen_overflows": ovf_cold,
+        "listen_overflows": ovf_storm,
         "cold_pu_cpu_s": pu_cold,
         "cold_platform_cpu_s": plat_cold,
     }
@@ -304,7 +317,7 @@ def show(r: dict[str, Any]) -> None:
     print(f"cold start (all at once, no schedule): all {n} online in {c:.1f} s "
           f"({n / c:.0f} logins/s); CPU PUs {r['cold_pu_cpu_s']:.2f} s, platform "
           f"{r['cold_platform_cpu_s']:.2f} s ({1000 * r['cold_platform_cpu_s'] / n:.1f} ms "
-          f"per login)")  # fmt: skip
+          f"per login); SYNs dropped at a full backlog: {r['cold_listen_overflows']}")  # fmt: skip
     print(f"restart: platform down at +{r['platform_down_s']:.2f} s, serving again at "
           f"+{r['platform_up_s']:.2f} s")  # fmt: skip
     print(f"back online: {r['back']}/{n}; 50 % at {r['back_p50_s']:.1f} s, 95 % at "
@@ -314,6 +327,7 @@ def show(r: dict[str, Any]) -> None:
           f"p95 {r['login_latency_p95_ms']:.0f} ms")  # fmt: skip
     for why, count in r["failed_why"].items():
         print(f"  failed {count}x: {why}")
+    print(f"SYNs dropped at a full listen backlog: {r['listen_overflows']}")
     print(f"Vs requests caused: {r['vs_requests_platform']} reached the platform, "
           f"{r['vs_requests_pu']} sent by the PUs")  # fmt: skip
     a, ok = r["attempts_per_s"], r["logins_per_s"]
