@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -101,6 +102,32 @@ async def serve(state_dir: Path, n: int, vs_port: int, vd_port: int) -> None:
     count = p.vs_request_count
     await p.close()
     print(json.dumps({"vs_requests": count}), flush=True)
+
+
+async def sample_cpu(
+    platform: Platform, t0: float, out: list[tuple[float, float, int, float]]
+) -> None:
+    """(seconds since t0, PU CPU, platform pid, its CPU) every 0.25 s until cancelled: the
+    CPU each side spent in each second of the storm."""
+    while True:
+        proc = platform.proc
+        pid, cpu = (proc.pid, -1.0) if proc is not None else (0, -1.0)
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            cpu = cpu_seconds(pid)
+        out.append((time.monotonic() - t0, cpu_seconds(os.getpid()), pid, cpu))
+        await asyncio.sleep(0.25)
+
+
+def cpu_per_second(samples: list[tuple[float, float, int, float]]) -> dict[int, list[float]]:
+    """second -> [PU CPU %, platform CPU %] (the platform's only between samples of one
+    process, else -1)."""
+    res: dict[int, list[float]] = {}
+    for a, b in itertools.pairwise(samples):
+        s = res.setdefault(int(a[0]), [0.0, 0.0])
+        s[0] += 100 * (b[1] - a[1])
+        if a[2] == b[2] and a[3] >= 0 and b[3] >= 0:
+            s[1] += 100 * (b[3] - a[3])
+    return res
 
 
 class Platform:
@@ -252,6 +279,8 @@ async def storm(
             t0 = time.monotonic()
             attempts.why.clear()
             phase["restarted"] = True
+            samples: list[tuple[float, float, int, float]] = []
+            sampler = asyncio.create_task(sample_cpu(platform, t0, samples))
             await platform.stop()
             down_at = time.monotonic() - t0
             await asyncio.sleep(down)  # an outage, not a quick restart, when down > 0
@@ -262,6 +291,7 @@ async def storm(
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(all_back.wait(), timeout)
             t_end = time.monotonic()
+            sampler.cancel()
             ovf_storm = listen_overflows() - ovf0
             end_rows = len(attempts.rows)  # not the logouts of the final stop below
             why = dict(attempts.why.most_common(5))
@@ -303,6 +333,7 @@ async def storm(
         "pu_cpu_while_down_s": pu_cpu_mid - pu_cpu0,
         "platform_cpu_storm_s": plat_cpu_storm,
         "platform_cpu_start_s": plat_cpu_start,
+        "cpu_per_s": cpu_per_second(samples),
         "cold_listen_overflows": ovf_cold,
         "listen_overflows": ovf_storm,
         "cold_pu_cpu_s": pu_cold,
@@ -332,11 +363,13 @@ def show(r: dict[str, Any]) -> None:
           f"{r['vs_requests_pu']} sent by the PUs")  # fmt: skip
     a, ok = r["attempts_per_s"], r["logins_per_s"]
     last = max([*a, *ok, 0])
-    print("second  attempts  logins")
+    cps = r["cpu_per_s"]
+    print("second  attempts  logins  CPU% PUs  platform")
     top = max(ok.values(), default=1)
     for s in range(last + 1):
         bar = "#" * (ok.get(s, 0) * 60 // top)
-        print(f"{s:6d}  {a.get(s, 0):8d}  {ok.get(s, 0):6d}  {bar}")
+        pu, pl = cps.get(s, [0, 0])
+        print(f"{s:6d}  {a.get(s, 0):8d}  {ok.get(s, 0):6d}  {pu:8.0f}  {pl:8.0f}  {bar}")
     print(f"peak: {max(a.values(), default=0)} attempts/s, {max(ok.values(), default=0)} logins/s")
     w = r["window_s"]
     print(f"CPU over the {w:.1f} s from the stop to the last login: PUs {r['pu_cpu_s']:.1f} s "
