@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,8 +177,9 @@ class Attempts:
     rows: list[tuple[float, float, bool]] = field(default_factory=list)
     why: Counter[str] = field(default_factory=Counter)
 
-    def wrap(self) -> None:
-        # The link's own name for it: every PU's login goes through this wrapper.
+    @contextlib.contextmanager
+    def wrapped(self) -> Iterator[None]:
+        """Every PU's login goes through this wrapper (the link's own name for it)."""
         real = getattr(link_module, "connect_vd")  # noqa: B009
 
         async def timed(*args: Any, **kw: Any) -> Any:
@@ -192,6 +194,10 @@ class Attempts:
             return s
 
         setattr(link_module, "connect_vd", timed)  # noqa: B010
+        try:
+            yield
+        finally:
+            setattr(link_module, "connect_vd", real)  # noqa: B010
 
 
 def make_link(i: int, platform: Platform, storage: Path, scale: float, seed: int) -> PlatformLink:
@@ -237,8 +243,7 @@ async def storm(
 ) -> dict[str, Any]:
     """One run with ``n`` PUs; the figures as a dict."""
     attempts = Attempts()
-    attempts.wrap()
-    with tempfile.TemporaryDirectory(prefix="hss-fleet-") as tmp:
+    with attempts.wrapped(), tempfile.TemporaryDirectory(prefix="hss-fleet-") as tmp:
         platform = Platform(Path(tmp) / "platform", n)
         await platform.start()
         storage = Path(tmp) / "pu"
@@ -256,11 +261,12 @@ async def storm(
                         all_back.set()
 
             link.on_login(mark)
+        tasks: list[asyncio.Task[None]] = []
         try:
             t_cold = time.monotonic()
             pu_cold0, plat_cold0 = cpu_seconds(os.getpid()), platform.cpu()
             ovf0 = listen_overflows()
-            tasks = [asyncio.create_task(lk.run(), name=f"pu-{i}") for i, lk in enumerate(links)]
+            tasks += [asyncio.create_task(lk.run(), name=f"pu-{i}") for i, lk in enumerate(links)]
             while sum(lk.online.is_set() for lk in links) < n:
                 if time.monotonic() - t_cold > timeout:
                     raise SystemExit(
@@ -300,9 +306,9 @@ async def storm(
             vs_pu = sum(lk.vs_requests for lk in links) - vs_pu_before
             vs_platform = await platform.stop()
         finally:
-            for t in locals().get("tasks", []):
+            for t in tasks:
                 t.cancel()
-            await asyncio.gather(*locals().get("tasks", []), return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             if platform.proc is not None and platform.proc.returncode is None:
                 platform.proc.kill()
                 await platform.proc.wait()
@@ -351,6 +357,9 @@ def show(r: dict[str, Any]) -> None:
           f"per login); SYNs dropped at a full backlog: {r['cold_listen_overflows']}")  # fmt: skip
     print(f"restart: platform down at +{r['platform_down_s']:.2f} s, serving again at "
           f"+{r['platform_up_s']:.2f} s")  # fmt: skip
+    if r["back"] < n:
+        print(f"back online: only {r['back']}/{n} within the timeout")
+        return
     print(f"back online: {r['back']}/{n}; 50 % at {r['back_p50_s']:.1f} s, 95 % at "
           f"{r['back_p95_s']:.1f} s, 100 % at {r['back_p100_s']:.1f} s")  # fmt: skip
     print(f"Vd login attempts {r['attempts']} ({r['attempts_failed']} failed); "
