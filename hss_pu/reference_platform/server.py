@@ -114,7 +114,8 @@ class ReferencePlatform:
         self.vd_port = 0
         self.admin_port: int | None = None
         self.admin_token = secrets.token_urlsafe(32)
-        self.vs_requests: list[Request] = []
+        self.vs_requests: list[Request] = []  # the last ones (bounded)
+        self.vs_request_count = 0  # every Vs request since start (bench/fleet.py)
         self.uploads: list[Upload] = []
         self.upload_failures: dict[str, int] = {}  # name -> further PUTs to answer 503
         self.log_uploads: list[LogUpload] = []
@@ -687,6 +688,7 @@ class ReferencePlatform:
 
     async def _handle_vs(self, req: Request) -> Response:
         self.vs_requests.append(req)
+        self.vs_request_count += 1
         if len(self.vs_requests) > 1000:
             del self.vs_requests[:500]
         if req.path != "/Vs/getServerAddr":
