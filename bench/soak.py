@@ -4,10 +4,11 @@
 the reference platform (in this process, TLS on loopback), which starts a recording (4 s
 segments) and a live push (srt-live-transmit behind a userspace UDP relay) after every
 login; its emulated PIR goes on and off every 10-30 s. Every 10-60 s (seeded RNG, printed)
-one fault fires: the platform restarts, Vr misbehaves (5xx, 429, held, slow, aborted),
-an upload is cut, the SRT listener restarts, the relay loses/delays/reorders packets,
-the spool fills (Vr away past the ``storage.spool_max_mb`` quota, so it evicts: the
-disk-full path, without filling a real disk), or the daemon is SIGKILLed.
+one fault fires, each kind once in a shuffled round before any repeats: the platform
+restarts, Vr misbehaves (5xx, 429, held, slow, aborted), an upload is cut, the SRT
+listener restarts, the relay loses/delays/reorders packets, the spool fills (Vr away
+past the ``storage.spool_max_mb`` quota, so it evicts: the disk-full path, without
+filling a real disk), or the daemon is SIGKILLed.
 
 At the end the platform comes back for good, the daemon drains, and the run is
 accounted: every segment the daemon closed (its debug log: ``segment closed: start ...``)
@@ -56,6 +57,7 @@ from tests.support.udp_relay import UdpRelay  # noqa: E402
 SESSION, STREAM, SEG = "soak", "soak-live", 4
 _CLOSED = re.compile(r"segment closed: start ([0-9.]+), ([0-9.]+) s")
 _DROPPED = re.compile(r"segment dropped: start ([0-9.]+) \((\w+)\)")
+_ALARM_START = re.compile(r"^(\S+) .*alarm pir ch0: start")
 
 
 def rss_kb(pid: int) -> int:
@@ -78,6 +80,37 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
 
 
+FAULTS = (
+    "platform-restart",
+    "vr-faults",
+    "vr-cut-upload",
+    "srt-listener-restart",
+    "srt-relay-chaos",
+    "vr-outage-spool-full",
+    "daemon-sigkill",
+)
+WARM_UP = 10.0  # s before the first fault: recording and live running
+
+
+def plan(
+    seed: int, minutes: float, every: tuple[float, float], cool_down: float
+) -> list[tuple[float, str]]:
+    """(seconds from the start, fault name): every ``every`` s, each kind once in a
+    shuffled round before any repeats, none in the last ``cool_down`` s (the longest
+    fault then ends in time); the same for the same seed, whatever happens."""
+    rng = random.Random(f"{seed}-plan")
+    out: list[tuple[float, str]] = []
+    deck: list[str] = []
+    t = WARM_UP
+    while True:
+        t += rng.uniform(*every)
+        if t > minutes * 60 - cool_down:
+            return out
+        if not deck:
+            deck = rng.sample(FAULTS, len(FAULTS))
+        out.append((round(t, 1), deck.pop()))
+
+
 @dataclass
 class Result:
     minutes: float
@@ -91,8 +124,11 @@ class Result:
     dropped_reported: int = 0
     duplicates: int = 0
     undecodable: int = 0
-    alarms_raised: int = 0
-    alarms_delivered: int = 0
+    sensor_on: int = 0  # "pir on" accepted by the daemon
+    alarms_raised: int = 0  # alarm starts the daemon logged
+    alarms_delivered: int = 0  # distinct starts the platform received
+    alarms_duplicated: int = 0  # received again (at-least-once delivery over a lost link)
+    alarms_lost_to_kill: int = 0  # raised shortly before a SIGKILL, never delivered
     alarms_refused: int = 0  # the daemon was down (killed) when the sensor fired
     rss_growth: float = float("nan")
     fd_growth: int = 0
@@ -118,8 +154,10 @@ class Result:
             + (", ".join(f"{k} {v}" for k, v in self.dropped.items()) or "none")
             + f"), reported to the platform (op=stat) {self.dropped_reported}; "
             f"closed and lost in RAM to a SIGKILL {len(self.lost_to_kill)}",
-            f"alarms: raised {self.alarms_raised}, delivered {self.alarms_delivered} "
-            f"(sensor refused while the daemon was down: {self.alarms_refused})",
+            f"alarms: PIR on {self.sensor_on} times, raised {self.alarms_raised}, delivered "
+            f"{self.alarms_delivered} (+{self.alarms_duplicated} repeated), lost in RAM to a "
+            f"SIGKILL {self.alarms_lost_to_kill}; sensor refused while the daemon was down "
+            f"{self.alarms_refused}",
             f"RSS {self.rss_mb[0]:.0f} -> {self.rss_mb[1]:.0f} MB after the first 5 min "
             f"(growth {self.rss_growth:+.1%}), open fds growth {self.fd_growth:+d}",
             f"reconnect after a platform restart ({len(self.reconnect)}): p50 "
@@ -135,10 +173,18 @@ class Result:
 
 
 class Soak:
-    def __init__(self, tmp: Path, minutes: float, seed: int, every: tuple[float, float]) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        minutes: float,
+        seed: int,
+        every: tuple[float, float],
+        max_outage: float = 60.0,
+    ) -> None:
         self.tmp = tmp
+        self.max_outage = max_outage
         self.minutes = minutes
-        self.rng = random.Random(seed)
+        self.seed = seed
         self.every = every
         self.result = Result(minutes, seed)
         self.t0 = time.monotonic()
@@ -192,8 +238,9 @@ class Soak:
                     break
 
     async def alarms(self) -> None:
+        rng = self._rng("alarms")
         while True:
-            await asyncio.sleep(self.rng.uniform(10, 30))
+            await asyncio.sleep(rng.uniform(10, 30))
             for action in ("on", "off"):
                 try:
                     reply = await asyncio.to_thread(
@@ -204,7 +251,7 @@ class Soak:
                     reply = {"ok": False}
                 if action == "on":
                     if reply.get("ok"):
-                        self.result.alarms_raised += 1
+                        self.result.sensor_on += 1
                     else:
                         self.result.alarms_refused += 1
                 await asyncio.sleep(2)
@@ -219,33 +266,46 @@ class Soak:
 
     # -- faults ----------------------------------------------------------------------------
 
-    def faults(self) -> list[Fault]:
+    def _rng(self, what: str) -> random.Random:
+        """One RNG per consumer, so the fault plan does not depend on what else ran."""
+        return random.Random(f"{self.seed}-{what}")
+
+    def faults(self) -> dict[str, Fault]:
         rx = self.platform.receivers[STREAM]
-        return [
-            PlatformRestart(self.platform, self.rng),
-            VrFaults(self.platform, self.rng),
+        faults: list[Fault] = [
+            PlatformRestart(self.platform, self._rng("platform-restart")),
+            VrFaults(self.platform, self._rng("vr-faults")),
             VrCutUpload(self.platform),
             SrtListenerRestart(rx),
-            RelayChaos(self.relay, self.rng),
-            VrOutage(self.platform, self.rng),
+            RelayChaos(self.relay, self._rng("relay")),
+            VrOutage(self.platform, self._rng("vr-outage"), max_seconds=self.max_outage),
             DaemonKill(self.sup),
         ]
+        assert [f.name for f in faults] == list(FAULTS)
+        return {f.name: f for f in faults}
 
-    async def fire_faults(self, until: float) -> None:
+    async def fire_faults(self) -> None:
+        """Fire the plan: each fault at its time, in a task of its own (a long one, an
+        outage, overlaps the next); a fault still running when its kind comes up again
+        is waited for first."""
         faults = self.faults()
-        while True:
-            wait = self.rng.uniform(*self.every)
-            if time.monotonic() + wait >= until:
-                return
-            await asyncio.sleep(wait)
-            fault = self.rng.choice(faults)
-            if isinstance(fault, DaemonKill):
-                self.kills.append(time.monotonic())
-            what = await fault.fire()
-            if isinstance(fault, PlatformRestart):
-                self.platform_back.append(time.monotonic())
-            self.result.faults[fault.name] += 1
-            self.say(f"fault {fault.name}: {what}")
+        running: dict[str, asyncio.Task[None]] = {}
+        for at, name in plan(self.seed, self.minutes, self.every, self.max_outage):
+            await asyncio.sleep(max(0.0, self.t0 + at - time.monotonic()))
+            if (prev := running.get(name)) is not None:
+                await prev
+            running[name] = asyncio.create_task(self._fire(faults[name]))
+        await asyncio.gather(*running.values())
+
+    async def _fire(self, fault: Fault) -> None:
+        if isinstance(fault, DaemonKill):
+            self.kills.append(time.monotonic())
+        self.say(f"fault {fault.name} ...")
+        what = await fault.fire()
+        if isinstance(fault, PlatformRestart):
+            self.platform_back.append(time.monotonic())
+        self.result.faults[fault.name] += 1
+        self.say(f"fault {fault.name}: {what}")
 
     # -- the run -------------------------------------------------------------------------
 
@@ -258,10 +318,17 @@ class Soak:
 
     async def _run(self) -> Result:
         rx = await self.platform.open_live(STREAM)
-        self.relay = UdpRelay(("127.0.0.1", rx.port), seed=self.rng.randrange(1 << 30))
+        self.relay = UdpRelay(
+            ("127.0.0.1", rx.port), seed=self._rng("relay-loss").randrange(1 << 30)
+        )
         await self.relay.start()
         doc = daemon_config(
-            self.platform, self.storage, backoff_scale=0.1, spool_max_mb=2, memory_queue_mb=8
+            self.platform,
+            self.storage,
+            backoff_scale=0.1,
+            bitrate=1_000_000,  # ~0.5 MB segments: a 1 MB spool fills within a short outage
+            spool_max_mb=1,
+            memory_queue_mb=8,
         )
         config = write_config_file(doc, self.tmp / "config.toml")
         self.sup = Supervisor(config, restart_sec=5.0, log_level="debug")
@@ -274,10 +341,14 @@ class Soak:
         try:
             await self.platform.wait_online(DEVICE, timeout=60)
             await self.platform.vr.wait_segments(0, 1, timeout=60)
-            self.say("recording and live; faults start")
+            schedule = plan(self.seed, self.minutes, self.every, self.max_outage)
+            self.say(
+                "recording and live; faults planned: "
+                + ", ".join(f"{n} at {t:g} s" for t, n in schedule)
+            )
             tasks.append(asyncio.create_task(self.alarms()))
             end = self.t0 + self.minutes * 60
-            await self.fire_faults(end)
+            await self.fire_faults()
             await asyncio.sleep(max(0.0, end - time.monotonic()))
             for t in tasks[3:]:
                 t.cancel()
@@ -317,7 +388,7 @@ class Soak:
         )
         if reply.err is not None:
             self.result.problems.append(f"StopRecord: {reply.err}")
-        await asyncio.sleep(3)  # the last, partial segment
+        await asyncio.sleep(3)  # the last, partial segment; the alarms' ends
         self.say("drained")
 
     # -- accounting ------------------------------------------------------------------------
@@ -351,7 +422,22 @@ class Soak:
         extra = set(starts) - {round(c[0], 2) for c in closed}
         if extra:
             r.problems.append(f"{len(extra)} saved segments the daemon never logged as closed")
-        r.alarms_delivered = sum(1 for a in self.platform.alarms(DEVICE) if a.state != "end")
+        alarm_starts = Counter(
+            (a.type, a.timestamp) for a in self.platform.alarms(DEVICE) if a.state == "start"
+        )
+        r.alarms_delivered = len(alarm_starts)
+        r.alarms_duplicated = sum(n - 1 for n in alarm_starts.values())
+        got = [ts for _type, ts in alarm_starts]
+        for i, line in enumerate(lines):
+            if m := _ALARM_START.search(line):
+                r.alarms_raised += 1
+                at = time.mktime(time.strptime(m[1], "%Y-%m-%dT%H:%M:%S"))  # local time
+                if any(abs(ts - at) <= 2 for ts in got):
+                    continue
+                if self._killed(i):
+                    r.alarms_lost_to_kill += 1
+                else:
+                    r.problems.append(f"the alarm raised at {m[1]} was never delivered")
         r.live_bytes = live_bytes
         r.restarts = len(self.sup.starts) - 1
         r.crashes = len(self.sup.crashes)
@@ -376,6 +462,11 @@ class Soak:
             )
         if r.lost:
             r.problems.append(f"{len(r.lost)} segments lost: starts {r.lost[:10]}")
+        if r.dropped_reported < sum(r.dropped.values()):
+            r.problems.append(
+                f"{sum(r.dropped.values()) - r.dropped_reported} dropped segments never "
+                "reported to the platform (op=stat)"
+            )
         if r.duplicates:
             r.problems.append(f"{r.duplicates} duplicate segments")
         if r.undecodable:
@@ -384,18 +475,19 @@ class Soak:
             r.problems.append(f"unexplained exit {e.rc}: " + " | ".join(e.tail[-5:]))
         if r.recorded == 0 or r.saved == 0:
             r.problems.append("nothing recorded")
-        if r.alarms_raised and r.alarms_delivered == 0:
+        if r.sensor_on and r.alarms_delivered == 0:
             r.problems.append("no alarm delivered")
 
     def _killed_in_ram(self, start: float, closed: list[tuple[float, float, int]]) -> bool:
         """Did a SIGKILL end the incarnation that closed this segment? (A segment closed
         by a daemon that was then killed and never saved: it was in memory.)"""
-        for s, _d, i in closed:
-            if s == start:
-                inc = self._incarnation(i)
-                exits = self.sup.exits
-                return inc < len(exits) and exits[inc].expected
-        return False
+        return any(s == start and self._killed(i) for s, _d, i in closed)
+
+    def _killed(self, line_index: int) -> bool:
+        """Was the process that wrote this log line ended by an injected SIGKILL?"""
+        inc = self._incarnation(line_index)
+        exits = self.sup.exits
+        return inc < len(exits) and exits[inc].expected and exits[inc].rc == -9
 
     def _incarnation(self, line_index: int) -> int:
         """Which process (0, 1, ...) wrote line ``line_index`` of :meth:`Supervisor.lines`."""
@@ -407,9 +499,13 @@ class Soak:
         return len(self.sup.exits)
 
 
-async def soak(minutes: float, seed: int, every: tuple[float, float] = (10, 60)) -> Result:
+async def soak(
+    minutes: float, seed: int, every: tuple[float, float] = (10, 60), max_outage: float = 60.0
+) -> Result:
+    """The soak in this event loop (its daemon a process); ``max_outage``: the longest Vr
+    outage (the spool-full fault), which is also how early before the end faults stop."""
     with tempfile.TemporaryDirectory(prefix="hss-soak-") as d:
-        return await Soak(Path(d), minutes, seed, every).run()
+        return await Soak(Path(d), minutes, seed, every, max_outage).run()
 
 
 def main() -> int:
