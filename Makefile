@@ -11,7 +11,7 @@ comma  := ,
 EXTRAS := dev$(if $(IS_PI),$(comma)pi,$(comma)people)
 CONFIG ?=
 
-.PHONY: setup system-deps test lint typecheck pytest run install clean
+.PHONY: setup system-deps test lint typecheck pytest run install clean soak
 
 setup: system-deps $(STAMP)
 
@@ -39,6 +39,11 @@ pytest: setup
 	$(BIN)/pytest -n $(PYTEST_WORKERS)
 
 test: lint typecheck pytest
+
+# The fault-injection soak (bench/soak.py): SOAK_MINUTES=30 unless told.
+SOAK_MINUTES ?= 30
+soak: setup
+	SOAK_MINUTES=$(SOAK_MINUTES) $(BIN)/python bench/soak.py
 
 run: setup
 	$(BIN)/hss-pu run $(if $(CONFIG),--config $(CONFIG))

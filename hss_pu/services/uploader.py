@@ -220,6 +220,11 @@ class Uploader:
         )
         self._seq += 1
         self.stats.segments_closed += 1
+        # One line per segment and per drop (debug): what a soak counts against the platform.
+        log.debug(
+            "record ch%d: segment closed: start %.3f, %.3f s, %d bytes",
+            seg.channel, seg.start, seg.duration, seg.size,
+        )  # fmt: skip
         self._max_count[seg.channel] = max_count
         if self._lost_last.pop(seg.channel, False):
             meta = msgspec.structs.replace(meta, discontinue=True)
@@ -409,6 +414,7 @@ class Uploader:
 
     def _drop(self, meta: SegmentMeta, why: str, kind: str) -> None:
         self.stats.segments_dropped += 1
+        log.debug("record ch%d: segment dropped: start %.3f (%s)", meta.channel, meta.start, kind)
         d = self._dropped.get(meta.cbk_url)
         if d is None:
             if len(self._dropped) >= MAX_STAT_URLS:

@@ -3,7 +3,9 @@
 The kernel here has no ``tc netem``, so loss is injected in between: datagrams from the
 caller go to ``target`` and replies go back to the caller, each direction dropped with
 its own probability from a seeded RNG (a failing run can be replayed). Optional fixed
-delay gives the link an RTT. Every queue is bounded: delayed datagrams in flight are
+delay gives the link an RTT; ``reorder`` holds a caller datagram back until the next one
+has gone (or 20 ms have passed). Drop, delay and reorder may be changed while it runs.
+Every queue is bounded: delayed datagrams in flight are
 capped, and beyond the cap (or a full socket buffer) a datagram is dropped and counted.
 """
 
@@ -23,6 +25,7 @@ class RelayCounts:
     dropped: int = 0
     returned: int = 0  # listener -> caller
     dropped_back: int = 0
+    reordered: int = 0  # caller datagrams sent after the one that followed them
     overflow: int = 0  # dropped because a bound was reached, either way
 
 
@@ -53,16 +56,20 @@ class UdpRelay:
         drop: float = 0.0,
         drop_back: float = 0.0,
         delay: float = 0.0,
+        reorder: float = 0.0,
         seed: int = 1,
         max_in_flight: int = 4096,
         max_write_buffer: int = 1 << 20,
     ) -> None:
-        if not (0.0 <= drop < 1.0 and 0.0 <= drop_back < 1.0 and 0.0 <= delay <= 1.0):
-            raise ValueError("drop probabilities in [0, 1), delay in [0, 1] s")
+        if not (0.0 <= drop < 1.0 and 0.0 <= drop_back < 1.0 and 0.0 <= reorder < 1.0):
+            raise ValueError("drop and reorder probabilities in [0, 1)")
+        if not 0.0 <= delay <= 1.0:
+            raise ValueError("delay in [0, 1] s")
         self.target = target
         self.drop = drop
         self.drop_back = drop_back
         self.delay = delay
+        self.reorder = reorder
         self.max_in_flight = max_in_flight
         self.max_write_buffer = max_write_buffer
         self.counts = RelayCounts()
@@ -74,6 +81,8 @@ class UdpRelay:
         self._caller: tuple[Any, ...] | None = None
         self._timers: set[asyncio.TimerHandle] = set()
         self._drop_next = 0
+        self._held: bytes | None = None
+        self._held_timer: asyncio.TimerHandle | None = None
 
     async def start(self) -> int:
         loop = asyncio.get_running_loop()
@@ -87,6 +96,9 @@ class UdpRelay:
         return self.port
 
     async def stop(self) -> None:
+        if self._held_timer is not None:
+            self._held_timer.cancel()
+        self._held = None
         for t in self._timers:
             t.cancel()
         self._timers.clear()
@@ -115,7 +127,22 @@ class UdpRelay:
             self.counts.dropped += 1
         elif self._rng.random() < self.drop:
             self.counts.dropped += 1
-        elif self._emit(self._back, data, None):
+        elif self._held is None and self.reorder and self._rng.random() < self.reorder:
+            self._held = data
+            self._held_timer = asyncio.get_running_loop().call_later(0.02, self._release)
+        else:
+            if self._emit(self._back, data, None):
+                self.counts.forwarded += 1
+            if self._held is not None:
+                self.counts.reordered += 1
+                self._release()
+
+    def _release(self) -> None:
+        held, self._held = self._held, None
+        if self._held_timer is not None:
+            self._held_timer.cancel()
+            self._held_timer = None
+        if held is not None and self._emit(self._back, held, None):
             self.counts.forwarded += 1
 
     def _from_listener(self, data: bytes) -> None:
