@@ -130,7 +130,8 @@ class Result:
     alarms_duplicated: int = 0  # received again (at-least-once delivery over a lost link)
     alarms_lost_to_kill: int = 0  # raised shortly before a SIGKILL, never delivered
     alarms_refused: int = 0  # the daemon was down (killed) when the sensor fired
-    rss_growth: float = float("nan")
+    rss_growth: float = float("nan")  # median of the last tenth of samples vs the first
+    rss_from: float = 0.0  # s: samples before this are excluded (5 min, when the run is long)
     fd_growth: int = 0
     rss_mb: tuple[float, float] = (0.0, 0.0)
     reconnect: list[float] = field(default_factory=list)
@@ -158,7 +159,7 @@ class Result:
             f"{self.alarms_delivered} (+{self.alarms_duplicated} repeated), lost in RAM to a "
             f"SIGKILL {self.alarms_lost_to_kill}; sensor refused while the daemon was down "
             f"{self.alarms_refused}",
-            f"RSS {self.rss_mb[0]:.0f} -> {self.rss_mb[1]:.0f} MB after the first 5 min "
+            f"RSS {self.rss_mb[0]:.0f} -> {self.rss_mb[1]:.0f} MB from {self.rss_from:.0f} s on "
             f"(growth {self.rss_growth:+.1%}), open fds growth {self.fd_growth:+d}",
             f"reconnect after a platform restart ({len(self.reconnect)}): p50 "
             f"{_s(pct(self.reconnect, 0.5))}, p95 {_s(pct(self.reconnect, 0.95))}; daemon "
@@ -388,7 +389,11 @@ class Soak:
         )
         if reply.err is not None:
             self.result.problems.append(f"StopRecord: {reply.err}")
+        rx = self.platform.receivers[STREAM]
+        live0 = rx.bytes_received
         await asyncio.sleep(3)  # the last, partial segment; the alarms' ends
+        if rx.bytes_received == live0:
+            self.result.problems.append("the live stream is not flowing at the end")
         self.say("drained")
 
     # -- accounting ------------------------------------------------------------------------
@@ -451,6 +456,7 @@ class Soak:
                 r.restart_online.append(after[0] - start)
         late = [s for s in self.samples if s[0] >= 300] or self.samples
         if late:
+            r.rss_from = late[0][0]
             k = max(1, len(late) // 10)
             first = statistics.median(x[1] for x in late[:k])
             last = statistics.median(x[1] for x in late[-k:])
