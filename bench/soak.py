@@ -181,8 +181,10 @@ class Soak:
         seed: int,
         every: tuple[float, float],
         max_outage: float = 60.0,
+        log_file: Path | None = None,
     ) -> None:
         self.tmp = tmp
+        self.log_file = log_file
         self.max_outage = max_outage
         self.minutes = minutes
         self.seed = seed
@@ -363,6 +365,8 @@ class Soak:
             if rc not in (0, None):
                 self.result.problems.append(f"the daemon's clean stop exited {rc}")
         self.account(rx.bytes_received)
+        if self.log_file is not None:
+            self.log_file.write_text("\n".join(self.sup.lines()) + "\n")
         return self.result
 
     async def settle(self) -> None:
@@ -506,12 +510,17 @@ class Soak:
 
 
 async def soak(
-    minutes: float, seed: int, every: tuple[float, float] = (10, 60), max_outage: float = 60.0
+    minutes: float,
+    seed: int,
+    every: tuple[float, float] = (10, 60),
+    max_outage: float = 60.0,
+    log_file: Path | None = None,
 ) -> Result:
     """The soak in this event loop (its daemon a process); ``max_outage``: the longest Vr
-    outage (the spool-full fault), which is also how early before the end faults stop."""
+    outage (the spool-full fault), which is also how early before the end faults stop;
+    ``log_file``: where the daemon's log (every run of it, debug level) is written."""
     with tempfile.TemporaryDirectory(prefix="hss-soak-") as d:
-        return await Soak(Path(d), minutes, seed, every, max_outage).run()
+        return await Soak(Path(d), minutes, seed, every, max_outage, log_file).run()
 
 
 def main() -> int:
@@ -522,9 +531,12 @@ def main() -> int:
     ap.add_argument("--every", type=float, nargs=2, default=(10.0, 60.0), metavar=("MIN", "MAX"))
     args = ap.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
+    log_file = Path(tempfile.gettempdir()) / f"hss-soak-{seed}.log"
     print(f"soak: {args.minutes:g} min, seed {seed} (replay with --seed {seed})", flush=True)
-    result = asyncio.run(soak(args.minutes, seed, (args.every[0], args.every[1])))
+    every = (args.every[0], args.every[1])
+    result = asyncio.run(soak(args.minutes, seed, every, log_file=log_file))
     print(result.report(), flush=True)
+    print(f"the daemon's log: {log_file}", flush=True)
     return 0 if result.ok else 1
 
 
