@@ -130,7 +130,8 @@ class Result:
     alarms_duplicated: int = 0  # received again (at-least-once delivery over a lost link)
     alarms_lost_to_kill: int = 0  # raised shortly before a SIGKILL, never delivered
     alarms_refused: int = 0  # the daemon was down (killed) when the sensor fired
-    rss_growth: float = float("nan")
+    rss_growth: float = float("nan")  # median of the last tenth of samples vs the first
+    rss_from: float = 0.0  # s: samples before this are excluded (5 min, when the run is long)
     fd_growth: int = 0
     rss_mb: tuple[float, float] = (0.0, 0.0)
     reconnect: list[float] = field(default_factory=list)
@@ -158,7 +159,7 @@ class Result:
             f"{self.alarms_delivered} (+{self.alarms_duplicated} repeated), lost in RAM to a "
             f"SIGKILL {self.alarms_lost_to_kill}; sensor refused while the daemon was down "
             f"{self.alarms_refused}",
-            f"RSS {self.rss_mb[0]:.0f} -> {self.rss_mb[1]:.0f} MB after the first 5 min "
+            f"RSS {self.rss_mb[0]:.0f} -> {self.rss_mb[1]:.0f} MB from {self.rss_from:.0f} s on "
             f"(growth {self.rss_growth:+.1%}), open fds growth {self.fd_growth:+d}",
             f"reconnect after a platform restart ({len(self.reconnect)}): p50 "
             f"{_s(pct(self.reconnect, 0.5))}, p95 {_s(pct(self.reconnect, 0.95))}; daemon "
@@ -180,8 +181,10 @@ class Soak:
         seed: int,
         every: tuple[float, float],
         max_outage: float = 60.0,
+        log_file: Path | None = None,
     ) -> None:
         self.tmp = tmp
+        self.log_file = log_file
         self.max_outage = max_outage
         self.minutes = minutes
         self.seed = seed
@@ -362,6 +365,8 @@ class Soak:
             if rc not in (0, None):
                 self.result.problems.append(f"the daemon's clean stop exited {rc}")
         self.account(rx.bytes_received)
+        if self.log_file is not None:
+            self.log_file.write_text("\n".join(self.sup.lines()) + "\n")
         return self.result
 
     async def settle(self) -> None:
@@ -388,7 +393,11 @@ class Soak:
         )
         if reply.err is not None:
             self.result.problems.append(f"StopRecord: {reply.err}")
+        rx = self.platform.receivers[STREAM]
+        live0 = rx.bytes_received
         await asyncio.sleep(3)  # the last, partial segment; the alarms' ends
+        if rx.bytes_received == live0:
+            self.result.problems.append("the live stream is not flowing at the end")
         self.say("drained")
 
     # -- accounting ------------------------------------------------------------------------
@@ -451,6 +460,7 @@ class Soak:
                 r.restart_online.append(after[0] - start)
         late = [s for s in self.samples if s[0] >= 300] or self.samples
         if late:
+            r.rss_from = late[0][0]
             k = max(1, len(late) // 10)
             first = statistics.median(x[1] for x in late[:k])
             last = statistics.median(x[1] for x in late[-k:])
@@ -500,12 +510,17 @@ class Soak:
 
 
 async def soak(
-    minutes: float, seed: int, every: tuple[float, float] = (10, 60), max_outage: float = 60.0
+    minutes: float,
+    seed: int,
+    every: tuple[float, float] = (10, 60),
+    max_outage: float = 60.0,
+    log_file: Path | None = None,
 ) -> Result:
     """The soak in this event loop (its daemon a process); ``max_outage``: the longest Vr
-    outage (the spool-full fault), which is also how early before the end faults stop."""
+    outage (the spool-full fault), which is also how early before the end faults stop;
+    ``log_file``: where the daemon's log (every run of it, debug level) is written."""
     with tempfile.TemporaryDirectory(prefix="hss-soak-") as d:
-        return await Soak(Path(d), minutes, seed, every, max_outage).run()
+        return await Soak(Path(d), minutes, seed, every, max_outage, log_file).run()
 
 
 def main() -> int:
@@ -516,9 +531,12 @@ def main() -> int:
     ap.add_argument("--every", type=float, nargs=2, default=(10.0, 60.0), metavar=("MIN", "MAX"))
     args = ap.parse_args()
     seed = args.seed if args.seed is not None else random.randrange(1 << 31)
+    log_file = Path(tempfile.gettempdir()) / f"hss-soak-{seed}.log"
     print(f"soak: {args.minutes:g} min, seed {seed} (replay with --seed {seed})", flush=True)
-    result = asyncio.run(soak(args.minutes, seed, (args.every[0], args.every[1])))
+    every = (args.every[0], args.every[1])
+    result = asyncio.run(soak(args.minutes, seed, every, log_file=log_file))
     print(result.report(), flush=True)
+    print(f"the daemon's log: {log_file}", flush=True)
     return 0 if result.ok else 1
 
 

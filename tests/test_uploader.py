@@ -469,3 +469,32 @@ def test_a_card_spool_writes_nothing_while_no_card_is_mounted(tmp_path: Path) ->
     on_root.load()
     on_root.put(meta(1), b"x" * 1000)
     assert len(on_root) == 1
+
+
+# --- issue 13 (found by the soak): drop reports survive a restart ---------------------------
+
+
+async def test_drops_not_yet_reported_are_reported_after_a_restart(
+    platform: ReferencePlatform, make_uploader: MakeUploader, tmp_path: Path
+) -> None:
+    """Segments evicted from a full spool while the platform is away, then the daemon
+    restarts (a SIGKILL, an upgrade) before the platform is back: the next run still
+    reports them with op=stat, once."""
+    up = await make_uploader(Spool(tmp_path / "spool", max_bytes=3 * 1000), memory_mb=4)
+    platform.vr_down = True
+    feed = Feed(1000)
+    for _ in range(8):
+        submit(up, platform, feed.next())
+        await asyncio.sleep(0.01)
+    await up.settle()
+    evicted = up.stats.segments_evicted
+    assert evicted >= 4, up.stats
+    await up.close()  # gone before it could report them
+    assert not platform.vr_stats
+
+    platform.vr_down = False
+    again = await make_uploader(Spool(tmp_path / "spool", max_bytes=3 * 1000), memory_mb=4)
+    assert await until(lambda: platform.vr_stats and again.queued() == (0, 0), 20)
+    await asyncio.sleep(0.3)  # a second report would come within this
+    assert sum(s.dropped_nb for s in platform.vr_stats) == evicted
+    assert len(saved_starts(platform)) + evicted == 8

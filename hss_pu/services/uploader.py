@@ -21,7 +21,9 @@ platform no longer knows (404/410) is created again.
 
 Drops (failed, refused, evicted, no room) are reported with ``op=stat`` to the cbk_url
 of the session they belong to, within a second or two, retried with back-off (at most
-30 s apart) while the platform is away: a session that ended still gets its report.
+30 s apart) while the platform is away: a session that ended still gets its report. With
+a spool, the drops not yet reported are kept in it (:data:`DROPS_FILE`, rewritten on the
+spool's thread at each change), so a restart meanwhile (kill -9, an upgrade) reports them.
 """
 
 from __future__ import annotations
@@ -36,12 +38,14 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 import msgspec
 
 from hss_pu.clients.http import HttpClient
 from hss_pu.clients.vr import SegmentBody, VrClient, VrError, retrying
+from hss_pu.fsutil import atomic_write
 from hss_pu.media.segmenter import Segment
 from hss_pu.services.spool import SegmentMeta, Spool, SpoolEntry, SpoolError
 from hss_pu.tasks import TaskSet
@@ -112,6 +116,32 @@ class _Dropped:
     time: float = 0.0
 
 
+# In the spool directory, neither .ts nor .json: the spool's start-up scan leaves it alone.
+DROPS_FILE = "unreported-drops"
+
+
+class _DropRecord(msgspec.Struct, frozen=True):
+    url: str
+    https: bool
+    nb: int
+    time: float
+
+
+def _write_drops(path: Path, data: bytes | None) -> None:
+    if data is None:
+        path.unlink(missing_ok=True)
+    else:
+        atomic_write(path, data, 0o600)
+
+
+def _read_drops(path: Path) -> list[_DropRecord]:
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return []
+    return msgspec.json.decode(data, type=list[_DropRecord])
+
+
 class Uploader:
     """Ordered delivery of closed segments, one worker per channel.
 
@@ -152,6 +182,7 @@ class Uploader:
         self._dropped: dict[str, _Dropped] = {}  # per cbk_url, not yet reported by op=stat
         self._episodes: dict[str, list[float]] = {}  # drop kind -> [count, seconds]
         self._failures = 0  # consecutive transient failures (outage back-off)
+        self._drops_failing = False  # writing DROPS_FILE fails (logged once)
         self._seq = 1
         self._closing = False
         self._formatted = asyncio.Event()  # clear while FormatDisk wipes the spool
@@ -187,6 +218,7 @@ class Uploader:
                 self.spool = None
             else:
                 self._seq = max(self._seq, self.spool.next_seq)
+                await self._load_drops(self.spool.dir / DROPS_FILE)
         for e in entries:
             self._enqueue(_Item(e.meta, None, e, time.monotonic()))
             self._kick(e.meta.channel)
@@ -195,6 +227,45 @@ class Uploader:
         self._tasks.spawn(self._reporter(), "vr-stat")
         self._ready.set()
         return len(entries)
+
+    async def _load_drops(self, path: Path) -> None:
+        try:
+            records = await self._run_io(_read_drops, path)
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+            log.warning("record: cannot read %s (%s); its drops go unreported", path, exc)
+            return
+        n = 0
+        for r in records:
+            if r.nb > 0 and r.time >= 0:
+                d = self._dropped.setdefault(r.url, _Dropped(r.https))
+                d.nb += r.nb
+                d.time += r.time
+                n += r.nb
+        if n:
+            log.info("record: %d dropped segment(s) from before the restart to report", n)
+            self._stat_wake.set()
+
+    def _save_drops(self) -> None:
+        """Keep the unreported drops in the spool (after the disk jobs before this one)."""
+        if self.spool is None:
+            return
+        records = [
+            _DropRecord(url, d.https, d.nb, d.time) for url, d in self._dropped.items() if d.nb > 0
+        ]
+        data = msgspec.json.encode(records) if records else None
+        fut = self._on_disk(_write_drops, self.spool.dir / DROPS_FILE, data)
+        fut.add_done_callback(self._drops_written)
+
+    def _drops_written(self, fut: asyncio.Future[None]) -> None:
+        """A full or read-only disk fails every write: one warning per episode."""
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is None:
+            self._drops_failing = False
+        elif not self._drops_failing:
+            self._drops_failing = True
+            log.warning("record: cannot keep the unreported drops in the spool (%s)", exc)
 
     async def wait_ready(self) -> None:
         await self._ready.wait()
@@ -434,6 +505,7 @@ class Uploader:
             )  # fmt: skip
         episode[0] += 1
         episode[1] += meta.duration
+        self._save_drops()
         self._stat_wake.set()
 
     def _after_loss(self, lost: SegmentMeta) -> None:
@@ -481,6 +553,7 @@ class Uploader:
             await VrClient(url, self.http, https=d.https).stat(nb, round(t, 3))
         except ValueError:  # a cbk_url no VrClient takes (a corrupt spool file)
             self._dropped.pop(url, None)
+            self._save_drops()
             return True
         except VrError as exc:
             if exc.transient:
@@ -493,6 +566,7 @@ class Uploader:
         d.time -= t
         if d.nb <= 0:
             self._dropped.pop(url, None)
+        self._save_drops()
         return True
 
     # -- delivery --------------------------------------------------------------------------
