@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import subprocess
 import sys
 import tempfile
@@ -27,24 +26,13 @@ from pathlib import Path
 from hss_pu.reference_platform.server import PlatformOptions, ReferencePlatform
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, from a checkout
+from procstat import cpu_seconds, rss_mb
+
 from tests.support.rtsp import RtspServer, make_clip, rtsp_unavailable
 
-TICKS = os.sysconf("SC_CLK_TCK")
 W, H, FPS, SEG = 1920, 1080, 25, 4
 DEVICE, PASSWORD = "PU-BENCH", "bench-password-1"
 CAM_USER, CAM_PASSWORD = "admin", "bench-camera-pw"
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def write_config(tmp: Path, platform: ReferencePlatform, sources: list[str]) -> Path:

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+from procstat import cpu_seconds
 
 from hss_pu.clock import OffsetClock
 from hss_pu.config import ConfigDoc, make_config
@@ -45,8 +46,6 @@ from hss_pu.services.control import DeviceContext, Dispatcher
 from hss_pu.services.devconfig import DevConfigStore
 from hss_pu.services.link import PlatformLink
 from hss_pu.wire.vd import KeepaliveParams
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def device(i: int) -> tuple[str, str, str]:
@@ -71,12 +70,6 @@ def listen_overflows() -> int:
     (the client retries after 1, 3, 7 s). Host-wide: other processes' count too."""
     head, vals = [ln.split() for ln in Path("/proc/net/netstat").read_text().splitlines()[:2]]
     return int(dict(zip(head, vals, strict=True)).get("ListenOverflows", 0))
-
-
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (its threads included), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 # --- the platform process -------------------------------------------------------------

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import time
 from pathlib import Path
 
 import av
+from procstat import CLK_TCK, cpu_seconds, rss_mb
 
 from hss_pu.media.sources import read_timecode
 from hss_pu.reference_platform.live import free_udp_port
@@ -32,13 +32,7 @@ from hss_pu.srt import maxbw_for_bitrate
 
 THREADS = False  # --threads: print the daemon's CPU per thread
 W, H, FPS, BITRATE, LATENCY = 1280, 720, 30, 2_000_000, 200
-TICKS = os.sysconf("SC_CLK_TCK")
 DEVICE, PASSWORD = "PU-BENCH", "bench-password-1"
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
 
 
 def thread_cpu(pid: int) -> dict[str, float]:
@@ -50,7 +44,7 @@ def thread_cpu(pid: int) -> dict[str, float]:
             fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / TICKS
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLK_TCK
     return out
 
 
@@ -61,13 +55,6 @@ def print_threads(who: str, th0: dict[str, float], th1: dict[str, float], dt: fl
     print(f"  {who} per thread (CPU s/min):", ", ".join(
         f"{n} {v:.2f}" for n, v in sorted(per_min.items(), key=lambda kv: -kv[1]) if v > 0
     ))  # fmt: skip
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 class Receiver:

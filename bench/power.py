@@ -30,25 +30,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from procstat import cpu_seconds, rss_mb
+
 from hss_pu.logsetup import setup_logging
 from hss_pu.reference_platform.options import PlatformOptions
 from hss_pu.reference_platform.server import ReferencePlatform
 
 REPO = Path(__file__).resolve().parent.parent
 DEVICE, PASSWORD, MAC = "PU-BENCH", "bench-pass-123", "02:00:00:00:0b:0b"
-TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def battery_profile(directory: Path) -> Path:
