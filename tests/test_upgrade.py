@@ -6,7 +6,6 @@ into it, and the trial's health gate, are in test_upgrade_e2e.py, with processes
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import shutil
@@ -20,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hss_pu.config import UpgradeSection
 from hss_pu.firmware.slots import SlotStore, emulated_root
-from hss_pu.wire.firmware import PREFIX_LEN, head_length
+from hss_pu.reference_platform.upgrade import bundle_model
 
 from .support.bundles import fake_bundle, new_key
 from .support.fakewheel import build_fake_wheel
@@ -58,12 +57,7 @@ async def query(rig: Rig) -> dict[str, Any]:
 async def upgrade(rig: Rig, bundle: Path, model: str | None = None, url: str | None = None) -> None:
     platform = rig.platform
     name = platform.firmware.add(bundle)
-    if model is None:
-        with bundle.open("rb") as f:
-            prefix = f.read(PREFIX_LEN)
-            n = head_length(prefix)
-            assert isinstance(n, int)
-            model = json.loads(f.read(n))["manifest"]["firmware_model"]
+    model = model or bundle_model(bundle)  # as `hss-pu platform upgrade` reads it
     url = url or platform.firmware.url_for(name)
     await platform.send_event(DEVICE, "UpgradeFirmware", {"firmware_model": model, "url": url})
 

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 from hss_pu.firmware.bundle import read_head
 from hss_pu.wire.firmware import Rejected
 
-__all__ = ["UpgradeCommandError", "follow_upgrade"]
+__all__ = ["UpgradeCommandError", "bundle_model", "follow_upgrade"]
 
 # (method, path, body, timeout) -> the admin API's JSON reply; raises on non-200.
 Admin = Callable[[str, str, dict[str, Any], float], Any]
