@@ -55,6 +55,14 @@ from tests.support.rig import DEVICE, daemon_config, start_platform, write_confi
 from tests.support.udp_relay import UdpRelay  # noqa: E402
 
 SESSION, STREAM, SEG = "soak", "soak-live", 4
+
+
+def _key(start: float) -> float:
+    """A segment's start at the precision both sides carry it (milliseconds: the log's
+    %.3f, Vr's declared start), so one instant gives one key on both."""
+    return round(start, 3)
+
+
 _CLOSED = re.compile(r"segment closed: start ([0-9.]+), ([0-9.]+) s")
 _DROPPED = re.compile(r"segment dropped: start ([0-9.]+) \((\w+)\)")
 _ALARM_START = re.compile(r"^(\S+) .*alarm pir ch0: start")
@@ -411,16 +419,16 @@ class Soak:
             if m := _CLOSED.search(line):
                 closed.append((float(m[1]), float(m[2]), i))
             elif m := _DROPPED.search(line):
-                dropped[round(float(m[1]), 2)] = m[2]
+                dropped[_key(float(m[1]))] = m[2]
         saved = self.platform.vr.segments[0]
-        starts = Counter(round(s.start, 2) for s in saved)
+        starts = Counter(_key(s.start) for s in saved)
         r.recorded, r.saved = len(closed), len(saved)
         r.duplicates = sum(n - 1 for n in starts.values() if n > 1)
         r.undecodable = sum(1 for s in saved if s.check is not None and not s.check.ok)
         r.dropped = Counter(dropped.values())
         r.dropped_reported = sum(s.dropped_nb for s in self.platform.vr_stats)
         for start, _dur, _i in closed:
-            key = round(start, 2)
+            key = _key(start)
             if key in starts or key in dropped:
                 continue
             # Closed within 30 s before a SIGKILL and never saved: it was in RAM.
@@ -428,7 +436,7 @@ class Soak:
         if r.lost:
             r.lost_to_kill = [s for s in r.lost if self._killed_in_ram(s, closed)]
             r.lost = [s for s in r.lost if s not in r.lost_to_kill]
-        extra = set(starts) - {round(c[0], 2) for c in closed}
+        extra = set(starts) - {_key(c[0]) for c in closed}
         if extra:
             r.problems.append(f"{len(extra)} saved segments the daemon never logged as closed")
         alarm_starts = Counter(
