@@ -7,8 +7,9 @@ login; its emulated PIR goes on and off every 10-30 s. Every 10-60 s (seeded RNG
 one fault fires, each kind once in a shuffled round before any repeats: the platform
 restarts, Vr misbehaves (5xx, 429, held, slow, aborted), an upload is cut, the SRT
 listener restarts, the relay loses/delays/reorders packets, the spool fills (Vr away
-past the ``storage.spool_max_mb`` quota, so it evicts: the disk-full path, without
-filling a real disk), or the daemon is SIGKILLed.
+past the ``storage.spool_max_mb`` quota, so it evicts), the recording disk fills (the
+daemon records onto a real 32 MB filesystem, a :class:`SmallDisk`, and another file takes
+all its free space while Vr is away), or the daemon is SIGKILLed.
 
 At the end the platform comes back for good, the daemon drains, and the run is
 accounted: every segment the daemon closed (its debug log: ``segment closed: start ...``)
@@ -50,8 +51,9 @@ from hss_pu.reference_platform.faults import (  # noqa: E402
 )
 from hss_pu.reference_platform.server import ReferencePlatform  # noqa: E402
 from hss_pu.services.localctl import send_command  # noqa: E402
-from tests.support.faults import DaemonKill, RelayChaos, Supervisor  # noqa: E402
+from tests.support.faults import DaemonKill, DiskFull, RelayChaos, Supervisor  # noqa: E402
 from tests.support.rig import DEVICE, daemon_config, start_platform, write_config_file  # noqa: E402
+from tests.support.smalldisk import SmallDisk, card_profile  # noqa: E402
 from tests.support.udp_relay import UdpRelay  # noqa: E402
 
 SESSION, STREAM, SEG = "soak", "soak-live", 4
@@ -95,8 +97,10 @@ FAULTS = (
     "srt-listener-restart",
     "srt-relay-chaos",
     "vr-outage-spool-full",
+    "disk-full",
     "daemon-sigkill",
 )
+DISK_MB = 32
 WARM_UP = 10.0  # s before the first fault: recording and live running
 
 
@@ -147,6 +151,7 @@ class Result:
     restarts: int = 0
     crashes: int = 0
     live_bytes: int = 0
+    skipped: dict[str, str] = field(default_factory=dict)  # fault -> why it cannot fire here
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -176,9 +181,21 @@ class Result:
             f"daemon restarts {self.restarts} (unexplained crashes {self.crashes}); live bytes "
             f"received {self.live_bytes}",
         ]
+        lines += [f"fault not available here: {k} ({v})" for k, v in self.skipped.items()]
         lines += [f"PROBLEM: {p}" for p in self.problems]
         lines.append("soak: OK" if self.ok else "soak: FAILED")
         return "\n".join(lines)
+
+
+@dataclass
+class Unavailable:
+    """A fault this machine cannot inject (the run says why instead)."""
+
+    name: str
+    why: str
+
+    async def fire(self) -> str:
+        return f"not fired: {self.why}"
 
 
 class Soak:
@@ -203,6 +220,7 @@ class Soak:
         self.sup: Supervisor
         self.relay: UdpRelay
         self.storage = tmp / "pu"
+        self.disk: SmallDisk | None = None
         self.kills: list[float] = []  # monotonic
         self.platform_back: list[float] = []  # monotonic: listening again after a restart
         self.online_at: list[float] = []  # monotonic: offline -> online transitions
@@ -290,6 +308,9 @@ class Soak:
             SrtListenerRestart(rx),
             RelayChaos(self.relay, self._rng("relay")),
             VrOutage(self.platform, self._rng("vr-outage"), max_seconds=self.max_outage),
+            DiskFull(self.disk, self.platform, self._rng("disk-full"), self.max_outage)
+            if self.disk is not None
+            else Unavailable("disk-full", self.result.skipped["disk-full"]),
             DaemonKill(self.sup),
         ]
         assert [f.name for f in faults] == list(FAULTS)
@@ -315,17 +336,26 @@ class Soak:
         what = await fault.fire()
         if isinstance(fault, PlatformRestart):
             self.platform_back.append(time.monotonic())
-        self.result.faults[fault.name] += 1
+        if not isinstance(fault, Unavailable):
+            self.result.faults[fault.name] += 1
         self.say(f"fault {fault.name}: {what}")
 
     # -- the run -------------------------------------------------------------------------
 
     async def run(self) -> Result:
         self.platform = await start_platform(self.tmp / "platform")
+        disk = SmallDisk(self.tmp / "card", DISK_MB)
+        try:
+            await disk.start()
+            self.disk = disk
+        except RuntimeError as exc:
+            self.result.skipped["disk-full"] = str(exc)
+            self.say(f"no small disk here ({exc}): recording under the storage dir")
         try:
             return await self._run()
         finally:
             await self.platform.close()
+            await disk.stop()
 
     async def _run(self) -> Result:
         rx = await self.platform.open_live(STREAM)
@@ -333,16 +363,25 @@ class Soak:
             ("127.0.0.1", rx.port), seed=self._rng("relay-loss").randrange(1 << 30)
         )
         await self.relay.start()
+        profile = "emulated"
+        if self.disk is not None:
+            profile = str(card_profile(self.disk.path, self.tmp / "emulated-card.toml"))
         doc = daemon_config(
             self.platform,
             self.storage,
+            profile=profile,
             backoff_scale=0.1,
             bitrate=1_000_000,  # ~0.5 MB segments: a 1 MB spool fills within a short outage
             spool_max_mb=1,
             memory_queue_mb=8,
         )
         config = write_config_file(doc, self.tmp / "config.toml")
-        self.sup = Supervisor(config, restart_sec=5.0, log_level="debug")
+        self.sup = Supervisor(
+            config,
+            restart_sec=5.0,
+            log_level="debug",
+            wrapper=self.disk.prefix if self.disk is not None else (),
+        )
         tasks = [
             asyncio.create_task(self.watch_online()),
             asyncio.create_task(self.application(rx.port)),

@@ -29,13 +29,13 @@ def _load_soak() -> ModuleType:
 
 soak = _load_soak()
 
-# 2.6 minutes of faults every 10-30 s plus start-up and drain: within the 3-minute budget.
-MINUTES, SEED, EVERY, MAX_OUTAGE = 2.6, 2, (10.0, 30.0), 20.0
+# 2.6 minutes of faults every 8-20 s plus start-up and drain: within the 3-minute budget.
+MINUTES, SEED, EVERY, MAX_OUTAGE = 2.6, 2, (8.0, 20.0), 20.0
 
 
 def test_the_short_plan_fires_every_kind_of_fault() -> None:
     names = [name for _, name in soak.plan(SEED, MINUTES, EVERY, MAX_OUTAGE)]
-    assert sorted(names) == sorted(soak.FAULTS)
+    assert set(names) == set(soak.FAULTS)
 
 
 def _fake_soak(closed: list[float], saved: list[float], killed: bool = False) -> Any:
@@ -79,7 +79,9 @@ def test_the_accounting_finds_a_lost_and_a_duplicated_segment() -> None:
 async def test_soak_three_minutes() -> None:
     result = await soak.soak(MINUTES, SEED, EVERY, MAX_OUTAGE)
     print(result.report())
-    assert set(result.faults) == set(soak.FAULTS), result.faults
+    # Only a machine that forbids user namespaces skips one (the disk-full fault; the
+    # report says why, and tests/test_disk_full.py skips with the same reason).
+    assert set(result.faults) == set(soak.FAULTS) - set(result.skipped), result.faults
     assert result.recorded >= 30 and result.saved > 0
     assert result.restarts >= 1 and result.crashes == 0
     assert result.reconnect, "no reconnect measured after the platform restart"

@@ -341,13 +341,19 @@ def test_spool_keeps_a_reserve_of_real_free_space(tmp_path: Path) -> None:
     _, evicted = sp.put(meta(5, 2_000_000), b"x" * 2_000_000)
     assert [e.meta.seq for e in evicted] == [1]
     assert not (tmp_path / "spool" / f"{1:016d}.json").exists()
-    # Pinned (being uploaded) is never evicted; with nothing else to evict, it is refused.
+    # Pinned (being uploaded) is never evicted: with the rest of the device's writes
+    # taking 2.9 MB, room for the next one means evicting 3 and 4, not the pinned 2.
     assert sp.pin(2, on_disk=True)
+    others["used"] = 2_900_000
+    _, evicted = sp.put(meta(6, 2_000_000), b"x" * 2_000_000)
+    assert [e.meta.seq for e in evicted] == [3, 4]
+    # Something else fills the disk: evicting every unpinned segment would not make
+    # room, so none is evicted (they are recordings; the new one is refused).
     others["used"] = 10_000_000
     with pytest.raises(SpoolError, match="no space left") as ei:
-        sp.put(meta(6, 2_000_000), b"x" * 2_000_000)
-    assert [e.meta.seq for e in ei.value.evicted] == [3, 4, 5]
-    assert [e.meta.seq for e in sp.entries()] == [2]
+        sp.put(meta(7, 2_000_000), b"x" * 2_000_000)
+    assert ei.value.evicted == []
+    assert [e.meta.seq for e in sp.entries()] == [2, 5, 6]
 
 
 def test_a_failed_write_reports_what_it_evicted(

@@ -296,6 +296,15 @@ class Spool:
                     self.used -= e.meta.size
 
     def _make_room(self, size: int, evicted: list[SpoolEntry]) -> None:
+        short = self._short_of_space(size)
+        if short > 0 and short > self._evictable():
+            # Something else filled the disk: evicting every recording we hold would
+            # still not make room, so keep them (the new segment waits in memory).
+            raise self._fail(
+                f"no space left on the device for the spool in {self.dir} (keeping "
+                f"{self.reserve_bytes or 0} bytes free; {short} bytes short, more than "
+                "the spool could free)"
+            )
         while True:
             over = self.used + size > self.max_bytes
             short = self._short_of_space(size)
@@ -331,6 +340,12 @@ class Spool:
         except OSError:
             return 0  # no probe: the configured bound alone
         return size + WRITE_SLACK + (self.reserve_bytes or 0) - free
+
+    def _evictable(self) -> int:
+        with self._pins.lock:
+            return sum(
+                e.meta.size for seq, e in self._entries.items() if seq not in self._pins.pinned
+            )
 
     def _claim_oldest(self) -> SpoolEntry | None:
         with self._pins.lock:

@@ -1,6 +1,7 @@
 """Process-side faults for soaks and tests (the platform-side ones are in
 hss_pu.reference_platform.faults): the daemon SIGKILLed and restarted as systemd would,
-and the SRT path through a :class:`UdpRelay` dropping, delaying and reordering packets.
+the SRT path through a :class:`UdpRelay` dropping, delaying and reordering packets, and
+the daemon's recording disk (a :class:`SmallDisk`) filled by somebody else's file.
 
 :class:`Supervisor` is the systemd of the rig: ``hss-pu run`` as a process, restarted
 ``restart_sec`` after any exit that is not clean (``Restart=on-failure``), with each exit
@@ -14,13 +15,16 @@ import contextlib
 import random
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from hss_pu.reference_platform.server import ReferencePlatform
 from tests.support.rig import Proc, start_process
+from tests.support.smalldisk import SmallDisk
 from tests.support.udp_relay import UdpRelay
 
-__all__ = ["DaemonKill", "Exit", "RelayChaos", "Supervisor"]
+__all__ = ["DaemonKill", "DiskFull", "Exit", "RelayChaos", "Supervisor"]
 
 
 @dataclass
@@ -39,6 +43,7 @@ class Supervisor:
     config: Path
     restart_sec: float = 5.0  # the unit's RestartSec
     log_level: str | None = None
+    wrapper: Sequence[str] = ()  # e.g. a SmallDisk's prefix: run inside its namespace
     proc: Proc | None = None
     exits: list[Exit] = field(default_factory=list)
     starts: list[float] = field(default_factory=list)  # monotonic, each process start
@@ -55,7 +60,7 @@ class Supervisor:
         args = ["run", "--config", str(self.config)]
         if self.log_level:
             args += ["--log-level", self.log_level]
-        self.proc = await start_process(*args)
+        self.proc = await start_process(*args, wrapper=self.wrapper)
         self.starts.append(time.monotonic())
 
     @property
@@ -150,3 +155,29 @@ class RelayChaos:
             f"{seconds:.0f} s of drop {drop:.1%}/{drop_back:.1%} back, delay "
             f"{delay * 1000:.0f} ms, reorder {reorder:.1%}"
         )
+
+
+@dataclass
+class DiskFull:
+    """Another program's file takes every free byte of the recording disk while Vr is
+    away for ``min_seconds``-``max_seconds`` s (so the segments have nowhere to go but
+    memory); then Vr comes back and the file is deleted."""
+
+    disk: SmallDisk
+    platform: ReferencePlatform
+    rng: random.Random
+    max_seconds: float = 60.0
+    min_seconds: float = 10.0
+    name: str = "disk-full"
+
+    async def fire(self) -> str:
+        seconds = self.rng.uniform(self.min_seconds, self.max_seconds)
+        size = await asyncio.to_thread(self.disk.fill)
+        free = self.disk.free()
+        self.platform.vr_down = True
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self.platform.vr_down = False
+            await asyncio.to_thread(self.disk.unfill)
+        return f"a {size / 1e6:.1f} MB file left {free} bytes free, with Vr away {seconds:.0f} s"

@@ -425,14 +425,16 @@ async def start_process(
     code: str | None = None,
     python_flags: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
+    wrapper: Sequence[str] = (),
 ) -> Proc:
     """``python [python_flags] -m hss_pu ARGS`` (or ``-c code ARGS``), stdin and stdout
     closed, stderr read into :attr:`Proc.lines`; ``env`` is added to ours (NOTIFY_SOCKET
-    emptied unless given: no test talks to a real systemd)."""
+    emptied unless given: no test talks to a real systemd). ``wrapper``: a command that
+    execs the rest (nsenter), so the pid is still the daemon's."""
     token = uuid.uuid4().hex
     entry = ["-c", code] if code is not None else ["-m", "hss_pu"]
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, *python_flags, *entry, *args,
+        *wrapper, sys.executable, *python_flags, *entry, *args,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "NOTIFY_SOCKET": "", **(env or {}), MARK: token},
