@@ -304,7 +304,7 @@ class Soak:
         faults: list[Fault] = [
             PlatformRestart(self.platform, self._rng("platform-restart")),
             VrFaults(self.platform, self._rng("vr-faults")),
-            VrCutUpload(self.platform),
+            VrCutUpload(self.platform, self._rng("vr-cut-upload")),
             SrtListenerRestart(rx),
             RelayChaos(self.relay, self._rng("relay")),
             VrOutage(self.platform, self._rng("vr-outage"), max_seconds=self.max_outage),

@@ -7,7 +7,9 @@ measured against, so it is checked with hand-built requests (bodies from hss_pu.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import random
 import shutil
 import ssl
 import subprocess
@@ -21,6 +23,8 @@ import pytest
 
 from hss_pu.cli import main
 from hss_pu.reference_platform import vr as platform_vr
+from hss_pu.reference_platform.faults import VrCutUpload
+from hss_pu.reference_platform.http import HttpServer, Request, Response
 from hss_pu.reference_platform.server import ReferencePlatform
 from hss_pu.reference_platform.vr import decode_check
 from hss_pu.wire.vr import (
@@ -441,6 +445,100 @@ async def test_fault_abort_closes_without_a_response(fake_pu: Pu, segment_ts: by
         await fake_pu.save(0, name)
     assert (await fake_pu.save(0, name)).status_code == 200
     assert p.vr_requests == {"create": 1, "put": 2, "save": 2}
+
+
+async def test_fault_cut_drops_the_put_mid_body(fake_pu: Pu, segment_ts: bytes) -> None:
+    """A "cut" reads part of the PUT body and drops the connection: nothing stored, the
+    segment still pending, and the retried PUT completes it."""
+    p = fake_pu.platform
+    size = len(segment_ts)
+    name, url = await fake_pu.create(0, size)
+    p.vr.fail("put", 1, status=502)  # faults are taken in order, at head or body time
+    p.vr.fail("put", 1, mode="cut", cut_at=0.25)
+    assert (await fake_pu.put(url, segment_ts)).status_code == 502
+    with pytest.raises(httpx.TransportError):
+        await fake_pu.put(url, segment_ts)
+    assert [(c.name, c.size, c.at) for c in p.vr.cuts] == [(name, size, size // 4)]
+    assert p.vr.pending_names() == [name]
+    assert not (p.options.state_dir / "vr" / "0" / f"{name}.ts").exists()
+    r = await fake_pu.save(0, name)
+    assert r.status_code == 400 and "never uploaded" in parse_error_info(r.content)
+    assert (await fake_pu.put(url, segment_ts)).status_code == 200
+    assert (await fake_pu.save(0, name)).status_code == 200
+    (seg,) = p.vr_segments[0]
+    assert seg.name == name and seg.size == size == seg.path.stat().st_size
+    assert seg.check is not None and seg.check.ok
+    assert p.vr_requests == {"create": 1, "put": 3, "save": 2}
+    assert p.vr_failed == []
+
+
+@pytest.mark.parametrize(
+    ("op", "cut_at", "error"),
+    [("put", 0.0, "cut_at"), ("put", 1.0, "cut_at"), ("put", -0.5, "cut_at"),
+     ("save", 0.5, "only for put")],
+)  # fmt: skip
+def test_fault_cut_is_validated(
+    platform: ReferencePlatform, op: str, cut_at: float, error: str
+) -> None:
+    with pytest.raises(ValueError, match=error):
+        platform.vr.fail(op, 1, mode="cut", cut_at=cut_at)
+
+
+async def test_cut_upload_fault_after_a_restart(
+    platform: ReferencePlatform, segment_ts: bytes
+) -> None:
+    """VrCutUpload cuts the next segment PUT at a random fraction, and the HttpServer a
+    restart builds still has the hook."""
+    await platform.restart(0.1)
+    fault = VrCutUpload(platform, random.Random(3))
+    assert fault.name == "vr-cut-upload"
+    said = await fault.fire()
+    async with _client(platform) as http:
+        pu = Pu(platform, http)
+        name, url = await pu.create(0, len(segment_ts))
+        with pytest.raises(httpx.TransportError):
+            await pu.put(url, segment_ts)
+        (cut,) = platform.vr.cuts
+        assert cut.size is not None and 0 < cut.at < cut.size == len(segment_ts)
+        assert said == f"next PUT cut after {round(100 * cut.at / cut.size)} % of its body"
+        assert (await pu.put(url, segment_ts)).status_code == 200
+        assert (await pu.save(0, name)).status_code == 200
+    assert [s.size for s in platform.vr_segments[0]] == [len(segment_ts)]
+
+
+async def test_http_server_body_cut_hook() -> None:
+    """The hook sees each request head; a PUT it cuts is dropped once N body bytes have
+    arrived, while the rest is still to come, and never reaches the handler."""
+    seen: list[tuple[str, str, int | None]] = []
+    handled: list[Request] = []
+
+    def body_cut(method: str, target: str, length: int | None) -> int | None:
+        seen.append((method, target, length))
+        return 40 if target == "/cut" else None
+
+    async def handler(req: Request) -> Response:
+        handled.append(req)
+        return Response(200, b"ok")
+
+    server = HttpServer(handler, None, body_cut=body_cut)
+    port = await server.start("127.0.0.1", 0)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"ok"), 5)
+        assert head.startswith(b"HTTP/1.1 200")
+        writer.write(b"PUT /cut HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n")
+        writer.write(b"x" * 39)
+        with pytest.raises(TimeoutError):  # 39 bytes: still reading
+            await asyncio.wait_for(reader.read(1), 0.3)
+        writer.write(b"x")
+        with contextlib.suppress(ConnectionError):  # reset or EOF: either is a drop
+            assert await asyncio.wait_for(reader.read(1), 5) == b""
+        assert seen == [("GET", "/a", None), ("PUT", "/cut", 100)]
+        assert [r.target for r in handled] == ["/a"]
+        writer.close()
+    finally:
+        await server.close()
 
 
 async def test_fault_timeout_holds_then_503(fake_pu: Pu) -> None:

@@ -143,6 +143,24 @@ async def test_put_fails_three_times_then_saved_once(rig: Rig) -> None:
     assert rig.platform.vr_failed == [] and rig.platform.vr_stats == []
 
 
+async def test_put_cut_mid_body_is_retried_and_saved_once(rig: Rig) -> None:
+    """The first segment's PUT is cut after half its body: the platform drops the
+    connection mid-upload, the PU retries, and the segment is saved once, whole."""
+    rig.platform.vr.fail("put", 1, mode="cut", cut_at=0.5)
+    assert (await rig.start_record(seg_duration=1)).err is None
+    segs = await rig.platform.vr.wait_segments(0, 3, timeout=20)
+    (cut,) = rig.platform.vr.cuts
+    assert cut.size is not None and 0 < cut.at == cut.size // 2 < cut.size
+    names = [s.name for s in segs]
+    assert len(names) == len(set(names)) and names.count(cut.name) == 1
+    seg = segs[names.index(cut.name)]
+    assert seg.size == cut.size == seg.path.stat().st_size
+    assert seg.check is not None and seg.check.ok and seg.check.key_first
+    assert rig.platform.vr_requests["put"] >= 3 + 1
+    assert_tiles(segs)
+    assert rig.platform.vr_failed == [] and rig.platform.vr_stats == []
+
+
 async def test_put_always_failing_is_failed_and_reported(rig: Rig) -> None:
     rig.platform.vr.fail("put", 5, status=500)  # PUT_ATTEMPTS for the first segment
     assert (await rig.start_record(seg_duration=1)).err is None

@@ -15,8 +15,6 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
-from hss_pu.reference_platform.http import HttpServer
-
 if TYPE_CHECKING:
     from hss_pu.reference_platform.live import LiveReceiver
     from hss_pu.reference_platform.server import ReferencePlatform
@@ -41,24 +39,8 @@ class Fault(Protocol):
 
 
 async def restart_platform(platform: ReferencePlatform, down: float = 0.0) -> None:
-    """Close Vs/Vr and Vd (every connection cut, held Vr requests aborted), stay down
-    ``down`` seconds, then listen again on the same ports with the same TLS context."""
-    vs_port, vd_port = platform.vs_port, platform.vd_port
-    platform.vr.close()  # requests held by a "timeout"/"late" fault end now
-    vd = platform._vd
-    if platform._vs is not None:
-        await platform._vs.close()
-        platform._vs = None
-    await vd.close()
-    await asyncio.sleep(down)
-    platform.vr._closing = asyncio.Event()
-    ctx = platform.pki.server_context() if platform.pki is not None else None
-    # The ports are fixed from now on: a later restart, or a start, binds them again.
-    platform.options.vs_port, platform.options.vd_port = vs_port, vd_port
-    platform.vd_port = await vd.start(ctx)
-    vs = HttpServer(platform._handle_http, ctx)
-    platform.vs_port = await vs.start(platform.options.host, vs_port)
-    platform._vs = vs
+    """:meth:`ReferencePlatform.restart`, under the name the benches know."""
+    await platform.restart(down)
 
 
 @dataclass
@@ -115,15 +97,18 @@ class VrFaults:
 
 @dataclass
 class VrCutUpload:
-    """The next segment PUT is cut: the platform reads the body, stores nothing and drops
-    the connection without an answer (the PU cannot tell how much arrived)."""
+    """The next segment PUT is cut mid-body: the platform reads a random 5-95 % of it,
+    stores nothing and drops the connection while the rest is still arriving, with no
+    answer (the PU cannot tell how much arrived; its retry must complete the segment)."""
 
     platform: ReferencePlatform
+    rng: random.Random
     name: str = "vr-cut-upload"
 
     async def fire(self) -> str:
-        self.platform.vr.fail("put", 1, mode="abort")
-        return "next PUT cut (connection aborted, nothing stored)"
+        cut_at = round(self.rng.uniform(0.05, 0.95), 2)
+        self.platform.vr.fail("put", 1, mode="cut", cut_at=cut_at)
+        return f"next PUT cut after {round(cut_at * 100)} % of its body"
 
 
 @dataclass

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import h11
 
-__all__ = ["AbortConnection", "HttpServer", "Request", "Response", "json_response"]
+__all__ = ["AbortConnection", "BodyCut", "HttpServer", "Request", "Response", "json_response"]
 
 log = logging.getLogger("hss_pu.platform.http")
 
@@ -76,12 +76,29 @@ async def _flushed(writer: asyncio.StreamWriter, limit: float = 2.0) -> None:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+# Called with (method, target, content-length or None) as each request head is parsed;
+# a byte count N says: read at most N body bytes, then drop the connection with no
+# response (a fault: an upload cut while its body is still arriving). None: serve it.
+BodyCut = Callable[[str, str, int | None], int | None]
+
+
+class _Cut(Exception):
+    def __init__(self, head: h11.Request, received: int, limit: int) -> None:
+        super().__init__(head, received, limit)
+        self.head, self.received, self.limit = head, received, limit
 
 
 class HttpServer:
-    def __init__(self, handler: Handler, ssl_context: ssl.SSLContext | None) -> None:
+    def __init__(
+        self,
+        handler: Handler,
+        ssl_context: ssl.SSLContext | None,
+        *,
+        body_cut: BodyCut | None = None,
+    ) -> None:
         self._handler = handler
         self._ssl = ssl_context
+        self._body_cut = body_cut
         self._server: asyncio.Server | None = None
         self._conns: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
 
@@ -114,7 +131,16 @@ class HttpServer:
         conn = h11.Connection(h11.SERVER)
         try:
             while True:
-                req = await self._read_request(conn, reader, peer)
+                try:
+                    req = await self._read_request(conn, reader, peer)
+                except _Cut as cut:
+                    log.debug(
+                        "cut %s %s from %s after %d body bytes (limit %d): connection aborted",
+                        cut.head.method.decode(), cut.head.target.decode("latin-1"), peer,
+                        cut.received, cut.limit,
+                    )  # fmt: skip
+                    writer.transport.abort()
+                    return
                 if req is None:
                     return
                 try:
@@ -153,6 +179,7 @@ class HttpServer:
     ) -> Request | None:
         head: h11.Request | None = None
         body = bytearray()
+        cut: int | None = None
         while True:
             event = conn.next_event()
             if event is h11.NEED_DATA:
@@ -164,12 +191,20 @@ class HttpServer:
                 return None
             if isinstance(event, h11.Request):
                 head = event
+                cut = self._cut_for(head)
+                if cut == 0:
+                    raise _Cut(head, 0, 0)
             elif isinstance(event, h11.Data):
+                assert head is not None
+                if cut is not None and len(body) + len(event.data) >= cut:
+                    raise _Cut(head, cut, cut)  # bytes beyond the cut are never taken
                 body += event.data
                 if len(body) > MAX_BODY:
                     raise h11.RemoteProtocolError("body too large", error_status_hint=413)
             elif isinstance(event, h11.EndOfMessage):
                 assert head is not None
+                if cut is not None:  # the body ended before the cut: drop it all the same
+                    raise _Cut(head, len(body), cut)
                 headers = {k.decode().lower(): v.decode("latin-1") for k, v in head.headers}
                 return Request(
                     method=head.method.decode(),
@@ -178,6 +213,20 @@ class HttpServer:
                     body=bytes(body),
                     peer=peer,
                 )
+
+    def _cut_for(self, head: h11.Request) -> int | None:
+        if self._body_cut is None:
+            return None
+        length: int | None = None
+        for k, v in head.headers:
+            if k == b"content-length":  # h11 has lower-cased and validated it
+                length = int(v)
+        try:
+            n = self._body_cut(head.method.decode(), head.target.decode("latin-1"), length)
+        except Exception:  # a broken hook must not take the server down
+            log.exception("body_cut hook failed")
+            return None
+        return None if n is None else max(0, n)
 
     async def _send(self, conn: h11.Connection, writer: asyncio.StreamWriter, r: Response) -> None:
         headers = [(k, v) for k, v in r.headers.items()]

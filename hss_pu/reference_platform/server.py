@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import secrets
+import ssl
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
@@ -190,7 +191,7 @@ class ReferencePlatform:
             if self.hibernation is not None:
                 assert self.options.hibernation_port is not None
                 await self.hibernation.start(self.options.host, self.options.hibernation_port)
-            self._vs = HttpServer(self._handle_http, ctx)
+            self._vs = self._vs_server(ctx)
             self.vs_port = await self._vs.start(self.options.host, self.options.vs_port)
             if self.options.admin_port is not None:
                 api = AdminApi(
@@ -213,6 +214,30 @@ class ReferencePlatform:
             f", hibernation on {self.hibernation_address}" if self.hibernation else "",
             f", admin API on {self.admin_url}" if self.admin_url else "",
         )
+
+    def _vs_server(self, ctx: ssl.SSLContext | None) -> HttpServer:
+        """The HTTPS server of Vs, Vr and the uploads (Vr decides which PUTs to cut)."""
+        return HttpServer(self._handle_http, ctx, body_cut=self.vr.body_cut)
+
+    async def restart(self, down: float = 0.0) -> None:
+        """A crash or a deploy: close Vs/Vr and Vd (every connection cut, held Vr requests
+        aborted), stay down ``down`` seconds, then listen again on the same ports with the
+        same TLS context. What is stored (segments, alarms) survives, as in a database."""
+        vs_port, vd_port = self.vs_port, self.vd_port
+        self.vr.close()  # requests held by a "timeout"/"late" fault end now
+        if self._vs is not None:
+            await self._vs.close()
+            self._vs = None
+        await self._vd.close()
+        await asyncio.sleep(down)
+        self.vr.reopen()
+        ctx = self.pki.server_context() if self.pki is not None else None
+        # The ports are fixed from now on: a later restart, or a start, binds them again.
+        self.options.vs_port, self.options.vd_port = vs_port, vd_port
+        self.vd_port = await self._vd.start(ctx)
+        vs = self._vs_server(ctx)
+        self.vs_port = await vs.start(self.options.host, vs_port)
+        self._vs = vs
 
     def _write_state(self) -> None:
         """platform.json: where ``hss-pu platform call`` finds us (0600: it holds the token)."""

@@ -12,7 +12,8 @@ it: :class:`DecodeCheck`. The check runs in a worker thread *before* the save is
 so a PU whose ``save`` returned finds ``check`` filled in; for segments of a few seconds it
 costs tens of milliseconds (``PlatformOptions.vr_decode_check = False`` turns it off).
 
-Tests inject faults per op (:meth:`VrServer.fail`) or take the whole service down
+Tests inject faults per op (:meth:`VrServer.fail`; a PUT "cut" mid-body needs the
+HttpServer's ``body_cut`` hook to be :meth:`VrServer.body_cut`) or take the whole service down
 (:attr:`VrServer.down`), and read per-op request counts and bytes to measure overhead.
 Memory is bounded: record lists keep the last :data:`MAX_RECORDS`, pending segments expire
 after :data:`PENDING_TTL` (or the oldest go beyond :data:`MAX_PENDING`), and a channel keeps
@@ -35,6 +36,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit
 
 from hss_pu.fsutil import atomic_write
 from hss_pu.media.tscheck import check_ts
@@ -68,6 +70,7 @@ __all__ = [
     "SEG_PREFIX",
     "DecodeCheck",
     "FaultMode",
+    "VrCut",
     "VrFailed",
     "VrFault",
     "VrSegment",
@@ -86,7 +89,8 @@ MAX_PENDING = 1_000
 # A PU retries an upload on the 9.3.1.3 schedule (at most 60 s apart); an hour is ample.
 PENDING_TTL = 3600.0
 
-FaultMode = Literal["status", "timeout", "abort", "late"]
+FaultMode = Literal["status", "timeout", "abort", "late", "cut"]
+_MODES = ("status", "timeout", "abort", "late", "cut")
 
 _MAC = re.compile(MAC_PATTERN)
 _CHANNEL = re.compile(r"[0-9]{1,9}")
@@ -196,11 +200,23 @@ class VrFailed:
     reason: Literal["fail", "expired", "evicted"] = "fail"
 
 
+@dataclass(frozen=True)
+class VrCut:
+    """A segment PUT cut by a "cut" fault: ``at`` of its ``size`` declared body bytes were
+    read, then the connection was dropped with no answer (nothing stored)."""
+
+    name: str
+    size: int | None  # the PUT's Content-Length (else the size create declared)
+    at: int  # body bytes the platform read before it dropped the connection
+    time: float  # platform clock
+
+
 @dataclass
 class VrFault:
     """The next ``remaining`` requests of ``op`` answer ``status`` (or hang, or abort).
     Mode "late": the request takes effect, its reply is held ``hold`` s (a PU killed
-    meanwhile never learns that its save went through)."""
+    meanwhile never learns that its save went through). Mode "cut" (PUTs): the connection
+    drops once ``cut_at`` of the body has arrived, the rest still on its way."""
 
     op: str
     remaining: int
@@ -208,6 +224,7 @@ class VrFault:
     retry_after: int | str | None = None
     mode: FaultMode = "status"
     hold: float = 30.0  # modes "timeout" (seconds before the 503) and "late"
+    cut_at: float = 0.5  # mode "cut": the fraction of the body read before the drop
 
 
 @dataclass
@@ -329,6 +346,7 @@ class VrServer:
         self.down = False  # True: every Vr request is aborted without a response
         self.drop_next = 0  # the next N creates answer an empty name/url: "drop it"
         self.reputs = 0  # PUTs of a segment already saved (accepted, not stored again)
+        self.cuts: list[VrCut] = []  # PUTs cut mid-body by a "cut" fault (the last ones)
         self._faults: dict[str, collections.deque[VrFault]] = {}
         self._pending: dict[str, _Pending] = {}  # insertion order = creation order
         self._saved: dict[str, VrSegment] = {}  # recent saves, for idempotent save retries
@@ -347,17 +365,22 @@ class VrServer:
         retry_after: int | str | None = None,
         mode: FaultMode = "status",
         hold: float = 30.0,
+        cut_at: float = 0.5,
     ) -> None:
         """Queue a fault for the next ``count`` requests of ``op`` (after earlier ones)."""
         if op not in OPS:
             raise ValueError(f"op must be one of {', '.join(OPS)}, not {op!r}")
-        if mode not in ("status", "timeout", "abort", "late"):
-            raise ValueError(f"mode must be status, timeout, abort or late, not {mode!r}")
+        if mode not in _MODES:
+            raise ValueError(f"mode must be one of {', '.join(_MODES)}, not {mode!r}")
+        if mode == "cut" and op != "put":
+            raise ValueError(f"mode cut is only for put (a segment body), not {op!r}")
+        if not 0.0 < cut_at < 1.0:
+            raise ValueError(f"cut_at must be a fraction of the body, 0 < f < 1, not {cut_at}")
         if count < 0 or not 100 <= status <= 599 or hold < 0:
             raise ValueError("count and hold must be >= 0, status a HTTP status")
         if count:
             q = self._faults.setdefault(op, collections.deque())
-            q.append(VrFault(op, count, status, retry_after, mode, hold))
+            q.append(VrFault(op, count, status, retry_after, mode, hold, cut_at))
 
     def clear_faults(self) -> None:
         self._faults.clear()
@@ -389,10 +412,51 @@ class VrServer:
         """Release requests held by a "timeout" fault (they are aborted)."""
         self._closing.set()
 
+    def reopen(self) -> None:
+        """After :meth:`close`, for a platform that listens again: faults hold again."""
+        self._closing = asyncio.Event()
+
     def _notify(self) -> None:
         self._ticker.notify()
 
     # --- dispatch ------------------------------------------------------------------------
+
+    def body_cut(self, method: str, target: str, length: int | None) -> int | None:
+        """The HttpServer's ``body_cut`` hook, at each request head: a segment PUT meeting
+        a queued "cut" fault is counted and cut at that fraction of its body (it never
+        reaches :meth:`handle`, so nothing is stored and the segment stays pending; the
+        bytes read count in ``body_bytes``, its head not in ``header_bytes``)."""
+        if method != "PUT" or self.down:  # down: handle() aborts it, as any other
+            return None
+        path = urlsplit(target).path
+        if not path.startswith(SEG_PREFIX):
+            return None
+        q = self._faults.get("put")
+        if not q or q[0].mode != "cut":
+            return None
+        fault = self._take_fault(q)
+        self.requests["put"] += 1
+        name = path.removeprefix(SEG_PREFIX)
+        if length is None:  # chunked: cut the size create declared
+            p = self._pending.get(name)
+            length = p.create.size if p is not None else None
+        at = int((length or 0) * fault.cut_at)
+        self.body_bytes += at
+        self.cuts.append(VrCut(name, length, at, self.now()))
+        del self.cuts[:-MAX_RECORDS]
+        log.info(
+            "Vr: injected fault on put (cut %s after %d of %s body bytes)",
+            name, at, "?" if length is None else length,
+        )  # fmt: skip
+        return at
+
+    @staticmethod
+    def _take_fault(q: collections.deque[VrFault]) -> VrFault:
+        fault = q[0]
+        fault.remaining -= 1
+        if fault.remaining <= 0:
+            q.popleft()
+        return fault
 
     async def handle(self, req: Request) -> Response:
         """Raises AbortConnection where the connection must close without a response."""
@@ -456,11 +520,12 @@ class VrServer:
         q = self._faults.get(op)
         if not q:
             return await handler()
-        fault = q[0]
-        fault.remaining -= 1
-        if fault.remaining <= 0:
-            q.popleft()
+        fault = self._take_fault(q)
         log.info("Vr: injected fault on %s (%s %d)", op, fault.mode, fault.status)
+        if fault.mode == "cut":  # not taken by body_cut (no hook, or it was queued behind
+            # another fault when this PUT's head came): the body is all in, so abort
+            log.warning("Vr: cut fault on %s reached after the body: aborted instead", op)
+            raise AbortConnection(f"injected cut on {op}, after the whole body")
         if fault.mode == "abort":
             raise AbortConnection(f"injected abort on {op}")
         if fault.mode == "late":
