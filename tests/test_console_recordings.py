@@ -1,0 +1,295 @@
+"""The console's recordings (issue 14, item 4): a real device records to the reference
+platform; the timeline, the HLS playlist, the segment files and a range's download are
+served by aiohttp on loopback and read by a real client, ffmpeg and ffprobe."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import ssl
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from hss_pu.media.tscheck import check_ts
+from hss_pu.reference_platform.console import recordings
+from hss_pu.reference_platform.server import ReferencePlatform
+from hss_pu.reference_platform.vr import VrSegment
+from hss_pu.wire.vr import (
+    CONTENT_TYPE_FORM,
+    CONTENT_TYPE_TS,
+    encode_create,
+    encode_save,
+    parse_create_reply,
+)
+
+from .support.console_serve import serve_console
+from .support.probe import decode_errors, ffprobe
+from .support.rig import DEVICE, MAC, Rig, until
+
+W, H, FPS = 320, 180, 15
+SEG = 2  # s: short segments keep the test short
+A_SECONDS, GAP_SECONDS, B_SECONDS = 12, 3, 8  # 20 s recorded, stopped 3 s in between
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(180),
+    pytest.mark.platform(hb_interval=1),
+    pytest.mark.rig(size=(W, H), fps=FPS, bitrate=300_000, backoff_scale=0.05),
+]
+
+API = f"/console/api/recordings/{DEVICE}/0"
+
+
+def media_duration(path: Path) -> float:
+    """ffprobe's duration of the whole file (the container's, every stream)."""
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "json", str(path)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    return float(json.loads(out.stdout)["format"]["duration"])
+
+
+async def ffmpeg_copy(url: str, out: Path) -> str:
+    """``ffmpeg -i URL -c copy OUT``: what ffmpeg said (it must succeed)."""
+    proc = await asyncio.create_subprocess_exec(
+        "ffmpeg", "-v", "error", "-nostdin", "-i", url, "-c", "copy", "-f", "mpegts", str(out),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    return err.decode()
+
+
+async def record_twice(rig: Rig) -> tuple[list[VrSegment], list[VrSegment]]:
+    """Session "a" for A_SECONDS, stopped GAP_SECONDS, session "b" for B_SECONDS: the
+    saved segments of each, in time order, once all are on the platform."""
+    p = rig.platform
+    assert (await rig.start_record("a", seg_duration=SEG)).err is None
+    await asyncio.sleep(A_SECONDS)
+    assert (await rig.stop_record("a")).err is None
+    await asyncio.sleep(GAP_SECONDS)
+    assert (await rig.start_record("b", seg_duration=SEG)).err is None
+    await asyncio.sleep(B_SECONDS)
+    assert (await rig.stop_record("b")).err is None
+    rec = rig.daemon.record
+    assert rec is not None
+    assert await until(
+        lambda: rec.status()["queued_memory"] == rec.status()["queued_disk"] == 0, 15
+    )
+    segs = sorted(p.vr_segments[0], key=lambda s: s.start)
+    assert all(s.check is not None and s.check.ok for s in segs)
+    firsts = [i for i, s in enumerate(segs) if s.discontinue]
+    assert firsts == [0, firsts[1]], [(s.start, s.discontinue) for s in segs]
+    return segs[: firsts[1]], segs[firsts[1] :]
+
+
+async def test_timeline_playlist_segments_and_download_of_a_recording_with_a_stop(
+    rig: Rig, tmp_path: Path
+) -> None:
+    a, b = await record_twice(rig)
+    recorded = sum(s.duration for s in a + b)
+    assert abs(recorded - (A_SECONDS + B_SECONDS)) <= 1.5, recorded
+    async with serve_console(rig.platform, recordings.add_routes) as console:
+        base, client = console.base, console.client
+        # The timeline: every saved segment, and one gap where the device was stopped.
+        async with client.get(API) as r:
+            assert r.status == 200, await r.text()
+            tl: dict[str, Any] = await r.json()
+        assert [s["name"] for s in tl["segments"]] == [s.name for s in a + b]
+        assert [(s["start"], s["duration"], s["size"], s["discontinue"]) for s in tl["segments"]] \
+            == [(s.start, s.duration, s.size, s.discontinue) for s in a + b]  # fmt: skip
+        assert tl["gaps"] == [{"start": a[-1].end, "end": b[0].start}]
+        assert GAP_SECONDS - 0.5 <= b[0].start - a[-1].end <= GAP_SECONDS + 2
+        # A range: the segments that hold some of it, no gap inside session b.
+        async with client.get(API, params={"from": b[0].start + 0.5, "to": b[-1].end}) as r:
+            assert [s["name"] for s in (await r.json())["segments"]] == [s.name for s in b]
+
+        # The playlist: one discontinuity, before session b's first segment.
+        async with client.get(f"{API}/index.m3u8") as r:
+            assert r.status == 200
+            assert r.content_type == "application/vnd.apple.mpegurl"
+            text = await r.text()
+        lines = text.splitlines()
+        uris = [ln for ln in lines if not ln.startswith("#")]
+        assert uris == [f"{API}/seg/{s.name}.ts" for s in a + b]
+        assert text.count("#EXT-X-DISCONTINUITY") == 1
+        assert lines[lines.index("#EXT-X-DISCONTINUITY") + 3] == uris[len(a)]
+        assert "#EXT-X-TARGETDURATION:2" in lines and lines[-1] == "#EXT-X-ENDLIST"
+
+        # ffmpeg plays session a's playlist: a file of its duration, decoding cleanly.
+        a_url = f"{base}{API}/index.m3u8?from={a[0].start}&to={a[-1].end}"
+        out = tmp_path / "a.ts"
+        await ffmpeg_copy(a_url, out)
+        a_seconds = sum(s.duration for s in a)
+        assert abs(await asyncio.to_thread(media_duration, out) - a_seconds) <= 1.0
+        assert await asyncio.to_thread(decode_errors, out) == ""
+        # ... and the whole one, every frame of both sessions.
+        out = tmp_path / "all.ts"
+        await ffmpeg_copy(f"{base}{API}/index.m3u8", out)
+        frames = int((await asyncio.to_thread(ffprobe, out))["nb_read_frames"])
+        assert abs(frames - recorded * FPS) <= 3, (frames, recorded)
+
+        # A segment file, byte for byte.
+        async with client.get(f"{API}/seg/{a[1].name}.ts") as r:
+            assert r.status == 200 and r.content_type == "video/mp2t"
+            assert await r.read() == a[1].path.read_bytes()
+
+        # A download across the stop: one file, the gap left out, cut at key frames.
+        lo, hi = a[2].start + 0.3, b[1].start + 1.4
+        async with client.get(f"{API}/download", params={"from": lo, "to": hi}) as r:
+            assert r.status == 200, await r.text()
+            assert r.content_type == "video/mp2t"
+            disposition = r.headers["Content-Disposition"]
+            assert disposition.startswith("attachment;") and ".ts" in disposition
+            data = await r.read()
+        got = tmp_path / "range.ts"
+        got.write_bytes(data)
+        wanted = (a[-1].end - lo) + (hi - b[0].start)
+        dur = await asyncio.to_thread(media_duration, got)
+        # Starts at the key frame at or before ``from`` (a GOP is 1 s), ends at ``to``.
+        assert wanted - 0.3 <= dur <= wanted + 1.2, (dur, wanted)
+        assert await asyncio.to_thread(decode_errors, got) == ""
+        ts = check_ts(data)
+        assert ts.ok, ts  # one muxer: no continuity breaks where segments were joined
+        frames = int((await asyncio.to_thread(ffprobe, got))["nb_read_frames"])
+        assert abs(frames - dur * FPS) <= 3, (frames, dur)
+        # The whole recording in one file: 20 s, the 3 s stop left out.
+        async with client.get(f"{API}/download") as r:
+            whole = await r.read()
+        got.write_bytes(whole)
+        assert abs(await asyncio.to_thread(media_duration, got) - recorded) <= 1.0
+
+        # What is refused: nothing outside the platform's own saved segments is served.
+        other = a[0].name.replace("ch0-", "ch1-")
+        refused = {
+            "/console/api/recordings/PU-9999/0": 404,  # no such device
+            "/console/api/recordings/PU-9999/0/index.m3u8": 404,
+            f"/console/api/recordings/{DEVICE}/x": 400,
+            f"/console/api/recordings/{DEVICE}/256": 400,
+            f"{API}?from=abc": 400,
+            f"{API}?from=nan": 400,
+            f"{API}?from=inf": 400,
+            f"{API}?from=20&to=10": 400,
+            f"{API}/index.m3u8?from=1&to=2": 404,  # nothing recorded then
+            f"{API}/download?from=1&to=2": 404,
+            f"{API}/download?from=2&to=1": 400,
+            f"{API}/seg/x.ts": 400,
+            f"{API}/seg/{a[0].name}": 400,  # the URI has .ts
+            f"{API}/seg/..%2F..%2Fplatform.json": 400,
+            f"{API}/seg/%2e%2e%2f{a[0].name}.ts": 400,
+            f"{API}/seg/ch0-999-0123abcd.ts": 404,  # well-formed, never saved
+            f"/console/api/recordings/{DEVICE}/1/seg/{a[0].name}.ts": 404,  # not channel 1's
+            f"{API}/seg/{other}.ts": 404,
+        }
+        for path, status in refused.items():
+            async with client.get(path) as r:
+                assert r.status == status, (path, r.status, await r.text())
+                body = await r.json()
+                assert isinstance(body["info"], str) and body["info"], (path, body)
+
+
+async def test_a_device_sees_only_its_own_segments(rig: Rig) -> None:
+    """Vr keeps segments per channel for every device: the console tells them apart by the
+    MAC each segment came with (the one the device's Keepalive carries)."""
+    p = rig.platform
+    p.options.devices["PU-0002"] = "another-password"  # known, never recorded
+    assert (await rig.start_record("a", seg_duration=1)).err is None
+    segs = await p.vr.wait_segments(0, 2, timeout=10)
+    async with serve_console(p, recordings.add_routes) as console:
+        client = console.client
+        async with client.get(API) as r:
+            names = [s["name"] for s in (await r.json())["segments"]]
+        assert names[:2] == [s.name for s in segs[:2]]
+        async with client.get("/console/api/recordings/PU-0002/0") as r:
+            assert r.status == 200 and await r.json() == {"segments": [], "gaps": []}
+        async with client.get(f"/console/api/recordings/PU-0002/0/seg/{segs[0].name}.ts") as r:
+            assert r.status == 404
+        quoted = quote("PU 0003/x", safe="")
+        async with client.get(f"/console/api/recordings/{quoted}/0") as r:
+            assert r.status == 404 and "info" in await r.json()
+
+
+@pytest.fixture(scope="module")
+def two_seconds(tmp_path_factory: pytest.TempPathFactory) -> bytes:
+    """2 s of 320x180 H.264 at 15 fps with AAC, a key frame every second, as MPEG-TS."""
+    path = tmp_path_factory.mktemp("console") / "seg.ts"
+    subprocess.run(
+        ["ffmpeg", "-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=15",
+         "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=16000", "-t", "2",
+         "-c:v", "libx264", "-g", "15", "-b:v", "1M", "-c:a", "aac", "-f", "mpegts", str(path)],
+        check=True, timeout=60,
+    )  # fmt: skip
+    return path.read_bytes()
+
+
+async def upload(p: ReferencePlatform, channel: int, data: bytes, starts: list[float]) -> None:
+    """Segments on the platform's Vr as a PU saves them (create, PUT, save over HTTPS),
+    with the rig's MAC: the rig's device's segments, one each at ``starts``."""
+    ctx = ssl.create_default_context(cafile=str(p.ca_file))
+    headers = {"Mac-Identity": MAC}
+    form = {**headers, "Content-Type": CONTENT_TYPE_FORM}
+    async with httpx.AsyncClient(verify=ctx, headers=headers, trust_env=False) as http:
+        for i, start in enumerate(starts):
+            body = encode_create(len(data), start, 2.0, i == 0, True)
+            r = await http.post(p.vr_cbk_url(channel), content=body, headers=form)
+            reply = parse_create_reply(r.content)
+            r = await http.put(reply.url, content=data, headers={"Content-Type": CONTENT_TYPE_TS})
+            assert r.status_code == 200, r.text
+            r = await http.post(
+                p.vr_cbk_url(channel), content=encode_save(reply.name), headers=form
+            )
+            assert r.status_code == 200, r.text
+
+
+LONG = 300  # segments of 2 s: 10 minutes
+
+
+@pytest.mark.platform(hb_interval=1, vr_decode_check=False)
+@pytest.mark.rig(start_media=False)
+async def test_a_long_download_is_streamed_bounded_and_stops_when_the_client_goes(
+    rig: Rig, two_seconds: bytes, tmp_path: Path
+) -> None:
+    p = rig.platform
+    t0 = p.now() - LONG * 2 - 60
+    await upload(p, 1, two_seconds, [t0 + 2 * i for i in range(LONG)])
+    total = LONG * len(two_seconds)
+    url = f"/console/api/recordings/{DEVICE}/1/download"
+    async with serve_console(p, recordings.add_routes) as console:
+        client, running = console.client, console.app[recordings.RECORDINGS].running
+        # A client that reads 64 KiB and stops: the remux waits for it, a bounded way
+        # ahead (the queue, and what the sockets hold), not through the 10 minutes.
+        r = await client.get(url)
+        assert r.status == 200
+        await r.content.readexactly(1 << 16)
+        await asyncio.sleep(1.0)
+        (pipe,) = running
+        ahead = pipe.produced
+        await asyncio.sleep(0.5)
+        assert pipe.produced == ahead  # blocked, not spinning
+        assert ahead < total / 4, (ahead, total)
+        # Two downloads at once at most; a third is told to come back later.
+        r2 = await client.get(url)
+        assert r2.status == 200 and len(running) == 2
+        async with client.get(url) as r3:
+            assert r3.status == 503 and "info" in await r3.json()
+        # The client goes away: the remux threads stop, and a download can start again.
+        r.close()
+        r2.close()
+        assert await until(lambda: not running, 3), running
+        # Read to the end, the file holds the whole 10 minutes.
+        t = time.monotonic()
+        async with client.get(url) as r:
+            data = await r.read()
+        took = time.monotonic() - t
+        assert not running
+        got = tmp_path / "long.ts"
+        got.write_bytes(data)
+        assert abs(await asyncio.to_thread(media_duration, got) - LONG * 2) <= 1
+        assert check_ts(data).ok
+        print(f"10 min download: {len(data)} bytes in {took:.2f} s; held back at {ahead} bytes")
