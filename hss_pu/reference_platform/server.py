@@ -673,6 +673,16 @@ class ReferencePlatform:
             raise
         return rx
 
+    async def close_live(self, stream_id: str, rx: LiveReceiver | None = None) -> None:
+        """Close the stream's receiver (only if it is still ``rx``, when given) and forget
+        it; for a receiver opened on demand (the console's live view)."""
+        current = self.receivers.get(stream_id)
+        if current is not None and (rx is None or current is rx):
+            del self.receivers[stream_id]
+        target = rx or current
+        if target is not None:
+            await target.close()
+
     async def push_live(
         self, device_id: str, channel: int, stream_id: str, *, max_bitrate: int = 0, **kw: Any
     ) -> tuple[LiveReceiver, Reply]:
