@@ -83,15 +83,20 @@ def live_url(base: str, device: str = DEVICE, channel: int | str = 0) -> str:
     return f"{base}/console/api/live/{device}/{channel}"
 
 
-async def receive_for(ws: aiohttp.ClientWebSocketResponse, seconds: float) -> list[bytes]:
-    """The binary messages that arrive within ``seconds``."""
+async def receive_for(
+    ws: aiohttp.ClientWebSocketResponse, seconds: float, first_within: float = 15.0
+) -> list[bytes]:
+    """The binary messages that arrive within ``seconds`` of the first one (which may take
+    up to ``first_within``: PushLive, the SRT connection, a key frame)."""
     out: list[bytes] = []
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
+    deadline = loop.time() + first_within
     with contextlib.suppress(TimeoutError):
         while (left := deadline - loop.time()) > 0:
             msg = await ws.receive(timeout=left)
             assert msg.type == aiohttp.WSMsgType.BINARY, msg
+            if not out:
+                deadline = loop.time() + seconds
             out.append(msg.data)
     return out
 
