@@ -15,13 +15,15 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from hss_pu.config import PowerSection
 from hss_pu.media.tscheck import PACKET_SIZE, check_ts
 from hss_pu.reference_platform.console import live
 from hss_pu.reference_platform.console.live import LiveHub
 from hss_pu.reference_platform.server import ReferencePlatform
 
 from .support.probe import decode_errors, ffprobe, key_frames
-from .support.rig import DEVICE, Rig, until
+from .support.rig import DEVICE, MakeRig, Rig, until
+from .test_hibernation_e2e import asleep, battery_profile
 
 W, H, FPS = 320, 180, 15
 
@@ -285,3 +287,23 @@ async def test_a_push_already_there_is_shared_not_replaced(
     await asyncio.sleep(1.0)
     assert calls["StopLive"] == 0 and pushing(rig) == "demo-live"
     assert hub.active() == [] and "demo-live" in rig.platform.receivers
+
+
+@pytest.mark.platform(hibernation_port=0, hb_interval=1)
+async def test_a_sleeping_device_is_woken_for_its_first_viewer(
+    platform: ReferencePlatform,
+    make_rig: MakeRig,
+    serve: Serve,
+    session: aiohttp.ClientSession,
+    tmp_path: Path,
+) -> None:
+    """A battery device asleep on the hibernation server is not "offline" to the console:
+    the first viewer's PushLive wakes it, and it sleeps again once the view has ended."""
+    power = PowerSection(idle_sleep_seconds=1.0, heartbeat_seconds=0.3)
+    rig = await make_rig(profile=str(battery_profile(tmp_path)), power=power)
+    await asleep(rig)
+    base, _ = await serve(grace=0.3)
+    async with session.ws_connect(live_url(base)) as ws:
+        msgs = await receive_for(ws, 1.0, first_within=30)
+    assert msgs and msgs[0][0] == 0x47
+    await asleep(rig)  # StopLive after the grace, then the idle time

@@ -173,6 +173,10 @@ class ReferencePlatform:
         return None if self.admin_port is None else f"http://127.0.0.1:{self.admin_port}"
 
     @property
+    def closing(self) -> bool:
+        return self._closing
+
+    @property
     def state_file(self) -> Path:
         return self.options.state_dir / STATE_FILE
 

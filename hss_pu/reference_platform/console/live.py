@@ -13,10 +13,12 @@ player decodes at once, and has a queue bounded in bytes: one that falls behind 
 dropped. The WebSocket closes with one of these codes, and a reason a person can read:
 
 - 4400: bad request (the channel is not a number, the device id is malformed);
-- 4404: the device is offline, or went offline while watched;
+- 4404: the device is offline (and not asleep on the hibernation server, which would
+  wake it), or went offline while watched;
 - 4502: the device refused PushLive (its code and message follow) or did not answer;
 - 4429: the viewer fell too far behind the live stream;
 - 4410: the stream ended (no video for a long while, the receiver closed);
+- 1011: the platform could not receive (srt-live-transmit would not start);
 - 1001: the platform is shutting down.
 """
 
@@ -43,6 +45,7 @@ __all__ = [
     "CLOSE_GOING_AWAY",
     "CLOSE_OFFLINE",
     "CLOSE_REFUSED",
+    "CLOSE_SERVER_ERROR",
     "CLOSE_TOO_SLOW",
     "LIVE_HUB",
     "LiveHub",
@@ -54,6 +57,7 @@ __all__ = [
 log = logging.getLogger("hss_pu.platform.console.live")
 
 CLOSE_GOING_AWAY = 1001
+CLOSE_SERVER_ERROR = 1011
 CLOSE_BAD_REQUEST = 4400
 CLOSE_OFFLINE = 4404
 CLOSE_ENDED = 4410
@@ -168,7 +172,7 @@ class LiveHub:
                 raise LiveRefused(CLOSE_GOING_AWAY, "the platform is shutting down")
             push = self._pushes.get(key)
             if push is None:
-                if not self.platform.online(device):
+                if not self._reachable(device):
                     raise LiveRefused(CLOSE_OFFLINE, f"device {device} is offline")
                 push = _Push(device, channel, self.stream_id(device, channel))
                 self._pushes[key] = push
@@ -229,6 +233,11 @@ class LiveHub:
 
     # --- a push's life ----------------------------------------------------------------
 
+    def _reachable(self, device: str) -> bool:
+        """Online, or asleep where PushLive wakes it (ReferencePlatform.call)."""
+        hib = self.platform.hibernation
+        return self.platform.online(device) or (hib is not None and hib.is_sleeping(device))
+
     def _current(self, push: _Push) -> bool:
         return self._pushes.get((push.device, push.channel)) is push
 
@@ -281,8 +290,11 @@ class LiveHub:
         """open_live + PushLive; on any failure, nothing is left listening."""
         try:
             push.rx = await self.platform.open_live(push.stream_id)
-        except RuntimeError as exc:  # the platform is closing
-            raise LiveRefused(CLOSE_GOING_AWAY, str(exc)) from None
+        except (RuntimeError, OSError) as exc:
+            if self._closed or self.platform.closing:
+                raise LiveRefused(CLOSE_GOING_AWAY, "the platform is shutting down") from None
+            log.warning("live %s: cannot receive: %s", push.stream_id, exc)
+            raise LiveRefused(CLOSE_SERVER_ERROR, f"the platform cannot receive: {exc}") from None
         params = {"channel": push.channel, "url": push.rx.url, "stream_id": push.stream_id,
                   "max_bitrate": 0}  # fmt: skip
         try:
