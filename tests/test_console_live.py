@@ -36,6 +36,17 @@ pytestmark = [
 Serve = Callable[..., Awaitable[tuple[str, LiveHub]]]
 
 
+async def start_app(platform: ReferencePlatform, hub: LiveHub) -> tuple[web.AppRunner, str]:
+    """The live routes on an aiohttp server on loopback: its runner and base URL."""
+    app = web.Application()
+    live.add_routes(app, platform, hub)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
 @pytest.fixture
 async def serve(platform: ReferencePlatform) -> AsyncIterator[Serve]:
     """The live routes on an aiohttp server on loopback, with a hub of the given options;
@@ -43,16 +54,10 @@ async def serve(platform: ReferencePlatform) -> AsyncIterator[Serve]:
     runners: list[web.AppRunner] = []
 
     async def start(**hub_options: Any) -> tuple[str, LiveHub]:
-        app = web.Application()
         hub = LiveHub(platform, **hub_options)
-        live.add_routes(app, platform, hub)
-        runner = web.AppRunner(app)
-        await runner.setup()
+        runner, base = await start_app(platform, hub)
         runners.append(runner)
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = runner.addresses[0][1]
-        return f"http://127.0.0.1:{port}", hub
+        return base, hub
 
     try:
         yield start
@@ -190,16 +195,16 @@ async def test_an_offline_device_or_a_refused_push_closes_with_a_reason(
     async with session.ws_connect(live_url(base, "PU-9999")) as ws:
         msg = await ws.receive(timeout=5)
     assert msg.type == aiohttp.WSMsgType.CLOSE
-    assert ws.close_code == live.CLOSE_OFFLINE and "offline" in str(msg.extra)
+    assert msg.data == live.CLOSE_OFFLINE and "offline" in str(msg.extra)
     # No such channel: the device's own refusal (102) in the reason.
     async with session.ws_connect(live_url(base, DEVICE, 7)) as ws:
         msg = await ws.receive(timeout=25)
     assert msg.type == aiohttp.WSMsgType.CLOSE
-    assert ws.close_code == live.CLOSE_REFUSED and "102" in str(msg.extra), msg
+    assert msg.data == live.CLOSE_REFUSED and "102" in str(msg.extra), msg
     assert rig.daemon.live is not None and 7 not in rig.daemon.live.pushes
     async with session.ws_connect(live_url(base, DEVICE, "x")) as ws:
         msg = await ws.receive(timeout=5)
-    assert ws.close_code == live.CLOSE_BAD_REQUEST
+    assert msg.data == live.CLOSE_BAD_REQUEST
     # Nothing was left listening for the refused push.
     assert not [s for s in rig.platform.receivers if s.endswith("-7")]
     # Plain HTTP on a WebSocket route: a JSON error, not a crash.
@@ -218,7 +223,7 @@ async def test_a_device_that_goes_offline_ends_the_view_with_a_reason(
         while msg.type == aiohttp.WSMsgType.BINARY:
             msg = await ws.receive(timeout=10)
     assert msg.type == aiohttp.WSMsgType.CLOSE
-    assert ws.close_code == live.CLOSE_OFFLINE and "offline" in str(msg.extra), msg
+    assert msg.data == live.CLOSE_OFFLINE and "offline" in str(msg.extra), msg
 
 
 @pytest.mark.rig(size=(640, 360), bitrate=1_500_000, fps=30)
@@ -264,7 +269,7 @@ async def test_a_slow_viewer_is_dropped_and_its_memory_stays_bounded(
         aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR
     )  # fmt: skip
     if closed.type == aiohttp.WSMsgType.CLOSE:
-        assert slow.close_code == live.CLOSE_TOO_SLOW
+        assert closed.data == live.CLOSE_TOO_SLOW
     await fast.close()
     await slow.close()
 
@@ -307,3 +312,22 @@ async def test_a_sleeping_device_is_woken_for_its_first_viewer(
         msgs = await receive_for(ws, 1.0, first_within=30)
     assert msgs and msgs[0][0] == 0x47
     await asleep(rig)  # StopLive after the grace, then the idle time
+
+
+async def test_shutting_down_ends_every_view_and_our_push(
+    rig: Rig, session: aiohttp.ClientSession, calls: Counter[str]
+) -> None:
+    hub = LiveHub(rig.platform)
+    runner, base = await start_app(rig.platform, hub)
+    try:
+        ws = await session.ws_connect(live_url(base))
+        assert await receive_for(ws, 0.5)
+    finally:
+        await runner.cleanup()
+    msg = await ws.receive(timeout=5)
+    while msg.type == aiohttp.WSMsgType.BINARY:
+        msg = await ws.receive(timeout=5)
+    assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == live.CLOSE_GOING_AWAY, msg
+    assert calls["StopLive"] == 1 and pushing(rig) is None
+    assert hub.stream_id(DEVICE, 0) not in rig.platform.receivers
+    await ws.close()
