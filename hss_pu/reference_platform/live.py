@@ -1,8 +1,9 @@
 """Vm on the platform side: receive a PU's SRT push with the real ``srt-live-transmit``.
 
 Each receiver is one ``srt-live-transmit`` listener writing the TS to its stdout, which we
-read, store (one file per connection) and, for demos, forward to a second
-``srt-live-transmit`` listening for a viewer (``ffplay srt://...``).
+read, store (one file per connection), hand to subscribers (the console's live viewers:
+:meth:`LiveReceiver.subscribe`) and, for demos, forward to a second ``srt-live-transmit``
+listening for a viewer (``ffplay srt://...``).
 """
 
 from __future__ import annotations
@@ -13,11 +14,16 @@ import json
 import logging
 import shutil
 import socket
+import time
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-__all__ = ["LiveReceiver", "bound_udp_ports", "free_udp_port"]
+from hss_pu.media.tsjoin import TsJoin
+
+__all__ = ["LiveReceiver", "LiveSubscriber", "bound_udp_ports", "free_udp_port"]
 
 log = logging.getLogger("hss_pu.platform.live")
 
@@ -25,6 +31,84 @@ READ_CHUNK = 1316 * 32
 VIEWER_BACKLOG = 4 << 20  # bytes buffered towards a slow viewer before we skip data
 UDP_TABLES = (Path("/proc/net/udp"), Path("/proc/net/udp6"))
 BIND_WAIT = 2.0  # seconds a new listener gets to bind its port
+# What a subscriber may fall behind by, beyond the key frame it started at, before it is
+# dropped: 8 s at 2 Mbit/s (a viewer further behind than that is not watching live).
+SUBSCRIBER_BACKLOG = 2 << 20
+SUBSCRIBER_READ = 256 << 10  # bytes one read() hands over at most
+
+
+class LiveSubscriber:
+    """One consumer of a receiver's TS bytes: whole 188-byte packets, as received, from a
+    key frame (PAT and PMT first) on, so that a player starts decoding at once.
+
+    Its queue is bounded in bytes (``limit``: the backlog allowed plus the start
+    snapshot): one that falls further behind is dropped (``dropped``; its queue freed),
+    never buffered without limit. :meth:`read` returns b"" once it is closed and drained.
+    """
+
+    def __init__(self, backlog: int, on_close: Callable[[LiveSubscriber], object]) -> None:
+        self.backlog = backlog
+        self.limit = backlog
+        self.queued = 0  # bytes waiting for read()
+        self.peak = 0  # the most ever queued
+        self.delivered = 0  # bytes handed out by read()
+        self.started = False  # has its key frame: later bytes are queued as they come
+        self.closed = False
+        self.dropped = False  # closed for falling behind
+        self.reason = ""
+        self._chunks: deque[bytes] = deque()
+        self._wake = asyncio.Event()
+        self.ended = asyncio.Event()  # set once closed
+        self._on_close = on_close
+
+    def start(self, snapshot: bytes) -> None:
+        """Begin with ``snapshot`` (PAT, PMT and the GOP so far)."""
+        self.started = True
+        self.limit = self.backlog + len(snapshot)
+        self.offer(snapshot)
+
+    def offer(self, data: bytes) -> None:
+        """Queue the next bytes of the stream (ignored before :meth:`start`)."""
+        if self.closed or not self.started or not data:
+            return
+        if self.queued + len(data) > self.limit:
+            self.dropped = True
+            self._chunks.clear()
+            self.queued = 0
+            self.close(f"fell more than {self.backlog} bytes behind the live stream")
+            return
+        self._chunks.append(data)
+        self.queued += len(data)
+        self.peak = max(self.peak, self.queued)
+        self._wake.set()
+
+    async def read(self, max_bytes: int = SUBSCRIBER_READ) -> bytes:
+        """What has arrived since the last read (at least one chunk, at most about
+        ``max_bytes``), waiting for it; b"" once closed and drained."""
+        while not self._chunks:
+            if self.closed:
+                return b""
+            self._wake.clear()
+            await self._wake.wait()
+        out = [self._chunks.popleft()]
+        n = len(out[0])
+        while self._chunks and n + len(self._chunks[0]) <= max_bytes:
+            chunk = self._chunks.popleft()
+            out.append(chunk)
+            n += len(chunk)
+        self.queued -= n
+        self.delivered += n
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def close(self, reason: str = "unsubscribed") -> None:
+        """Stop taking bytes; read() hands out what is queued, then b""."""
+        if self.closed:
+            return
+        self.closed = True
+        self.reason = reason
+        self._wake.set()
+        self.ended.set()
+        self._on_close(self)
 
 
 def free_udp_port(host: str = "127.0.0.1") -> int:
@@ -85,6 +169,9 @@ class LiveReceiver:
         self._reader: asyncio.Task[None] | None = None
         self._stats_path = directory / f"{_safe(stream_id)}.stats.json"
         self.growing = asyncio.Event()
+        self.last_data: float | None = None  # time.monotonic() of the last bytes
+        self._join = TsJoin()
+        self._subscribers: set[LiveSubscriber] = set()
         self._closed = False
 
     @property
@@ -179,8 +266,44 @@ class LiveReceiver:
                     return
                 f.write(chunk)
                 self.bytes_received += len(chunk)
+                self.last_data = time.monotonic()
                 self.growing.set()
                 self._to_viewer(chunk)
+                self._to_subscribers(chunk)
+
+    def subscribe(self, backlog: int = SUBSCRIBER_BACKLOG) -> LiveSubscriber:
+        """A new consumer of the stream from its last key frame on (or from the next one,
+        if none is known yet). RuntimeError once the receiver is closed."""
+        if self._closed:
+            raise RuntimeError(f"live receiver {self.stream_id} is closed")
+        sub = LiveSubscriber(backlog, self._subscribers.discard)
+        snapshot = self._join.snapshot()
+        if snapshot is not None:
+            sub.start(snapshot)
+        self._subscribers.add(sub)
+        return sub
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def subscribers(self) -> int:
+        return len(self._subscribers)
+
+    def _to_subscribers(self, chunk: bytes) -> None:
+        data, key = self._join.feed(chunk)
+        if not self._subscribers:
+            return
+        snapshot = None
+        for sub in list(self._subscribers):
+            if sub.started:
+                sub.offer(data)
+            elif key:
+                if snapshot is None:
+                    snapshot = self._join.snapshot()
+                if snapshot is not None:
+                    sub.start(snapshot)
 
     def _to_viewer(self, chunk: bytes) -> None:
         v = self._viewer
@@ -220,9 +343,14 @@ class LiveReceiver:
                 await asyncio.wait_for(self._reader, 2)
             self._reader = None
         self._proc = None
+        # The next connection is a new TS (new muxer, tables, counters): new subscribers
+        # must wait for its first key frame, not start in the old one.
+        self._join.reset()
 
     async def close(self) -> None:
         self._closed = True  # a start() still under way kills what it starts
+        for sub in list(self._subscribers):
+            sub.close(f"live receiver {self.stream_id} closed")
         await self._stop_listener()
         await self._kill(self._viewer)
         self._viewer = None

@@ -174,6 +174,10 @@ class ReferencePlatform:
         return None if self.admin_port is None else f"http://127.0.0.1:{self.admin_port}"
 
     @property
+    def closing(self) -> bool:
+        return self._closing
+
+    @property
     def state_file(self) -> Path:
         return self.options.state_dir / STATE_FILE
 
@@ -697,6 +701,16 @@ class ReferencePlatform:
                 del self.receivers[stream_id]
             raise
         return rx
+
+    async def close_live(self, stream_id: str, rx: LiveReceiver | None = None) -> None:
+        """Close the stream's receiver (only if it is still ``rx``, when given) and forget
+        it; for a receiver opened on demand (the console's live view)."""
+        current = self.receivers.get(stream_id)
+        if current is not None and (rx is None or current is rx):
+            del self.receivers[stream_id]
+        target = rx or current
+        if target is not None:
+            await target.close()
 
     async def push_live(
         self, device_id: str, channel: int, stream_id: str, *, max_bitrate: int = 0, **kw: Any

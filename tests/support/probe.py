@@ -7,7 +7,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-__all__ = ["decode_errors", "ffprobe", "frame_sizes", "stream_types"]
+__all__ = ["decode_errors", "ffprobe", "frame_sizes", "key_frames", "stream_types"]
 
 
 def ffprobe(path: Path) -> dict[str, Any]:
@@ -29,6 +29,16 @@ def frame_sizes(path: Path) -> list[tuple[int, int]]:
         capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     return [(f["width"], f["height"]) for f in json.loads(out.stdout)["frames"]]
+
+
+def key_frames(path: Path) -> list[bool]:
+    """Whether each decoded video frame is a key frame, in order."""
+    out = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries",
+         "frame=key_frame", "-of", "csv=p=0", str(path)],
+        capture_output=True, text=True, timeout=60, check=True,
+    )  # fmt: skip
+    return [line.strip().rstrip(",") == "1" for line in out.stdout.split()]
 
 
 def stream_types(path: Path) -> list[str]:
