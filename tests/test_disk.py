@@ -126,6 +126,34 @@ def test_format_mount_runs_umount_mkfs_mount_in_order(monkeypatch: pytest.Monkey
     assert [c[0] for c in ran] == ["umount", "mkfs.vfat", "mount"]  # mounted back
 
 
+def test_a_device_busy_right_after_umount_is_tried_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """mkfs refuses a device the kernel or udev still holds a moment after the umount."""
+    monkeypatch.setattr(disk, "read_mounts", lambda: parse_mountinfo(PI))
+    ran: list[str] = []
+    waits: list[float] = []
+    busy = "mkfs.vfat failed (1): /dev/sda1 is apparently in use by the system"
+
+    def busy_twice(cmd: list[str]) -> None:
+        ran.append(cmd[0])
+        if cmd[0].startswith("mkfs") and ran.count(cmd[0]) <= 2:
+            raise FormatRefused(busy)
+
+    format_mount("/mnt/hss-pu-store", PROTECTED, busy_twice, waits.append)
+    assert ran == ["umount", "mkfs.vfat", "mkfs.vfat", "mkfs.vfat", "mount"]
+    assert waits == [disk.MKFS_RETRY] * 2
+
+    ran.clear()
+
+    def always_busy(cmd: list[str]) -> None:
+        ran.append(cmd[0])
+        if cmd[0].startswith("mkfs"):
+            raise FormatRefused(busy)
+
+    with pytest.raises(FormatRefused, match="in use"):
+        format_mount("/mnt/hss-pu-store", PROTECTED, always_busy, waits.append)
+    assert ran.count("mkfs.vfat") == disk.MKFS_ATTEMPTS and ran[-1] == "mount"
+
+
 def test_formatting_a_mount_needs_cap_sys_admin_and_the_device() -> None:
     root = "Name:\tx\nCapEff:\t000001ffffffffff\n"
     unprivileged = "Name:\tx\nCapEff:\t0000000000000000\n"

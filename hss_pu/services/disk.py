@@ -26,6 +26,7 @@ import re
 import shutil
 import stat
 import subprocess
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -266,14 +267,35 @@ def check_mount(point: str, protected: Iterable[str]) -> Mount:
     return store
 
 
-def format_mount(point: str, protected: Iterable[str], run: Runner = run_command) -> None:
+# Right after umount the kernel or udev (blkid probing the "remove" event) may still hold
+# the device a moment, and mkfs opens it exclusively: "apparently in use by the system".
+BUSY = re.compile(r"in use|busy", re.IGNORECASE)
+MKFS_ATTEMPTS = 10
+MKFS_RETRY = 0.5  # s between attempts
+
+
+def format_mount(
+    point: str,
+    protected: Iterable[str],
+    run: Runner = run_command,
+    sleep: Callable[[float], None] = time.sleep,
+) -> None:
     """umount, mkfs, mount again; checked again right before (the mounts may have
-    changed since the RPC). A failed mkfs still mounts the old filesystem back."""
+    changed since the RPC). A device still busy after the umount is tried again for a
+    few seconds; a failed mkfs still mounts the old filesystem back."""
     store = check_mount(point, protected)
     mkfs = mkfs_command(store.fstype, store.source)
     run(["umount", store.point])
     try:
-        run(mkfs)
+        for attempt in range(1, MKFS_ATTEMPTS + 1):
+            try:
+                run(mkfs)
+                break
+            except FormatRefused as exc:
+                if attempt == MKFS_ATTEMPTS or not BUSY.search(str(exc)):
+                    raise
+                log.info("disk: %s busy after umount (%s); trying again", store.source, exc)
+                sleep(MKFS_RETRY)
     finally:
         run(mount_command(store))
 
