@@ -57,8 +57,10 @@ async def test_routes_added_before_start_share_the_https_port_and_survive_a_rest
             await p.restart(0.05)
 
 
-async def _serve(handler: platform_web.Handler, **kw: float) -> tuple[HttpServer, int]:
-    server = HttpServer(handler, None, **kw)
+async def _serve(
+    handler: platform_web.Handler, idle_timeout: float = platform_web.IDLE_TIMEOUT
+) -> tuple[HttpServer, int]:
+    server = HttpServer(handler, None, idle_timeout=idle_timeout)
     return server, await server.start("127.0.0.1", 0)
 
 
