@@ -25,8 +25,10 @@ from typing import Any
 from aiohttp import web
 
 from hss_pu.fsutil import atomic_write
+from hss_pu.reference_platform import console
 from hss_pu.reference_platform.admin import AdminApi
 from hss_pu.reference_platform.alarms import PIC_PREFIX, Alarm, AlarmPicture, AlarmStore
+from hss_pu.reference_platform.console import Console
 from hss_pu.reference_platform.firmware import FIRMWARE_PREFIX, FirmwareRequest, FirmwareStore
 from hss_pu.reference_platform.hibernation import HibernationServer
 from hss_pu.reference_platform.live import LiveReceiver, free_udp_port
@@ -109,6 +111,7 @@ class ReferencePlatform:
     def __init__(self, options: PlatformOptions) -> None:
         self.options = options
         self.pki: Pki | None = None
+        self.console: Console | None = None  # set by start() when options.console
         self.vr = VrServer(options, now=self.now, base_url=lambda: self.schedule_url)
         # Vs, Vr, uploads, media, firmware, alarm pictures (and the console) on one port;
         # the same server listens again after restart(), so routes added stay.
@@ -191,6 +194,8 @@ class ReferencePlatform:
 
     async def start(self) -> None:
         ctx = None
+        if self.options.console:  # first: a refused console (plain HTTP off loopback)
+            console.check_transport(self.options.host, self.options.tls)  # binds nothing
         self.options.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if self.options.tls:
             self.pki = ensure_pki(self.options.state_dir / "pki")
@@ -200,6 +205,8 @@ class ReferencePlatform:
             if self.hibernation is not None:
                 assert self.options.hibernation_port is not None
                 await self.hibernation.start(self.options.host, self.options.hibernation_port)
+            if self.options.console and self.console is None:
+                self.console = await console.setup(self)
             self._vs.ssl_context = ctx
             self.vs_port = await self._vs.start(self.options.host, self.options.vs_port)
             if self.options.admin_port is not None:
@@ -223,6 +230,8 @@ class ReferencePlatform:
             f", hibernation on {self.hibernation_address}" if self.hibernation else "",
             f", admin API on {self.admin_url}" if self.admin_url else "",
         )
+        if self.console is not None:
+            log.info("web console on %s", self.console.url)
 
     async def restart(self, down: float = 0.0) -> None:
         """A crash or a deploy: close Vs/Vr and Vd (every connection cut, held Vr requests
