@@ -15,9 +15,9 @@ Routes added to :attr:`HttpServer.app` before :meth:`HttpServer.start` (the cons
 are served on the same port; every other path goes to the handler.
 
 The Vd WebSocket (:mod:`hss_pu.reference_platform.vd`) stays on ``websockets``, on its own
-port: its fault injection (raw frames, dropped logins, kicked sessions, pings left
-unanswered) is written against that library's connection object, and moving it is a
-change of its own with no gain to the console (which serves its own WebSockets here).
+port: its handshake refusals, pings and close codes are written against that library's
+server, and moving it is a change of its own with no gain to the console (which serves
+its own WebSockets here); vd.py's docstring says what that costs.
 """
 
 from __future__ import annotations
