@@ -55,7 +55,7 @@ async def console(make_platform: MakePlatform) -> ReferencePlatform:
 
 
 @pytest.fixture
-async def http(console: ReferencePlatform) -> AsyncIterator[httpx.AsyncClient]:
+async def console_http(console: ReferencePlatform) -> AsyncIterator[httpx.AsyncClient]:
     async with _client(console) as c:
         yield c
 
@@ -77,17 +77,17 @@ def _cookie_attributes(r: httpx.Response) -> tuple[str, dict[str, str]]:
 
 
 async def test_login_sets_a_secure_httponly_strict_session_cookie(
-    console: ReferencePlatform, http: httpx.AsyncClient
+    console: ReferencePlatform, console_http: httpx.AsyncClient
 ) -> None:
     pw = _password(console)
-    r = await _login(http, pw)
+    r = await _login(console_http, pw)
     assert (r.status_code, r.json()) == (200, {"user": "admin"})
     token, attrs = _cookie_attributes(r)
     assert len(token) >= 32
     assert attrs.keys() >= {"secure", "httponly", "samesite", "path"}
     assert (attrs["samesite"].lower(), attrs["path"]) == ("strict", "/console")
     assert "max-age" not in attrs and "expires" not in attrs  # ends with the browser
-    r = await http.get("/console/api/session")
+    r = await console_http.get("/console/api/session")
     assert (r.status_code, r.json()) == (200, {"user": "admin"})
     # The HTML form: the same check, then to the console.
     async with _client(console) as form:
@@ -97,39 +97,39 @@ async def test_login_sets_a_secure_httponly_strict_session_cookie(
         r = await form.get("/console/")
         assert r.status_code == 200 and "text/html" in r.headers["content-type"]
     # The platform's own endpoints are not behind the console's login.
-    assert (await http.get("/Vs/getServerAddr")).status_code == 400
+    assert (await console_http.get("/Vs/getServerAddr")).status_code == 400
 
 
 async def test_the_api_refuses_requests_without_a_session(
-    console: ReferencePlatform, http: httpx.AsyncClient
+    console: ReferencePlatform, console_http: httpx.AsyncClient
 ) -> None:
     api = ["session", "devices", "nothing-here", "live/PU-0001/0"]
     for path in [*(f"/console/api/{p}" for p in api), "/console/api", "/console/%61pi/session"]:
-        r = await http.get(path)
+        r = await console_http.get(path)
         assert (r.status_code, r.json()) == (401, {"info": "log in first"}), path
-    r = await http.post("/console/api/logout")
+    r = await console_http.post("/console/api/logout")
     assert r.status_code == 401
-    http.cookies.set(auth.COOKIE, "not-a-session", path="/console")
-    assert (await http.get("/console/api/session")).status_code == 401
-    http.cookies.clear()
+    console_http.cookies.set(auth.COOKIE, "not-a-session", path="/console")
+    assert (await console_http.get("/console/api/session")).status_code == 401
+    console_http.cookies.clear()
     # Open: the login page (a plain form posting to the API) and the login call itself.
-    r = await http.get("/console/login")
+    r = await console_http.get("/console/login")
     assert r.status_code == 200 and 'action="/console/api/login"' in r.text
     assert "frame-ancestors 'none'" in r.headers["content-security-policy"]
     # The console page sends a browser without a session to the login page.
-    r = await http.get("/console/")
+    r = await console_http.get("/console/")
     assert (r.status_code, r.headers["location"]) == (303, "/console/login")
 
 
 async def test_wrong_passwords_are_refused_and_each_next_one_waits_longer(
-    console: ReferencePlatform, http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+    console: ReferencePlatform, console_http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
 ) -> None:
     pw = _password(console)
     tries = [("root", pw), ("admin", f"{pw}-X1"), ("admin", f"{pw}-X2")]
     took = []
     for user, password in tries:  # the right password for another user is wrong too
         t0 = time.monotonic()
-        r = await _login(http, password, user=user)
+        r = await _login(console_http, password, user=user)
         took.append(time.monotonic() - t0)
         assert (r.status_code, r.json()) == (401, {"info": "wrong user or password"})
         assert "set-cookie" not in r.headers
@@ -141,27 +141,29 @@ async def test_wrong_passwords_are_refused_and_each_next_one_waits_longer(
     assert "root" not in logged[0]  # a typed user name may be a password: not logged
 
 
-async def test_logout_ends_the_session(console: ReferencePlatform, http: httpx.AsyncClient) -> None:
-    r = await _login(http, _password(console))
+async def test_logout_ends_the_session(
+    console: ReferencePlatform, console_http: httpx.AsyncClient
+) -> None:
+    r = await _login(console_http, _password(console))
     token, _ = _cookie_attributes(r)
-    r = await http.post("/console/api/logout")
+    r = await console_http.post("/console/api/logout")
     assert (r.status_code, r.json()) == (200, {})
     value, attrs = _cookie_attributes(r)
     assert value in ("", '""') and attrs.get("max-age") == "0"
-    assert (await http.get("/console/api/session")).status_code == 401
-    http.cookies.set(auth.COOKIE, token, path="/console")  # the old cookie, kept
-    assert (await http.get("/console/api/session")).status_code == 401
+    assert (await console_http.get("/console/api/session")).status_code == 401
+    console_http.cookies.set(auth.COOKIE, token, path="/console")  # the old cookie, kept
+    assert (await console_http.get("/console/api/session")).status_code == 401
 
 
 async def test_sessions_expire_when_idle(
-    console: ReferencePlatform, http: httpx.AsyncClient
+    console: ReferencePlatform, console_http: httpx.AsyncClient
 ) -> None:
     assert console.console is not None
-    await _login(http, _password(console))
-    assert (await http.get("/console/api/session")).status_code == 200
+    await _login(console_http, _password(console))
+    assert (await console_http.get("/console/api/session")).status_code == 200
     later = time.monotonic() + auth.SESSION_IDLE + 1
     console.console.auth.clock = lambda: later
-    assert (await http.get("/console/api/session")).status_code == 401
+    assert (await console_http.get("/console/api/session")).status_code == 401
 
 
 async def _set_password(state_dir: Path, text: bytes) -> tuple[int, str]:
@@ -178,10 +180,10 @@ async def _set_password(state_dir: Path, text: bytes) -> tuple[int, str]:
 
 
 async def test_console_password_from_the_command_line(
-    console: ReferencePlatform, http: httpx.AsyncClient
+    console: ReferencePlatform, console_http: httpx.AsyncClient
 ) -> None:
     old = _password(console)
-    assert (await _login(http, old)).status_code == 200
+    assert (await _login(console_http, old)).status_code == 200
     state_dir = console.options.state_dir
     before = (state_dir / auth.PASSWORD_FILE).read_bytes()
     for bad in (b"\n", b"short\n", b""):
@@ -193,7 +195,7 @@ async def test_console_password_from_the_command_line(
     assert rc == 0, out
     assert new not in out
     # The running platform takes it at once; the old password's sessions end.
-    assert (await http.get("/console/api/session")).status_code == 401
+    assert (await console_http.get("/console/api/session")).status_code == 401
     async with _client(console) as fresh:
         assert (await _login(fresh, old)).status_code == 401
         await asyncio.sleep(auth.FAIL_DELAY)  # the wrong try above slows the next one
