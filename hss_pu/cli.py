@@ -190,8 +190,14 @@ async def _run_embedded(level: str | None) -> int:
     setup_logging(level or "info")
     state = embedded_storage()
     log.info("no --config: embedded default (emulated camera, reference platform on loopback)")
-    platform = ReferencePlatform(PlatformOptions(state_dir=state / "platform", admin_port=0))
+    platform = ReferencePlatform(
+        PlatformOptions(state_dir=state / "platform", admin_port=0, console=True)
+    )
     await platform.start()
+    # The console's URL and, the first time, its password: printed, never logged.
+    from hss_pu.reference_platform.cli import console_lines
+
+    print("\n".join(["hss-pu web console", *console_lines(platform)]), flush=True)
     try:
         demo_key = await asyncio.to_thread(_demo_firmware_key, state)
         ca = platform.ca_file

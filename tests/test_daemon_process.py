@@ -28,6 +28,7 @@ async def test_embedded_default_runs_and_stops(
     try:
         await p.wait_for("embedded default")
         await p.wait_for("reference platform: Vs https://127.0.0.1:")
+        await p.wait_for("web console on https://127.0.0.1:")
         await p.wait_for("profile emulated")
         await p.wait_for("storage: ")
         await p.wait_for("ready")
@@ -44,6 +45,8 @@ async def test_embedded_default_runs_and_stops(
     assert p.lines[-1].endswith("stopped")
     assert not any("Traceback" in line for line in p.lines)
     assert not any("embedded-demo-pass" in line for line in p.lines)
+    console = tmp_path / "state" / "hss-pu" / "embedded" / "platform" / "console.json"
+    assert console.stat().st_mode & 0o777 == 0o600  # a password was made, and not logged
 
 
 @pytest.mark.platform(clock_offset=3600)

@@ -28,9 +28,9 @@ from hss_pu.clients.http import (
 )
 from hss_pu.firmware.bundle import build
 from hss_pu.reference_platform.firmware import Unsatisfiable, byte_range
-from hss_pu.reference_platform.http import AbortConnection, HttpServer, Request, Response
 from hss_pu.reference_platform.pki import Pki
 from hss_pu.reference_platform.server import ReferencePlatform
+from hss_pu.reference_platform.web import AbortConnection, HttpServer, Request, Response
 from hss_pu.wire.firmware import (
     BundleHead,
     Policy,

@@ -23,9 +23,9 @@ from hss_pu.clients.http import Trust, platform_http
 from hss_pu.clients.vr import VrClient, VrError, parse_retry_after
 from hss_pu.clients.vs import VsError, fetch_server_addr
 from hss_pu.errors import BadReply
-from hss_pu.reference_platform.http import HttpServer, Request, Response, json_response
 from hss_pu.reference_platform.pki import Pki
 from hss_pu.reference_platform.server import ReferencePlatform
+from hss_pu.reference_platform.web import HttpServer, Request, Response, json_response
 from hss_pu.wire import vd, vr, vs
 
 from .support.rig import MAC

@@ -1,5 +1,5 @@
 """The one factory for platform HTTP clients (clients/http.py), against a real HTTPS
-server on loopback (the reference platform's h11 server with its own CA)."""
+server on loopback (the reference platform's aiohttp server with its own CA)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ import pytest
 import hss_pu
 from hss_pu.clients.http import Trust, UploadError, platform_http, tls_context, upload
 from hss_pu.errors import LinkError
-from hss_pu.reference_platform.http import HttpServer, Request, Response
 from hss_pu.reference_platform.pki import Pki
+from hss_pu.reference_platform.web import HttpServer, Request, Response
 
 MAC = "02:00:00:00:00:07"
 SECRET = "Sig-0123456789abcdef"

@@ -24,9 +24,9 @@ import pytest
 from hss_pu.cli import main
 from hss_pu.reference_platform import vr as platform_vr
 from hss_pu.reference_platform.faults import VrCutUpload
-from hss_pu.reference_platform.http import HttpServer, Request, Response
 from hss_pu.reference_platform.server import ReferencePlatform
 from hss_pu.reference_platform.vr import decode_check
+from hss_pu.reference_platform.web import HttpServer, Request, Response
 from hss_pu.wire.vr import (
     CONTENT_TYPE_FORM,
     CONTENT_TYPE_TS,

@@ -19,8 +19,8 @@ from hss_pu.clients.http import (
     upload,
 )
 from hss_pu.clients.vr import VrClient, VrError
-from hss_pu.reference_platform.http import HttpServer, Request, Response
 from hss_pu.reference_platform.pki import Pki
+from hss_pu.reference_platform.web import HttpServer, Request, Response
 from hss_pu.wire.urlsafety import (
     UrlRefused,
     address_problem,

@@ -1,4 +1,4 @@
-"""The Vr client against a real TLS HTTP server (our h11 server, the reference PKI)."""
+"""The Vr client against a real TLS HTTP server (our aiohttp server, the reference PKI)."""
 
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ from hss_pu.clients.vr import (
     parse_retry_after,
     retrying,
 )
-from hss_pu.reference_platform.http import HttpServer, Request, Response, json_response
 from hss_pu.reference_platform.pki import Pki
+from hss_pu.reference_platform.web import HttpServer, Request, Response, json_response
 from hss_pu.wire.urls import redact_url
 
 from .support.rig import MAC

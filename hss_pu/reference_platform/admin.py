@@ -57,7 +57,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hss_pu.reference_platform.http import Request, Response, json_response
+from hss_pu.reference_platform.web import Request, Response, json_response
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable

@@ -27,8 +27,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from hss_pu.fsutil import atomic_write
-from hss_pu.reference_platform.http import Request, Response, json_response
 from hss_pu.reference_platform.ticker import Ticker
+from hss_pu.reference_platform.web import Request, Response, json_response
 from hss_pu.wire.alarms import ALARM_KINDS
 from hss_pu.wire.vd import AlarmNotifyParams, Code, RpcError
 

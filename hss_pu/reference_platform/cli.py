@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import logging
 import re
@@ -28,6 +29,8 @@ import httpx
 from hss_pu.config import default_storage_dir
 from hss_pu.logsetup import add_secret, setup_logging
 from hss_pu.reference_platform.admin import MAX_CALL_TIMEOUT
+from hss_pu.reference_platform.console import ConsoleRefused
+from hss_pu.reference_platform.console.auth import PASSWORD_FILE, PasswordFileError, store_password
 from hss_pu.reference_platform.options import DEMO_DEVICES, PlatformOptions
 from hss_pu.reference_platform.server import STATE_FILE, ReferencePlatform
 from hss_pu.reference_platform.upgrade import UpgradeCommandError, follow_upgrade
@@ -174,7 +177,20 @@ def _parser() -> argparse.ArgumentParser:
         default=d.alarm_keep,
         help="alarms (and pictures) kept per device (default %(default)s)",
     )
+    serve.add_argument(
+        "--no-console", action="store_true", help="no web console (/console/ on the Vs port)"
+    )
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default="info")
+
+    with_state_dir(
+        psub.add_parser(
+            "console-password",
+            help="set the web console's password (read from standard input)",
+            description="Read a new password for the web console's user admin from standard "
+            "input (typed twice, without echo, on a terminal) and store its hash in "
+            "<state-dir>/console.json; a running platform takes it at once.",
+        )
+    )
 
     call = with_state_dir(psub.add_parser("call", help="an RPC to a device; prints the reply"))
     call.add_argument("device")
@@ -264,6 +280,8 @@ def run_platform_command(args: argparse.Namespace) -> int:
     state_dir: Path = args.state_dir or _default_state_dir()
     if args.platform_command == "serve":
         return _cmd_serve(args, state_dir)
+    if args.platform_command == "console-password":
+        return _cmd_console_password(state_dir)
     try:
         return _client_command(args, state_dir)
     except CliError as exc:
@@ -297,6 +315,7 @@ def _cmd_serve(args: argparse.Namespace, state_dir: Path) -> int:
         alarm_post_roll=float(args.alarm_post_roll),
         alarm_seg_duration=args.alarm_seg_duration,
         alarm_keep=args.alarm_keep,
+        console=not args.no_console,
     )
     try:
         return asyncio.run(_serve(opts))
@@ -318,7 +337,7 @@ async def _serve(opts: PlatformOptions) -> int:
     platform = ReferencePlatform(opts)
     try:
         await platform.start()
-    except OSError as exc:
+    except (OSError, ConsoleRefused, PasswordFileError) as exc:
         log.error("cannot start the reference platform: %s", exc)
         return EXIT_FAILURE
     try:
@@ -345,9 +364,52 @@ def _banner(p: ReferencePlatform) -> None:
         f"  devices:      {', '.join(p.options.devices)}",
         f"  alarms:       {_policy_text(p.options)} (hss-pu platform alarms)",
         f"  hibernation:  {p.hibernation_address or 'off'} (hss-pu platform sleeping, wake)",
+        *console_lines(p),
         f"try: hss-pu platform call {shlex.quote(first)} GetCap --state-dir {state}",
     ]
     print("\n".join(lines), flush=True)
+
+
+def console_lines(p: ReferencePlatform) -> list[str]:
+    """The console's URL, and its password the first time (printed, never logged)."""
+    if p.console is None:
+        return ["  console:      off"]
+    lines = [f"  console:      user admin at {p.console.url}"]
+    password = p.console.take_generated_password()
+    if password is not None:
+        lines.append(
+            f"  console password: {password} (shown this once; to set another: "
+            f"hss-pu platform console-password --state-dir {shlex.quote(str(p.options.state_dir))})"
+        )
+    return lines
+
+
+def _read_new_password() -> str:
+    """From a terminal: typed twice without echo; otherwise one line of stdin."""
+    if sys.stdin.isatty():
+        first = getpass.getpass("new console password: ")
+        if first != getpass.getpass("again: "):
+            raise ValueError("the two passwords differ")
+        return first
+    return sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+
+
+def _cmd_console_password(state_dir: Path) -> int:
+    try:
+        password = _read_new_password()
+        store_password(state_dir, password)
+    except ValueError as exc:
+        print(f"hss-pu platform console-password: {exc}; nothing changed", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"hss-pu platform console-password: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(
+        f"console password of admin stored (hashed) in {state_dir / PASSWORD_FILE}; "
+        "a running platform takes it at once and ends the old one's sessions",
+        flush=True,
+    )
+    return EXIT_OK
 
 
 def _policy_text(o: PlatformOptions) -> str:

@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from hss_pu.fsutil import fsync_dir
-from hss_pu.reference_platform.http import AbortConnection, Request, Response, json_response
+from hss_pu.reference_platform.web import AbortConnection, Request, Response, json_response
 
 __all__ = ["FIRMWARE_PREFIX", "FirmwareRequest", "FirmwareStore", "byte_range"]
 

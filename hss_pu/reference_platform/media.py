@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from hss_pu.fsutil import atomic_write
-from hss_pu.reference_platform.http import Request, Response, json_response
+from hss_pu.reference_platform.web import Request, Response, json_response
 
 __all__ = ["MEDIA_PREFIX", "MediaRequest", "MediaStore", "make_tone"]
 

@@ -69,6 +69,9 @@ class PlatformOptions:
     # A start or pulse this much older than the platform's clock when it arrives (queued
     # while the device was offline) is kept, but starts no recording: its video is gone.
     alarm_stale_seconds: float = 60.0
+    # The web console under /console/ on the HTTPS port (reference_platform.console):
+    # on for `hss-pu platform serve` and `make run`; tests ask for it.
+    console: bool = False
 
     def __post_init__(self) -> None:
         checks = {

@@ -15,7 +15,6 @@ import logging
 import os
 import re
 import secrets
-import ssl
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping
@@ -23,12 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+
 from hss_pu.fsutil import atomic_write
+from hss_pu.reference_platform import console
 from hss_pu.reference_platform.admin import AdminApi
 from hss_pu.reference_platform.alarms import PIC_PREFIX, Alarm, AlarmPicture, AlarmStore
+from hss_pu.reference_platform.console import Console
 from hss_pu.reference_platform.firmware import FIRMWARE_PREFIX, FirmwareRequest, FirmwareStore
 from hss_pu.reference_platform.hibernation import HibernationServer
-from hss_pu.reference_platform.http import HttpServer, Request, Response, json_response
 from hss_pu.reference_platform.live import LiveReceiver, free_udp_port
 from hss_pu.reference_platform.media import MEDIA_PREFIX, MediaRequest, MediaStore
 from hss_pu.reference_platform.options import PlatformOptions
@@ -44,6 +46,7 @@ from hss_pu.reference_platform.vr import (
     VrServer,
     VrStat,
 )
+from hss_pu.reference_platform.web import HttpServer, Request, Response, json_response
 from hss_pu.wire.vd import AlarmNotifyParams, Reply
 from hss_pu.wire.vs import MAC_PATTERN, ServerAddr, encode_server_addr
 
@@ -108,7 +111,11 @@ class ReferencePlatform:
     def __init__(self, options: PlatformOptions) -> None:
         self.options = options
         self.pki: Pki | None = None
-        self._vs: HttpServer | None = None
+        self.console: Console | None = None  # set by start() when options.console
+        self.vr = VrServer(options, now=self.now, base_url=lambda: self.schedule_url)
+        # Vs, Vr, uploads, media, firmware, alarm pictures (and the console) on one port;
+        # the same server listens again after restart(), so routes added stay.
+        self._vs = HttpServer(self._handle_http, None, body_cut=self.vr.body_cut)
         self._vd = VdServer(options)
         self._admin: HttpServer | None = None
         self.vs_port = 0
@@ -128,7 +135,6 @@ class ReferencePlatform:
         self.vs_overrides: list[dict[str, Any]] = []
         self.receivers: dict[str, LiveReceiver] = {}
         self._closing = False
-        self.vr = VrServer(options, now=self.now, base_url=lambda: self.schedule_url)
         ticker = Ticker()
         self.alarm_store = AlarmStore(
             options,
@@ -152,6 +158,12 @@ class ReferencePlatform:
         if options.hibernation_port is not None:
             self.hibernation = HibernationServer(lambda: options.devices, options.hb_token)
             self._vd.server_info_for = self._server_info
+
+    @property
+    def web_app(self) -> web.Application:
+        """The aiohttp application behind the HTTPS port (Vs, Vr, ...): routes and
+        middlewares added before :meth:`start` are served there (the console's)."""
+        return self._vs.app
 
     @property
     def scheme(self) -> str:
@@ -186,6 +198,8 @@ class ReferencePlatform:
 
     async def start(self) -> None:
         ctx = None
+        if self.options.console:  # first: a refused console (plain HTTP off loopback)
+            console.check_transport(self.options.host, self.options.tls)  # binds nothing
         self.options.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if self.options.tls:
             self.pki = ensure_pki(self.options.state_dir / "pki")
@@ -195,7 +209,9 @@ class ReferencePlatform:
             if self.hibernation is not None:
                 assert self.options.hibernation_port is not None
                 await self.hibernation.start(self.options.host, self.options.hibernation_port)
-            self._vs = self._vs_server(ctx)
+            if self.options.console and self.console is None:
+                self.console = await console.setup(self)
+            self._vs.ssl_context = ctx
             self.vs_port = await self._vs.start(self.options.host, self.options.vs_port)
             if self.options.admin_port is not None:
                 api = AdminApi(
@@ -218,10 +234,8 @@ class ReferencePlatform:
             f", hibernation on {self.hibernation_address}" if self.hibernation else "",
             f", admin API on {self.admin_url}" if self.admin_url else "",
         )
-
-    def _vs_server(self, ctx: ssl.SSLContext | None) -> HttpServer:
-        """The HTTPS server of Vs, Vr and the uploads (Vr decides which PUTs to cut)."""
-        return HttpServer(self._handle_http, ctx, body_cut=self.vr.body_cut)
+        if self.console is not None:
+            log.info("web console on %s", self.console.url)
 
     async def restart(self, down: float = 0.0) -> None:
         """A crash or a deploy: close Vs/Vr and Vd (every connection cut, held Vr requests
@@ -229,9 +243,7 @@ class ReferencePlatform:
         same TLS context. What is stored (segments, alarms) survives, as in a database."""
         vs_port, vd_port = self.vs_port, self.vd_port
         self.vr.close()  # requests held by a "timeout"/"late" fault end now
-        if self._vs is not None:
-            await self._vs.close()
-            self._vs = None
+        await self._vs.stop()
         await self._vd.close()
         await asyncio.sleep(down)
         self.vr.reopen()
@@ -239,9 +251,8 @@ class ReferencePlatform:
         # The ports are fixed from now on: a later restart, or a start, binds them again.
         self.options.vs_port, self.options.vd_port = vs_port, vd_port
         self.vd_port = await self._vd.start(ctx)
-        vs = self._vs_server(ctx)
-        self.vs_port = await vs.start(self.options.host, vs_port)
-        self._vs = vs
+        self._vs.ssl_context = ctx
+        self.vs_port = await self._vs.start(self.options.host, vs_port)
 
     def _write_state(self) -> None:
         """platform.json: where ``hss-pu platform call`` finds us (0600: it holds the token)."""
@@ -274,9 +285,7 @@ class ReferencePlatform:
         if self._admin is not None:
             await self._admin.close()
             self._admin = None
-        if self._vs is not None:
-            await self._vs.close()
-            self._vs = None
+        await self._vs.close()
         if self.hibernation is not None:
             await self.hibernation.close()
         await self._vd.close()

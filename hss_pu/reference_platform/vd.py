@@ -4,6 +4,13 @@ It is the peer the PU's integration tests run against, so it is strict where tha
 PU bugs (login fields, params checked with :func:`hss_pu.wire.vd.decode_params`, seq
 numbering warned about) and records everything a device sends for tests to assert on.
 Nothing here ever logs or records ``login_passwd``.
+
+It stays on ``websockets`` while the rest of the platform's HTTP side is on aiohttp
+(:mod:`hss_pu.reference_platform.web`): Vd has its own port (Vs hands it out), so the
+console gains nothing from moving it, and its handshake refusals (process_request), pings
+and close codes are what the Vd tests pin down. The cost: both ends of Vd read the
+protocol through the same library (the device's client is websockets too); moving this
+server to aiohttp's WebSocketResponse is the way to end that.
 """
 
 from __future__ import annotations

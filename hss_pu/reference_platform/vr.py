@@ -40,8 +40,8 @@ from urllib.parse import urlsplit
 
 from hss_pu.fsutil import atomic_write
 from hss_pu.media.tscheck import check_ts
-from hss_pu.reference_platform.http import MAX_BODY, AbortConnection, Request, Response
 from hss_pu.reference_platform.ticker import Ticker
+from hss_pu.reference_platform.web import MAX_BODY, AbortConnection, Request, Response
 from hss_pu.wire.vr import (
     CONTENT_TYPE_FORM,
     CreateRequest,
@@ -342,7 +342,7 @@ class VrServer:
         self.stats: list[VrStat] = []
         self.requests: Counter[str] = Counter()  # per op (and "invalid"), faults included
         self.body_bytes = 0  # request bodies, every Vr request
-        self.header_bytes = 0  # request line and headers, as h11 hands them over (±CRLFs)
+        self.header_bytes = 0  # request line and headers, as the server hands them over (±CRLFs)
         self.down = False  # True: every Vr request is aborted without a response
         self.drop_next = 0  # the next N creates answer an empty name/url: "drop it"
         self.reputs = 0  # PUTs of a segment already saved (accepted, not stored again)

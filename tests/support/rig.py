@@ -75,15 +75,23 @@ SMALL = (320, 180)
 # --- the reference platform -----------------------------------------------------------
 
 
-async def start_platform(state_dir: Path, **options: Any) -> ReferencePlatform:
+async def start_platform(
+    state_dir: Path,
+    *,
+    before_start: Callable[[ReferencePlatform], None] | None = None,
+    **options: Any,
+) -> ReferencePlatform:
     """A started reference platform (TLS unless ``tls=False``) that knows the rig's device;
     ``options`` are :class:`PlatformOptions` fields (clock_offset, hb_interval, devices,
     the faults...). The caller closes it. Unlike ``hss-pu platform serve``, it does not
     record on alarms unless told (``alarm_record=True``): tests drive recordings; it does
-    answer alarms with a picture URL (``alarm_pictures=False`` for the no-picture path)."""
+    answer alarms with a picture URL (``alarm_pictures=False`` for the no-picture path).
+    ``before_start`` sees the platform before it listens (to add routes to its web_app)."""
     options.setdefault("devices", {DEVICE: PASSWORD})
     options.setdefault("alarm_record", False)
     p = ReferencePlatform(PlatformOptions(state_dir=state_dir, **options))
+    if before_start is not None:
+        before_start(p)
     await p.start()
     return p
 
