@@ -190,7 +190,14 @@ async def _run_embedded(level: str | None) -> int:
     setup_logging(level or "info")
     state = embedded_storage()
     log.info("no --config: embedded default (emulated camera, reference platform on loopback)")
-    platform = ReferencePlatform(PlatformOptions(state_dir=state / "platform", admin_port=0))
+    platform = ReferencePlatform(
+        PlatformOptions(
+            state_dir=state / "platform",
+            admin_port=0,
+            # One process: the console drives the daemon's emulated sensors directly.
+            device_sockets={EMBEDDED_DEVICE.id: state / "pu"},
+        )
+    )
     await platform.start()
     try:
         demo_key = await asyncio.to_thread(_demo_firmware_key, state)

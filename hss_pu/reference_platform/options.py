@@ -69,6 +69,10 @@ class PlatformOptions:
     # A start or pulse this much older than the platform's clock when it arrives (queued
     # while the device was offline) is kept, but starts no recording: its video is gone.
     alarm_stale_seconds: float = 60.0
+    # Device id -> the directory of its daemon's control socket (its storage.dir), for
+    # the console's emulated-sensor buttons: the embedded default (one process) and
+    # `platform serve --device-socket ID=DIR` on the device's own host set it.
+    device_sockets: dict[str, Path] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         checks = {

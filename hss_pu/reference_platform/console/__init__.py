@@ -1,0 +1,2 @@
+"""The reference platform's web console: one module per part, each with
+``add_routes(app, platform)``."""
