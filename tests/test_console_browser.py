@@ -248,3 +248,91 @@ async def test_the_live_page_plays_mpegts_over_a_websocket_with_the_npm_player(
         assert spread[0] == 320 and spread[1] > 100
         await screenshot(page, "console-live")
     assert errors.errors == []
+
+
+@pytest.fixture
+def clip_segments(tmp_path: Path) -> list[tuple[str, bytes]]:
+    """6 s of H.264 cut by ffmpeg into three 2 s MPEG-TS segments (as Vr stores them)."""
+    subprocess.run(
+        ["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i",
+         "testsrc=size=320x180:rate=15", "-t", "6", "-c:v", "libx264", "-preset",
+         "ultrafast", "-g", "15", "-pix_fmt", "yuv420p", "-f", "segment",
+         "-segment_time", "2", "-segment_format", "mpegts", str(tmp_path / "seg%d.ts")],
+        check=True, timeout=60,
+    )  # fmt: skip
+    return [(f"seg{i}.ts", (tmp_path / f"seg{i}.ts").read_bytes()) for i in range(3)]
+
+
+async def test_the_recordings_page_shows_the_timeline_and_plays_from_a_moment(
+    platform: ReferencePlatform, browser: Browser, clip_segments: list[tuple[str, bytes]]
+) -> None:
+    t0 = float(int(platform.now()) - 600)
+    # Two segments back to back, a 10 s gap, then one that begins a new recording.
+    starts = [t0, t0 + 2, t0 + 14]
+    segs = [
+        {"name": name, "start": start, "duration": 2.0, "size": len(data), "discontinue": i == 2}
+        for i, ((name, data), start) in enumerate(zip(clip_segments, starts, strict=True))
+    ]
+    files = dict(clip_segments)
+
+    def stand_in_recordings(app: web.Application, _platform: ReferencePlatform) -> None:
+        """Stand-in for the recordings part: CONSOLE.md's contract over the three files."""
+        path = "/console/api/recordings/{device}/{channel}"
+
+        async def listing(request: web.Request) -> web.Response:
+            return web.json_response(
+                {"segments": segs, "gaps": [{"start": t0 + 4, "end": t0 + 14}]}
+            )
+
+        async def playlist(request: web.Request) -> web.Response:
+            lines = ["#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-TARGETDURATION:2",
+                     "#EXT-X-PLAYLIST-TYPE:VOD", "#EXT-X-MEDIA-SEQUENCE:0"]  # fmt: skip
+            for s in segs:
+                if s["discontinue"]:
+                    lines.append("#EXT-X-DISCONTINUITY")
+                lines += [
+                    f"#EXTINF:{s['duration']:.3f},",
+                    f"{request.path.removesuffix('/index.m3u8')}/seg/{s['name']}",
+                ]
+            lines.append("#EXT-X-ENDLIST")
+            return web.Response(
+                text="\n".join(lines) + "\n", content_type="application/vnd.apple.mpegurl"
+            )
+
+        async def segment(request: web.Request) -> web.Response:
+            return web.Response(body=files[request.match_info["name"]], content_type="video/mp2t")
+
+        app.router.add_get(path, listing)
+        app.router.add_get(path + "/index.m3u8", playlist)
+        app.router.add_get(path + "/seg/{name}", segment)
+
+    errors = PageErrors()
+    parts = (devices.add_routes, frontend.add_routes, stand_in_recordings)
+    async with serve_console(platform, parts) as base:
+        url = f"{base}/console/recordings?device={DEVICE}&channel=0&at={t0 + 1}"
+        page = await _open(browser, url, errors)
+        await page.locator("#timeline .seg").nth(2).wait_for(timeout=5000)
+        assert await page.locator("#timeline .gap").count() == 1
+        assert await page.locator("#timeline .disc").count() == 1
+        assert "3 segments, 6.0 s recorded, 1 gaps" in await page.locator("#summary").inner_text()
+        href = await page.locator("#download").get_attribute("href")
+        assert href is not None and href.startswith(f"/console/api/recordings/{DEVICE}/0/download?")
+        # ?at= (an alarm's link) played from that moment: 1 s into the first segment.
+        await page.wait_for_function(
+            "() => document.getElementById('video').currentTime > 1.3", timeout=10000
+        )
+        # A click on the third segment plays after the gap, across the discontinuity.
+        box = await page.locator("#timeline").bounding_box()
+        assert box is not None
+        span = 180.0  # the page's default range around ?at=: 60 s before, 120 s after
+        x = box["x"] + box["width"] * ((t0 + 14.5) - (t0 + 1 - 60)) / span
+        await page.mouse.click(x, box["y"] + box["height"] / 2)
+        await page.wait_for_function(
+            "() => { const v = document.getElementById('video');"
+            " return v.currentTime > 4.4 && !v.paused; }",
+            timeout=10000,
+        )
+        shown = await page.locator("#position").inner_text()
+        assert shown.startswith("showing ")
+        await screenshot(page, "console-recordings")
+    assert errors.errors == []
