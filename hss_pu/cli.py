@@ -190,14 +190,7 @@ async def _run_embedded(level: str | None) -> int:
     setup_logging(level or "info")
     state = embedded_storage()
     log.info("no --config: embedded default (emulated camera, reference platform on loopback)")
-    platform = ReferencePlatform(
-        PlatformOptions(
-            state_dir=state / "platform",
-            admin_port=0,
-            # One process: the console drives the daemon's emulated sensors directly.
-            device_sockets={EMBEDDED_DEVICE.id: state / "pu"},
-        )
-    )
+    platform = ReferencePlatform(PlatformOptions(state_dir=state / "platform", admin_port=0))
     await platform.start()
     try:
         demo_key = await asyncio.to_thread(_demo_firmware_key, state)
@@ -213,6 +206,8 @@ async def _run_embedded(level: str | None) -> int:
             upgrade=UpgradeSection(trusted_keys=[str(demo_key.with_name(demo_key.name + ".pub"))]),
         )
         cfg = make_config(doc)
+        # One process: the console's sensor buttons reach the daemon's control socket.
+        platform.options.device_sockets[EMBEDDED_DEVICE.id] = Path(cfg.storage_dir)
         log.info("reference platform: Vs %s, CA %s", platform.schedule_url, ca)
         log.info(
             "try: hss-pu platform call %s DevStatus --state-dir %s",

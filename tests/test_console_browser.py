@@ -13,7 +13,7 @@ import asyncio
 import re
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from aiohttp import web
@@ -336,3 +336,50 @@ async def test_the_recordings_page_shows_the_timeline_and_plays_from_a_moment(
         assert shown.startswith("showing ")
         await screenshot(page, "console-recordings")
     assert errors.errors == []
+
+
+def stand_in_auth(app: web.Application, _platform: ReferencePlatform) -> None:
+    """Stand-in for the console's login (auth.py's contract: JSON {user, password} ->
+    {user} and a cookie, 401 {info} when wrong; every other /console/api/ path 401 without
+    the cookie)."""
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
+        path = request.path
+        api = path.startswith("/console/api/") and path != "/console/api/login"
+        if api and request.cookies.get("stand-in") != "yes":
+            return web.json_response({"info": "log in first"}, status=401)
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    async def login(request: web.Request) -> web.Response:
+        body = await request.json()
+        if body != {"user": "admin", "password": "right-password"}:
+            return web.json_response({"info": "wrong user or password"}, status=401)
+        resp = web.json_response({"user": "admin"})
+        resp.set_cookie("stand-in", "yes", httponly=True, samesite="Strict", path="/console/")
+        return resp
+
+    app.middlewares.append(guard)
+    app.router.add_post("/console/api/login", login)
+
+
+async def test_without_a_session_a_page_goes_to_the_login_and_comes_back(
+    platform: ReferencePlatform, make_rig: MakeRig, browser: Browser
+) -> None:
+    await _rig(platform, make_rig)
+    errors = PageErrors()
+    parts = (stand_in_auth, devices.add_routes, frontend.add_routes)
+    async with serve_console(platform, parts) as base:
+        page = await _open(browser, f"{base}/console/device?id={DEVICE}", errors)
+        await page.wait_for_url(re.compile(r"/console/login\?next="), timeout=5000)
+        await page.locator("#password").fill("wrong-password")
+        await page.get_by_role("button", name="Log in").click()
+        await page.locator("#result .message.error", has_text="Wrong").wait_for(timeout=5000)
+        await screenshot(page, "console-login")
+        await page.locator("#password").fill("right-password")
+        await page.get_by_role("button", name="Log in").click()
+        await page.wait_for_url(f"{base}/console/device?id={DEVICE}", timeout=5000)
+        await page.locator("#online", has_text="online").wait_for(timeout=5000)
+    # The refusals the page met on its way (401s) and nothing else.
+    assert errors.errors and all("401" in e for e in errors.errors), errors.errors

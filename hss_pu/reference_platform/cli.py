@@ -312,8 +312,8 @@ def _cmd_serve(args: argparse.Namespace, state_dir: Path) -> int:
         alarm_post_roll=float(args.alarm_post_roll),
         alarm_seg_duration=args.alarm_seg_duration,
         alarm_keep=args.alarm_keep,
-        device_sockets=dict(args.device_socket or ()),
     )
+    opts.device_sockets = dict(args.device_socket or ())
     try:
         return asyncio.run(_serve(opts))
     except KeyboardInterrupt:  # a second Ctrl-C during shutdown

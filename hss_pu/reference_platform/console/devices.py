@@ -215,6 +215,7 @@ class DeviceHub:
     # lifecycle (aiohttp signals)
 
     async def start(self, app: web.Application) -> None:
+        self.closed = False  # a platform's restart starts its app again
         self._unsubscribe = [
             self.platform.subscribe_devices(self._dirty.set),
             self.platform.alarm_store.subscribe(self._alarm_changed),
@@ -230,6 +231,7 @@ class DeviceHub:
     async def cleanup(self, app: web.Application) -> None:
         for unsubscribe in self._unsubscribe:
             unsubscribe()
+        self._unsubscribe = []
         tasks = [t for t in (self._task, *self._fetching.values()) if t is not None]
         for t in tasks:
             t.cancel()

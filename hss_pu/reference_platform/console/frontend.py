@@ -13,6 +13,7 @@ The pages need no session to load (they hold nothing); the API they call does.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,6 +35,8 @@ VENDOR = {
     "hls.min.js.map": "hls.js/dist/hls.min.js.map",
 }
 
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
 # Pages and scripts change with the package: the browser asks again every time.
 _NO_CACHE = {"Cache-Control": "no-cache"}
 
@@ -52,7 +55,7 @@ async def _index(request: web.Request) -> web.StreamResponse:
 
 
 async def _named_page(request: web.Request) -> web.StreamResponse:
-    return _page(request.match_info["page"])
+    return _page(request.path.removeprefix("/console/"))
 
 
 async def _redirect(request: web.Request) -> web.StreamResponse:
@@ -74,9 +77,21 @@ async def _vendor(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path, headers={**_NO_CACHE, "Content-Type": ctype})
 
 
+def _routed(app: web.Application, path: str) -> bool:
+    return any(r.canonical == path for r in app.router.resources())
+
+
 def add_routes(app: web.Application, platform: ReferencePlatform) -> None:
-    app.router.add_get("/console", _redirect)
-    app.router.add_get("/console/", _index)
-    app.router.add_get("/console/{page:" + "|".join(PAGES) + "}", _named_page)
-    app.router.add_get("/console/vendor/{name}", _vendor)
-    app.router.add_static("/console/static/", STATIC_DIR, append_version=False)
+    """The pages and the vendor files; a path the console's setup already serves (its
+    login form, its index behind the session check, the static directory) is left to it."""
+    routes: list[tuple[str, Handler]] = [
+        ("/console", _redirect),
+        ("/console/", _index),
+        *((f"/console/{page}", _named_page) for page in PAGES),
+        ("/console/vendor/{name}", _vendor),
+    ]
+    for path, handler in routes:
+        if not _routed(app, path):
+            app.router.add_get(path, handler)
+    if not _routed(app, "/console/static"):
+        app.router.add_static("/console/static/", STATIC_DIR, append_version=False)
