@@ -23,6 +23,10 @@ class PlatformOptions:
     vd_port: int = 0  # 0: any free port
     # Vd logins: device id -> password. Read at each login, so tests may change it live.
     devices: dict[str, str] = field(default_factory=lambda: dict(DEMO_DEVICES))
+    # Device id -> the directory of its daemon's control socket (its storage.dir), for
+    # the console's emulated-sensor buttons: the embedded default (one process) and
+    # `platform serve --device-socket ID=DIR` on the device's own host set it.
+    device_sockets: dict[str, Path] = field(default_factory=dict)
     # GetServerInfo reply fields; each is left out of the reply while None.
     hb_interval: int | None = None
     hb_token: str | None = None
@@ -69,10 +73,6 @@ class PlatformOptions:
     # A start or pulse this much older than the platform's clock when it arrives (queued
     # while the device was offline) is kept, but starts no recording: its video is gone.
     alarm_stale_seconds: float = 60.0
-    # Device id -> the directory of its daemon's control socket (its storage.dir), for
-    # the console's emulated-sensor buttons: the embedded default (one process) and
-    # `platform serve --device-socket ID=DIR` on the device's own host set it.
-    device_sockets: dict[str, Path] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         checks = {
