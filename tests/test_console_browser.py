@@ -71,7 +71,7 @@ async def _open(browser: Browser, url: str, errors: PageErrors) -> Page:
 async def test_the_device_list_shows_the_emulated_device_online_and_follows_it(
     platform: ReferencePlatform, make_rig: MakeRig, browser: Browser
 ) -> None:
-    await _rig(platform, make_rig)
+    rig = await _rig(platform, make_rig)
     errors = PageErrors()
     async with serve_console(platform, PARTS) as base:
         page = await _open(browser, f"{base}/console/", errors)
@@ -82,9 +82,10 @@ async def test_the_device_list_shows_the_emulated_device_online_and_follows_it(
         assert "HSS-PU-EMU" in text and "hss-pu-emulated" in text
         await row.locator('.channel[data-channel="0"]').wait_for(timeout=5000)
         await screenshot(page, "console-devices")
-        # Live: the device drops, then comes back; the page follows without a reload.
-        await platform.kick(DEVICE)
+        # Live: the device goes away, then comes back; the page follows without a reload.
+        await rig.stop()
         await row.locator(".offline").wait_for(timeout=5000)
+        await make_rig()
         await row.locator(".online").wait_for(timeout=10000)
         # Each script (and vendor file) came from the console, none from elsewhere.
         assert (await page.evaluate("typeof C.api")) == "function"

@@ -78,7 +78,7 @@ async def test_a_device_whose_socket_is_unknown_has_no_sensor_buttons(
 async def test_events_carry_device_changes_and_an_alarm_with_its_picture(
     platform: ReferencePlatform, make_rig: MakeRig
 ) -> None:
-    await _console_rig(platform, make_rig)
+    rig = await _console_rig(platform, make_rig)
     async with (
         serve_console(platform) as base,
         httpx.AsyncClient(timeout=30) as client,
@@ -104,9 +104,10 @@ async def test_events_carry_device_changes_and_an_alarm_with_its_picture(
         assert alarm["id"] == kept.index
         assert alarm["picture"] == f"/console/api/pictures/{kept.pic_name}.jpg"
         # Gone and back: both show, as they happen.
-        await platform.kick(DEVICE)
+        await rig.stop()
         gone = await events.wait("device", lambda d: not d["online"], timeout=5)
         assert gone["since"] is None and gone["hardware_model"] == "HSS-PU-EMU"
+        await make_rig()
         back = await events.wait("device", lambda d: d["online"], timeout=10)
         assert back["since"] > first["since"]
 

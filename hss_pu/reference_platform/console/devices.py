@@ -23,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
+import importlib
 import json
 import logging
 import re
@@ -90,7 +92,7 @@ def picture_url(alarm: Alarm) -> str | None:
 
 def alarm_json(alarm: Alarm) -> dict[str, Any]:
     """An Alarm of the console API (``recording``: where its recording plays, when the
-    platform's policy recorded it)."""
+    platform's policy recorded it), for a console without its alarms part."""
     recording = None
     if alarm.session_id is not None:
         recording = {"device": alarm.device_id, "channel": alarm.channel, "at": alarm.timestamp}
@@ -154,6 +156,19 @@ def device_json(
     }
 
 
+def _alarm_json_of(platform: ReferencePlatform) -> Callable[[Alarm], dict[str, Any]]:
+    """The alarms part's Alarm (its list's, with its recording link) when that part is
+    installed, so an alarm reads the same in the list and in the events; ours otherwise."""
+    name = f"{__package__}.alarms"
+    try:
+        part = importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name != name:
+            raise
+        return alarm_json
+    return functools.partial(part.alarm_json, platform)
+
+
 def _sse(event: str, data: dict[str, Any]) -> bytes:
     return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
 
@@ -207,6 +222,7 @@ class DeviceHub:
         self._task: asyncio.Task[None] | None = None
         self._unsubscribe: list[Callable[[], None]] = []
         self._snapshots: collections.deque[str] = collections.deque()
+        self._alarm_json = _alarm_json_of(platform)
         self.closed = False
         for rec in platform.logins:  # the models of devices seen before the console
             if rec.accepted:
@@ -332,7 +348,7 @@ class DeviceHub:
             if self._last.get(device_id) != d:
                 self._last[device_id] = d
                 out.append(_sse("device", d))
-        out += [_sse("alarm", alarm_json(a)) for a in alarms.values()]
+        out += [_sse("alarm", self._alarm_json(a)) for a in alarms.values()]
         for data in out:
             for c in self._clients:
                 c.put(data)
