@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.setup-stamp
+# The web console's player libraries (package-lock.json), fetched once per lock change.
+NPM_STAMP := node_modules/.setup-stamp
 # A Raspberry Pi gets a venv that sees apt's picamera2/lgpio (and python3-opencv, for
 # person detection) and the `pi` extra; elsewhere the `people` extra brings OpenCV, so
 # the person-detection tests run rather than skip.
@@ -13,7 +15,7 @@ CONFIG ?=
 
 .PHONY: setup system-deps test lint typecheck pytest run install clean soak
 
-setup: system-deps $(STAMP)
+setup: system-deps $(STAMP) $(NPM_STAMP)
 
 system-deps:
 	@PYTHON=$(PYTHON) scripts/setup-system.sh
@@ -22,6 +24,10 @@ $(STAMP): pyproject.toml | system-deps
 	$(PYTHON) -m venv $(if $(IS_PI),--system-site-packages) $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[$(EXTRAS)]'
+	@touch $@
+
+$(NPM_STAMP): package.json package-lock.json | system-deps
+	npm ci --ignore-scripts --no-audit --no-fund
 	@touch $@
 
 lint: setup
@@ -53,4 +59,4 @@ install:
 	scripts/install.sh
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache build dist
+	rm -rf $(VENV) node_modules .mypy_cache .ruff_cache .pytest_cache build dist

@@ -212,6 +212,8 @@ async def _run_embedded(level: str | None) -> int:
             upgrade=UpgradeSection(trusted_keys=[str(demo_key.with_name(demo_key.name + ".pub"))]),
         )
         cfg = make_config(doc)
+        # One process: the console's sensor buttons reach the daemon's control socket.
+        platform.options.device_sockets[EMBEDDED_DEVICE.id] = Path(cfg.storage_dir)
         log.info("reference platform: Vs %s, CA %s", platform.schedule_url, ca)
         log.info(
             "try: hss-pu platform call %s DevStatus --state-dir %s",

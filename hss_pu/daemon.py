@@ -298,6 +298,7 @@ class Daemon:
                 "bind": self._cmd_bind,
                 "status": self._cmd_status,
                 "sensor": sensor_command(self.sensors),
+                "sensors": self._cmd_sensors,
                 "battery": self._cmd_battery,
             },
         )
@@ -790,6 +791,13 @@ class Daemon:
         source.set(float(percent), charging)
         level = await power.sample()
         return {"ok": True, "battery": level, "charging": power.charging}
+
+    async def _cmd_sensors(self, req: dict[str, Any]) -> dict[str, Any]:
+        """What ``hss-pu sensor`` and ``hss-pu battery`` can drive here (the platform
+        console's buttons for an emulated device)."""
+        power = self.power
+        battery = power is not None and isinstance(power.source, EmulatedBattery)
+        return {"ok": True, "sensors": sorted(self.sensors), "battery": battery}
 
     async def _cmd_status(self, req: dict[str, Any]) -> dict[str, Any]:
         link = self.link

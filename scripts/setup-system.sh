@@ -14,9 +14,12 @@ declare -A PROVIDES=(
     [gir1.2-gst-rtsp-server-1.0]="GStreamer's RTSP server (RTSP cameras in tests, bench/channels.py)"
     [gstreamer1.0-plugins-good]="rtph264pay, multifilesrc (the RTSP test server)"
     [gstreamer1.0-plugins-bad]="h264parse (the RTSP test server)"
+    [chromium]="the headless browser of the web console's tests (driven by Playwright)"
+    [nodejs]="node (npm runs on it)"
+    [npm]="npm: the web console's player libraries (package-lock.json)"
 )
 PKGS=(libsrt1.5-openssl srt-tools ffmpeg python3-gi gir1.2-gst-rtsp-server-1.0
-      gstreamer1.0-plugins-good gstreamer1.0-plugins-bad)
+      gstreamer1.0-plugins-good gstreamer1.0-plugins-bad chromium)
 
 say() { printf 'setup: %s\n' "$*" >&2; }
 die() { say "ERROR: $*"; exit 1; }
@@ -29,6 +32,7 @@ missing_by_probe() {
     if ! { ldconfig -p 2>/dev/null | grep -q 'libsrt\.so\.1\.5' ; }; then m+=(libsrt1.5-openssl); fi
     command -v srt-live-transmit >/dev/null || m+=(srt-tools)
     { command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null; } || m+=(ffmpeg)
+    command -v chromium >/dev/null || m+=(chromium)
     echo "${m[@]:-}"
 }
 
@@ -54,6 +58,10 @@ else
     read -r -a missing <<<"$(missing_by_probe)"
     venv_ok || missing+=("python-venv")
 fi
+# npm by its command, not its package: a node from elsewhere (nodesource's nodejs
+# carries its own npm) is as good as Debian's.
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
 
 if [ ${#missing[@]} -eq 0 ] || [ -z "${missing[0]:-}" ]; then
     say "system packages present"

@@ -11,6 +11,8 @@
 - ``write_config``: a config file from a raw text template, for tests of the config parser.
 - ``fake_picamera2``: the picamera2 modules faked (no Pi camera here); ``pki``: a private
   CA and server certificate for tests that serve HTTPS themselves.
+- ``browser``: Debian's chromium, headless, driven by Playwright (support/browser.py);
+  the test skips, saying why, when there is none.
 
 A mark's options apply to every test under it; the closest one wins (a test's own mark
 over its module's ``pytestmark``).
@@ -22,13 +24,14 @@ import os
 import stat
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from hss_pu.reference_platform.pki import Pki, ensure_pki
 from hss_pu.reference_platform.server import ReferencePlatform
 
+from .support.browser import launch, why_no_browser
 from .support.fake_picamera2 import FakeCamera
 from .support.fake_picamera2 import install as install_fake_picamera2
 from .support.rig import (
@@ -47,6 +50,9 @@ from .support.rig import (
     start_process,
     write_config_file,
 )
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser
 
 
 def marked(request: pytest.FixtureRequest, name: str) -> dict[str, Any]:
@@ -148,6 +154,16 @@ def config_file(tmp_path: Path) -> ConfigFile:
         return write_config_file(doc, tmp_path / name, mode=mode, extra=extra)
 
     return write
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """A headless Chromium for this test (support/browser.py), closed at the end."""
+    why = why_no_browser()
+    if why is not None:
+        pytest.skip(why)
+    async with launch() as b:
+        yield b
 
 
 @pytest.fixture

@@ -210,6 +210,23 @@ class AlarmStore:
         self._alarms: dict[str, collections.deque[Alarm]] = {}
         self._slots: dict[str, Alarm] = {}  # picture slot name -> its alarm (kept ones only)
         self._next_index = 0
+        self._listeners: list[Callable[[Alarm], None]] = []
+
+    def subscribe(self, listener: Callable[[Alarm], None]) -> Callable[[], None]:
+        """``listener(alarm)`` when an alarm arrives and when its picture does (the
+        console's live list); returns the unsubscribe. It runs in the request: no blocking."""
+        self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def _changed(self, alarm: Alarm) -> None:
+        self.ticker.notify()
+        for listener in list(self._listeners):
+            listener(alarm)
 
     @property
     def directory(self) -> Path:
@@ -248,7 +265,7 @@ class AlarmStore:
         q.append(alarm)
         while len(q) > self.options.alarm_keep:
             self._drop(q.popleft())
-        self.ticker.notify()
+        self._changed(alarm)
         return alarm
 
     def _drop(self, alarm: Alarm) -> None:
@@ -305,6 +322,7 @@ class AlarmStore:
             puts,
         )
         alarm.picture_error = None
+        self._changed(alarm)
         log.info(
             "alarm %d (%s ch%d type %d): picture %dx%d, %d bytes",
             alarm.index,
@@ -315,7 +333,6 @@ class AlarmStore:
             height,
             len(req.body),
         )
-        self.ticker.notify()
         return Response(200, b"")
 
     def _refuse(self, alarm: Alarm, status: int, why: str) -> Response:

@@ -60,6 +60,13 @@ def _device(text: str) -> tuple[str, str]:
     return dev, pw
 
 
+def _device_socket(text: str) -> tuple[str, Path]:
+    dev, sep, directory = text.partition("=")
+    if not sep or not dev or not directory:
+        raise argparse.ArgumentTypeError("expected ID=DIR (the device's storage.dir)")
+    return dev, Path(directory)
+
+
 def _positive(text: str) -> float:
     try:
         v = float(text)
@@ -123,6 +130,14 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         metavar="ID:PASSWORD",
         help="a device allowed to log in (repeatable); default: the embedded demo device",
+    )
+    serve.add_argument(
+        "--device-socket",
+        type=_device_socket,
+        action="append",
+        metavar="ID=DIR",
+        help="a daemon on this host whose control socket is in DIR (its storage.dir): the "
+        "console shows buttons for its emulated sensors (repeatable)",
     )
     serve.add_argument("--hb-interval", type=int, help="hb_interval in GetServerInfo replies")
     serve.add_argument("--hb-token", help="hb_token in GetServerInfo replies")
@@ -317,6 +332,7 @@ def _cmd_serve(args: argparse.Namespace, state_dir: Path) -> int:
         alarm_keep=args.alarm_keep,
         console=not args.no_console,
     )
+    opts.device_sockets = dict(args.device_socket or ())
     try:
         return asyncio.run(_serve(opts))
     except KeyboardInterrupt:  # a second Ctrl-C during shutdown

@@ -23,6 +23,10 @@ class PlatformOptions:
     vd_port: int = 0  # 0: any free port
     # Vd logins: device id -> password. Read at each login, so tests may change it live.
     devices: dict[str, str] = field(default_factory=lambda: dict(DEMO_DEVICES))
+    # Device id -> the directory of its daemon's control socket (its storage.dir), for
+    # the console's emulated-sensor buttons: the embedded default (one process) and
+    # `platform serve --device-socket ID=DIR` on the device's own host set it.
+    device_sockets: dict[str, Path] = field(default_factory=dict)
     # GetServerInfo reply fields; each is left out of the reply while None.
     hb_interval: int | None = None
     hb_token: str | None = None

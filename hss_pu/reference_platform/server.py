@@ -321,6 +321,11 @@ class ReferencePlatform:
     def online(self, device_id: str) -> bool:
         return self._vd.online(device_id)
 
+    def subscribe_devices(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """``listener()`` after any change of what devices did (logins, records, replies,
+        sessions ending): the console's live device list. Returns the unsubscribe."""
+        return self._vd.subscribe(listener)
+
     def online_ids(self) -> list[str]:
         return self._vd.online_ids()
 
@@ -336,6 +341,10 @@ class ReferencePlatform:
     def battery(self, device_id: str) -> int | None:
         """The device's battery level as its latest BatteryChange said (None: never)."""
         return self._vd.battery(device_id)
+
+    def battery_time(self, device_id: str) -> float | None:
+        """When that BatteryChange came (host time)."""
+        return self._vd.battery_time(device_id)
 
     def battery_changes(self, device_id: str) -> list[int]:
         """Every valid BatteryChange level the device sent, oldest first (of the kept

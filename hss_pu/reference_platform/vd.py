@@ -163,6 +163,8 @@ class VdServer:
         self._locked_until: dict[str, float] = {}  # monotonic time
         self._next_index = 0
         self._ticker = Ticker()
+        # Called (synchronously, so cheap) after every change a waiter could see.
+        self._listeners: list[Callable[[], None]] = []
         self._closers: set[asyncio.Task[None]] = set()
         # AlarmNotify: (device id, its params) -> the reply body; RpcError refuses it.
         self.on_alarm: Callable[[str, AlarmNotifyParams], dict[str, Any]] | None = None
@@ -229,8 +231,21 @@ class VdServer:
         b = self._battery.get(device_id)
         return b[0] if b else None
 
+    def subscribe(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """``listener()`` after every change (a login, a record, a reply, a session's
+        end); returns the unsubscribe. The listener must not block: it runs in the frame."""
+        self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return unsubscribe
+
     def _notify(self) -> None:
         self._ticker.notify()
+        for listener in list(self._listeners):
+            listener()
 
     async def _wait_for(self, check: Callable[[], Any], timeout: float, what: str) -> Any:
         return await self._ticker.wait_for(check, timeout, what)

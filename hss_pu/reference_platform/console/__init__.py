@@ -32,7 +32,7 @@ log = logging.getLogger("hss_pu.platform.console")
 PREFIX = "/console/"
 STATIC = Path(__file__).parent / "static"
 # The parts' modules, each with add_routes(app, platform), added in this order.
-PARTS = ("devices", "live", "recordings", "alarms")
+PARTS = ("devices", "live", "recordings", "alarms", "frontend")
 
 PLACEHOLDER = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>hss-pu console</title></head>
