@@ -31,6 +31,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from hss_pu.bridge import LoopBridge
 from hss_pu.reference_platform.console.remux import Piece, RemuxReport, remux
 from hss_pu.reference_platform.console.timeline import (
     Segment,
@@ -215,7 +216,7 @@ class Recordings:
         hi: float,
     ) -> web.StreamResponse:
         pieces = [Piece(s.path, s.start) for s in segs]
-        pipe = _Pipe(asyncio.get_running_loop())
+        pipe = _Pipe(LoopBridge())
         t0 = time.monotonic()
         worker = asyncio.create_task(asyncio.to_thread(_run, pieces, pipe, lo, hi))
         self.running.add(pipe)
@@ -223,7 +224,7 @@ class Recordings:
         name = _filename(device, channel, max(lo, segs[0].start))
         sent = 0
         try:
-            first = await pipe.queue.get()
+            first = await pipe.get()
             if first is None:  # nothing came: say why while a status can still be sent
                 try:
                     await worker
@@ -242,7 +243,7 @@ class Recordings:
             while chunk is not None:
                 await resp.write(chunk)
                 sent += len(chunk)
-                chunk = await pipe.queue.get()
+                chunk = await pipe.get()
             report = await worker
             await resp.write_eof()
         finally:
@@ -277,15 +278,23 @@ class _HungUp(Exception):
 
 
 class _Pipe:
-    """Bytes from the remux thread to the response, in CHUNK pieces through a queue of
-    QUEUE_CHUNKS: the thread waits while the client reads slowly; ``None`` ends it."""
+    """Bytes from the remux thread to the response, in CHUNK pieces, at most QUEUE_CHUNKS
+    of them in flight: the thread takes a credit per chunk (waiting while the client
+    reads slowly), hands it to the loop through the bridge, and the response gives the
+    credit back with :meth:`get`; ``None`` ends it."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_CHUNKS)
+    def __init__(self, bridge: LoopBridge) -> None:
+        self.bridge = bridge
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()  # bounded by the credits
+        self.credits = threading.Semaphore(QUEUE_CHUNKS)
         self.stopped = threading.Event()  # set by the response side when it is done
         self.produced = 0  # bytes handed to the queue so far
         self._buf = bytearray()
+
+    async def get(self) -> bytes | None:
+        item = await self.queue.get()
+        self.credits.release()
+        return item
 
     def write(self, data: bytes) -> None:  # the remux thread
         self._buf += data
@@ -300,18 +309,12 @@ class _Pipe:
         self._put(None)
 
     def _put(self, item: bytes | None) -> None:
-        if self.stopped.is_set():
-            raise _HungUp
-        fut = asyncio.run_coroutine_threadsafe(self.queue.put(item), self.loop)
-        while True:
-            try:
-                fut.result(POLL)
-                self.produced += len(item or b"")
-                return
-            except TimeoutError:
-                if self.stopped.is_set():
-                    fut.cancel()
-                    raise _HungUp from None
+        while not self.credits.acquire(timeout=POLL):
+            if self.stopped.is_set():
+                raise _HungUp
+        if self.stopped.is_set() or not self.bridge.call(self.queue.put_nowait, item):
+            raise _HungUp  # the response is done, or the loop is gone
+        self.produced += len(item or b"")
 
 
 def _run(pieces: list[Piece], pipe: _Pipe, lo: float, hi: float) -> RemuxReport:
@@ -320,7 +323,7 @@ def _run(pieces: list[Piece], pipe: _Pipe, lo: float, hi: float) -> RemuxReport:
     try:
         return remux(pieces, pipe.write, start=lo, end=hi)
     finally:
-        with contextlib.suppress(_HungUp, RuntimeError):  # RuntimeError: the loop is gone
+        with contextlib.suppress(_HungUp):
             pipe.close()
 
 
