@@ -49,9 +49,17 @@ function start() {
       enableWorker: false,
       enableStashBuffer: false, // hand every byte to the decoder at once: low delay
       lazyLoad: false,
-      liveBufferLatencyChasing: true, // skip ahead when the buffer grows
-      liveBufferLatencyMaxLatency: 1.0,
+      // Close to the live edge, with a little margin (measured: bench/console.py, and
+      // docs/benchmarks.md "Web console"): a viewer joins at the last key frame, up to a
+      // GOP behind; a jump catches up past 0.6 s buffered, a 1.1x playback rate past
+      // 0.3 s, down to 0.2 s (enough to ride out a short hiccup without a stall).
+      liveBufferLatencyChasing: true,
+      liveBufferLatencyMaxLatency: 0.6,
       liveBufferLatencyMinRemain: 0.2,
+      liveSync: true,
+      liveSyncMaxLatency: 0.3,
+      liveSyncTargetLatency: 0.2,
+      liveSyncPlaybackRate: 1.1,
     });
   player.on(mpegts.Events.ERROR, (type, detail) => again(`${type}: ${detail}`));
   player.on(mpegts.Events.LOADING_COMPLETE, () => again("the stream ended"));
