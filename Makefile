@@ -42,7 +42,7 @@ typecheck: setup
 # PYTEST_WORKERS=0 runs it in one process.
 PYTEST_WORKERS ?= 3
 pytest: setup
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup
+	$(BIN)/pytest -n $(PYTEST_WORKERS)
 
 test: lint typecheck pytest
 

@@ -4,12 +4,16 @@ platform's own CA, its login, every part), with a real daemon (the rig's, in thi
 process) that pushes live over SRT, records to Vr and raises alarms from its emulated
 sensors. No stand-ins: every route a page uses is the console's own.
 
-One platform, one daemon and one browser serve the whole module (each test has a browser
-context of its own, so a session of its own, and logs in through the login form); a
-recording of 20 s starts with them and runs in the background while the other tests
-fill its time. Screenshots of each page go to tests/artifacts/.
+One test, one platform, one daemon and one browser: each line of the issue's "Shown by" is
+a step, reported as a subtest (a step that fails does not stop the next ones), in a
+browser context of its own (a session of its own, logged in through the login form). A
+recording of 20 s starts with them and runs in the background while the other steps
+fill its time. (Separate tests sharing a module fixture would each build all of it again
+on their own xdist worker: pytest-xdist's --dist loadgroup no longer groups anything
+with pytest 9.2, pytest-dev/pytest-xdist#1386.) Screenshots of each page go to
+tests/artifacts/.
 
-HTTPS: Chromium trusts this platform's CA, made for this module, by its key
+HTTPS: Chromium trusts this platform's CA, made for this test, by its key
 (support/browser.py: ``launch(trust=...)``), not ``ignore_https_errors``.
 """
 
@@ -19,13 +23,12 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-import pytest_asyncio
 
 from hss_pu.reference_platform.console.live import LIVE_HUB, LiveHub
 from hss_pu.reference_platform.console.recordings import device_segments
@@ -47,14 +50,7 @@ from .support.rig import (
 if TYPE_CHECKING:
     from playwright.async_api import Browser, BrowserContext, Page, ViewportSize
 
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.slow,
-    # One event loop for the module: the platform, the daemon and the browser live in it.
-    pytest.mark.asyncio(loop_scope="module"),
-    # One worker for the module (make test runs xdist with --dist loadgroup).
-    pytest.mark.xdist_group("console-browser"),
-]
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 RECORDING = "console-browser-20s"  # the session of the background recording
 RECORD_SECONDS = 20.0
@@ -107,12 +103,14 @@ async def record(rig: Rig, seconds: float) -> tuple[float, float]:
     return start, stop
 
 
-@pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def site(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Site]:
+@pytest.fixture
+async def site(tmp_path: Path) -> AsyncIterator[Site]:
+    """The platform with its console, the daemon online, the 20 s recording started, and
+    Chromium trusting the platform's CA."""
     why = why_no_browser()
     if why is not None:
         pytest.skip(why)
-    tmp = tmp_path_factory.mktemp("console")
+    tmp = tmp_path
     async with contextlib.AsyncExitStack() as stack:
         platform = await start_platform(tmp / "platform", console=True)
         stack.push_async_callback(platform.close)
@@ -138,8 +136,8 @@ async def site(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Site]:
 
 @dataclass
 class Tab:
-    """A browser context of one test (its own cookies): pages, and what went wrong in
-    them."""
+    """The browser contexts of one step (each its own cookies): pages, and what went
+    wrong in them."""
 
     site: Site
     errors: PageErrors = field(default_factory=PageErrors)
@@ -167,8 +165,9 @@ class Tab:
         return page
 
 
-@pytest_asyncio.fixture(loop_scope="module")
-async def tab(site: Site) -> AsyncIterator[Tab]:
+@contextlib.asynccontextmanager
+async def browsing(site: Site) -> AsyncIterator[Tab]:
+    """A step's tab: its browser contexts closed at the end."""
     t = Tab(site)
     try:
         yield t
@@ -187,7 +186,7 @@ def pushing(rig: Rig) -> str | None:
 # --- log in ---------------------------------------------------------------------------------
 
 
-async def test_the_login_refuses_a_wrong_password_and_goes_back_to_the_page(
+async def the_login_refuses_a_wrong_password_and_goes_back_to_the_page(
     site: Site, tab: Tab
 ) -> None:
     page = await tab.page()
@@ -211,7 +210,7 @@ async def test_the_login_refuses_a_wrong_password_and_goes_back_to_the_page(
     assert all("401" in e for e in errors), errors
 
 
-async def test_the_api_refuses_requests_without_a_session(site: Site, tab: Tab) -> None:
+async def the_api_refuses_requests_without_a_session(site: Site, tab: Tab) -> None:
     page = await tab.page()
     # A document of the console's origin that needs no session, to call the API from (the
     # login form's Content-Security-Policy lets it call nothing at all).
@@ -261,7 +260,7 @@ async def test_the_api_refuses_requests_without_a_session(site: Site, tab: Tab) 
 # --- devices --------------------------------------------------------------------------------
 
 
-async def test_the_device_list_shows_the_emulated_device_online_and_follows_it(
+async def the_device_list_shows_the_emulated_device_online_and_follows_it(
     site: Site, tab: Tab
 ) -> None:
     page = await tab.open("/console/")
@@ -297,7 +296,7 @@ async def test_the_device_list_shows_the_emulated_device_online_and_follows_it(
 # --- live -----------------------------------------------------------------------------------
 
 
-async def test_the_live_view_plays_through_the_live_relay_and_stops_the_push_after(
+async def the_live_view_plays_through_the_live_relay_and_stops_the_push_after(
     site: Site, tab: Tab
 ) -> None:
     stream = LiveHub.stream_id(DEVICE, 0)
@@ -349,9 +348,7 @@ SHOWN = """(n) => [...document.querySelectorAll('tr[data-type="10"] img.thumb')]
     .filter((i) => i.complete && i.naturalWidth > 0).length >= n"""
 
 
-async def test_a_bell_press_shows_its_alarm_with_its_picture_within_2_s(
-    site: Site, tab: Tab
-) -> None:
+async def a_bell_press_shows_its_alarm_with_its_picture_within_2_s(site: Site, tab: Tab) -> None:
     page = await tab.open("/console/alarms")
     await page.locator("#live-state", has_text="live").wait_for(timeout=5000)
     before = len([a for a in site.platform.alarms(DEVICE) if a.type == 10])
@@ -393,7 +390,7 @@ async def test_a_bell_press_shows_its_alarm_with_its_picture_within_2_s(
 # --- recordings -----------------------------------------------------------------------------
 
 
-async def test_a_20_s_recording_plays_from_its_timeline(site: Site, tab: Tab) -> None:
+async def a_20_s_recording_plays_from_its_timeline(site: Site, tab: Tab) -> None:
     start, stop = await site.recording
     assert stop - start >= RECORD_SECONDS
     at = start + 0.5
@@ -421,9 +418,7 @@ async def test_a_20_s_recording_plays_from_its_timeline(site: Site, tab: Tab) ->
 # --- the device page ------------------------------------------------------------------------
 
 
-async def test_the_device_page_drives_the_device_and_shows_its_refusals(
-    site: Site, tab: Tab
-) -> None:
+async def the_device_page_drives_the_device_and_shows_its_refusals(site: Site, tab: Tab) -> None:
     rig = site.rig
     await site.recording  # its StartRecord would replace the 20 s one
     page = await tab.open(f"/console/device?id={DEVICE}")
@@ -475,3 +470,28 @@ async def test_the_device_page_drives_the_device_and_shows_its_refusals(
     await screenshot(page, "console-device")
     # A device's refusal is an answer (200), not a failure of the page.
     assert tab.errors.errors == []
+
+
+# --- the test -------------------------------------------------------------------------------
+
+Step = Callable[[Site, Tab], Awaitable[None]]
+
+# In this order: the device page's own recording would replace the 20 s one (it waits
+# for it), and the steps before the recording's fill its 20 s.
+STEPS: tuple[Step, ...] = (
+    the_login_refuses_a_wrong_password_and_goes_back_to_the_page,
+    the_api_refuses_requests_without_a_session,
+    the_device_list_shows_the_emulated_device_online_and_follows_it,
+    the_live_view_plays_through_the_live_relay_and_stops_the_push_after,
+    a_bell_press_shows_its_alarm_with_its_picture_within_2_s,
+    a_20_s_recording_plays_from_its_timeline,
+    the_device_page_drives_the_device_and_shows_its_refusals,
+)
+
+
+@pytest.mark.timeout(300)
+async def test_the_console_in_a_browser(site: Site, subtests: pytest.Subtests) -> None:
+    for step in STEPS:
+        with subtests.test(step.__name__):
+            async with browsing(site) as tab:
+                await step(site, tab)

@@ -43,7 +43,14 @@ async def test_the_device_list_shows_the_rig_online_with_its_models_and_sensors(
     platform: ReferencePlatform, make_rig: MakeRig
 ) -> None:
     await _console_rig(platform, make_rig)
-    await platform.wait_record(lambda r: r.name == "Keepalive" and r.device_id == DEVICE)
+    # A Keepalive with the camera up (under load, the first may come before it is).
+    await platform.wait_record(
+        lambda r: (
+            r.name == "Keepalive"
+            and r.device_id == DEVICE
+            and r.params["channels"][0]["state"] == 1
+        )
+    )
     async with serve_console(platform) as base, httpx.AsyncClient() as client:
         r = await client.get(f"{base}/console/api/devices")
     assert r.status_code == 200
