@@ -22,6 +22,7 @@ import datetime as dt
 import json
 import logging
 import math
+import queue
 import re
 import threading
 import time
@@ -31,6 +32,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from hss_pu.bridge import LoopBridge
 from hss_pu.reference_platform.console.remux import Piece, RemuxReport, remux
 from hss_pu.reference_platform.console.timeline import (
     Segment,
@@ -215,7 +217,7 @@ class Recordings:
         hi: float,
     ) -> web.StreamResponse:
         pieces = [Piece(s.path, s.start) for s in segs]
-        pipe = _Pipe(asyncio.get_running_loop())
+        pipe = _Pipe()
         t0 = time.monotonic()
         worker = asyncio.create_task(asyncio.to_thread(_run, pieces, pipe, lo, hi))
         self.running.add(pipe)
@@ -223,7 +225,7 @@ class Recordings:
         name = _filename(device, channel, max(lo, segs[0].start))
         sent = 0
         try:
-            first = await pipe.queue.get()
+            first = await pipe.get()
             if first is None:  # nothing came: say why while a status can still be sent
                 try:
                     await worker
@@ -242,7 +244,7 @@ class Recordings:
             while chunk is not None:
                 await resp.write(chunk)
                 sent += len(chunk)
-                chunk = await pipe.queue.get()
+                chunk = await pipe.get()
             report = await worker
             await resp.write_eof()
         finally:
@@ -278,14 +280,25 @@ class _HungUp(Exception):
 
 class _Pipe:
     """Bytes from the remux thread to the response, in CHUNK pieces through a queue of
-    QUEUE_CHUNKS: the thread waits while the client reads slowly; ``None`` ends it."""
+    QUEUE_CHUNKS: the thread waits while the client reads slowly; ``None`` ends it. The
+    thread wakes the loop through a LoopBridge (made on the loop)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(QUEUE_CHUNKS)
+    def __init__(self) -> None:
+        self._bridge = LoopBridge()
+        self._chunks: queue.Queue[bytes | None] = queue.Queue(QUEUE_CHUNKS)
+        self._ready = asyncio.Event()
         self.stopped = threading.Event()  # set by the response side when it is done
         self.produced = 0  # bytes handed to the queue so far
         self._buf = bytearray()
+
+    async def get(self) -> bytes | None:  # the loop
+        """The next chunk; None at the end."""
+        while True:
+            self._ready.clear()
+            try:
+                return self._chunks.get_nowait()
+            except queue.Empty:
+                await self._ready.wait()
 
     def write(self, data: bytes) -> None:  # the remux thread
         self._buf += data
@@ -300,18 +313,17 @@ class _Pipe:
         self._put(None)
 
     def _put(self, item: bytes | None) -> None:
-        if self.stopped.is_set():
-            raise _HungUp
-        fut = asyncio.run_coroutine_threadsafe(self.queue.put(item), self.loop)
         while True:
+            if self.stopped.is_set():
+                raise _HungUp
             try:
-                fut.result(POLL)
-                self.produced += len(item or b"")
-                return
-            except TimeoutError:
-                if self.stopped.is_set():
-                    fut.cancel()
-                    raise _HungUp from None
+                self._chunks.put(item, timeout=POLL)
+                break
+            except queue.Full:
+                continue
+        self.produced += len(item or b"")
+        if not self._bridge.call(self._ready.set):
+            raise _HungUp  # the loop is gone
 
 
 def _run(pieces: list[Piece], pipe: _Pipe, lo: float, hi: float) -> RemuxReport:
@@ -320,7 +332,7 @@ def _run(pieces: list[Piece], pipe: _Pipe, lo: float, hi: float) -> RemuxReport:
     try:
         return remux(pieces, pipe.write, start=lo, end=hi)
     finally:
-        with contextlib.suppress(_HungUp, RuntimeError):  # RuntimeError: the loop is gone
+        with contextlib.suppress(_HungUp):
             pipe.close()
 
 
