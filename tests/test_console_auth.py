@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import html
 import json
 import logging
 import os
@@ -119,6 +120,73 @@ async def test_the_api_refuses_requests_without_a_session(
     # The console page sends a browser without a session to the login page.
     r = await console_http.get("/console/")
     assert (r.status_code, r.headers["location"]) == (303, "/console/login")
+
+
+async def test_a_page_without_a_session_goes_to_the_login_form_and_back_to_it(
+    console: ReferencePlatform, console_http: httpx.AsyncClient
+) -> None:
+    """One login page, a plain form (no script): a page asked for without a session is
+    sent there with ``?next=``, and the form goes back to that page of the console."""
+    pw = _password(console)
+    page = "/console/device?id=PU-0001&x=%3Cb%3E"
+    r = await console_http.get(page)
+    assert r.status_code == 303
+    login = httpx.URL(r.headers["location"])
+    assert (login.path, login.params["next"]) == ("/console/login", page)
+    r = await console_http.get(login)
+    assert r.status_code == 200 and "<script" not in r.text
+    field = '<input type="hidden" name="next" value="/console/device?id=PU-0001&amp;x=%3Cb%3E">'
+    assert field in r.text
+    # A wrong password: the form again, still going back to the page.
+    r = await console_http.post(LOGIN, data={"user": "admin", "password": "nope", "next": page})
+    assert r.status_code == 401 and "Wrong user or password" in r.text and field in r.text
+    await asyncio.sleep(auth.FAIL_DELAY)
+    r = await console_http.post(LOGIN, data={"user": "admin", "password": pw, "next": page})
+    assert (r.status_code, r.headers["location"]) == (303, page)
+    assert (await console_http.get(page)).status_code == 200
+    # What needs no session is not sent to the login page.
+    console_http.cookies.clear()
+    for path in ("/console/login", "/console/static/common.js", "/console/vendor/hls.js"):
+        assert (await console_http.get(path)).status_code == 200, path
+
+
+async def test_the_login_goes_back_only_to_a_path_of_the_console(
+    console: ReferencePlatform,
+) -> None:
+    """``next`` is never an address elsewhere (an open redirect), nor a path out of the
+    console; anything else logs in to the device list."""
+    pw = _password(console)
+    cases = {
+        "/console/alarms": "/console/alarms",
+        "/console/recordings?device=PU-0001&channel=0&at=1700000000": (
+            "/console/recordings?device=PU-0001&channel=0&at=1700000000"
+        ),
+        '/console/alarms?q="><script>alert(1)</script>': (
+            '/console/alarms?q="><script>alert(1)</script>'
+        ),
+        "": "/console/",
+        "https://evil.example/console/": "/console/",
+        "//evil.example/console/": "/console/",
+        "/\\evil.example/console/": "/console/",
+        "/console/../Vs/getServerAddr": "/console/",
+        "/console/%2e%2E/admin": "/console/",
+        "/console/.%2e/admin": "/console/",
+        "/console/%2F%2Fevil.example": "/console/",
+        "/console\\..\\x": "/console/",
+        "/Vs/getServerAddr": "/console/",
+        "/console/login?next=/console/alarms": "/console/",
+        "/console/api/logout": "/console/",
+        "javascript:alert(1)//": "/console/",
+        "/console/\r\nSet-Cookie: a=b": "/console/",
+        "/console/" + "a" * 3000: "/console/",
+    }
+    async with _client(console) as form:
+        for target, landing in cases.items():
+            r = await form.post(LOGIN, data={"user": "admin", "password": pw, "next": target})
+            assert (r.status_code, r.headers["location"]) == (303, landing), target
+            r = await form.get("/console/login", params={"next": target})
+            assert f'name="next" value="{html.escape(landing)}"' in r.text, target
+            assert "<script" not in r.text
 
 
 async def test_wrong_passwords_are_refused_and_each_next_one_waits_longer(

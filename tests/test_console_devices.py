@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from hss_pu.reference_platform.console import devices
+from hss_pu.reference_platform.console.alarms import alarm_json
 from hss_pu.reference_platform.server import ReferencePlatform
 
 from .support.console import read_events, serve_console
@@ -42,7 +43,14 @@ async def test_the_device_list_shows_the_rig_online_with_its_models_and_sensors(
     platform: ReferencePlatform, make_rig: MakeRig
 ) -> None:
     await _console_rig(platform, make_rig)
-    await platform.wait_record(lambda r: r.name == "Keepalive" and r.device_id == DEVICE)
+    # A Keepalive with the camera up (under load, the first may come before it is).
+    await platform.wait_record(
+        lambda r: (
+            r.name == "Keepalive"
+            and r.device_id == DEVICE
+            and r.params["channels"][0]["state"] == 1
+        )
+    )
     async with serve_console(platform) as base, httpx.AsyncClient() as client:
         r = await client.get(f"{base}/console/api/devices")
     assert r.status_code == 200
@@ -103,6 +111,8 @@ async def test_events_carry_device_changes_and_an_alarm_with_its_picture(
         assert kept.picture is not None and kept.pic_name is not None
         assert alarm["id"] == kept.index
         assert alarm["picture"] == f"/console/api/pictures/{kept.pic_name}.jpg"
+        # One Alarm format: the event's is the alarm list's (console/alarms.py).
+        assert alarm == alarm_json(platform, kept) and alarm["kind"] is not None
         # Gone and back: both show, as they happen.
         await rig.stop()
         gone = await events.wait("device", lambda d: not d["online"], timeout=5)

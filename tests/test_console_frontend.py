@@ -26,21 +26,3 @@ async def test_vendor_files_come_from_node_modules(platform: ReferencePlatform) 
         # No page names a script, style or picture of another origin.
         for f in frontend.STATIC_DIR.iterdir():
             assert not re.search(r"(src|href)=\"(https?:)?//", f.read_text()), f
-
-
-def test_paths_the_console_setup_serves_are_left_to_it() -> None:
-    from aiohttp import web
-
-    async def theirs(request: web.Request) -> web.Response:
-        return web.Response(text="the console's own")
-
-    app = web.Application()
-    app.router.add_get("/console/login", theirs)
-    app.router.add_get("/console/", theirs)
-    app.router.add_static("/console/static/", frontend.STATIC_DIR)
-    frontend.add_routes(app, None)  # type: ignore[arg-type]  # it reads no platform
-    paths = [r.canonical for r in app.router.resources()]
-    assert len(paths) == len(set(paths))
-    assert {"/console/vendor/{name}", "/console/device", "/console/live"} <= set(paths)
-    login = next(r for r in app.router.resources() if r.canonical == "/console/login")
-    assert next(iter(login)).handler is theirs

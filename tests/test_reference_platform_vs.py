@@ -15,7 +15,7 @@ from hss_pu.reference_platform.pki import ensure_pki
 from hss_pu.reference_platform.server import ReferencePlatform
 from hss_pu.wire.vs import vd_base_url
 
-from .support.rig import MAC
+from .support.rig import DEVICE, MAC, MakePlatform, start_daemon
 
 pytestmark = pytest.mark.platform(clock_offset=3600)  # Vs tells the platform's time
 
@@ -76,3 +76,30 @@ def test_pki_reused_until_near_expiry(tmp_path: Path) -> None:
     a.cert_file.write_text("garbage")
     c = ensure_pki(tmp_path)
     assert c.ca_file.read_bytes() != first  # regenerated when unusable
+
+
+async def test_the_certificate_names_the_address_the_platform_serves_on(
+    make_platform: MakePlatform, tmp_path: Path
+) -> None:
+    """``platform serve --host ADDRESS`` on a home server: a camera elsewhere (here, on
+    another loopback address) verifies the platform by that address, and so does a
+    browser opening the console there."""
+    state = tmp_path / "home"
+    p = await make_platform(host="127.0.0.2", state_dir=state, console=True, clock_offset=0.0)
+    assert p.schedule_url.startswith("https://127.0.0.2:") and p.ca_file is not None
+    rig = await start_daemon(p, tmp_path / "pu")
+    try:
+        assert p.online(DEVICE)
+    finally:
+        await rig.stop()
+    ca = ssl.create_default_context(cafile=str(p.ca_file))
+    async with httpx.AsyncClient(verify=ca, trust_env=False) as http:
+        r = await http.get(f"{p.schedule_url}/console/login")
+        assert r.status_code == 200
+    first = p.ca_file.read_bytes()
+    await p.close()
+    # The same address again: the same CA (the cameras keep their copy of it).
+    again = await make_platform(host="127.0.0.2", state_dir=state, clock_offset=0.0)
+    assert again.ca_file is not None and again.ca_file.read_bytes() == first
+    await again.close()
+    assert ensure_pki(state / "pki", hosts=["cam-hub.home.arpa"]).ca_file.read_bytes() != first

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import ssl
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,23 +53,34 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def _still_good(pki: Pki) -> bool:
+def _san(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host.strip("[]")))
+    except ValueError:
+        return x509.DNSName(host.lower())
+
+
+def _still_good(pki: Pki, names: list[x509.GeneralName]) -> bool:
     try:
         cert = x509.load_pem_x509_certificate(pki.cert_file.read_bytes())
         x509.load_pem_x509_certificate(pki.ca_file.read_bytes())
         pki.server_context()
-    except (OSError, ValueError, ssl.SSLError):
+        sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (OSError, ValueError, ssl.SSLError, x509.ExtensionNotFound):
         return False
     margin = dt.datetime.now(dt.UTC) + dt.timedelta(days=30)
-    return cert.not_valid_after_utc > margin
+    return cert.not_valid_after_utc > margin and all(n in sans for n in names)
 
 
-def ensure_pki(directory: Path | str) -> Pki:
-    """Reuse the CA in ``directory`` when valid, else make a new CA and server cert."""
+def ensure_pki(directory: Path | str, hosts: Iterable[str] = ()) -> Pki:
+    """Reuse the CA in ``directory`` when valid and its server certificate names each of
+    ``hosts`` (the address the platform serves on, beyond localhost, 127.0.0.1 and ::1),
+    else make a new CA and server cert (the CA's key is not kept: a new name, a new CA)."""
     d = Path(directory)
     d.mkdir(mode=0o700, parents=True, exist_ok=True)
     pki = Pki(d / "ca.pem", d / "server.pem", d / "server.key")
-    if _still_good(pki):
+    sans = list(dict.fromkeys(_san(h) for h in (*_HOSTS, *hosts)))
+    if _still_good(pki, sans):
         return pki
     now = dt.datetime.now(dt.UTC) - dt.timedelta(days=1)
     until = now + dt.timedelta(days=3650)
@@ -101,12 +113,6 @@ def ensure_pki(directory: Path | str) -> Pki:
         .sign(ca_key, hashes.SHA256())
     )
     key = ec.generate_private_key(ec.SECP256R1())
-    sans: list[x509.GeneralName] = []
-    for h in _HOSTS:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(h)))
-        except ValueError:
-            sans.append(x509.DNSName(h))
     cert = (
         x509.CertificateBuilder()
         .subject_name(_name("localhost"))

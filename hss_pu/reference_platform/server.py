@@ -202,7 +202,7 @@ class ReferencePlatform:
             console.check_transport(self.options.host, self.options.tls)  # binds nothing
         self.options.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if self.options.tls:
-            self.pki = ensure_pki(self.options.state_dir / "pki")
+            self.pki = ensure_pki(self.options.state_dir / "pki", self._cert_hosts())
             ctx = self.pki.server_context()
         try:
             self.vd_port = await self._vd.start(ctx)
@@ -236,6 +236,12 @@ class ReferencePlatform:
         )
         if self.console is not None:
             log.info("web console on %s", self.console.url)
+
+    def _cert_hosts(self) -> list[str]:
+        """The name the server certificate must carry besides loopback's: the address we
+        serve on, unless a wildcard (no client connects to 0.0.0.0)."""
+        host = self.options.host
+        return [] if host.strip("[]") in ("", "0.0.0.0", "::") else [host]  # noqa: S104
 
     async def restart(self, down: float = 0.0) -> None:
         """A crash or a deploy: close Vs/Vr and Vd (every connection cut, held Vr requests

@@ -4,11 +4,20 @@ it downloads a browser build of its own, which this project does not use.
 
 Tests that use it carry the ``browser`` mark (``pytest -m browser`` runs them alone) and
 skip, saying why, only when there is no browser to drive.
+
+HTTPS: :func:`launch` with ``trust=CA_FILE`` makes Chromium accept the certificate chains
+that hold that CA's public key (``--ignore-certificate-errors-spki-list``, honoured with
+the profile directory of its own Playwright gives every launch) and no other. That is
+trusting the test platform's own CA, made for the test, without a system-wide change
+(an NSS database in $HOME) and without ``ignore_https_errors``, which would take any
+certificate at all and so could not notice the platform serving the wrong one.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import importlib.util
 import os
 from collections.abc import AsyncIterator
@@ -19,7 +28,16 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from playwright.async_api import Browser, ConsoleMessage, Error, Page, Response
 
-__all__ = ["ARGS", "ARTIFACTS", "CHROMIUM", "PageErrors", "launch", "screenshot", "why_no_browser"]
+__all__ = [
+    "ARGS",
+    "ARTIFACTS",
+    "CHROMIUM",
+    "PageErrors",
+    "launch",
+    "screenshot",
+    "spki_pin",
+    "why_no_browser",
+]
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARGS = [
@@ -45,13 +63,30 @@ def why_no_browser() -> str | None:
     return None
 
 
+def spki_pin(ca_file: Path) -> str:
+    """base64(SHA-256(SubjectPublicKeyInfo)) of the certificate in ``ca_file``: how
+    Chromium names a key it is told to trust."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    cert = x509.load_pem_x509_certificate(ca_file.read_bytes())
+    der = cert.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return base64.b64encode(hashlib.sha256(der).digest()).decode()
+
+
 @contextlib.asynccontextmanager
-async def launch() -> AsyncIterator[Browser]:
-    """Chromium, headless, with no network of its own (no updates, no sync, no QUIC)."""
+async def launch(trust: Path | None = None) -> AsyncIterator[Browser]:
+    """Chromium, headless, with no network of its own (no updates, no sync, no QUIC);
+    ``trust``: a CA file whose certificates it accepts (the module's docstring)."""
     from playwright.async_api import async_playwright
 
+    args = list(ARGS)
+    if trust is not None:
+        args.append(f"--ignore-certificate-errors-spki-list={spki_pin(trust)}")
     async with async_playwright() as pw:
-        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=args)
         try:
             yield browser
         finally:

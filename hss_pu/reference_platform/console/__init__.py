@@ -1,9 +1,10 @@
 """The web console, served by the reference platform on its HTTPS port under /console/.
 
 :func:`setup` adds it to the platform's aiohttp app before the platform listens: the login
-(:mod:`.auth`: its middleware guards every ``/console/api/...`` path), the pages, then
-each part's ``add_routes(app, platform)`` (live, recordings, alarms, devices: one module
-each). A part not there yet is skipped, so the parts land one by one.
+(:mod:`.auth`: its form, and its middleware guarding every ``/console/api/...`` path),
+a guard that sends a page asked for without a session to the login form (``?next=`` the
+page), then each part's ``add_routes(app, platform)``: devices (and the controls), live,
+recordings, alarms, and the front end (the pages, their scripts, the npm players).
 
 HTTPS with the platform's CA; plain HTTP only while the platform listens on loopback
 (a password and a session cookie in clear text beyond this machine would be the
@@ -12,15 +13,15 @@ console open to the network).
 
 from __future__ import annotations
 
-import importlib
 import ipaddress
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
-from hss_pu.reference_platform.console.auth import PAGE_HEADERS, ConsoleAuth
+from hss_pu.reference_platform.console import alarms, devices, frontend, live, recordings
+from hss_pu.reference_platform.console.auth import ConsoleAuth, Handler, login_url
 
 if TYPE_CHECKING:
     from hss_pu.reference_platform.server import ReferencePlatform
@@ -30,16 +31,10 @@ __all__ = ["PARTS", "Console", "ConsoleRefused", "is_loopback", "setup"]
 log = logging.getLogger("hss_pu.platform.console")
 
 PREFIX = "/console/"
-STATIC = Path(__file__).parent / "static"
-# The parts' modules, each with add_routes(app, platform), added in this order.
-PARTS = ("devices", "live", "recordings", "alarms", "frontend")
-
-PLACEHOLDER = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>hss-pu console</title></head>
-<body><h1>hss-pu console</h1><p>Logged in. The console's pages are not installed.</p>
-<form method="post" action="/console/api/logout"><button>Log out</button></form>
-</body></html>
-"""
+# The parts, each with add_routes(app, platform), added in this order.
+PARTS = (devices, live, recordings, alarms, frontend)
+# The pages: without a session, the login form instead (then back to the page).
+PAGES = frozenset({PREFIX, *(f"{PREFIX}{name}" for name in frontend.PAGES)})
 
 
 class ConsoleRefused(ValueError):
@@ -81,6 +76,19 @@ def check_transport(host: str, tls: bool) -> None:
         )
 
 
+def _pages_guard(auth: ConsoleAuth) -> Middleware:
+    """A page asked for without a session: 303 to the login form, which comes back to it
+    (no script needed, and no page shown only to be left at its first API call)."""
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path in PAGES and auth.session(request) is None:
+            raise web.HTTPSeeOther(login_url(request.path_qs))
+        return await handler(request)
+
+    return guard
+
+
 async def setup(platform: ReferencePlatform) -> Console:
     """Add the console to ``platform.web_app`` (before it starts); reads or creates the
     password file. ConsoleRefused, auth.PasswordFileError: not served."""
@@ -90,33 +98,11 @@ async def setup(platform: ReferencePlatform) -> Console:
     await auth.load()
     app = platform.web_app
     app.middlewares.append(auth.middleware)
+    app.middlewares.append(_pages_guard(auth))
     app.router.add_post("/console/api/login", auth.login)
     app.router.add_post("/console/api/logout", auth.logout)
     app.router.add_get("/console/api/session", auth.whoami)
     app.router.add_get("/console/login", auth.login_form)
-
-    async def to_index(request: web.Request) -> web.StreamResponse:
-        raise web.HTTPMovedPermanently(PREFIX)
-
-    async def index(request: web.Request) -> web.StreamResponse:
-        if auth.session(request) is None:
-            raise web.HTTPSeeOther("/console/login")
-        page = STATIC / "index.html"
-        if page.is_file():
-            return web.FileResponse(page, headers={"Cache-Control": "no-store"})
-        return web.Response(text=PLACEHOLDER, content_type="text/html", headers=PAGE_HEADERS)
-
-    app.router.add_get("/console", to_index)
-    app.router.add_get(PREFIX, index)
-    if STATIC.is_dir():
-        app.router.add_static("/console/static/", STATIC)
-    for name in PARTS:
-        try:
-            part = importlib.import_module(f"{__name__}.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__name__}.{name}":
-                raise  # the part is there, but something it imports is not
-            log.debug("console: no %s part", name)
-            continue
+    for part in PARTS:
         part.add_routes(app, platform)
     return Console(platform, auth)

@@ -26,6 +26,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import html
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote, urlsplit
 
 from aiohttp import web
 
@@ -54,6 +56,8 @@ __all__ = [
     "current_session",
     "hash_password",
     "load_record",
+    "login_url",
+    "safe_next",
     "store_password",
     "verify_password",
 ]
@@ -433,7 +437,8 @@ class ConsoleAuth:
 
     async def login(self, request: web.Request) -> web.StreamResponse:
         """``POST /console/api/login``: JSON ``{"user", "password"}`` -> ``{"user"}``, or
-        the login form's fields -> 303 to /console/; 401 when wrong."""
+        the login form's fields -> 303 to its ``next`` (:func:`safe_next`); 401 when
+        wrong."""
         is_form = request.content_type in (
             "application/x-www-form-urlencoded",
             "multipart/form-data",
@@ -453,9 +458,10 @@ class ConsoleAuth:
         if not isinstance(user, str) or not isinstance(password, str) or not password:
             return _info(400, "user and password must be non-empty strings")
         peer = request.remote or "?"
+        target = safe_next(data.get("next"))
         if not await self._check(peer, user, password):
             if is_form:
-                page = login_page("Wrong user or password.")
+                page = login_page("Wrong user or password.", target)
                 return web.Response(status=401, text=page, content_type="text/html",
                                     headers=PAGE_HEADERS)  # fmt: skip
             return _info(401, "wrong user or password")
@@ -463,7 +469,7 @@ class ConsoleAuth:
         log.info("console: %s logged in from %s", USER, peer)
         resp: web.StreamResponse
         if is_form:
-            resp = web.Response(status=303, headers={"Location": "/console/"})
+            resp = web.Response(status=303, headers={"Location": target})
         else:
             resp = web.json_response({"user": USER})
         self._set_cookie(resp, token)
@@ -483,7 +489,9 @@ class ConsoleAuth:
         return web.json_response({"user": current_session(request).user})
 
     async def login_form(self, request: web.Request) -> web.StreamResponse:
-        return web.Response(text=login_page(), content_type="text/html", headers=PAGE_HEADERS)
+        """``GET /console/login?next=PATH``: the form, going back to PATH once logged in."""
+        page = login_page(next_path=safe_next(request.query.get("next")))
+        return web.Response(text=page, content_type="text/html", headers=PAGE_HEADERS)
 
 
 PAGE_HEADERS = {
@@ -495,9 +503,45 @@ PAGE_HEADERS = {
 }
 
 
-def login_page(error: str = "") -> str:
-    """A plain HTML form (no script): it works in any browser, the console's or not."""
-    message = f'<p class="error" role="alert">{error}</p>' if error else ""
+INDEX = "/console/"
+MAX_NEXT = 2048
+
+
+def safe_next(value: object) -> str:
+    """Where the login goes back to: ``value`` when it is a path of this console, else
+    the console's index. Never an address elsewhere (``//host``, ``https://``: an open
+    redirect), nor a path that a browser would take out of ``/console/`` (dot segments,
+    also percent-encoded; encoded slashes and backslashes are refused outright), nor
+    the login form itself or the API."""
+    if not isinstance(value, str) or not value.startswith(INDEX) or len(value) > MAX_NEXT:
+        return INDEX
+    if not value.isprintable() or "\\" in value:
+        return INDEX
+    low = value.lower()
+    if "%2f" in low or "%5c" in low:
+        return INDEX
+    parts = urlsplit(value)
+    if parts.scheme or parts.netloc:
+        return INDEX
+    if parts.path == "/console/login" or parts.path.startswith(API_PREFIX + "/"):
+        return INDEX  # a page to go back to, not the form again nor an API answer
+    if any(seg in (".", "..") for seg in unquote(parts.path).split("/")):
+        return INDEX
+    return value
+
+
+def login_url(next_path: str) -> str:
+    """The login form that goes back to ``next_path`` (a console path) afterwards."""
+    if next_path == INDEX:
+        return "/console/login"
+    return "/console/login?next=" + quote(next_path, safe="")
+
+
+def login_page(error: str = "", next_path: str = INDEX) -> str:
+    """A plain HTML form (no script): it works in any browser, the console's or not.
+    ``next_path`` (checked by :func:`safe_next`) goes with it, for after the login."""
+    message = f'<p class="error" role="alert">{html.escape(error)}</p>' if error else ""
+    target = html.escape(safe_next(next_path))
     return f"""<!doctype html>
 <html lang="en">
 <head>
@@ -513,18 +557,22 @@ label {{ display: block; margin: .8rem 0 .2rem; }}
 input {{ width: 100%; box-sizing: border-box; padding: .4rem; font-size: 1rem; }}
 button {{ margin-top: 1.2rem; width: 100%; padding: .5rem; font-size: 1rem; }}
 .error {{ color: #b00020; }}
+.hint {{ color: #666; font-size: .85rem; margin-bottom: 0; }}
 </style>
 </head>
 <body>
 <form method="post" action="/console/api/login">
 <h1>hss-pu console</h1>
 {message}
+<input type="hidden" name="next" value="{target}">
 <label for="user">User</label>
 <input id="user" name="user" value="{USER}" autocomplete="username" required>
 <label for="password">Password</label>
 <input id="password" name="password" type="password" autocomplete="current-password"
        required autofocus>
 <button type="submit">Log in</button>
+<p class="hint">The password was printed once when the platform first started;
+<code>hss-pu platform console-password</code> sets another.</p>
 </form>
 </body>
 </html>

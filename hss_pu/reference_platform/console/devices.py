@@ -3,7 +3,8 @@
 - ``GET /console/api/devices`` -> ``{"devices": [Device]}`` (docs: CONSOLE.md).
 - ``GET /console/api/events``: Server-Sent Events. ``event: device`` with a Device when
   anything about it changes (login, logout, Keepalive, BatteryChange, its sensors learnt),
-  ``event: alarm`` with an Alarm when one arrives and again when its picture does. Each
+  ``event: alarm`` with an Alarm (:func:`.alarms.alarm_json`, as the alarm list has it)
+  when one arrives and again when its picture does. Each
   client's queue is bounded; a client that falls behind is cut off (its EventSource comes
   back and starts from a fresh list) rather than buffered without limit.
 - ``POST /console/api/devices/{id}/call`` ``{"method", "params"}`` -> ``{"resp": ...}`` or
@@ -24,7 +25,6 @@ import asyncio
 import collections
 import contextlib
 import functools
-import importlib
 import json
 import logging
 import re
@@ -37,6 +37,7 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
+from hss_pu.reference_platform.console.alarms import alarm_json
 from hss_pu.reference_platform.policy import SEG_MAX_COUNT, SEG_MAX_SIZE
 from hss_pu.services.localctl import SENSOR_ACTIONS, send_command
 from hss_pu.wire.vd import MESSAGES, RpcError, decode_params
@@ -45,7 +46,7 @@ if TYPE_CHECKING:
     from hss_pu.reference_platform.alarms import Alarm
     from hss_pu.reference_platform.server import ReferencePlatform
 
-__all__ = ["ALLOWED", "HUB", "DeviceHub", "add_routes", "alarm_json", "device_json"]
+__all__ = ["ALLOWED", "HUB", "DeviceHub", "add_routes", "device_json"]
 
 log = logging.getLogger("hss_pu.platform.console")
 
@@ -81,33 +82,6 @@ def _info(status: int, text: str) -> web.Response:
 
 
 # --- what the console shows ------------------------------------------------------------
-
-
-def picture_url(alarm: Alarm) -> str | None:
-    """Where the console serves an alarm's picture (the alarms part's route)."""
-    if alarm.picture is None or alarm.pic_name is None:
-        return None
-    return f"/console/api/pictures/{alarm.pic_name}.jpg"
-
-
-def alarm_json(alarm: Alarm) -> dict[str, Any]:
-    """An Alarm of the console API (``recording``: where its recording plays, when the
-    platform's policy recorded it), for a console without its alarms part."""
-    recording = None
-    if alarm.session_id is not None:
-        recording = {"device": alarm.device_id, "channel": alarm.channel, "at": alarm.timestamp}
-    return {
-        "id": alarm.index,
-        "device": alarm.device_id,
-        "time": alarm.timestamp,
-        "received": alarm.received,
-        "type": alarm.type,
-        "desc": alarm.desc,
-        "channel": alarm.channel,
-        "state": alarm.state,
-        "picture": picture_url(alarm),
-        "recording": recording,
-    }
 
 
 def device_json(
@@ -154,19 +128,6 @@ def device_json(
         "sleeping": bool(hibernation and hibernation.is_sleeping(device_id)),
         "sensors": sensors,
     }
-
-
-def _alarm_json_of(platform: ReferencePlatform) -> Callable[[Alarm], dict[str, Any]]:
-    """The alarms part's Alarm (its list's, with its recording link) when that part is
-    installed, so an alarm reads the same in the list and in the events; ours otherwise."""
-    name = f"{__package__}.alarms"
-    try:
-        part = importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        if exc.name != name:
-            raise
-        return alarm_json
-    return functools.partial(part.alarm_json, platform)
 
 
 def _sse(event: str, data: dict[str, Any]) -> bytes:
@@ -222,7 +183,8 @@ class DeviceHub:
         self._task: asyncio.Task[None] | None = None
         self._unsubscribe: list[Callable[[], None]] = []
         self._snapshots: collections.deque[str] = collections.deque()
-        self._alarm_json = _alarm_json_of(platform)
+        # The alarms part's Alarm: one reads the same in the list and in the events.
+        self._alarm_json = functools.partial(alarm_json, platform)
         self.closed = False
         for rec in platform.logins:  # the models of devices seen before the console
             if rec.accepted:

@@ -3,17 +3,18 @@ player libraries npm installed (package-lock.json at the repository's root) unde
 ``/console/vendor/``. Nothing is loaded from anywhere else: the console works on a home
 network with no way out.
 
-- ``/console/`` the device list, ``/console/login``, ``/console/{device,live,recordings,
-  alarms}`` the other pages (their arguments in the query string);
+- ``/console/`` the device list, ``/console/{device,live,recordings,alarms}`` the other
+  pages (their arguments in the query string);
 - ``/console/static/...`` the files of ``static/``;
 - ``/console/vendor/mpegts.js``, ``/console/vendor/hls.js``: the players' dist files.
 
-The pages need no session to load (they hold nothing); the API they call does.
+The login form is :mod:`.auth`'s (no script). The console's setup sends a page asked for
+without a session there; the pages' scripts do the same when the API answers 401 (the
+session ended while the page was open).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["PAGES", "STATIC_DIR", "VENDOR", "add_routes", "node_modules"]
 
 STATIC_DIR = Path(__file__).parent / "static"
-PAGES = ("login", "device", "live", "recordings", "alarms")
+PAGES = ("device", "live", "recordings", "alarms")
 
 # What the pages load from npm's packages: URL name -> the file inside node_modules.
 VENDOR = {
@@ -34,8 +35,6 @@ VENDOR = {
     "hls.js": "hls.js/dist/hls.min.js",
     "hls.min.js.map": "hls.js/dist/hls.min.js.map",
 }
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # Pages and scripts change with the package: the browser asks again every time.
 _NO_CACHE = {"Cache-Control": "no-cache"}
@@ -77,21 +76,11 @@ async def _vendor(request: web.Request) -> web.StreamResponse:
     return web.FileResponse(path, headers={**_NO_CACHE, "Content-Type": ctype})
 
 
-def _routed(app: web.Application, path: str) -> bool:
-    return any(r.canonical == path for r in app.router.resources())
-
-
 def add_routes(app: web.Application, platform: ReferencePlatform) -> None:
-    """The pages and the vendor files; a path the console's setup already serves (its
-    login form, its index behind the session check, the static directory) is left to it."""
-    routes: list[tuple[str, Handler]] = [
-        ("/console", _redirect),
-        ("/console/", _index),
-        *((f"/console/{page}", _named_page) for page in PAGES),
-        ("/console/vendor/{name}", _vendor),
-    ]
-    for path, handler in routes:
-        if not _routed(app, path):
-            app.router.add_get(path, handler)
-    if not _routed(app, "/console/static"):
-        app.router.add_static("/console/static/", STATIC_DIR, append_version=False)
+    """The pages, their static files and the vendor files."""
+    app.router.add_get("/console", _redirect)
+    app.router.add_get("/console/", _index)
+    for page in PAGES:
+        app.router.add_get(f"/console/{page}", _named_page)
+    app.router.add_get("/console/vendor/{name}", _vendor)
+    app.router.add_static("/console/static/", STATIC_DIR, append_version=False)

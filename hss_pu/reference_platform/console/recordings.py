@@ -22,6 +22,7 @@ import datetime as dt
 import json
 import logging
 import math
+import queue
 import re
 import threading
 import time
@@ -216,7 +217,7 @@ class Recordings:
         hi: float,
     ) -> web.StreamResponse:
         pieces = [Piece(s.path, s.start) for s in segs]
-        pipe = _Pipe(LoopBridge())
+        pipe = _Pipe()
         t0 = time.monotonic()
         worker = asyncio.create_task(asyncio.to_thread(_run, pieces, pipe, lo, hi))
         self.running.add(pipe)
@@ -278,23 +279,26 @@ class _HungUp(Exception):
 
 
 class _Pipe:
-    """Bytes from the remux thread to the response, in CHUNK pieces, at most QUEUE_CHUNKS
-    of them in flight: the thread takes a credit per chunk (waiting while the client
-    reads slowly), hands it to the loop through the bridge, and the response gives the
-    credit back with :meth:`get`; ``None`` ends it."""
+    """Bytes from the remux thread to the response, in CHUNK pieces through a queue of
+    QUEUE_CHUNKS: the thread waits while the client reads slowly; ``None`` ends it. The
+    thread wakes the loop through a LoopBridge (made on the loop)."""
 
-    def __init__(self, bridge: LoopBridge) -> None:
-        self.bridge = bridge
-        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()  # bounded by the credits
-        self.credits = threading.Semaphore(QUEUE_CHUNKS)
+    def __init__(self) -> None:
+        self._bridge = LoopBridge()
+        self._chunks: queue.Queue[bytes | None] = queue.Queue(QUEUE_CHUNKS)
+        self._ready = asyncio.Event()
         self.stopped = threading.Event()  # set by the response side when it is done
         self.produced = 0  # bytes handed to the queue so far
         self._buf = bytearray()
 
-    async def get(self) -> bytes | None:
-        item = await self.queue.get()
-        self.credits.release()
-        return item
+    async def get(self) -> bytes | None:  # the loop
+        """The next chunk; None at the end."""
+        while True:
+            self._ready.clear()
+            try:
+                return self._chunks.get_nowait()
+            except queue.Empty:
+                await self._ready.wait()
 
     def write(self, data: bytes) -> None:  # the remux thread
         self._buf += data
@@ -309,12 +313,17 @@ class _Pipe:
         self._put(None)
 
     def _put(self, item: bytes | None) -> None:
-        while not self.credits.acquire(timeout=POLL):
+        while True:
             if self.stopped.is_set():
                 raise _HungUp
-        if self.stopped.is_set() or not self.bridge.call(self.queue.put_nowait, item):
-            raise _HungUp  # the response is done, or the loop is gone
+            try:
+                self._chunks.put(item, timeout=POLL)
+                break
+            except queue.Full:
+                continue
         self.produced += len(item or b"")
+        if not self._bridge.call(self._ready.set):
+            raise _HungUp  # the loop is gone
 
 
 def _run(pieces: list[Piece], pipe: _Pipe, lo: float, hi: float) -> RemuxReport:
