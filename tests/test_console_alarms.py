@@ -1,6 +1,7 @@
 """The console's alarms (issue 14, item 5): a real device's door bell raises alarms on the
 reference platform; the list, the pictures and the link to the recording at the alarm's
-moment are served by aiohttp on loopback and read by a real client."""
+moment are served by aiohttp on loopback and read by httpx (not aiohttp's client, so the
+two ends do not share one library's reading of HTTP)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import asyncio
 import re
 from typing import Any
 
+import httpx
 import pytest
 
 from hss_pu.reference_platform.alarms import jpeg_dimensions
@@ -15,7 +17,7 @@ from hss_pu.reference_platform.console import alarms, recordings
 from hss_pu.reference_platform.server import ReferencePlatform
 from hss_pu.reference_platform.vr import VrSegment
 
-from .support.console_serve import serve_console
+from .support.console import serve_console
 from .support.rig import DEVICE, PASSWORD, MakeRig, Rig
 
 W, H = 320, 180
@@ -35,10 +37,20 @@ def press(rig: Rig) -> None:
     pin(rig, "bell").drive_high()
 
 
-async def get_json(client: Any, path: str, **params: Any) -> Any:
-    async with client.get(path, params=params) as r:
-        assert r.status == 200, (path, r.status, await r.text())
-        return await r.json()
+def console_client(base: str) -> httpx.AsyncClient:
+    """An HTTP client for the console at ``base`` (relative URLs are under it)."""
+    return httpx.AsyncClient(base_url=base, trust_env=False, timeout=30)
+
+
+def mime(r: httpx.Response) -> str:
+    """The response's media type, without its parameters."""
+    return str(r.headers.get("content-type", "")).split(";")[0].strip().lower()
+
+
+async def get_json(client: httpx.AsyncClient, path: str, **params: Any) -> Any:
+    r = await client.get(path, params=params)
+    assert r.status_code == 200, (path, r.status_code, r.text)
+    return r.json()
 
 
 @pytest.mark.slow
@@ -61,8 +73,8 @@ async def test_a_bell_alarm_is_listed_with_its_picture_and_its_recording(
     assert alarm.session_id == rec.session_id
     assert rec.stopped_at is not None
     segs = await _segments(platform, rec.session_id, rec.stopped_at)
-    async with serve_console(platform, alarms.add_routes, recordings.add_routes) as console:
-        client = console.client
+    parts = (alarms.add_routes, recordings.add_routes)
+    async with serve_console(platform, parts) as base, console_client(base) as client:
         listed = (await get_json(client, API, device=DEVICE))["alarms"]
         assert len(listed) == 1
         (a,) = listed
@@ -77,9 +89,9 @@ async def test_a_bell_alarm_is_listed_with_its_picture_and_its_recording(
         assert a["kind"] == "bell" and a["desc"] == alarm.desc
         # The picture: the JPEG the device uploaded, at a URL under the console's API.
         assert re.fullmatch(r"/console/api/pictures/[0-9]+-[0-9a-f]{16}\.jpg", a["picture"])
-        async with client.get(a["picture"]) as r:
-            assert r.status == 200 and r.content_type == "image/jpeg"
-            data = await r.read()
+        r = await client.get(a["picture"])
+        assert r.status_code == 200 and mime(r) == "image/jpeg"
+        data = r.content
         assert alarm.picture is not None and data == alarm.picture.path.read_bytes()
         assert jpeg_dimensions(data) == (W, H)
         # The recording at that moment: the timeline of that instant holds a segment of
@@ -107,8 +119,7 @@ async def test_an_alarm_without_picture_or_recording_and_what_is_refused(rig: Ri
     first = await p.wait_alarm(DEVICE, type=BELL)
     pin(rig, "pir").drive_high()
     await p.wait_alarm(DEVICE, type=PIR, state="start")
-    async with serve_console(p, alarms.add_routes) as console:
-        client = console.client
+    async with serve_console(p, (alarms.add_routes,)) as base, console_client(base) as client:
         listed = (await get_json(client, API, device=DEVICE))["alarms"]
         assert [a["id"] for a in listed] == [a.index for a in p.alarms(DEVICE)]
         assert listed[0]["id"] == first.index  # newest last
@@ -130,10 +141,11 @@ async def test_an_alarm_without_picture_or_recording_and_what_is_refused(rig: Ri
             f"/console/api/pictures/{first.pic_name}.jpg": 404,
         }
         for path, status in refused.items():
-            async with client.get(path) as r:
-                assert r.status == status, (path, r.status, await r.text())
-                body = await r.json()
-                assert isinstance(body["info"], str) and body["info"], (path, body)
+            r = await client.get(path)
+            assert r.status_code == status, (path, r.status_code, r.text)
+            assert r.url.raw_path == path.encode(), (path, r.url)  # sent as written
+            body = r.json()
+            assert isinstance(body["info"], str) and body["info"], (path, body)
 
 
 async def _segments(platform: ReferencePlatform, session: str, until: float) -> list[VrSegment]:

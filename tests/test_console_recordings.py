@@ -1,10 +1,12 @@
 """The console's recordings (issue 14, item 4): a real device records to the reference
 platform; the timeline, the HLS playlist, the segment files and a range's download are
-served by aiohttp on loopback and read by a real client, ffmpeg and ffprobe."""
+served by aiohttp on loopback and read by httpx (not aiohttp's client, so the two ends do
+not share one library's reading of HTTP), ffmpeg and ffprobe."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import ssl
 import subprocess
@@ -15,6 +17,7 @@ from urllib.parse import quote
 
 import httpx
 import pytest
+from aiohttp import web
 
 from hss_pu.media.tscheck import check_ts
 from hss_pu.reference_platform.console import recordings
@@ -28,7 +31,7 @@ from hss_pu.wire.vr import (
     parse_create_reply,
 )
 
-from .support.console_serve import serve_console
+from .support.console import serve_console
 from .support.probe import decode_errors, ffprobe
 from .support.rig import DEVICE, MAC, Rig, until
 
@@ -44,6 +47,17 @@ pytestmark = [
 ]
 
 API = f"/console/api/recordings/{DEVICE}/0"
+PARTS = (recordings.add_routes,)
+
+
+def console_client(base: str) -> httpx.AsyncClient:
+    """An HTTP client for the console at ``base`` (relative URLs are under it)."""
+    return httpx.AsyncClient(base_url=base, trust_env=False, timeout=30)
+
+
+def mime(r: httpx.Response) -> str:
+    """The response's media type, without its parameters."""
+    return str(r.headers.get("content-type", "")).split(";")[0].strip().lower()
 
 
 def media_duration(path: Path) -> float:
@@ -95,26 +109,25 @@ async def test_timeline_playlist_segments_and_download_of_a_recording_with_a_sto
     a, b = await record_twice(rig)
     recorded = sum(s.duration for s in a + b)
     assert abs(recorded - (A_SECONDS + B_SECONDS)) <= 1.5, recorded
-    async with serve_console(rig.platform, recordings.add_routes) as console:
-        base, client = console.base, console.client
+    async with serve_console(rig.platform, PARTS) as base, console_client(base) as client:
         # The timeline: every saved segment, and one gap where the device was stopped.
-        async with client.get(API) as r:
-            assert r.status == 200, await r.text()
-            tl: dict[str, Any] = await r.json()
+        r = await client.get(API)
+        assert r.status_code == 200, r.text
+        tl: dict[str, Any] = r.json()
         assert [s["name"] for s in tl["segments"]] == [s.name for s in a + b]
         assert [(s["start"], s["duration"], s["size"], s["discontinue"]) for s in tl["segments"]] \
             == [(s.start, s.duration, s.size, s.discontinue) for s in a + b]  # fmt: skip
         assert tl["gaps"] == [{"start": a[-1].end, "end": b[0].start}]
         assert GAP_SECONDS - 0.5 <= b[0].start - a[-1].end <= GAP_SECONDS + 2
         # A range: the segments that hold some of it, no gap inside session b.
-        async with client.get(API, params={"from": b[0].start + 0.5, "to": b[-1].end}) as r:
-            assert [s["name"] for s in (await r.json())["segments"]] == [s.name for s in b]
+        r = await client.get(API, params={"from": b[0].start + 0.5, "to": b[-1].end})
+        assert [s["name"] for s in r.json()["segments"]] == [s.name for s in b]
 
         # The playlist: one discontinuity, before session b's first segment.
-        async with client.get(f"{API}/index.m3u8") as r:
-            assert r.status == 200
-            assert r.content_type == "application/vnd.apple.mpegurl"
-            text = await r.text()
+        r = await client.get(f"{API}/index.m3u8")
+        assert r.status_code == 200
+        assert mime(r) == "application/vnd.apple.mpegurl"
+        text = r.text
         lines = text.splitlines()
         uris = [ln for ln in lines if not ln.startswith("#")]
         assert uris == [f"{API}/seg/{s.name}.ts" for s in a + b]
@@ -136,18 +149,18 @@ async def test_timeline_playlist_segments_and_download_of_a_recording_with_a_sto
         assert abs(frames - recorded * FPS) <= 3, (frames, recorded)
 
         # A segment file, byte for byte.
-        async with client.get(f"{API}/seg/{a[1].name}.ts") as r:
-            assert r.status == 200 and r.content_type == "video/mp2t"
-            assert await r.read() == a[1].path.read_bytes()
+        r = await client.get(f"{API}/seg/{a[1].name}.ts")
+        assert r.status_code == 200 and mime(r) == "video/mp2t"
+        assert r.content == a[1].path.read_bytes()
 
         # A download across the stop: one file, the gap left out, cut at key frames.
         lo, hi = a[2].start + 0.3, b[1].start + 1.4
-        async with client.get(f"{API}/download", params={"from": lo, "to": hi}) as r:
-            assert r.status == 200, await r.text()
-            assert r.content_type == "video/mp2t"
-            disposition = r.headers["Content-Disposition"]
-            assert disposition.startswith("attachment;") and ".ts" in disposition
-            data = await r.read()
+        r = await client.get(f"{API}/download", params={"from": lo, "to": hi})
+        assert r.status_code == 200, r.text
+        assert mime(r) == "video/mp2t"
+        disposition = r.headers["Content-Disposition"]
+        assert disposition.startswith("attachment;") and ".ts" in disposition
+        data = r.content
         got = tmp_path / "range.ts"
         got.write_bytes(data)
         wanted = (a[-1].end - lo) + (hi - b[0].start)
@@ -160,8 +173,9 @@ async def test_timeline_playlist_segments_and_download_of_a_recording_with_a_sto
         frames = int((await asyncio.to_thread(ffprobe, got))["nb_read_frames"])
         assert abs(frames - dur * FPS) <= 3, (frames, dur)
         # The whole recording in one file: 20 s, the 3 s stop left out.
-        async with client.get(f"{API}/download") as r:
-            whole = await r.read()
+        r = await client.get(f"{API}/download")
+        assert r.status_code == 200, r.text
+        whole = r.content
         got.write_bytes(whole)
         assert abs(await asyncio.to_thread(media_duration, got) - recorded) <= 1.0
 
@@ -188,10 +202,11 @@ async def test_timeline_playlist_segments_and_download_of_a_recording_with_a_sto
             f"{API}/seg/{other}.ts": 404,
         }
         for path, status in refused.items():
-            async with client.get(path) as r:
-                assert r.status == status, (path, r.status, await r.text())
-                body = await r.json()
-                assert isinstance(body["info"], str) and body["info"], (path, body)
+            r = await client.get(path)
+            assert r.status_code == status, (path, r.status_code, r.text)
+            assert r.url.raw_path == path.encode(), (path, r.url)  # sent as written
+            body = r.json()
+            assert isinstance(body["info"], str) and body["info"], (path, body)
 
 
 async def test_a_device_sees_only_its_own_segments(rig: Rig) -> None:
@@ -201,18 +216,18 @@ async def test_a_device_sees_only_its_own_segments(rig: Rig) -> None:
     p.options.devices["PU-0002"] = "another-password"  # known, never recorded
     assert (await rig.start_record("a", seg_duration=1)).err is None
     segs = await p.vr.wait_segments(0, 2, timeout=10)
-    async with serve_console(p, recordings.add_routes) as console:
-        client = console.client
-        async with client.get(API) as r:
-            names = [s["name"] for s in (await r.json())["segments"]]
+    async with serve_console(p, PARTS) as base, console_client(base) as client:
+        r = await client.get(API)
+        names = [s["name"] for s in r.json()["segments"]]
         assert names[:2] == [s.name for s in segs[:2]]
-        async with client.get("/console/api/recordings/PU-0002/0") as r:
-            assert r.status == 200 and await r.json() == {"segments": [], "gaps": []}
-        async with client.get(f"/console/api/recordings/PU-0002/0/seg/{segs[0].name}.ts") as r:
-            assert r.status == 404
+        r = await client.get("/console/api/recordings/PU-0002/0")
+        assert r.status_code == 200 and r.json() == {"segments": [], "gaps": []}
+        r = await client.get(f"/console/api/recordings/PU-0002/0/seg/{segs[0].name}.ts")
+        assert r.status_code == 404
         quoted = quote("PU 0003/x", safe="")
-        async with client.get(f"/console/api/recordings/{quoted}/0") as r:
-            assert r.status == 404 and "info" in await r.json()
+        r = await client.get(f"/console/api/recordings/{quoted}/0")
+        assert r.url.raw_path == f"/console/api/recordings/{quoted}/0".encode()
+        assert r.status_code == 404 and "info" in r.json()
 
 
 @pytest.fixture(scope="module")
@@ -260,32 +275,42 @@ async def test_a_long_download_is_streamed_bounded_and_stops_when_the_client_goe
     await upload(p, 1, two_seconds, [t0 + 2 * i for i in range(LONG)])
     total = LONG * len(two_seconds)
     url = f"/console/api/recordings/{DEVICE}/1/download"
-    async with serve_console(p, recordings.add_routes) as console:
-        client, running = console.client, console.app[recordings.RECORDINGS].running
-        # A client that reads 64 KiB and stops: the remux waits for it, a bounded way
-        # ahead (the queue, and what the sockets hold), not through the 10 minutes.
-        r = await client.get(url)
-        assert r.status == 200
-        await r.content.readexactly(1 << 16)
-        await asyncio.sleep(1.0)
-        (pipe,) = running
-        ahead = pipe.produced
-        await asyncio.sleep(0.5)
-        assert pipe.produced == ahead  # blocked, not spinning
-        assert ahead < total / 4, (ahead, total)
-        # Two downloads at once at most; a third is told to come back later.
-        r2 = await client.get(url)
-        assert r2.status == 200 and len(running) == 2
-        async with client.get(url) as r3:
-            assert r3.status == 503 and "info" in await r3.json()
-        # The client goes away: the remux threads stop, and a download can start again.
-        r.close()
-        r2.close()
+    apps: list[web.Application] = []
+
+    def part(app: web.Application, platform: ReferencePlatform) -> None:
+        """The recordings' routes, keeping the app to look at its running downloads."""
+        recordings.add_routes(app, platform)
+        apps.append(app)
+
+    async with serve_console(p, (part,)) as base, console_client(base) as client:
+        running = apps[0][recordings.RECORDINGS].running
+        async with contextlib.AsyncExitStack() as open_downloads:
+            # A client that reads 64 KiB and stops: the remux waits for it, a bounded way
+            # ahead (the queue, and what the sockets hold), not through the 10 minutes.
+            r = await open_downloads.enter_async_context(client.stream("GET", url))
+            assert r.status_code == 200
+            chunks, read = r.aiter_bytes(), 0
+            while read < 1 << 16:
+                read += len(await anext(chunks))
+            await asyncio.sleep(1.0)
+            (pipe,) = running
+            ahead = pipe.produced
+            await asyncio.sleep(0.5)
+            assert pipe.produced == ahead  # blocked, not spinning
+            assert ahead < total / 4, (ahead, total)
+            # Two downloads at once at most; a third is told to come back later.
+            r2 = await open_downloads.enter_async_context(client.stream("GET", url))
+            assert r2.status_code == 200 and len(running) == 2
+            r3 = await client.get(url)
+            assert r3.status_code == 503 and "info" in r3.json()
+        # The client goes away (both responses closed half read: httpx drops their
+        # connections): the remux threads stop, and a download can start again.
         assert await until(lambda: not running, 3), running
         # Read to the end, the file holds the whole 10 minutes.
         t = time.monotonic()
-        async with client.get(url) as r:
-            data = await r.read()
+        r = await client.get(url)
+        assert r.status_code == 200, r.text
+        data = r.content
         took = time.monotonic() - t
         assert not running
         got = tmp_path / "long.ts"
