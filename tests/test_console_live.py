@@ -1,19 +1,25 @@
 """The console's live view, server side (hss_pu/reference_platform/console/live.py): the TS
 a real device pushes over SRT, relayed unmodified over a WebSocket served by aiohttp on
-loopback, read by aiohttp's own client; judged by FFmpeg and by the device's own state."""
+loopback, read by another library's client (websockets; httpx for plain HTTP) so the two
+ends do not share one reading of the protocols; judged by FFmpeg and by the device's own
+state."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-import aiohttp
+import httpx
 import pytest
 from aiohttp import web
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from hss_pu.config import PowerSection
 from hss_pu.media.tscheck import PACKET_SIZE, check_ts
@@ -67,12 +73,6 @@ async def serve(platform: ReferencePlatform) -> AsyncIterator[Serve]:
 
 
 @pytest.fixture
-async def session() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-@pytest.fixture
 def calls(platform: ReferencePlatform, monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
     """How many times the platform called each RPC on a device (the real call, counted)."""
     counted: Counter[str] = Counter()
@@ -90,8 +90,32 @@ def live_url(base: str, device: str = DEVICE, channel: int | str = 0) -> str:
     return f"{base}/console/api/live/{device}/{channel}"
 
 
+def viewer(base: str, device: str = DEVICE, channel: int | str = 0, **kw: Any) -> connect:
+    """A WebSocket viewer of the live route, with the websockets library's client (not
+    aiohttp's: the server's own library would share its reading of the protocol)."""
+    url = live_url(base.replace("http://", "ws://", 1), device, channel)
+    return connect(url, max_size=None, **kw)
+
+
+async def slow_viewer(base: str) -> ClientConnection:
+    """A viewer that holds little of what it does not read: a queue of one frame in the
+    client (which then stops reading its socket) and a small kernel receive buffer, set
+    before connecting so the TCP window is small from the start."""
+    url = urlsplit(base)
+    assert url.hostname is not None and url.port is not None
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 << 10)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (url.hostname, url.port))
+    except BaseException:
+        sock.close()
+        raise
+    return await viewer(base, sock=sock, max_queue=1)
+
+
 async def receive_for(
-    ws: aiohttp.ClientWebSocketResponse, seconds: float, first_within: float = 15.0
+    ws: ClientConnection, seconds: float, first_within: float = 15.0
 ) -> list[bytes]:
     """The binary messages that arrive within ``seconds`` of the first one (which may take
     up to ``first_within``: PushLive, the SRT connection, a key frame)."""
@@ -100,12 +124,33 @@ async def receive_for(
     deadline = loop.time() + first_within
     with contextlib.suppress(TimeoutError):
         while (left := deadline - loop.time()) > 0:
-            msg = await ws.receive(timeout=left)
-            assert msg.type == aiohttp.WSMsgType.BINARY, msg
+            async with asyncio.timeout(left):
+                msg = await ws.recv()
+            assert isinstance(msg, bytes), msg
             if not out:
                 deadline = loop.time() + seconds
-            out.append(msg.data)
+            out.append(msg)
     return out
+
+
+async def closed_by_server(
+    ws: ClientConnection, timeout: float, *, skip_binary: bool = False
+) -> ConnectionClosed:
+    """How the server closed ``ws`` within ``timeout``: the first thing to arrive must be
+    the close (binary messages before it are read and dropped only if ``skip_binary``)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            try:
+                msg = await ws.recv()
+            except ConnectionClosed as exc:
+                return exc
+            assert skip_binary and isinstance(msg, bytes), msg
+
+
+def close_frame(closed: ConnectionClosed) -> tuple[int, str]:
+    """The code and reason of the close frame the server sent (none: the test fails)."""
+    assert closed.rcvd is not None, f"no close frame from the server: {closed!r}"
+    return closed.rcvd.code, closed.rcvd.reason
 
 
 def pid(pkt: bytes) -> int:
@@ -128,13 +173,13 @@ def pushing(rig: Rig) -> str | None:
 
 
 async def test_a_viewer_gets_the_ts_unmodified_from_a_key_frame(
-    rig: Rig, serve: Serve, session: aiohttp.ClientSession, tmp_path: Path
+    rig: Rig, serve: Serve, tmp_path: Path
 ) -> None:
     """The first message starts at a sync byte with PAT and PMT before the key frame;
     the bytes are the receiver's, unmodified, and decode as H.264 without an error from
     the first frame on (a key frame)."""
     base, hub = await serve(grace=0.2)
-    async with session.ws_connect(live_url(base)) as ws:
+    async with viewer(base) as ws:
         msgs = await receive_for(ws, 4.0)
     assert msgs, "no bytes arrived"
     rx = rig.platform.receivers[hub.stream_id(DEVICE, 0)]
@@ -160,12 +205,12 @@ async def test_a_viewer_gets_the_ts_unmodified_from_a_key_frame(
 
 
 async def test_two_viewers_share_one_push_and_the_last_one_gone_stops_it_after_grace(
-    rig: Rig, serve: Serve, session: aiohttp.ClientSession, calls: Counter[str]
+    rig: Rig, serve: Serve, calls: Counter[str]
 ) -> None:
     base, hub = await serve(grace=1.5)
     stream = hub.stream_id(DEVICE, 0)
-    a = await session.ws_connect(live_url(base))
-    b = await session.ws_connect(live_url(base))
+    a = await viewer(base)
+    b = await viewer(base)
     assert await receive_for(a, 1.0) and await receive_for(b, 1.0)
     assert calls["PushLive"] == 1 and pushing(rig) == stream
     await a.close()
@@ -174,7 +219,7 @@ async def test_two_viewers_share_one_push_and_the_last_one_gone_stops_it_after_g
     await b.close()
     # A reload: gone and back within the grace, the push goes on (no second PushLive).
     await asyncio.sleep(0.5)
-    c = await session.ws_connect(live_url(base))
+    c = await viewer(base)
     assert await receive_for(c, 1.0)
     await c.close()
     assert calls["PushLive"] == 1 and calls["StopLive"] == 0 and pushing(rig) == stream
@@ -183,68 +228,67 @@ async def test_two_viewers_share_one_push_and_the_last_one_gone_stops_it_after_g
     assert calls["StopLive"] == 1
     assert stream not in rig.platform.receivers  # the listener is gone too
     # The next viewer starts a new push.
-    async with session.ws_connect(live_url(base)) as d:
+    async with viewer(base) as d:
         assert await receive_for(d, 1.0)
     assert calls["PushLive"] == 2
 
 
 async def test_an_offline_device_or_a_refused_push_closes_with_a_reason(
-    rig: Rig, serve: Serve, session: aiohttp.ClientSession, calls: Counter[str]
+    rig: Rig, serve: Serve, calls: Counter[str]
 ) -> None:
     base, _ = await serve()
-    async with session.ws_connect(live_url(base, "PU-9999")) as ws:
-        msg = await ws.receive(timeout=5)
-    assert msg.type == aiohttp.WSMsgType.CLOSE
-    assert msg.data == live.CLOSE_OFFLINE and "offline" in str(msg.extra)
+    async with viewer(base, "PU-9999") as ws:
+        code, reason = close_frame(await closed_by_server(ws, 5))
+    assert code == live.CLOSE_OFFLINE and "offline" in reason
     # No such channel: the device's own refusal (102) in the reason.
-    async with session.ws_connect(live_url(base, DEVICE, 7)) as ws:
-        msg = await ws.receive(timeout=25)
-    assert msg.type == aiohttp.WSMsgType.CLOSE
-    assert msg.data == live.CLOSE_REFUSED and "102" in str(msg.extra), msg
+    async with viewer(base, DEVICE, 7) as ws:
+        code, reason = close_frame(await closed_by_server(ws, 25))
+    assert code == live.CLOSE_REFUSED and "102" in reason, reason
     assert rig.daemon.live is not None and 7 not in rig.daemon.live.pushes
-    async with session.ws_connect(live_url(base, DEVICE, "x")) as ws:
-        msg = await ws.receive(timeout=5)
-    assert msg.data == live.CLOSE_BAD_REQUEST
+    async with viewer(base, DEVICE, "x") as ws:
+        code, reason = close_frame(await closed_by_server(ws, 5))
+    assert code == live.CLOSE_BAD_REQUEST and "bad channel" in reason, reason
     # Nothing was left listening for the refused push.
     assert not [s for s in rig.platform.receivers if s.endswith("-7")]
     # Plain HTTP on a WebSocket route: a JSON error, not a crash.
-    async with session.get(live_url(base)) as r:
-        assert r.status == 400 and "info" in await r.json()
+    async with httpx.AsyncClient() as http:
+        r = await http.get(live_url(base), timeout=5)
+    assert r.status_code == 400 and "info" in r.json()
 
 
 async def test_a_device_that_goes_offline_ends_the_view_with_a_reason(
-    rig: Rig, serve: Serve, session: aiohttp.ClientSession
+    rig: Rig, serve: Serve
 ) -> None:
     base, _ = await serve(stall=1.0)
-    async with session.ws_connect(live_url(base)) as ws:
+    async with viewer(base) as ws:
         assert await receive_for(ws, 1.0)
         await rig.stop()
-        msg = await ws.receive(timeout=10)
-        while msg.type == aiohttp.WSMsgType.BINARY:
-            msg = await ws.receive(timeout=10)
-    assert msg.type == aiohttp.WSMsgType.CLOSE
-    assert msg.data == live.CLOSE_OFFLINE and "offline" in str(msg.extra), msg
+        code, reason = close_frame(await closed_by_server(ws, 15, skip_binary=True))
+    assert code == live.CLOSE_OFFLINE and "offline" in reason, reason
 
 
 @pytest.mark.rig(size=(640, 360), bitrate=1_500_000, fps=30)
 async def test_a_slow_viewer_is_dropped_and_its_memory_stays_bounded(
-    rig: Rig, serve: Serve, session: aiohttp.ClientSession
+    rig: Rig, serve: Serve
 ) -> None:
     """A viewer that stops reading is dropped once it is ``backlog`` bytes behind; what
     was queued for it never exceeds that (plus its start); the others go on."""
     # A small kernel send buffer (the default is 512 KiB) fills sooner.
     base, hub = await serve(backlog=128 << 10, send_buffer=64 << 10)
-    fast = await session.ws_connect(live_url(base))
-    slow = await session.ws_connect(live_url(base))
+    fast = await viewer(base)
+    slow = await slow_viewer(base)
     fast_bytes = 0
 
     async def watch() -> None:
         nonlocal fast_bytes
-        while (msg := await fast.receive()).type == aiohttp.WSMsgType.BINARY:
-            fast_bytes += len(msg.data)
+        while True:
+            msg = await fast.recv()
+            assert isinstance(msg, bytes), msg
+            fast_bytes += len(msg)
 
     watching = asyncio.create_task(watch())
-    # ``slow`` never reads: its socket buffers fill, then the relay's queue for it.
+    # ``slow`` never calls recv(): its client's queue (one frame), then the socket
+    # buffers fill, then the relay's queue for it.
     assert await until(lambda: hub.dropped == 1, timeout=30)
     dropped = hub.last_dropped
     assert dropped is not None and dropped.dropped
@@ -257,25 +301,15 @@ async def test_a_slow_viewer_is_dropped_and_its_memory_stays_bounded(
     watching.cancel()
     # The slow one, once it reads, finds its WebSocket closed (with the reason, if the
     # close frame got through the full buffers; else the connection was cut).
-    closed = None
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(20):
-            while True:
-                msg = await slow.receive()
-                if msg.type != aiohttp.WSMsgType.BINARY:
-                    closed = msg
-                    break
-    assert closed is not None and closed.type in (
-        aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR
-    )  # fmt: skip
-    if closed.type == aiohttp.WSMsgType.CLOSE:
-        assert closed.data == live.CLOSE_TOO_SLOW
+    closed = await closed_by_server(slow, 20, skip_binary=True)
+    if closed.rcvd is not None:
+        assert closed.rcvd.code == live.CLOSE_TOO_SLOW and "too slow" in closed.rcvd.reason
     await fast.close()
     await slow.close()
 
 
 async def test_a_push_already_there_is_shared_not_replaced(
-    rig: Rig, serve: Serve, session: aiohttp.ClientSession, calls: Counter[str]
+    rig: Rig, serve: Serve, calls: Counter[str]
 ) -> None:
     """A push someone else started on this platform (the embedded default's demo stream)
     is what the console shows: no PushLive that would replace it, and no StopLive when
@@ -285,7 +319,7 @@ async def test_a_push_already_there_is_shared_not_replaced(
     await rx.wait_bytes(20_000)
     await rig.keepalive(lambda ch: ch.get("stream_id") == "demo-live")
     base, hub = await serve(grace=0.3)
-    async with session.ws_connect(live_url(base)) as ws:
+    async with viewer(base) as ws:
         msgs = await receive_for(ws, 1.5)
     assert msgs and msgs[0][0] == 0x47
     assert calls["PushLive"] == 1  # the demo's own
@@ -299,7 +333,6 @@ async def test_a_sleeping_device_is_woken_for_its_first_viewer(
     platform: ReferencePlatform,
     make_rig: MakeRig,
     serve: Serve,
-    session: aiohttp.ClientSession,
     tmp_path: Path,
 ) -> None:
     """A battery device asleep on the hibernation server is not "offline" to the console:
@@ -308,26 +341,22 @@ async def test_a_sleeping_device_is_woken_for_its_first_viewer(
     rig = await make_rig(profile=str(battery_profile(tmp_path)), power=power)
     await asleep(rig)
     base, _ = await serve(grace=0.3)
-    async with session.ws_connect(live_url(base)) as ws:
+    async with viewer(base) as ws:
         msgs = await receive_for(ws, 1.0, first_within=30)
     assert msgs and msgs[0][0] == 0x47
     await asleep(rig)  # StopLive after the grace, then the idle time
 
 
-async def test_shutting_down_ends_every_view_and_our_push(
-    rig: Rig, session: aiohttp.ClientSession, calls: Counter[str]
-) -> None:
+async def test_shutting_down_ends_every_view_and_our_push(rig: Rig, calls: Counter[str]) -> None:
     hub = LiveHub(rig.platform)
     runner, base = await start_app(rig.platform, hub)
     try:
-        ws = await session.ws_connect(live_url(base))
+        ws = await viewer(base)
         assert await receive_for(ws, 0.5)
     finally:
         await runner.cleanup()
-    msg = await ws.receive(timeout=5)
-    while msg.type == aiohttp.WSMsgType.BINARY:
-        msg = await ws.receive(timeout=5)
-    assert msg.type == aiohttp.WSMsgType.CLOSE and msg.data == live.CLOSE_GOING_AWAY, msg
+    code, reason = close_frame(await closed_by_server(ws, 10, skip_binary=True))
+    assert code == live.CLOSE_GOING_AWAY and "shutting down" in reason, reason
     assert calls["StopLive"] == 1 and pushing(rig) is None
     assert hub.stream_id(DEVICE, 0) not in rig.platform.receivers
     await ws.close()
