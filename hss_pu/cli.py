@@ -33,7 +33,7 @@ from hss_pu.services.localctl import SENSOR_ACTIONS, send_command
 from hss_pu.wire.urls import redact_url
 
 # Only what every command needs is imported here: ``status``, ``bind`` and
-# ``check-config`` must answer in well under 150 ms on a Pi, so the daemon (PyAV, numpy,
+# ``check-config`` must answer at once (people and scripts run them), so the daemon (PyAV, numpy,
 # the network clients), asyncio and the reference platform are imported by the commands
 # that run them (tests/test_cli_imports.py holds this).
 if TYPE_CHECKING:
