@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import benchconfig
+
 from hss_pu.reference_platform.server import PlatformOptions, ReferencePlatform
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.support, from a checkout
@@ -36,33 +38,17 @@ CAM_USER, CAM_PASSWORD = "admin", "bench-camera-pw"
 
 
 def write_config(tmp: Path, platform: ReferencePlatform, sources: list[str]) -> Path:
-    pw = tmp / "password"
-    pw.write_text(PASSWORD)
-    pw.chmod(0o600)
     listed = ", ".join(f'"{s}"' for s in sources)
-    cfg = tmp / "config.toml"
-    cfg.write_text(
-        f"""[device]
-id = "{DEVICE}"
-password_file = "{pw}"
-mac = "02:00:00:00:0b:02"
-profile = "rtsp-bridge"
-[platform]
-schedule_url = "{platform.schedule_url}"
-ca_file = "{platform.ca_file}"
-[camera]
-sources = [{listed}]
-width = {W}
-height = {H}
-fps = {FPS}
-[storage]
-dir = "{tmp / "state"}"
-[log]
-level = "warning"
-"""
+    return benchconfig.write_config(
+        tmp,
+        device=DEVICE,
+        password=PASSWORD,
+        mac="02:00:00:00:0b:02",
+        profile="rtsp-bridge",
+        schedule_url=platform.schedule_url,
+        ca_file=str(platform.ca_file),
+        camera=f"sources = [{listed}]\nwidth = {W}\nheight = {H}\nfps = {FPS}\n",
     )
-    cfg.chmod(0o600)
-    return cfg
 
 
 async def run_n(tmp: Path, clip: Path, n: int, seconds: float) -> dict[str, float]:

@@ -45,6 +45,8 @@ from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import av
+import benchconfig
+from percentile import pct
 from procstat import cpu_seconds
 
 from hss_pu.media.sources import read_timecode
@@ -410,44 +412,22 @@ async def browser_viewers(
     return rows, starts
 
 
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))]
-
-
 # --- the run ------------------------------------------------------------------------------
 
 
 def write_config(tmp: Path, schedule_url: str, ca_file: str) -> Path:
-    pw = tmp / "password"
-    pw.write_text(PASSWORD)
-    pw.chmod(0o600)
-    cfg = tmp / "config.toml"
-    cfg.write_text(
-        f"""[device]
-id = "{DEVICE}"
-password_file = "{pw}"
-mac = "02:00:00:00:0b:02"
-profile = "emulated"
-[platform]
-schedule_url = "{schedule_url}"
-ca_file = "{ca_file}"
-[camera]
-source = "emulated"
-width = {W}
-height = {H}
-fps = {FPS}
-bitrate = {BITRATE}
-[storage]
-dir = "{tmp / "state"}"
-[log]
-level = "warning"
-"""
+    return benchconfig.write_config(
+        tmp,
+        device=DEVICE,
+        password=PASSWORD,
+        mac="02:00:00:00:0b:02",
+        profile="emulated",
+        schedule_url=schedule_url,
+        ca_file=ca_file,
+        camera=(
+            f'source = "emulated"\nwidth = {W}\nheight = {H}\nfps = {FPS}\nbitrate = {BITRATE}\n'
+        ),
     )
-    cfg.chmod(0o600)
-    return cfg
 
 
 def print_rows(kind: str, rows: list[Row]) -> None:

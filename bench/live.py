@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 
 import av
+import benchconfig
+from percentile import pct
 from procstat import CLK_TCK, cpu_seconds, rss_mb
 
 from hss_pu.media.sources import read_timecode
@@ -101,41 +103,19 @@ class Receiver:
         self.thread.join(5)
 
 
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))]
-
-
 def write_config(tmp: Path, platform: ReferencePlatform, source: str) -> Path:
-    pw = tmp / "password"
-    pw.write_text(PASSWORD)
-    pw.chmod(0o600)
-    cfg = tmp / "config.toml"
-    cfg.write_text(
-        f"""[device]
-id = "{DEVICE}"
-password_file = "{pw}"
-mac = "02:00:00:00:0b:01"
-profile = "emulated"
-[platform]
-schedule_url = "{platform.schedule_url}"
-ca_file = "{platform.ca_file}"
-[camera]
-source = "{source}"
-width = {W}
-height = {H}
-fps = {FPS}
-bitrate = {BITRATE}
-[storage]
-dir = "{tmp / "state"}"
-[log]
-level = "warning"
-"""
+    return benchconfig.write_config(
+        tmp,
+        device=DEVICE,
+        password=PASSWORD,
+        mac="02:00:00:00:0b:01",
+        profile="emulated",
+        schedule_url=platform.schedule_url,
+        ca_file=str(platform.ca_file),
+        camera=(
+            f'source = "{source}"\nwidth = {W}\nheight = {H}\nfps = {FPS}\nbitrate = {BITRATE}\n'
+        ),
     )
-    cfg.chmod(0o600)
-    return cfg
 
 
 async def run_hss_pu(tmp: Path, source: str, seconds: float) -> dict[str, float]:

@@ -30,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from percentile import pct
 from procstat import cpu_seconds, rss_mb
 
 from hss_pu.logsetup import setup_logging
@@ -80,11 +81,6 @@ level = "warning"
     )
     os.chmod(path, 0o600)
     return path
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))]
 
 
 def show(what: str, values: list[float]) -> None:

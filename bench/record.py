@@ -33,6 +33,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import benchconfig
+
 from hss_pu.clients.http import Trust, platform_http
 from hss_pu.media.segmenter import Segment
 from hss_pu.reference_platform.server import PlatformOptions, ReferencePlatform
@@ -51,33 +53,17 @@ def rss_mb(pid: int) -> float:
 
 
 def write_config(tmp: Path, platform: ReferencePlatform) -> Path:
-    pw = tmp / "password"
-    pw.write_text(PASSWORD)
-    pw.chmod(0o600)
-    cfg = tmp / "config.toml"
-    cfg.write_text(
-        f"""[device]
-id = "{DEVICE}"
-password_file = "{pw}"
-mac = "02:00:00:00:0b:02"
-profile = "emulated"
-[platform]
-schedule_url = "{platform.schedule_url}"
-ca_file = "{platform.ca_file}"
-[camera]
-width = {W}
-height = {H}
-fps = {FPS}
-bitrate = {BITRATE}
-[storage]
-dir = "{tmp / "state"}"
-spool_max_mb = 512
-[log]
-level = "warning"
-"""
+    return benchconfig.write_config(
+        tmp,
+        device=DEVICE,
+        password=PASSWORD,
+        mac="02:00:00:00:0b:02",
+        profile="emulated",
+        schedule_url=platform.schedule_url,
+        ca_file=str(platform.ca_file),
+        camera=f"width = {W}\nheight = {H}\nfps = {FPS}\nbitrate = {BITRATE}\n",
+        storage="spool_max_mb = 512\n",
     )
-    cfg.chmod(0o600)
-    return cfg
 
 
 def status(cfg: Path) -> dict[str, Any]:

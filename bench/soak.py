@@ -37,6 +37,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from percentile import pct
+
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # tests.support: the rig and the process-side faults
     sys.path.insert(0, str(REPO))
@@ -83,11 +85,6 @@ def fds(pid: int) -> int:
 
 def _s(v: float) -> str:
     return f"{v:.1f} s"
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, int(q * len(s)))] if s else float("nan")
 
 
 FAULTS = (
