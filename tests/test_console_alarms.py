@@ -15,9 +15,8 @@ import pytest
 from hss_pu.reference_platform.alarms import jpeg_dimensions
 from hss_pu.reference_platform.console import alarms, recordings
 from hss_pu.reference_platform.server import ReferencePlatform
-from hss_pu.reference_platform.vr import VrSegment
 
-from .support.console import serve_console
+from .support.console import assert_refused, serve_console
 from .support.rig import DEVICE, PASSWORD, MakeRig, Rig
 
 W, H = 320, 180
@@ -72,7 +71,7 @@ async def test_a_bell_alarm_is_listed_with_its_picture_and_its_recording(
     rec = await platform.wait_alarm_recording(DEVICE, state="stopped", timeout=15)
     assert alarm.session_id == rec.session_id
     assert rec.stopped_at is not None
-    segs = await _segments(platform, rec.session_id, rec.stopped_at)
+    segs = await platform.vr.wait_session(rec.session_id, rec.stopped_at)
     parts = (alarms.add_routes, recordings.add_routes)
     async with serve_console(platform, parts) as base, console_client(base) as client:
         listed = (await get_json(client, API, device=DEVICE))["alarms"]
@@ -140,19 +139,4 @@ async def test_an_alarm_without_picture_or_recording_and_what_is_refused(rig: Ri
             "/console/api/pictures/0-0123456789abcdef.jpg": 404,  # never handed out
             f"/console/api/pictures/{first.pic_name}.jpg": 404,
         }
-        for path, status in refused.items():
-            r = await client.get(path)
-            assert r.status_code == status, (path, r.status_code, r.text)
-            assert r.url.raw_path == path.encode(), (path, r.url)  # sent as written
-            body = r.json()
-            assert isinstance(body["info"], str) and body["info"], (path, body)
-
-
-async def _segments(platform: ReferencePlatform, session: str, until: float) -> list[VrSegment]:
-    """The recording's segments once the one holding its stop is saved."""
-    async with asyncio.timeout(15):
-        while True:
-            segs = platform.recording_segments(session)
-            if segs and segs[-1].end >= until - 0.5:
-                return segs
-            await asyncio.sleep(0.1)
+        await assert_refused(client, refused)

@@ -26,7 +26,7 @@ import pytest
 from av.video.frame import VideoFrame
 
 from hss_pu.cli import main
-from hss_pu.reference_platform.server import ReferencePlatform, VrSegment
+from hss_pu.reference_platform.server import ReferencePlatform
 from hss_pu.services.link import PlatformLink
 from hss_pu.wire import vd
 
@@ -444,7 +444,7 @@ async def test_the_daemon_records_the_alarm_with_prerecord(
     )
     r = await platform.wait_alarm_recording(DEVICE, state="stopped", timeout=10)
     assert r.stopped_at is not None
-    segs = await _segments(platform, r.session_id, r.stopped_at)
+    segs = await platform.vr.wait_session(r.session_id, r.stopped_at)
     assert segs and all(s.check is not None and s.check.ok for s in segs)
     assert segs[0].start <= r.start_ts - 1.5  # pre-recorded: before the alarm
     assert segs[-1].end >= r.start_ts + 1.8  # the alarm's second and the post-roll
@@ -456,16 +456,6 @@ async def test_the_daemon_records_the_alarm_with_prerecord(
     assert out.count(f"recording: {r.session_id} (stopped; {len(segs)} segments") == 2
     for seg in segs:
         assert out.count(f" ok {seg.path}\n") == 2
-
-
-async def _segments(platform: ReferencePlatform, session: str, until: float) -> list[VrSegment]:
-    """The recording's segments once the one covering its stop is saved."""
-    async with asyncio.timeout(15):
-        while True:
-            segs = platform.recording_segments(session)
-            if segs and segs[-1].end >= until - 0.5:
-                return segs
-            await asyncio.sleep(0.1)
 
 
 # --- the admin API and the CLI ---------------------------------------------------------

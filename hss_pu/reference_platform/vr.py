@@ -408,6 +408,19 @@ class VrServer:
         segs = [s for ch in self.segments.values() for s in ch if s.session == session]
         return sorted(segs, key=lambda s: s.start)
 
+    async def wait_session(
+        self, session: str, until: float, timeout: float = 15.0
+    ) -> list[VrSegment]:
+        """A tagged recording's segments once the one covering ``until`` (its stop, epoch
+        s; half a second's slack for the segment boundary) is saved."""
+
+        def check() -> list[VrSegment] | None:
+            segs = self.session_segments(session)
+            return segs if segs and segs[-1].end >= until - 0.5 else None
+
+        found: list[VrSegment] = await self._ticker.wait_for(check, timeout, "segments")
+        return found
+
     def close(self) -> None:
         """Release requests held by a "timeout" fault (they are aborted)."""
         self._closing.set()

@@ -19,7 +19,7 @@ from aiohttp import web
 from hss_pu.reference_platform.console import devices, frontend
 from hss_pu.reference_platform.server import ReferencePlatform
 
-__all__ = ["EventReader", "read_events", "serve_console"]
+__all__ = ["EventReader", "assert_refused", "read_events", "serve_console"]
 
 Part = Callable[[web.Application, ReferencePlatform], None]
 
@@ -87,3 +87,14 @@ async def read_events(client: httpx.AsyncClient, base: str) -> AsyncIterator[Eve
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
         yield EventReader(response)
+
+
+async def assert_refused(client: httpx.AsyncClient, refused: dict[str, int]) -> None:
+    """Each path, sent as written (no client-side normalising of ``..`` or ``%2e``), gets
+    its status and a JSON body whose ``info`` says why."""
+    for path, status in refused.items():
+        r = await client.get(path)
+        assert r.status_code == status, (path, r.status_code, r.text)
+        assert r.url.raw_path == path.encode(), (path, r.url)
+        body = r.json()
+        assert isinstance(body["info"], str) and body["info"], (path, body)
