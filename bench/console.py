@@ -46,10 +46,9 @@ from typing import TYPE_CHECKING, Any
 import aiohttp
 import av
 import benchconfig
+from framedelay import frame_delays
 from percentile import pct
 from procstat import cpu_seconds
-
-from hss_pu.media.sources import read_timecode
 
 if TYPE_CHECKING:
     from playwright.async_api import Browser, Page
@@ -217,20 +216,12 @@ class Viewer:
     def _decode(self) -> None:
         assert self._feed is not None
         try:
-            # A small AVIO buffer: a read that waits to fill would add to the delay.
-            with av.open(
-                self._feed, format="mpegts", buffer_size=1316, options={"fflags": "nobuffer"}
-            ) as c:
-                assert isinstance(c, av.container.InputContainer)
-                c.streams.video[0].thread_type = "SLICE"
-                for frame in c.decode(video=0):
-                    now = time.time()
-                    self.frames += 1
-                    if self.first_frame_at is None:
-                        self.first_frame_at = now
-                    tc = read_timecode(frame)
-                    if tc is not None:
-                        self.delays.append(now - tc)
+            for now, delay in frame_delays(self._feed):
+                self.frames += 1
+                if self.first_frame_at is None:
+                    self.first_frame_at = now
+                if delay is not None:
+                    self.delays.append(delay)
         except (av.FFmpegError, OSError, ValueError) as exc:
             print(f"decoder stopped: {exc}", file=sys.stderr)
 
