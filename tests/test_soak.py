@@ -19,6 +19,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _load_soak() -> ModuleType:
+    # As when run as a script, its own directory is on the path: its sibling modules
+    # (percentile, procstat) are imported by name.
+    bench = str(REPO / "bench")
+    if bench not in sys.path:
+        sys.path.append(bench)
     spec = importlib.util.spec_from_file_location("bench_soak", REPO / "bench" / "soak.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
