@@ -23,8 +23,10 @@ def write_config(
     ca_file: str,
     camera: str,
     storage: str = "",
+    sections: str = "",
 ) -> Path:
-    """``tmp/config.toml``; ``camera`` and ``storage`` are TOML lines, each ending in a newline."""
+    """``tmp/config.toml``; ``camera`` and ``storage`` are TOML lines and ``sections`` whole
+    sections (before ``[log]``), each line ending in a newline."""
     pw = tmp / "password"
     pw.write_text(password)
     pw.chmod(0o600)
@@ -41,7 +43,7 @@ ca_file = "{ca_file}"
 [camera]
 {camera}[storage]
 dir = "{tmp / "state"}"
-{storage}[log]
+{storage}{sections}[log]
 level = "warning"
 """
     )

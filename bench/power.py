@@ -30,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import benchconfig
 from percentile import pct
 from procstat import cpu_seconds, rss_mb
 
@@ -51,36 +52,17 @@ def battery_profile(directory: Path) -> Path:
 
 
 def write_config(tmp: Path, platform: ReferencePlatform) -> Path:
-    path = tmp / "config.toml"
-    path.write_text(
-        f"""[device]
-id = "{DEVICE}"
-password = "{PASSWORD}"
-mac = "{MAC}"
-profile = "{battery_profile(tmp)}"
-
-[platform]
-schedule_url = "{platform.schedule_url}"
-ca_file = "{platform.ca_file}"
-
-[camera]
-width = 640
-height = 360
-fps = 25
-bitrate = 1000000
-
-[storage]
-dir = "{tmp / "pu"}"
-
-[power]
-idle_sleep_seconds = 1
-
-[log]
-level = "warning"
-"""
+    return benchconfig.write_config(
+        tmp,
+        device=DEVICE,
+        password=PASSWORD,
+        mac=MAC,
+        profile=str(battery_profile(tmp)),
+        schedule_url=platform.schedule_url,
+        ca_file=str(platform.ca_file),
+        camera="width = 640\nheight = 360\nfps = 25\nbitrate = 1000000\n",
+        sections="[power]\nidle_sleep_seconds = 1\n",
     )
-    os.chmod(path, 0o600)
-    return path
 
 
 def show(what: str, values: list[float]) -> None:

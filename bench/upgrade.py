@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import re
 import statistics
 import subprocess
@@ -30,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import benchconfig
 
 from hss_pu.firmware.bundle import build
 from hss_pu.firmware.keys import generate, load_private_key
@@ -43,36 +44,18 @@ NEW = "HSS-PU-EMU-bench-2"
 
 
 def write_config(tmp: Path, platform: ReferencePlatform, pub: Path, trial: float) -> Path:
-    path = tmp / "config.toml"
-    path.write_text(
-        f"""[device]
-id = "{DEVICE}"
-password = "{PASSWORD}"
-mac = "{MAC}"
-
-[platform]
-schedule_url = "{platform.schedule_url}"
-ca_file = "{platform.ca_file}"
-
-[camera]
-width = 640
-height = 360
-fps = 25
-bitrate = 1000000
-
-[storage]
-dir = "{tmp / "pu"}"
-
-[upgrade]
-trusted_keys = ["{pub}"]
-trial_seconds = {trial}
-
-[log]
-level = "warning"  # the "installed and on trial after S s" line is a warning
-"""
+    # The log stays at warning: the "installed and on trial after S s" line is a warning.
+    return benchconfig.write_config(
+        tmp,
+        device=DEVICE,
+        password=PASSWORD,
+        mac=MAC,
+        profile="emulated",
+        schedule_url=platform.schedule_url,
+        ca_file=str(platform.ca_file),
+        camera="width = 640\nheight = 360\nfps = 25\nbitrate = 1000000\n",
+        sections=f'[upgrade]\ntrusted_keys = ["{pub}"]\ntrial_seconds = {trial}\n',
     )
-    os.chmod(path, 0o600)
-    return path
 
 
 async def query(platform: ReferencePlatform) -> dict[str, Any] | None:
